@@ -1,0 +1,106 @@
+"""Real aiohttp servers on 127.0.0.1 that tests program: feeds and a webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Route:
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/rss+xml"
+    etag: bool = True
+    delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FeedServer:
+    """Serves programmable routes; records every request's headers."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def requests_to(self, path: str) -> list[dict[str, str]]:
+        return [h for p, h in self.requests if p == path]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path, dict(request.headers)))
+        route = self.routes.get(request.path)
+        if route is None:
+            raise web.HTTPNotFound()
+        if route.delay_s:
+            await asyncio.sleep(route.delay_s)
+        headers = dict(route.headers)
+        if route.status == 200 and route.etag:
+            etag = '"' + hashlib.sha256(route.body).hexdigest()[:16] + '"'
+            headers["ETag"] = etag
+            if request.headers.get("If-None-Match") == etag:
+                return web.Response(status=304, headers=headers)
+        return web.Response(
+            status=route.status, body=route.body, content_type=route.content_type, headers=headers
+        )
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+
+class WebhookServer:
+    """Receives webhooks; answers with the queued statuses, then 200."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.responses: list[tuple[int, dict[str, str]]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def json_bodies(self) -> list[Any]:
+        import json
+
+        return [json.loads(body) for _, body in self.received]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append(({k.lower(): v for k, v in request.headers.items()}, body))
+        if self.responses:
+            status, headers = self.responses.pop(0)
+            return web.Response(status=status, headers=headers)
+        return web.Response(status=200)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()

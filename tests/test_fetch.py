@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.conftest import FakeClock
+from tests.servers import FeedServer, Route
+from watcher.errors import FetchError, FetchReason
+from watcher.fetch import Fetcher, FetchLimits, parse_retry_after
+
+
+@pytest.fixture
+async def fetcher(clock: FakeClock) -> AsyncIterator[Fetcher]:
+    async with aiohttp.ClientSession() as session:
+        yield Fetcher(
+            session=session,
+            limits=FetchLimits(timeout_s=0.5, max_body_bytes=10_000, max_redirects=3),
+            clock=clock,
+        )
+
+
+async def test_conditional_get_uses_etag(feed_server: FeedServer, fetcher: Fetcher) -> None:
+    feed_server.routes["/f"] = Route(body=b"<rss/>")
+    first = await fetcher.fetch("s", feed_server.url("/f"))
+    assert first.status == 200 and first.body == b"<rss/>" and first.etag
+    second = await fetcher.fetch("s", feed_server.url("/f"), etag=first.etag)
+    assert second.not_modified
+    headers = feed_server.requests_to("/f")
+    assert "If-None-Match" not in headers[0]
+    assert headers[1]["If-None-Match"] == first.etag
+    assert headers[1]["User-Agent"].startswith("watcher/")
+
+
+async def test_last_modified_is_sent(feed_server: FeedServer, fetcher: Fetcher) -> None:
+    feed_server.routes["/f"] = Route(body=b"x", etag=False)
+    await fetcher.fetch("s", feed_server.url("/f"), last_modified="Wed, 04 Feb 2026 10:00:00 GMT")
+    assert feed_server.requests_to("/f")[0]["If-Modified-Since"] == "Wed, 04 Feb 2026 10:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("route", "reason", "text"),
+    [
+        (Route(status=500), FetchReason.HTTP_STATUS, "HTTP 500"),
+        (Route(status=404), FetchReason.HTTP_STATUS, "HTTP 404"),
+        (Route(body=b"x", delay_s=2.0), FetchReason.TIMEOUT, "no complete answer within 0.5s"),
+        (Route(body=b"x" * 20_000), FetchReason.TOO_LARGE, "exceeds the 10000-byte cap"),
+    ],
+)
+async def test_failures_have_a_reason_and_name_the_source(
+    feed_server: FeedServer, fetcher: Fetcher, route: Route, reason: FetchReason, text: str
+) -> None:
+    feed_server.routes["/f"] = route
+    with pytest.raises(FetchError) as err:
+        await fetcher.fetch("bis-fr", feed_server.url("/f"))
+    assert err.value.reason is reason
+    assert str(err.value).startswith("source 'bis-fr':")
+    assert text in str(err.value)
+
+
+async def test_endless_redirects_are_cut(feed_server: FeedServer, fetcher: Fetcher) -> None:
+    feed_server.routes["/loop"] = Route(status=302, headers={"Location": "/loop"})
+    with pytest.raises(FetchError) as err:
+        await fetcher.fetch("s", feed_server.url("/loop"))
+    assert err.value.reason is FetchReason.TOO_MANY_REDIRECTS
+    assert len(feed_server.requests_to("/loop")) <= 4  # bounded: 1 request + at most 3 redirects
+
+
+async def test_429_carries_retry_after(feed_server: FeedServer, fetcher: Fetcher) -> None:
+    feed_server.routes["/f"] = Route(status=429, headers={"Retry-After": "120"})
+    with pytest.raises(FetchError) as err:
+        await fetcher.fetch("s", feed_server.url("/f"))
+    assert err.value.status == 429 and err.value.retry_after_s == 120
+
+
+async def test_connection_refused(fetcher: Fetcher) -> None:
+    from watcher.demo import free_port
+
+    with pytest.raises(FetchError) as err:
+        await fetcher.fetch("offline", f"http://127.0.0.1:{free_port()}/feed")
+    assert err.value.reason is FetchReason.CONNECT
+    assert "cannot connect" in str(err.value)
+
+
+def test_retry_after_parsing(clock: FakeClock) -> None:
+    assert parse_retry_after("30", clock()) == 30
+    assert parse_retry_after("Thu, 05 Feb 2026 12:01:00 GMT", clock()) == 60
+    assert parse_retry_after("soon", clock()) is None
+    assert parse_retry_after(None, clock()) is None

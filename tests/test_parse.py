@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.feeds import CURB, NOISE, rss
+from watcher.errors import ParseError
+from watcher.parse import canonical_url, parse_feed
+from watcher.text import html_to_text, normalize
+
+
+def test_rss_items_are_normalised() -> None:
+    items = parse_feed(rss(CURB, NOISE), source_id="s1", tags=["cn"])
+    assert [i.guid for i in items] == ["curb-1", "noise-1"]
+    first = items[0]
+    assert first.source_id == "s1"
+    assert first.dedup_key == "guid:curb-1"
+    assert first.url == "https://example.org/news/curb-1"
+    assert first.text.startswith("Beijing will require an export licence")
+    assert "<p>" not in first.text
+    assert first.published == datetime(2026, 2, 5, 10, 0, tzinfo=UTC)
+    assert first.language == "en"
+    assert first.tags == ("cn",)
+    assert len(first.content_hash) == 32
+
+
+def test_script_and_style_never_survive() -> None:
+    html = '<p>Export <b>licence</b> required<script>alert("x")</script><style>p{}</style></p>'
+    assert html_to_text(html) == "Export licence required"
+    items = parse_feed(rss(("g", "T<script>x</script>", html)), source_id="s")
+    assert "alert" not in items[0].text and "script" not in items[0].title
+
+
+def test_identity_falls_back_from_guid_to_link_to_hash() -> None:
+    body = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+    <item><title>Only a link</title><link>https://Example.org/a?utm_source=x&amp;id=3#frag</link></item>
+    <item><title>Only a title</title></item>
+    </channel></rss>"""
+    with_link, bare = parse_feed(body, source_id="s")
+    assert with_link.dedup_key == "url:https://example.org/a?id=3"
+    assert bare.dedup_key == f"hash:{bare.content_hash}"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"", "empty body"),
+        (b"<!DOCTYPE html><html><body>Not found</body></html>", "an HTML page"),
+        (b'{"error": "rate limited"}', "JSON that is not a JSON Feed"),
+        (b"\x00\x01garbage", "unrecognised document"),
+    ],
+)
+def test_non_feeds_are_reported_as_such(body: bytes, expected: str) -> None:
+    with pytest.raises(ParseError, match=expected) as err:
+        parse_feed(body, source_id="src-x")
+    assert err.value.source_id == "src-x"
+
+
+def test_parser_is_never_given_a_url() -> None:
+    with pytest.raises(TypeError):
+        parse_feed("https://example.org/feed.xml", source_id="s")  # type: ignore[arg-type]
+    # bytes that look like a URL are just a bad document: nothing is fetched
+    with pytest.raises(ParseError):
+        parse_feed(b"http://127.0.0.1:9/feed.xml", source_id="s")
+
+
+def test_canonical_url_keeps_only_http() -> None:
+    assert canonical_url("javascript:alert(1)") == ""
+    assert canonical_url("/a/b", "https://gov.example/feed") == "https://gov.example/a/b"
+    assert canonical_url("HTTPS://GOV.example/x?b=1&utm_medium=y") == "https://gov.example/x?b=1"
+
+
+def test_normalize_folds_case_width_and_accents_but_not_kana_voicing() -> None:
+    assert normalize("Exportación ＬＩＣＥＮＣＥ") == "exportacion licence"
+    assert normalize("ガリウム") == "ガリウム"
+
+
+def test_atom_and_json_feed() -> None:
+    atom = b"""<?xml version="1.0" encoding="utf-8"?>
+    <feed xmlns="http://www.w3.org/2005/Atom" xml:lang="ja"><title>METI</title>
+    <entry><id>tag:meti,1</id><title>\xe8\xbc\xb8\xe5\x87\xba\xe7\xae\xa1\xe7\x90\x86</title>
+    <link href="/press/1.html"/><updated>2026-02-05T09:00:00+09:00</updated></entry></feed>"""
+    [item] = parse_feed(atom, source_id="meti", base_url="https://www.meti.go.jp/feed.atom")
+    assert item.title == "輸出管理"
+    assert item.url == "https://www.meti.go.jp/press/1.html"
+    assert item.published == datetime(2026, 2, 5, 0, 0, tzinfo=UTC)
+    assert item.language == "ja"
+    jf = b"""{"version": "https://jsonfeed.org/version/1.1", "title": "j",
+    "items": [{"id": "1", "content_html": "<p>Gallium export ban</p>", "url": "https://j.example/1"}]}"""
+    [j] = parse_feed(jf, source_id="j")
+    assert j.text == "Gallium export ban"

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from watcher.cli import main
+from watcher.models import EventType, Severity
+from watcher.parse import make_item
+from watcher.rules import Matcher, load_rules
+
+DATA = Path(__file__).parent / "testdata" / "rules"
+
+
+def errors_of(name: str) -> list[str]:
+    _, errors = load_rules([DATA / name])
+    return [str(e) for e in errors]
+
+
+def test_good_rule_file_loads_and_matches() -> None:
+    rules, errors = load_rules([DATA / "good.yaml"])
+    assert errors == []
+    [hit] = Matcher(rules).match(
+        make_item(source_id="s", title="Beijing imposes gallium export ban", text="")
+    )
+    assert (hit.rule_id, hit.event_type, hit.severity) == (
+        "gallium-curb",
+        EventType.EXPORT_RESTRICTION,
+        Severity.HIGH,
+    )
+    assert hit.tags == ("gallium",)
+
+
+def test_query_error_in_folded_block_names_file_line_column_and_rule() -> None:
+    rules, errors = load_rules([DATA / "bad_query_folded.yaml"])
+    assert [r.rule.id for r in rules] == ["ok-rule"]  # the good rule still loads
+    assert [str(e) for e in errors] == [
+        f"{DATA / 'bad_query_folded.yaml'}:13:27: rule 'ree-export-curb': "
+        "expected ')' after 'quota'"
+    ]
+
+
+def test_query_error_inline_names_column() -> None:
+    assert errors_of("bad_query_inline.yaml") == [
+        f"{DATA / 'bad_query_inline.yaml'}:6:24: rule 'inline-bad': expected a term, found 'AND'"
+    ]
+
+
+def test_field_errors_name_the_field_and_rule() -> None:
+    errs = errors_of("bad_fields.yaml")
+    prefix = f"{DATA / 'bad_fields.yaml'}:2: rule 'typo-rule':"
+    assert all(e.startswith(prefix) for e in errs)
+    joined = "\n".join(errs)
+    assert "event_type: Input should be" in joined
+    assert "qeury: Extra inputs are not permitted" in joined
+    assert "query: Field required" in joined
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    [err] = errors_of("bad_yaml.yaml")
+    assert err.startswith(f"{DATA / 'bad_yaml.yaml'}:4: invalid YAML")
+
+
+def test_duplicate_ids_across_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text((DATA / "good.yaml").read_text())
+    (tmp_path / "b.yaml").write_text((DATA / "good.yaml").read_text())
+    rules, errors = load_rules([tmp_path])
+    assert len(rules) == 1
+    assert "duplicate rule id (first defined at" in str(errors[0])
+    assert str(tmp_path / "b.yaml") in str(errors[0])
+
+
+def test_missing_path_is_an_error(tmp_path: Path) -> None:
+    _, errors = load_rules([tmp_path / "nope.yaml"])
+    assert "no such file" in str(errors[0])
+
+
+def test_rules_check_command_reports_failing_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", str(DATA / "failing_example.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "rule 'cobalt-tariff': should match but does not: 'New duties on cobalt imports'" in out
+    assert "should not match but does: 'Cobalt tariffs rise'" in out
+    assert "1 rule(s) loaded, 0 error(s); 2 example(s) run, 2 failed" in out
+
+
+def test_rules_check_command_passes_good_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", str(DATA / "good.yaml")]) == 0
+    assert "1 rule(s) loaded, 0 error(s); 2 example(s) run, 0 failed" in capsys.readouterr().out
+
+
+def test_rules_check_command_fails_on_bad_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", str(DATA / "bad_query_inline.yaml")]) == 1
+    assert "inline-bad" in capsys.readouterr().out

@@ -1,0 +1,138 @@
+"""The store on SQLite and on PostgreSQL (WATCHER_TEST_POSTGRES_DSN)."""
+
+from __future__ import annotations
+
+from tests.conftest import FakeClock
+from watcher.models import DeliveryState
+from watcher.parse import make_item
+from watcher.store import NewAlert, Store
+
+
+def item(key: str, source: str = "s1"):
+    return make_item(source_id=source, guid=key, title=f"title {key}", text="gallium export ban")
+
+
+async def _alert_with_delivery(store: Store, receivers: list[str]) -> int:
+    await store.sync_sources([("s1", "http://127.0.0.1/feed")])
+    async with store.transaction() as tx:
+        [(item_id, it)] = await tx.insert_new_items([item("a")])
+        [alert_id] = await tx.insert_alerts(
+            [NewAlert("r1", "Rule 1", "export_restriction", "high", it.content_hash, item_id)]
+        )
+        await tx.enqueue([(alert_id, r) for r in receivers])
+    return alert_id
+
+
+async def test_items_are_deduplicated_across_batches(store: Store) -> None:
+    await store.sync_sources([("s1", "http://x/feed")])
+    async with store.transaction() as tx:
+        new = await tx.insert_new_items([item("a"), item("b"), item("a")])
+    assert sorted(i.guid for _, i in new) == ["a", "b"]
+    async with store.transaction() as tx:
+        new = await tx.insert_new_items([item("a"), item("c"), item("a", source="s2")])
+    assert sorted((i.source_id, i.guid) for _, i in new) == [("s1", "c"), ("s2", "a")]
+    assert await store.count_items() == 4
+
+
+async def test_a_failed_transaction_keeps_nothing(store: Store) -> None:
+    await store.sync_sources([("s1", "http://x/feed")])
+    try:
+        async with store.transaction() as tx:
+            await tx.insert_new_items([item("a")])
+            raise RuntimeError("crash mid-poll")
+    except RuntimeError:
+        pass
+    assert await store.count_items() == 0
+
+
+async def test_one_alert_per_rule_and_story(store: Store) -> None:
+    await store.sync_sources([("s1", "http://x/feed")])
+    async with store.transaction() as tx:
+        [(i1, _)] = await tx.insert_new_items([item("a")])
+        first = await tx.insert_alerts(
+            [NewAlert("r1", "R", "export_restriction", "high", "story", i1)]
+        )
+        again = await tx.insert_alerts(
+            [NewAlert("r1", "R", "export_restriction", "high", "story", i1)]
+        )
+        other = await tx.insert_alerts(
+            [NewAlert("r2", "R", "export_restriction", "high", "story", i1)]
+        )
+    assert len(first) == 1 and again == [] and len(other) == 1
+
+
+async def test_claim_send_and_lease_expiry(store: Store, clock: FakeClock) -> None:
+    await _alert_with_delivery(store, ["mail", "hook"])
+    claimed = await store.claim_deliveries(limit=10, lease_s=60)
+    assert sorted(c.delivery.receiver for c in claimed) == ["hook", "mail"]
+    assert all(c.delivery.attempts == 1 for c in claimed)
+    assert claimed[0].alert.title == "title a"
+    # leased rows are not claimed twice...
+    assert await store.claim_deliveries(limit=10, lease_s=60) == []
+    mail = next(c for c in claimed if c.delivery.receiver == "mail")
+    await store.mark_sent(mail.delivery.id)
+    # ...until the lease of a crashed worker expires
+    clock.advance(61)
+    [again] = await store.claim_deliveries(limit=10, lease_s=60)
+    assert again.delivery.receiver == "hook" and again.delivery.attempts == 2
+    assert again.delivery.idempotency_key == next(
+        c.delivery.idempotency_key for c in claimed if c.delivery.receiver == "hook"
+    )
+
+
+async def test_retry_later_and_dead_letter(store: Store, clock: FakeClock) -> None:
+    await _alert_with_delivery(store, ["hook"])
+    [c] = await store.claim_deliveries(limit=10, lease_s=60)
+    await store.mark_failed(
+        c.delivery.id, reason="server_error", error="HTTP 500", retry_at=clock().replace(minute=5)
+    )
+    assert await store.claim_deliveries(limit=10, lease_s=60) == []
+    clock.advance(300)
+    [c] = await store.claim_deliveries(limit=10, lease_s=60)
+    await store.mark_failed(c.delivery.id, reason="client_error", error="HTTP 400", retry_at=None)
+    [dead] = await store.list_deliveries(state=DeliveryState.DEAD)
+    assert dead.delivery.last_error == "HTTP 400"
+    assert await store.delivery_counts() == {("hook", "dead"): 1}
+    assert await store.retry_dead() == 1
+    [c] = await store.claim_deliveries(limit=10, lease_s=60)
+    assert c.delivery.attempts == 1
+
+
+async def test_state_survives_reopening(store_url: str, clock: FakeClock) -> None:
+    s = Store(store_url, clock=clock)
+    await s.open()
+    await _alert_with_delivery(s, ["mail"])
+    await s.close()
+    s = Store(store_url, clock=clock)
+    await s.open()
+    try:
+        [c] = await s.claim_deliveries(limit=10, lease_s=60)
+        assert c.delivery.receiver == "mail"
+        assert (await s.list_alerts())[0].rule_id == "r1"
+    finally:
+        await s.close()
+
+
+async def test_poll_state_is_recorded(store: Store) -> None:
+    await store.sync_sources([("s1", "http://x/feed")])
+    assert (
+        await store.record_poll_error("s1", reason="timeout", error="slow", next_poll_at=None) == 1
+    )
+    assert (
+        await store.record_poll_error("s1", reason="timeout", error="slow", next_poll_at=None) == 2
+    )
+    async with store.transaction() as tx:
+        await tx.record_poll(
+            "s1", etag='"e"', last_modified=None, body_hash="h", new_items=3, next_poll_at=None
+        )
+    state = await store.source_state("s1")
+    assert state is not None
+    assert (state.etag, state.error_count, state.items_seen, state.last_error) == (
+        '"e"',
+        0,
+        3,
+        None,
+    )
+    await store.sync_sources([("s1", "http://x/moved")])
+    state = await store.source_state("s1")
+    assert state is not None and state.url == "http://x/moved" and state.items_seen == 3

@@ -1,0 +1,241 @@
+"""Configuration: a TOML file validated by pydantic, overridable from the environment.
+
+Every setting can be overridden by a ``WATCHER_<SECTION>__<KEY>`` environment
+variable (for example ``WATCHER_STORE__URL`` or ``WATCHER_API__PORT``). Secrets
+never live in the file: a receiver names the environment variable that holds
+its password or signing secret (``password_env``, ``secret_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from watcher import constants
+from watcher.errors import ConfigError
+from watcher.models import EventType, Severity
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreConfig(_Strict):
+    url: str = "sqlite+aiosqlite:///watcher.db"
+
+
+class ApiConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class RulesConfig(_Strict):
+    paths: list[Path] = Field(default_factory=lambda: [Path("rules")])
+
+
+class PollingConfig(_Strict):
+    timeout_s: float = Field(default=constants.FETCH_TIMEOUT_S, gt=0)
+    connect_timeout_s: float = Field(default=constants.FETCH_CONNECT_TIMEOUT_S, gt=0)
+    max_body_bytes: int = Field(default=constants.FETCH_MAX_BODY_BYTES, gt=0)
+    max_redirects: int = Field(default=constants.FETCH_MAX_REDIRECTS, ge=0)
+    jitter_fraction: float = Field(default=constants.POLL_JITTER_FRACTION, ge=0, le=1)
+    backoff_max_s: float = Field(default=constants.POLL_BACKOFF_MAX_S, gt=0)
+
+
+class OutboxConfig(_Strict):
+    max_attempts: int = Field(default=constants.OUTBOX_MAX_ATTEMPTS, ge=1)
+    backoff_base_s: float = Field(default=constants.OUTBOX_BACKOFF_BASE_S, gt=0)
+    backoff_max_s: float = Field(default=constants.OUTBOX_BACKOFF_MAX_S, gt=0)
+    sweep_interval_s: float = Field(default=constants.OUTBOX_SWEEP_INTERVAL_S, gt=0)
+    lease_s: float = Field(default=constants.OUTBOX_LEASE_S, gt=0)
+    concurrency: int = Field(default=constants.OUTBOX_CONCURRENCY, ge=1)
+
+
+class SourceConfig(_Strict):
+    id: Slug
+    url: AnyHttpUrl
+    interval_s: int = Field(
+        default=constants.POLL_INTERVAL_DEFAULT_S, ge=constants.POLL_INTERVAL_MIN_S
+    )
+    tags: list[str] = Field(default_factory=list)
+    language: str = ""
+    enabled: bool = True
+
+
+def _secret_from_env(var: str | None, what: str) -> SecretStr | None:
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise ValueError(f"{what} comes from environment variable {var}, which is not set")
+    return SecretStr(value)
+
+
+class EmailReceiverConfig(_Strict):
+    type: Literal["email"]
+    id: Slug
+    host: str = "localhost"
+    port: int = Field(default=25, ge=1, le=65535)
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    username: str = ""
+    password_env: str | None = None
+    sender: str = Field(default="watcher@localhost", alias="from")
+    to: list[str] = Field(min_length=1)
+    timeout_s: float = Field(default=constants.SMTP_TIMEOUT_S, gt=0)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> EmailReceiverConfig:
+        self._password = _secret_from_env(self.password_env, "the SMTP password")
+        return self
+
+    @property
+    def password(self) -> SecretStr | None:
+        return self._password
+
+
+class WebhookReceiverConfig(_Strict):
+    type: Literal["webhook"]
+    id: Slug
+    url: AnyHttpUrl
+    secret_env: str | None = None
+    timeout_s: float = Field(default=constants.WEBHOOK_TIMEOUT_S, gt=0)
+    _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> WebhookReceiverConfig:
+        self._secret = _secret_from_env(self.secret_env, "the webhook signing secret")
+        return self
+
+    @property
+    def secret(self) -> SecretStr | None:
+        return self._secret
+
+
+ReceiverConfig = Annotated[EmailReceiverConfig | WebhookReceiverConfig, Field(discriminator="type")]
+
+
+class SubscriptionConfig(_Strict):
+    """Which alerts go to which receivers. Empty filters match everything."""
+
+    receivers: list[str] = Field(min_length=1)
+    rules: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch patterns")
+    event_types: list[EventType] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    min_severity: Severity = Severity.LOW
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WATCHER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    polling: PollingConfig = Field(default_factory=PollingConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    receivers: list[ReceiverConfig] = Field(default_factory=list)
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Config:
+        problems: list[str] = []
+        for kind, ids in (
+            ("source", [s.id for s in self.sources]),
+            ("receiver", [r.id for r in self.receivers]),
+        ):
+            seen: set[str] = set()
+            for ident in ids:
+                if ident in seen:
+                    problems.append(f"duplicate {kind} id '{ident}'")
+                seen.add(ident)
+        receiver_ids = {r.id for r in self.receivers}
+        for i, sub in enumerate(self.subscriptions):
+            problems.extend(
+                f"subscriptions[{i}].receivers: unknown receiver '{name}'"
+                for name in sub.receivers
+                if name not in receiver_ids
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def receiver(self, receiver_id: str) -> EmailReceiverConfig | WebhookReceiverConfig | None:
+        return next((r for r in self.receivers if r.id == receiver_id), None)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("email", "webhook") or part.startswith("function-"):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False, include_input=False):
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(f"{_format_loc(tuple(e['loc']))}: {msg}")
+    return problems
+
+
+def load_config(path: Path | None) -> Config:
+    """Load and validate a config file; ``None`` gives the defaults (plus environment)."""
+    data: dict[str, Any] = {}
+    name = str(path) if path is not None else "(defaults)"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(name, ["file not found"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(name, [f"cannot read: {exc}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(name, [f"invalid TOML: {exc}"]) from None
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(name, format_validation_error(exc)) from None
+    if path is not None:
+        # Relative rule paths are relative to the config file.
+        base = path.resolve().parent
+        config.rules.paths = [p if p.is_absolute() else base / p for p in config.rules.paths]
+    return config

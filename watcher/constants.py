@@ -1,0 +1,36 @@
+"""Every tunable default in one place, with its unit in its name."""
+
+from __future__ import annotations
+
+USER_AGENT = "watcher/0.1 (export-control and critical-minerals alerting; feed poller)"
+
+# fetch
+FETCH_TIMEOUT_S = 30.0
+FETCH_CONNECT_TIMEOUT_S = 10.0
+FETCH_MAX_BODY_BYTES = 10 * 1024 * 1024
+FETCH_MAX_REDIRECTS = 5
+FETCH_CHUNK_BYTES = 64 * 1024
+
+# polling
+POLL_INTERVAL_DEFAULT_S = 900
+POLL_INTERVAL_MIN_S = 10
+POLL_JITTER_FRACTION = 0.1
+POLL_BACKOFF_MAX_S = 6 * 3600
+POLL_MISFIRE_GRACE_S = 60
+
+# outbox
+OUTBOX_SWEEP_INTERVAL_S = 5.0
+OUTBOX_BATCH_SIZE = 100
+OUTBOX_LEASE_S = 120.0
+OUTBOX_MAX_ATTEMPTS = 10
+OUTBOX_BACKOFF_BASE_S = 5.0
+OUTBOX_BACKOFF_MAX_S = 3600.0
+OUTBOX_CONCURRENCY = 20
+
+# notifiers
+WEBHOOK_TIMEOUT_S = 15.0
+SMTP_TIMEOUT_S = 30.0
+
+# text
+ITEM_TEXT_MAX_CHARS = 100_000
+ITEM_TITLE_MAX_CHARS = 1_000

@@ -1,0 +1,32 @@
+"""Prometheus metrics, on a registry owned by the service (no process globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.polls = Counter(
+            "watcher_polls", "Source polls by outcome", ["source", "outcome"], registry=r
+        )
+        self.items = Counter("watcher_items", "New items ingested", ["source"], registry=r)
+        self.alerts = Counter("watcher_alerts", "Alerts raised", ["rule", "event_type"], registry=r)
+        self.deliveries = Counter(
+            "watcher_deliveries",
+            "Delivery attempts by outcome (sent, retry, dead) and reason",
+            ["receiver", "outcome", "reason"],
+            registry=r,
+        )
+        self.outbox = Gauge(
+            "watcher_outbox_deliveries",
+            "Deliveries in the outbox by state (read from the store at scrape time)",
+            ["receiver", "state"],
+            registry=r,
+        )
+        self.rules_loaded = Gauge("watcher_rules_loaded", "Rules currently active", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,107 @@
+"""The typed objects that flow between pipeline stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Clock = Callable[[], datetime]
+"""Returns the current time as an aware UTC datetime. Injected wherever time matters."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventType(StrEnum):
+    EXPORT_RESTRICTION = "export_restriction"
+    EXPORT_EASING = "export_easing"
+    ENTITY_LISTING = "entity_listing"
+    AGREEMENT_SIGNED = "agreement_signed"
+    TARIFF_OR_PRICE_MEASURE = "tariff_or_price_measure"
+    STOCKPILE_OR_INVESTMENT = "stockpile_or_investment"
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.LOW: 0, Severity.MEDIUM: 1, Severity.HIGH: 2, Severity.CRITICAL: 3}
+
+
+class Item(BaseModel):
+    """One normalised feed entry. Text is plain (HTML stripped) and bounded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source_id: str
+    dedup_key: str = Field(description="guid, else canonical link, else content hash")
+    guid: str = ""
+    url: str = ""
+    title: str = ""
+    text: str = ""
+    published: datetime | None = None
+    language: str = ""
+    tags: tuple[str, ...] = ()
+    content_hash: str
+
+
+class Hit(BaseModel):
+    """A rule matched an item."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule_id: str
+    rule_title: str
+    event_type: EventType
+    severity: Severity
+    tags: tuple[str, ...] = ()
+
+
+class Alert(BaseModel):
+    """A stored alert: one per (rule, story)."""
+
+    id: int
+    rule_id: str
+    rule_title: str
+    event_type: EventType
+    severity: Severity
+    story_key: str
+    item_id: int
+    source_id: str
+    title: str
+    url: str
+    text: str
+    published: datetime | None
+    created_at: datetime
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+class Delivery(BaseModel):
+    """A row of the outbox: one alert for one receiver."""
+
+    id: int
+    alert_id: int
+    receiver: str
+    state: DeliveryState
+    attempts: int
+    idempotency_key: str
+    next_attempt_at: datetime
+    last_error: str = ""
+    created_at: datetime
+    sent_at: datetime | None = None

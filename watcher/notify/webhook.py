@@ -1,0 +1,126 @@
+"""Generic JSON webhook, signed per the Standard Webhooks spec when a secret is set."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import aiohttp
+
+from watcher.config import WebhookReceiverConfig
+from watcher.errors import DeliveryError, DeliveryReason
+from watcher.fetch import parse_retry_after
+from watcher.models import Clock
+from watcher.notify.base import excerpt
+from watcher.store import ClaimedDelivery
+
+PAYLOAD_VERSION = "1"
+
+
+def payload(claimed: ClaimedDelivery) -> dict[str, Any]:
+    a, d = claimed.alert, claimed.delivery
+    return {
+        "version": PAYLOAD_VERSION,
+        "type": "alert",
+        "id": d.idempotency_key,
+        "alert": {
+            "id": a.id,
+            "rule": {"id": a.rule_id, "title": a.rule_title},
+            "event_type": a.event_type.value,
+            "severity": a.severity.value,
+            "story": a.story_key,
+            "created_at": a.created_at.isoformat(),
+            "item": {
+                "title": a.title,
+                "url": a.url,
+                "source": a.source_id,
+                "published": a.published.isoformat() if a.published else None,
+                "excerpt": excerpt(a.text),
+            },
+        },
+    }
+
+
+def _secret_bytes(secret: str) -> bytes:
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"))
+    return secret.encode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks `webhook-signature` value: 'v1,' + base64(HMAC-SHA256)."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def classify_status(receiver: str, status: int, retry_after: str | None, clock: Clock) -> None:
+    """2xx ok; 429 and 5xx retry (honouring Retry-After); other statuses are permanent."""
+    if 200 <= status < 300:
+        return
+    if status == 429 or status >= 500:
+        raise DeliveryError(
+            DeliveryReason.RATE_LIMITED if status == 429 else DeliveryReason.SERVER_ERROR,
+            f"HTTP {status}",
+            receiver=receiver,
+            retryable=True,
+            retry_after_s=parse_retry_after(retry_after, clock()),
+        )
+    raise DeliveryError(
+        DeliveryReason.CLIENT_ERROR, f"HTTP {status}", receiver=receiver, retryable=False
+    )
+
+
+class WebhookNotifier:
+    def __init__(
+        self, config: WebhookReceiverConfig, *, session: aiohttp.ClientSession, clock: Clock
+    ) -> None:
+        self.config = config
+        self.receiver_id = config.id
+        self.session = session
+        self.clock = clock
+
+    async def send(self, claimed: ClaimedDelivery) -> None:
+        body = json.dumps(payload(claimed), ensure_ascii=False, separators=(",", ":")).encode()
+        msg_id = claimed.delivery.idempotency_key
+        timestamp = int(self.clock().timestamp())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if self.config.secret is not None:
+            headers["webhook-signature"] = sign(
+                self.config.secret.get_secret_value(), msg_id, timestamp, body
+            )
+        try:
+            async with self.session.post(
+                str(self.config.url),
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                classify_status(
+                    self.receiver_id, resp.status, resp.headers.get("Retry-After"), self.clock
+                )
+        except DeliveryError:
+            raise
+        except TimeoutError:
+            raise DeliveryError(
+                DeliveryReason.TIMEOUT,
+                f"no answer within {self.config.timeout_s:g}s",
+                receiver=self.receiver_id,
+                retryable=True,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise DeliveryError(
+                DeliveryReason.CONNECT,
+                type(exc).__name__,
+                receiver=self.receiver_id,
+                retryable=True,
+            ) from None

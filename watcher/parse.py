@@ -1,0 +1,239 @@
+"""Parse stage: fetched bytes -> normalised Items.
+
+feedparser is always handed the bytes we fetched, never a URL or a URL-like
+string: given one, it would fetch it itself, around every limit and check.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import feedparser
+
+from watcher import constants
+from watcher.errors import ParseError
+from watcher.models import Item
+from watcher.text import html_to_text, normalize
+
+_TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"})
+
+
+def canonical_url(url: str, base: str = "") -> str:
+    """Absolute http(s) URL without fragment and tracking parameters; '' if not http(s)."""
+    url = url.strip()
+    if not url:
+        return ""
+    if base:
+        url = urljoin(base, url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return ""
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
+    ]
+    return urlunsplit(
+        (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
+    )
+
+
+def content_hash(title: str, text: str) -> str:
+    digest = hashlib.sha256(f"{normalize(title)}\n{normalize(text)}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _published(entry: Mapping[str, Any]) -> datetime | None:
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = entry.get(key)
+        if isinstance(value, time.struct_time):
+            try:
+                return datetime.fromtimestamp(calendar.timegm(value), tz=UTC)
+            except (OverflowError, ValueError, OSError):
+                continue
+    return None
+
+
+def _language(*candidates: object) -> str:
+    for value in candidates:
+        if isinstance(value, str) and value.strip():
+            return value.strip().lower().replace("_", "-").split("-")[0]
+    return ""
+
+
+def _entry_text(entry: Mapping[str, Any]) -> str:
+    contents = entry.get("content") or []
+    bodies = [c.get("value", "") for c in contents if isinstance(c, Mapping)]
+    body = max(bodies, key=len, default="") or entry.get("summary", "") or ""
+    return html_to_text(str(body))[: constants.ITEM_TEXT_MAX_CHARS]
+
+
+def make_item(
+    *,
+    source_id: str,
+    guid: str = "",
+    url: str = "",
+    title: str = "",
+    text: str = "",
+    published: datetime | None = None,
+    language: str = "",
+    tags: Iterable[str] = (),
+) -> Item:
+    """Build an Item with its identity: guid, else canonical link, else content hash."""
+    title = title[: constants.ITEM_TITLE_MAX_CHARS]
+    text = text[: constants.ITEM_TEXT_MAX_CHARS]
+    chash = content_hash(title, text)
+    guid = guid.strip()
+    if guid:
+        key = f"guid:{guid}"
+    elif url:
+        key = f"url:{url}"
+    else:
+        key = f"hash:{chash}"
+    return Item(
+        source_id=source_id,
+        dedup_key=key[:512],
+        guid=guid[:512],
+        url=url,
+        title=title,
+        text=text,
+        published=published.astimezone(UTC) if published else None,
+        language=language,
+        tags=tuple(tags),
+        content_hash=chash,
+    )
+
+
+def parse_feed(
+    body: bytes,
+    *,
+    source_id: str,
+    content_type: str = "",
+    base_url: str = "",
+    language: str = "",
+    tags: Iterable[str] = (),
+) -> list[Item]:
+    """Parse a fetched feed body (RSS, Atom, RDF or JSON Feed) into Items.
+
+    Raises ParseError when the body is not a feed at all (an HTML page, an empty
+    body, a JSON error). A feed with no entries gives an empty list.
+    """
+    if not isinstance(body, bytes):  # never let feedparser see a URL-like string
+        raise TypeError("parse_feed takes the fetched bytes")
+    if not body.strip():
+        raise ParseError("empty body", source_id=source_id)
+    stripped = body.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return _parse_json_feed(stripped, source_id=source_id, language=language, tags=tags)
+    headers = {"content-type": content_type} if content_type else {}
+    if base_url:
+        headers["content-location"] = base_url
+    try:
+        parsed = feedparser.parse(body, response_headers=headers, sanitize_html=True)
+    except Exception as exc:  # feedparser is robust, but the input is hostile
+        raise ParseError(f"parser failure: {type(exc).__name__}", source_id=source_id) from exc
+    entries = parsed.get("entries") or []
+    if not parsed.get("version") and not entries:
+        head = body[:512].lstrip().lower()
+        if head.startswith((b"<!doctype html", b"<html")):
+            what = "an HTML page"
+        elif head.startswith((b"{", b"[")):
+            what = "JSON that is not a JSON Feed"
+        else:
+            problem = parsed.get("bozo_exception")
+            what = (
+                "unrecognised document ("
+                + (type(problem).__name__ if problem else "no feed elements")
+                + ")"
+            )
+        raise ParseError(what, source_id=source_id)
+    feed = parsed.get("feed") or {}
+    feed_link = str(feed.get("link") or base_url)
+    feed_lang = _language(feed.get("language"), language)
+    tag_tuple = tuple(tags)
+    items: list[Item] = []
+    for entry in entries:
+        title = html_to_text(str(entry.get("title") or ""))
+        text = _entry_text(entry)
+        url = canonical_url(str(entry.get("link") or ""), feed_link)
+        guid = str(entry.get("id") or "")
+        if not (title or text or url or guid):
+            continue
+        items.append(
+            make_item(
+                source_id=source_id,
+                guid=guid,
+                url=url,
+                title=title,
+                text=text,
+                published=_published(entry),
+                language=_language(entry.get("language"), feed_lang),
+                tags=tag_tuple,
+            )
+        )
+    return items
+
+
+def _parse_json_feed(
+    body: bytes, *, source_id: str, language: str, tags: Iterable[str]
+) -> list[Item]:
+    """JSON Feed 1.0/1.1 (https://jsonfeed.org), which feedparser 6 does not read."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ParseError("invalid JSON", source_id=source_id) from None
+    if not (
+        isinstance(doc, dict)
+        and "jsonfeed.org/version" in str(doc.get("version", ""))
+        and isinstance(doc.get("items"), list)
+    ):
+        raise ParseError("JSON that is not a JSON Feed", source_id=source_id)
+    base = str(doc.get("home_page_url") or doc.get("feed_url") or "")
+    feed_lang = _language(doc.get("language"), language)
+    items: list[Item] = []
+    for entry in doc["items"]:
+        if not isinstance(entry, dict):
+            continue
+        html = entry.get("content_html")
+        text = (
+            html_to_text(str(html)) if html else html_to_text(str(entry.get("content_text") or ""))
+        )
+        if not text and entry.get("summary"):
+            text = html_to_text(str(entry["summary"]))
+        published = None
+        for key in ("date_published", "date_modified"):
+            try:
+                published = datetime.fromisoformat(str(entry.get(key) or "").replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if published.tzinfo is None:
+                published = published.replace(tzinfo=UTC)
+            break
+        title = html_to_text(str(entry.get("title") or ""))
+        url = canonical_url(str(entry.get("url") or ""), base)
+        guid = str(entry.get("id") or "")
+        if not (title or text or url or guid):
+            continue
+        items.append(
+            make_item(
+                source_id=source_id,
+                guid=guid,
+                url=url,
+                title=title,
+                text=text,
+                published=published,
+                language=_language(entry.get("language"), feed_lang),
+                tags=tags,
+            )
+        )
+    return items

@@ -1,0 +1,247 @@
+"""The pipeline, wired in one place.
+
+    fetch -> parse -> dedup -> match -> alert -> route -> outbox
+
+`build_pipeline()` is the only function that wires the stages; reading
+`Pipeline.poll` top to bottom shows what one poll of one source does.
+Everything from dedup to outbox happens in one store transaction, and the
+source's validators are saved in that same transaction, so a crash at any
+point either keeps the whole poll or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import aiohttp
+
+from watcher import constants
+from watcher.config import Config, SourceConfig
+from watcher.errors import FetchError, ParseError
+from watcher.fetch import Fetcher, FetchLimits
+from watcher.metrics import Metrics
+from watcher.models import Clock, Hit, Item
+from watcher.parse import parse_feed
+from watcher.route import Router
+from watcher.rules import Matcher
+from watcher.store import NewAlert, Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RaisedAlert:
+    alert_id: int
+    hit: Hit
+    item: Item
+    receivers: tuple[str, ...]
+
+
+@dataclass
+class PollOutcome:
+    source_id: str
+    outcome: str  # "new", "unchanged", "error"
+    items: int = 0
+    new_items: int = 0
+    alerts: list[RaisedAlert] = field(default_factory=list)
+    deliveries: int = 0
+    error: FetchError | ParseError | None = None
+    error_count: int = 0
+    next_poll_in_s: float | None = None
+
+
+def backoff_interval_s(
+    source: SourceConfig, errors: int, retry_after_s: float | None, max_s: float
+) -> float:
+    """Seconds until the next poll of a source after `errors` consecutive failures."""
+    if errors <= 0:
+        return float(source.interval_s)
+    delay = min(float(source.interval_s) * float(2 ** min(errors, 20)), max_s)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return delay
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        fetcher: Fetcher,
+        matcher: Callable[[], Matcher],
+        router: Router,
+        metrics: Metrics,
+        clock: Clock,
+        backoff_max_s: float = constants.POLL_BACKOFF_MAX_S,
+        on_enqueued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.backoff_max_s = backoff_max_s
+        self.store = store
+        self.fetcher = fetcher
+        self.matcher = matcher
+        self.router = router
+        self.metrics = metrics
+        self.clock = clock
+        self.on_enqueued = on_enqueued
+
+    async def poll(self, source: SourceConfig) -> PollOutcome:
+        """Fetch one source and take whatever is new all the way to the outbox.
+
+        Every poll updates the source's health: validators and a reset error
+        counter on success, the error and its reason (and a backed-off next
+        poll time) on failure.
+        """
+        state = await self.store.source_state(source.id)
+        next_poll_at = self.clock() + timedelta(seconds=source.interval_s)
+        try:
+            result = await self.fetcher.fetch(
+                source.id,
+                str(source.url),
+                etag=state.etag if state else None,
+                last_modified=state.last_modified if state else None,
+            )
+            body_hash = hashlib.sha256(result.body).hexdigest() if not result.not_modified else None
+            if result.not_modified or (state and body_hash == state.body_hash):
+                await self.store.record_poll_unchanged(source.id, next_poll_at=next_poll_at)
+                self.metrics.polls.labels(source.id, "unchanged").inc()
+                return PollOutcome(source.id, "unchanged", next_poll_in_s=float(source.interval_s))
+            items = parse_feed(
+                result.body,
+                source_id=source.id,
+                content_type=result.content_type,
+                base_url=result.url,
+                language=source.language,
+                tags=source.tags,
+            )
+        except (FetchError, ParseError) as exc:
+            return await self._failed(source, exc, state.error_count if state else 0)
+        outcome = await self.ingest(
+            source.id,
+            items,
+            etag=result.etag,
+            last_modified=result.last_modified,
+            body_hash=body_hash,
+            next_poll_at=next_poll_at,
+        )
+        self.metrics.polls.labels(source.id, "new").inc()
+        return outcome
+
+    async def _failed(
+        self, source: SourceConfig, exc: FetchError | ParseError, previous_errors: int
+    ) -> PollOutcome:
+        retry_after = exc.retry_after_s if isinstance(exc, FetchError) else None
+        delay = backoff_interval_s(source, previous_errors + 1, retry_after, self.backoff_max_s)
+        errors = await self.store.record_poll_error(
+            source.id,
+            reason=exc.reason.value if isinstance(exc, FetchError) else "not_a_feed",
+            error=str(exc),
+            next_poll_at=self.clock() + timedelta(seconds=delay),
+        )
+        self.metrics.polls.labels(source.id, "error").inc()
+        return PollOutcome(source.id, "error", error=exc, error_count=errors, next_poll_in_s=delay)
+
+    async def ingest(
+        self,
+        source_id: str,
+        items: Sequence[Item],
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        body_hash: str | None = None,
+        next_poll_at: datetime | None = None,
+        record_source: bool = True,
+    ) -> PollOutcome:
+        """Dedup, match, alert, route and enqueue deliveries: one transaction."""
+        matcher = self.matcher()
+        raised: list[RaisedAlert] = []
+        deliveries = 0
+        async with self.store.transaction() as tx:
+            new = await tx.insert_new_items(items)
+            pending: list[tuple[NewAlert, Hit, Item]] = []
+            for item_id, item in new:
+                for hit in matcher.match(item):
+                    pending.append(
+                        (
+                            NewAlert(
+                                rule_id=hit.rule_id,
+                                rule_title=hit.rule_title,
+                                event_type=hit.event_type.value,
+                                severity=hit.severity.value,
+                                story_key=item.content_hash,
+                                item_id=item_id,
+                            ),
+                            hit,
+                            item,
+                        )
+                    )
+            # One alert per (rule, story): insert one at a time to know which rows are new.
+            pairs: list[tuple[int, str]] = []
+            for new_alert, hit, item in pending:
+                ids = await tx.insert_alerts([new_alert])
+                if not ids:
+                    continue
+                receivers = tuple(self.router.receivers_for(hit, item))
+                raised.append(RaisedAlert(ids[0], hit, item, receivers))
+                pairs.extend((ids[0], r) for r in receivers)
+            deliveries = await tx.enqueue(pairs)
+            if record_source:
+                await tx.record_poll(
+                    source_id,
+                    etag=etag,
+                    last_modified=last_modified,
+                    body_hash=body_hash,
+                    new_items=len(new),
+                    next_poll_at=next_poll_at,
+                )
+        if new:
+            self.metrics.items.labels(source_id).inc(len(new))
+        for a in raised:
+            self.metrics.alerts.labels(a.hit.rule_id, a.hit.event_type.value).inc()
+        if deliveries:
+            self.on_enqueued()
+        return PollOutcome(
+            source_id,
+            "new",
+            items=len(items),
+            new_items=len(new),
+            alerts=raised,
+            deliveries=deliveries,
+            next_poll_in_s=(next_poll_at - self.clock()).total_seconds() if next_poll_at else None,
+        )
+
+
+def build_pipeline(
+    config: Config,
+    *,
+    store: Store,
+    session: aiohttp.ClientSession,
+    matcher: Callable[[], Matcher],
+    metrics: Metrics,
+    clock: Clock,
+    on_enqueued: Callable[[], None] = lambda: None,
+) -> Pipeline:
+    p = config.polling
+    fetcher = Fetcher(
+        session=session,
+        limits=FetchLimits(
+            timeout_s=p.timeout_s,
+            connect_timeout_s=p.connect_timeout_s,
+            max_body_bytes=p.max_body_bytes,
+            max_redirects=p.max_redirects,
+        ),
+        clock=clock,
+    )
+    return Pipeline(
+        store=store,
+        fetcher=fetcher,
+        matcher=matcher,
+        router=Router(config.subscriptions),
+        metrics=metrics,
+        clock=clock,
+        backoff_max_s=p.backoff_max_s,
+        on_enqueued=on_enqueued,
+    )

@@ -1,0 +1,237 @@
+"""Rule files: YAML lists of rules, validated by pydantic, compiled into one Matcher."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from watcher.errors import QuerySyntaxError, RuleError
+from watcher.models import EventType, Hit, Item, Severity
+from watcher.query import Document, Node, parse_query
+
+
+class RuleExamples(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    match: list[str] = Field(default_factory=list)
+    no_match: list[str] = Field(default_factory=list)
+
+
+class Rule(BaseModel):
+    """One rule as written in a rule file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+    title: str = Field(min_length=1)
+    event_type: EventType
+    severity: Severity
+    query: str = Field(min_length=1)
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list, description="only these source ids")
+    languages: list[str] = Field(default_factory=list, description="only these languages")
+    examples: RuleExamples = Field(default_factory=RuleExamples)
+
+
+class RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[Rule]
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: Rule
+    node: Node
+    path: str
+    line: int
+
+    def hit(self) -> Hit:
+        r = self.rule
+        return Hit(
+            rule_id=r.id,
+            rule_title=r.title,
+            event_type=r.event_type,
+            severity=r.severity,
+            tags=tuple(r.tags),
+        )
+
+    def applies_to(self, item: Item) -> bool:
+        r = self.rule
+        if r.sources and not any(fnmatch.fnmatchcase(item.source_id, s) for s in r.sources):
+            return False
+        return not (r.languages and item.language and item.language not in r.languages)
+
+
+def item_document(item: Item) -> Document:
+    return Document.from_text(f"{item.title}\n{item.text}")
+
+
+class Matcher:
+    """All loaded rules, evaluated together against each item."""
+
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        self.rules = tuple(rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def match(self, item: Item) -> list[Hit]:
+        doc = item_document(item)
+        return [r.hit() for r in self.rules if r.applies_to(item) and r.node.matches(doc)]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _query_position(node: yaml.Node, column: int) -> tuple[int, int]:
+    """Map a 1-based column within a query string to a (line, column) in the file."""
+    mark = node.start_mark
+    style = getattr(node, "style", None)
+    if style in ("|", ">"):
+        # Block scalar: the text starts on the next line; find the folded line holding it.
+        lines = mark.buffer.splitlines() if mark.buffer else []
+        offset, lineno = column - 1, mark.line + 1
+        while lineno < len(lines):
+            raw = lines[lineno]
+            stripped = raw.strip()
+            if offset <= len(stripped):
+                return lineno + 1, len(raw) - len(raw.lstrip()) + offset + 1
+            offset -= len(stripped) + 1
+            lineno += 1
+        return mark.line + 1, mark.column + 1
+    quote = 1 if style in ("'", '"') else 0
+    return mark.line + 1, mark.column + quote + column
+
+
+def _load_file(path: Path) -> tuple[list[CompiledRule], list[RuleError]]:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [RuleError(f"cannot read: {exc}", path=name)]
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data: Any = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        return [], [
+            RuleError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=name, line=line)
+        ]
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
+        return [], [RuleError("expected a mapping with a 'rules' list", path=name, line=1)]
+    rule_nodes: list[yaml.Node] = []
+    for key, value in root.value:
+        if key.value == "rules" and isinstance(value, yaml.SequenceNode):
+            rule_nodes = list(value.value)
+    errors: list[RuleError] = []
+    extra = set(data) - {"rules"}
+    if extra:
+        errors.append(
+            RuleError(f"unknown top-level key(s): {', '.join(sorted(extra))}", path=name, line=1)
+        )
+    raw_rules = data.get("rules")
+    if not isinstance(raw_rules, list):
+        return [], [*errors, RuleError("'rules' must be a list", path=name, line=1)]
+    compiled: list[CompiledRule] = []
+    for index, raw in enumerate(raw_rules):
+        node = rule_nodes[index] if index < len(rule_nodes) else root
+        line = node.start_mark.line + 1
+        rule_id = raw.get("id") if isinstance(raw, dict) else None
+        rule_id = rule_id if isinstance(rule_id, str) else None
+        try:
+            rule = Rule.model_validate(raw)
+        except ValidationError as exc:
+            for e in exc.errors(include_url=False, include_input=False):
+                loc = ".".join(str(p) for p in e["loc"])
+                errors.append(
+                    RuleError(f"{loc}: {e['msg']}", path=name, line=line, rule_id=rule_id)
+                )
+            continue
+        try:
+            ast = parse_query(rule.query)
+        except QuerySyntaxError as exc:
+            # Point at the end of the text, not at a folded scalar's trailing newline.
+            column = min(exc.column, len(rule.query.rstrip()) + 1)
+            qline, qcol = line, None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if key.value == "query":
+                        qline, qcol = _query_position(value, column)
+            errors.append(
+                RuleError(exc.message, path=name, line=qline, column=qcol, rule_id=rule.id)
+            )
+            continue
+        compiled.append(CompiledRule(rule, ast, name, line))
+    return compiled, errors
+
+
+def rule_files(paths: Iterable[Path]) -> list[Path]:
+    """The YAML files named, and those under the directories named, in a stable order."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix in (".yaml", ".yml")))
+        else:
+            out.append(p)
+    return out
+
+
+def load_rules(paths: Iterable[Path]) -> tuple[list[CompiledRule], list[RuleError]]:
+    """Load every rule file; returns the good rules and every error found."""
+    rules: list[CompiledRule] = []
+    errors: list[RuleError] = []
+    seen: dict[str, CompiledRule] = {}
+    files = rule_files(paths)
+    for path in files:
+        if not path.exists():
+            errors.append(RuleError("no such file or directory", path=str(path)))
+            continue
+        good, bad = _load_file(path)
+        errors.extend(bad)
+        for rule in good:
+            first = seen.get(rule.rule.id)
+            if first is not None:
+                errors.append(
+                    RuleError(
+                        f"duplicate rule id (first defined at {first.path}:{first.line})",
+                        path=rule.path,
+                        line=rule.line,
+                        rule_id=rule.rule.id,
+                    )
+                )
+                continue
+            seen[rule.rule.id] = rule
+            rules.append(rule)
+    return rules, errors
+
+
+def load_matcher(paths: Iterable[Path]) -> Matcher:
+    """Load rules for the service: any error is fatal (raises the first RuleError)."""
+    rules, errors = load_rules(paths)
+    if errors:
+        raise errors[0]
+    return Matcher(rules)
+
+
+def check_examples(rule: CompiledRule) -> list[str]:
+    """Run a rule's examples; returns one message per failing example."""
+    failures = []
+    for text in rule.rule.examples.match:
+        if not rule.node.matches(Document.from_text(text)):
+            failures.append(f"should match but does not: {text!r}")
+    for text in rule.rule.examples.no_match:
+        if rule.node.matches(Document.from_text(text)):
+            failures.append(f"should not match but does: {text!r}")
+    return failures

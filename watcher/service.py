@@ -1,0 +1,244 @@
+"""`watcher run`: the scheduler, the outbox worker and the API in one aiohttp app.
+
+No globals: every resource lives on the `web.Application` under a typed
+`web.AppKey`, and starts and stops in pairs in `cleanup_ctx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from watcher import constants
+from watcher.config import Config
+from watcher.metrics import Metrics
+from watcher.models import Clock, utc_now
+from watcher.notify import build_notifiers
+from watcher.outbox import OutboxWorker
+from watcher.pipeline import Pipeline, build_pipeline
+from watcher.rules import Matcher
+from watcher.store import Store
+
+logger = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+METRICS = web.AppKey("metrics", Metrics)
+MATCHER = web.AppKey("matcher", Matcher)
+STORE = web.AppKey("store", Store)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+WORKER = web.AppKey("worker", OutboxWorker)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
+
+
+class Poller:
+    """The scheduler's poll job for each source; adapts the interval on errors."""
+
+    def __init__(
+        self, *, pipeline: Pipeline, scheduler: AsyncIOScheduler, config: Config, clock: Clock
+    ) -> None:
+        self.pipeline = pipeline
+        self.scheduler = scheduler
+        self.config = config
+        self.clock = clock
+        self.sources = {s.id: s for s in config.sources if s.enabled}
+        self._interval_s = {s.id: float(s.interval_s) for s in self.sources.values()}
+
+    def job_id(self, source_id: str) -> str:
+        return f"poll:{source_id}"
+
+    def _trigger(self, seconds: float) -> IntervalTrigger:
+        return IntervalTrigger(
+            seconds=seconds,
+            jitter=max(1, int(seconds * self.config.polling.jitter_fraction)),
+            timezone="UTC",
+        )
+
+    def schedule_all(self, rng: random.Random) -> None:
+        now = self.clock()
+        for source in self.sources.values():
+            # Stagger the first polls over a few seconds so start-up is not a burst.
+            first = now + timedelta(seconds=rng.uniform(0, min(2.0, source.interval_s / 10)))
+            self.scheduler.add_job(
+                self.poll,
+                self._trigger(source.interval_s),
+                args=[source.id],
+                id=self.job_id(source.id),
+                name=f"poll {source.id}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=constants.POLL_MISFIRE_GRACE_S,
+                next_run_time=first,
+                replace_existing=True,
+            )
+
+    async def poll(self, source_id: str) -> None:
+        source = self.sources[source_id]
+        try:
+            outcome = await self.pipeline.poll(source)
+        except Exception:  # a bug or a store outage must not kill the job
+            logger.exception("source %s: poll failed unexpectedly", source_id)
+            return
+        if outcome.error is None:
+            if outcome.new_items:
+                logger.info(
+                    "source %s: %d new item(s), %d alert(s)",
+                    source_id,
+                    outcome.new_items,
+                    len(outcome.alerts),
+                )
+            self._set_interval(source_id, float(source.interval_s))
+            return
+        delay = outcome.next_poll_in_s or float(source.interval_s)
+        logger.warning(
+            "%s; next poll in %.0fs (error %d in a row)", outcome.error, delay, outcome.error_count
+        )
+        self._set_interval(source_id, delay)
+
+    def _set_interval(self, source_id: str, seconds: float) -> None:
+        if self._interval_s.get(source_id) == seconds:
+            return
+        self._interval_s[source_id] = seconds
+        with contextlib.suppress(Exception):  # the job may be gone during shutdown
+            self.scheduler.reschedule_job(self.job_id(source_id), trigger=self._trigger(seconds))
+
+
+# ------------------------------------------------------------------ resources
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = Store(config.store.url, clock=app[CLOCK])
+    await store.open()
+    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession() as session:
+        app[SESSION] = session
+        yield
+
+
+async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, clock, metrics = app[CONFIG], app[CLOCK], app[METRICS]
+    worker = OutboxWorker(
+        store=app[STORE],
+        notifiers=build_notifiers(config, session=app[SESSION], clock=clock),
+        config=config.outbox,
+        metrics=metrics,
+        clock=clock,
+    )
+    matcher = app[MATCHER]
+    pipeline = build_pipeline(
+        config,
+        store=app[STORE],
+        session=app[SESSION],
+        matcher=lambda: matcher,
+        metrics=metrics,
+        clock=clock,
+        on_enqueued=worker.kick,
+    )
+    app[WORKER] = worker
+    app[PIPELINE] = pipeline
+    task = asyncio.create_task(worker.run_forever(), name="outbox-worker")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    poller = Poller(pipeline=app[PIPELINE], scheduler=scheduler, config=config, clock=app[CLOCK])
+    poller.schedule_all(random.Random())
+    worker = app[WORKER]
+    scheduler.add_job(
+        worker.kick,
+        IntervalTrigger(seconds=config.outbox.sweep_interval_s, timezone="UTC"),
+        id="outbox-sweep",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=int(config.outbox.sweep_interval_s) + 1,
+    )
+    scheduler.start()
+    app[SCHEDULER] = scheduler
+    logger.info(
+        "watcher running: %d source(s), %d rule(s), %d receiver(s), store %s",
+        len(poller.sources),
+        len(app[MATCHER]),
+        len(config.receivers),
+        app[STORE].dialect,
+    )
+    yield
+    scheduler.shutdown(wait=False)
+
+
+# ------------------------------------------------------------------ HTTP API
+
+
+async def healthz(request: web.Request) -> web.Response:
+    app = request.app
+    body: dict[str, Any] = {"status": "ok", "rules": len(app[MATCHER])}
+    try:
+        await app[STORE].ping()
+        body["store"] = "ok"
+    except Exception as exc:
+        body.update(status="error", store=f"error: {type(exc).__name__}")
+    try:
+        states = await app[STORE].list_sources()
+        body["sources"] = {
+            s.id: {"error_count": s.error_count, "last_error": s.last_error} for s in states
+        }
+    except Exception:
+        body["sources"] = {}
+    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    m = app[METRICS]
+    with contextlib.suppress(Exception):
+        m.outbox.clear()
+        for (receiver, state), n in (await app[STORE].delivery_counts()).items():
+            m.outbox.labels(receiver, state).set(n)
+    return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
+
+
+def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> web.Application:
+    app = web.Application()
+    app[CONFIG] = config
+    app[CLOCK] = clock
+    app[METRICS] = Metrics()
+    app[MATCHER] = matcher
+    app[METRICS].rules_loaded.set(len(matcher))
+    app.cleanup_ctx.extend([_store_ctx, _session_ctx, _workers_ctx, _scheduler_ctx])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def run(config: Config, matcher: Matcher) -> None:
+    app = create_app(config, matcher)
+    web.run_app(
+        app,
+        host=config.api.host,
+        port=config.api.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=10,
+    )

@@ -1,0 +1,617 @@
+"""The store: SQLAlchemy 2 async over SQLite (embedded default) or PostgreSQL.
+
+Everything that must survive a restart lives here: source state (validators,
+errors), seen items, alerts and the delivery outbox. Nothing here is
+SQLite-only: inserts use ON CONFLICT DO NOTHING ... RETURNING (both dialects),
+and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
+
+_INSERT_CHUNK_ROWS = 500
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_Id = BigInteger().with_variant(Integer, "sqlite")
+
+metadata = MetaData()
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("body_hash", String(64)),
+    Column("last_polled_at", UTCDateTime),
+    Column("last_success_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("last_error_reason", String(32)),
+    Column("error_count", Integer, nullable=False, server_default="0"),
+    Column("items_seen", BigInteger, nullable=False, server_default="0"),
+    Column("next_poll_at", UTCDateTime),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("source_id", String(64), nullable=False),
+    Column("dedup_key", String(600), nullable=False),
+    Column("guid", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("published", UTCDateTime),
+    Column("language", String(16), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("fetched_at", UTCDateTime, nullable=False),
+    UniqueConstraint("source_id", "dedup_key", name="uq_items_source_key"),
+    Index("ix_items_content_hash", "content_hash"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("rule_id", String(100), nullable=False),
+    Column("rule_title", Text, nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("story_key", String(64), nullable=False),
+    Column("item_id", _Id, ForeignKey("items.id"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("rule_id", "story_key", name="uq_alerts_rule_story"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("alert_id", _Id, ForeignKey("alerts.id"), nullable=False),
+    Column("receiver", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("idempotency_key", String(64), nullable=False, unique=True),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", Text, nullable=False, server_default=""),
+    Column("last_reason", String(32)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    UniqueConstraint("alert_id", "receiver", name="uq_deliveries_alert_receiver"),
+    Index("ix_deliveries_due", "state", "next_attempt_at"),
+)
+
+
+@dataclass(frozen=True)
+class SourceState:
+    id: str
+    url: str
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    last_polled_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_reason: str | None
+    error_count: int
+    items_seen: int
+    next_poll_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewAlert:
+    rule_id: str
+    rule_title: str
+    event_type: str
+    severity: str
+    story_key: str
+    item_id: int
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    delivery: Delivery
+    alert: Alert
+
+
+def _insert(conn: AsyncConnection, table: Table) -> Any:
+    """The dialect's INSERT, which has on_conflict_do_nothing()."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _chunks(
+    rows: Sequence[dict[str, Any]], size: int = _INSERT_CHUNK_ROWS
+) -> Iterable[Sequence[dict[str, Any]]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+class Tx:
+    """One store transaction: what a poll writes, all or nothing."""
+
+    def __init__(self, conn: AsyncConnection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+
+    async def insert_new_items(self, batch: Sequence[Item]) -> list[tuple[int, Item]]:
+        """Insert items not seen before; returns (row id, item) for the new ones only."""
+        unique: dict[tuple[str, str], Item] = {}
+        for item in batch:
+            unique.setdefault((item.source_id, item.dedup_key), item)
+        rows = [
+            {
+                "source_id": i.source_id,
+                "dedup_key": i.dedup_key,
+                "guid": i.guid,
+                "url": i.url,
+                "title": i.title,
+                "text": i.text,
+                "published": i.published,
+                "language": i.language[:16],
+                "content_hash": i.content_hash,
+                "fetched_at": self.now,
+            }
+            for i in unique.values()
+        ]
+        new: list[tuple[int, Item]] = []
+        for chunk in _chunks(rows):
+            stmt = (
+                _insert(self.conn, items)
+                .values(list(chunk))
+                .on_conflict_do_nothing(index_elements=["source_id", "dedup_key"])
+                .returning(items.c.id, items.c.source_id, items.c.dedup_key)
+            )
+            for row in await self.conn.execute(stmt):
+                new.append((row.id, unique[(row.source_id, row.dedup_key)]))
+        return new
+
+    async def insert_alerts(self, batch: Sequence[NewAlert]) -> list[int]:
+        """Insert alerts; one per (rule, story): existing ones are skipped. Returns new ids."""
+        if not batch:
+            return []
+        rows = [
+            {
+                "rule_id": a.rule_id,
+                "rule_title": a.rule_title,
+                "event_type": a.event_type,
+                "severity": a.severity,
+                "story_key": a.story_key,
+                "item_id": a.item_id,
+                "created_at": self.now,
+            }
+            for a in batch
+        ]
+        ids: list[int] = []
+        for chunk in _chunks(rows):
+            stmt = (
+                _insert(self.conn, alerts)
+                .values(list(chunk))
+                .on_conflict_do_nothing(index_elements=["rule_id", "story_key"])
+                .returning(alerts.c.id)
+            )
+            ids.extend(row.id for row in await self.conn.execute(stmt))
+        return ids
+
+    async def enqueue(self, pairs: Sequence[tuple[int, str]]) -> int:
+        """Add one pending delivery per (alert id, receiver); returns how many were new."""
+        rows = [
+            {
+                "alert_id": alert_id,
+                "receiver": receiver,
+                "state": DeliveryState.PENDING.value,
+                "attempts": 0,
+                "idempotency_key": f"wd_{alert_id}_{receiver}",
+                "next_attempt_at": self.now,
+                "last_error": "",
+                "created_at": self.now,
+            }
+            for alert_id, receiver in pairs
+        ]
+        count = 0
+        for chunk in _chunks(rows):
+            stmt = (
+                _insert(self.conn, deliveries)
+                .values(list(chunk))
+                .on_conflict_do_nothing(index_elements=["alert_id", "receiver"])
+                .returning(deliveries.c.id)
+            )
+            count += len((await self.conn.execute(stmt)).all())
+        return count
+
+    async def record_poll(
+        self,
+        source_id: str,
+        *,
+        etag: str | None,
+        last_modified: str | None,
+        body_hash: str | None,
+        new_items: int,
+        next_poll_at: datetime | None,
+    ) -> None:
+        """A successful poll: save validators (only now), reset the error counter."""
+        await self.conn.execute(
+            update(sources)
+            .where(sources.c.id == source_id)
+            .values(
+                etag=etag,
+                last_modified=last_modified,
+                body_hash=body_hash,
+                last_polled_at=self.now,
+                last_success_at=self.now,
+                last_error=None,
+                last_error_reason=None,
+                error_count=0,
+                items_seen=sources.c.items_seen + new_items,
+                next_poll_at=next_poll_at,
+            )
+        )
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+class Store:
+    """The database. Open it with ``await store.open()``; close with ``await store.close()``."""
+
+    def __init__(self, url: str, *, clock: Clock) -> None:
+        self.url = url
+        self.clock = clock
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("store is not open")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def open(self) -> None:
+        kwargs: dict[str, Any] = {}
+        if _is_sqlite(self.url):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_async_engine(self.url, **kwargs)
+        if engine.dialect.name == "sqlite":
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+        self._engine = engine
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self.engine.begin() as conn:
+            yield Tx(conn, self.clock())
+
+    # ------------------------------------------------------------ sources
+
+    async def sync_sources(self, configured: Iterable[tuple[str, str]]) -> None:
+        """Make sure every configured (id, url) has a row; a changed URL is updated."""
+        async with self.engine.begin() as conn:
+            for source_id, url in configured:
+                stmt = (
+                    _insert(conn, sources)
+                    .values(id=source_id, url=url, error_count=0, items_seen=0)
+                    .on_conflict_do_update(index_elements=["id"], set_={"url": url})
+                )
+                await conn.execute(stmt)
+
+    async def source_state(self, source_id: str) -> SourceState | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(sources).where(sources.c.id == source_id))).first()
+        return SourceState(**row._asdict()) if row else None
+
+    async def list_sources(self) -> list[SourceState]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(sources).order_by(sources.c.id))
+            return [SourceState(**r._asdict()) for r in rows]
+
+    async def record_poll_unchanged(self, source_id: str, *, next_poll_at: datetime | None) -> None:
+        """A 304 or a byte-identical body: the source is healthy, nothing new."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sources)
+                .where(sources.c.id == source_id)
+                .values(
+                    last_polled_at=now,
+                    last_success_at=now,
+                    last_error=None,
+                    last_error_reason=None,
+                    error_count=0,
+                    next_poll_at=next_poll_at,
+                )
+            )
+
+    async def record_poll_error(
+        self, source_id: str, *, reason: str, error: str, next_poll_at: datetime | None
+    ) -> int:
+        """Record a failed poll; returns the consecutive error count."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sources)
+                .where(sources.c.id == source_id)
+                .values(
+                    last_polled_at=now,
+                    last_error=error[:2000],
+                    last_error_reason=reason,
+                    error_count=sources.c.error_count + 1,
+                    next_poll_at=next_poll_at,
+                )
+            )
+            count = await conn.scalar(
+                select(sources.c.error_count).where(sources.c.id == source_id)
+            )
+        return int(count or 0)
+
+    # ------------------------------------------------------------ outbox
+
+    async def claim_deliveries(self, *, limit: int, lease_s: float) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due deliveries.
+
+        A lease that expires (its worker crashed) makes the row due again.
+        """
+        now = self.clock()
+        d = deliveries
+        due = (
+            select(d.c.id)
+            .where(
+                d.c.state == DeliveryState.PENDING.value,
+                d.c.next_attempt_at <= now,
+                or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+            )
+            .order_by(d.c.next_attempt_at, d.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as conn:
+            claimed = (
+                (
+                    await conn.execute(
+                        update(d)
+                        .where(
+                            d.c.id.in_(due.scalar_subquery()),
+                            d.c.state == DeliveryState.PENDING.value,
+                            or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+                        )
+                        .values(
+                            lease_until=now + timedelta(seconds=lease_s), attempts=d.c.attempts + 1
+                        )
+                        .returning(d.c.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not claimed:
+                return []
+            rows = await conn.execute(_delivery_query().where(d.c.id.in_(claimed)).order_by(d.c.id))
+            return [_claimed(r._mapping) for r in rows]
+
+    async def mark_sent(self, delivery_id: int) -> None:
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id)
+                .values(
+                    state=DeliveryState.SENT.value,
+                    sent_at=now,
+                    lease_until=None,
+                    last_error="",
+                    last_reason=None,
+                )
+            )
+
+    async def mark_failed(
+        self, delivery_id: int, *, reason: str, error: str, retry_at: datetime | None
+    ) -> None:
+        """Record a failed attempt: due again at `retry_at`, or dead-lettered when None."""
+        values: dict[str, Any] = {
+            "lease_until": None,
+            "last_error": error[:2000],
+            "last_reason": reason,
+        }
+        if retry_at is None:
+            values["state"] = DeliveryState.DEAD.value
+        else:
+            values["next_attempt_at"] = retry_at
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(deliveries).where(deliveries.c.id == delivery_id).values(**values)
+            )
+
+    async def retry_dead(self, delivery_ids: Sequence[int] | None = None) -> int:
+        """Make dead deliveries pending again (all of them when ids is None)."""
+        now = self.clock()
+        stmt = update(deliveries).where(deliveries.c.state == DeliveryState.DEAD.value)
+        if delivery_ids is not None:
+            stmt = stmt.where(deliveries.c.id.in_(list(delivery_ids)))
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                stmt.values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now)
+            )
+        return int(result.rowcount or 0)
+
+    async def list_deliveries(
+        self, *, state: DeliveryState | None = None, receiver: str | None = None, limit: int = 1000
+    ) -> list[ClaimedDelivery]:
+        q = _delivery_query()
+        if state is not None:
+            q = q.where(deliveries.c.state == state.value)
+        if receiver is not None:
+            q = q.where(deliveries.c.receiver == receiver)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(q.order_by(deliveries.c.id).limit(limit))
+            return [_claimed(r._mapping) for r in rows]
+
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """(receiver, state) -> count."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(deliveries.c.receiver, deliveries.c.state, func.count()).group_by(
+                    deliveries.c.receiver, deliveries.c.state
+                )
+            )
+            return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def list_alerts(self, *, limit: int = 1000) -> list[Alert]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(_alert_query().order_by(alerts.c.id).limit(limit))
+            return [_alert(r._mapping) for r in rows]
+
+    async def count_items(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(items)) or 0)
+
+
+def _alert_query() -> Any:
+    return select(
+        alerts.c.id.label("a_id"),
+        alerts.c.rule_id,
+        alerts.c.rule_title,
+        alerts.c.event_type,
+        alerts.c.severity,
+        alerts.c.story_key,
+        alerts.c.item_id,
+        alerts.c.created_at.label("a_created_at"),
+        items.c.source_id,
+        items.c.title,
+        items.c.url,
+        items.c.text,
+        items.c.published,
+    ).join(items, items.c.id == alerts.c.item_id)
+
+
+def _delivery_query() -> Any:
+    d = deliveries
+    return (
+        _alert_query()
+        .add_columns(
+            d.c.id.label("d_id"),
+            d.c.alert_id,
+            d.c.receiver,
+            d.c.state,
+            d.c.attempts,
+            d.c.idempotency_key,
+            d.c.next_attempt_at,
+            d.c.last_error,
+            d.c.created_at.label("d_created_at"),
+            d.c.sent_at,
+        )
+        .join(d, d.c.alert_id == alerts.c.id)
+    )
+
+
+def _alert(m: Any) -> Alert:
+    return Alert(
+        id=m["a_id"],
+        rule_id=m["rule_id"],
+        rule_title=m["rule_title"],
+        event_type=m["event_type"],
+        severity=m["severity"],
+        story_key=m["story_key"],
+        item_id=m["item_id"],
+        source_id=m["source_id"],
+        title=m["title"],
+        url=m["url"],
+        text=m["text"],
+        published=m["published"],
+        created_at=m["a_created_at"],
+    )
+
+
+def _claimed(m: Any) -> ClaimedDelivery:
+    delivery = Delivery(
+        id=m["d_id"],
+        alert_id=m["alert_id"],
+        receiver=m["receiver"],
+        state=m["state"],
+        attempts=m["attempts"],
+        idempotency_key=m["idempotency_key"],
+        next_attempt_at=m["next_attempt_at"],
+        last_error=m["last_error"],
+        created_at=m["d_created_at"],
+        sent_at=m["sent_at"],
+    )
+    return ClaimedDelivery(delivery, _alert(m))
