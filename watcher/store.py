@@ -41,8 +41,6 @@ from sqlalchemy.types import TypeDecorator
 
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
-_INSERT_CHUNK_ROWS = 500
-
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on every backend."""
@@ -176,13 +174,6 @@ def _insert(conn: AsyncConnection, table: Table) -> Any:
     return sqlite.insert(table)
 
 
-def _chunks(
-    rows: Sequence[dict[str, Any]], size: int = _INSERT_CHUNK_ROWS
-) -> Iterable[Sequence[dict[str, Any]]]:
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]
-
-
 class Tx:
     """One store transaction: what a poll writes, all or nothing."""
 
@@ -210,17 +201,16 @@ class Tx:
             }
             for i in unique.values()
         ]
-        new: list[tuple[int, Item]] = []
-        for chunk in _chunks(rows):
-            stmt = (
-                _insert(self.conn, items)
-                .values(list(chunk))
-                .on_conflict_do_nothing(index_elements=["source_id", "dedup_key"])
-                .returning(items.c.id, items.c.source_id, items.c.dedup_key)
-            )
-            for row in await self.conn.execute(stmt):
-                new.append((row.id, unique[(row.source_id, row.dedup_key)]))
-        return new
+        if not rows:
+            return []
+        stmt = (
+            _insert(self.conn, items)
+            .on_conflict_do_nothing(index_elements=["source_id", "dedup_key"])
+            .returning(items.c.id, items.c.source_id, items.c.dedup_key)
+        )
+        # executemany with RETURNING: SQLAlchemy batches it ("insertmanyvalues").
+        result = await self.conn.execute(stmt, rows)
+        return [(row.id, unique[(row.source_id, row.dedup_key)]) for row in result]
 
     async def insert_alerts(self, batch: Sequence[NewAlert]) -> list[int]:
         """Insert alerts; one per (rule, story): existing ones are skipped. Returns new ids."""
@@ -238,16 +228,12 @@ class Tx:
             }
             for a in batch
         ]
-        ids: list[int] = []
-        for chunk in _chunks(rows):
-            stmt = (
-                _insert(self.conn, alerts)
-                .values(list(chunk))
-                .on_conflict_do_nothing(index_elements=["rule_id", "story_key"])
-                .returning(alerts.c.id)
-            )
-            ids.extend(row.id for row in await self.conn.execute(stmt))
-        return ids
+        stmt = (
+            _insert(self.conn, alerts)
+            .on_conflict_do_nothing(index_elements=["rule_id", "story_key"])
+            .returning(alerts.c.id)
+        )
+        return [row.id for row in await self.conn.execute(stmt, rows)]
 
     async def enqueue(self, pairs: Sequence[tuple[int, str]]) -> int:
         """Add one pending delivery per (alert id, receiver); returns how many were new."""
@@ -264,16 +250,14 @@ class Tx:
             }
             for alert_id, receiver in pairs
         ]
-        count = 0
-        for chunk in _chunks(rows):
-            stmt = (
-                _insert(self.conn, deliveries)
-                .values(list(chunk))
-                .on_conflict_do_nothing(index_elements=["alert_id", "receiver"])
-                .returning(deliveries.c.id)
-            )
-            count += len((await self.conn.execute(stmt)).all())
-        return count
+        if not rows:
+            return 0
+        stmt = (
+            _insert(self.conn, deliveries)
+            .on_conflict_do_nothing(index_elements=["alert_id", "receiver"])
+            .returning(deliveries.c.id)
+        )
+        return len((await self.conn.execute(stmt, rows)).all())
 
     async def record_poll(
         self,
