@@ -83,7 +83,7 @@ async def test_run_polls_delivers_serves_health_and_stops_on_sigterm(
             in metrics
         )
         assert 'watcher_deliveries_total{outcome="sent",reason="",receiver="hook"} 1.0' in metrics
-        assert 'watcher_outbox_deliveries{receiver="hook",state="sent"} 1.0' in metrics
+        assert 'watcher_outbox_deliveries{reason="",receiver="hook",state="sent"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr_bytes = await asyncio.wait_for(proc.communicate(), timeout=15)

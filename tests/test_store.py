@@ -92,7 +92,7 @@ async def test_retry_later_and_dead_letter(store: Store, clock: FakeClock) -> No
     await store.mark_failed(c.delivery.id, reason="client_error", error="HTTP 400", retry_at=None)
     [dead] = await store.list_deliveries(state=DeliveryState.DEAD)
     assert dead.delivery.last_error == "HTTP 400"
-    assert await store.delivery_counts() == {("hook", "dead"): 1}
+    assert await store.delivery_counts() == {("hook", "dead", "client_error"): 1}
     assert await store.retry_dead() == 1
     [c] = await store.claim_deliveries(limit=10, lease_s=60)
     assert c.delivery.attempts == 1

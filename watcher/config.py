@@ -8,6 +8,7 @@ its password or signing secret (``password_env``, ``secret_env``).
 
 from __future__ import annotations
 
+import binascii
 import os
 import tomllib
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from watcher import constants
 from watcher.errors import ConfigError
@@ -43,6 +45,14 @@ class StoreConfig(_Strict):
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = Field(
+        default="",
+        description="base URL of this API as subscribers reach it (unsubscribe links); "
+        "default http://HOST:PORT",
+    )
+
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 class RulesConfig(_Strict):
@@ -65,6 +75,10 @@ class OutboxConfig(_Strict):
     sweep_interval_s: float = Field(default=constants.OUTBOX_SWEEP_INTERVAL_S, gt=0)
     lease_s: float = Field(default=constants.OUTBOX_LEASE_S, gt=0)
     concurrency: int = Field(default=constants.OUTBOX_CONCURRENCY, ge=1)
+    breaker_failures: int = Field(
+        default=constants.BREAKER_FAILURES, ge=1, description="consecutive failures that open it"
+    )
+    breaker_cooldown_s: float = Field(default=constants.BREAKER_COOLDOWN_S, gt=0)
 
 
 class SourceConfig(_Strict):
@@ -87,12 +101,19 @@ def _secret_from_env(var: str | None, what: str) -> SecretStr | None:
     return SecretStr(value)
 
 
-class EmailReceiverConfig(_Strict):
-    type: Literal["email"]
+class _ReceiverBase(_Strict):
     id: Slug
+    concurrency: int = Field(
+        default=constants.RECEIVER_CONCURRENCY, ge=1, description="sends in flight at once"
+    )
+
+
+class EmailReceiverConfig(_ReceiverBase):
+    type: Literal["email"]
     host: str = "localhost"
     port: int = Field(default=25, ge=1, le=65535)
     tls: Literal["none", "starttls", "implicit"] = "none"
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the server")
     username: str = ""
     password_env: str | None = None
     sender: str = Field(default="watcher@localhost", alias="from")
@@ -105,6 +126,8 @@ class EmailReceiverConfig(_Strict):
     @model_validator(mode="after")
     def _load_secret(self) -> EmailReceiverConfig:
         self._password = _secret_from_env(self.password_env, "the SMTP password")
+        if self._password is not None and not self.username:
+            raise ValueError("password_env is set but username is empty")
         return self
 
     @property
@@ -112,9 +135,8 @@ class EmailReceiverConfig(_Strict):
         return self._password
 
 
-class WebhookReceiverConfig(_Strict):
+class WebhookReceiverConfig(_ReceiverBase):
     type: Literal["webhook"]
-    id: Slug
     url: AnyHttpUrl
     secret_env: str | None = None
     timeout_s: float = Field(default=constants.WEBHOOK_TIMEOUT_S, gt=0)
@@ -123,6 +145,14 @@ class WebhookReceiverConfig(_Strict):
     @model_validator(mode="after")
     def _load_secret(self) -> WebhookReceiverConfig:
         self._secret = _secret_from_env(self.secret_env, "the webhook signing secret")
+        if self._secret is not None:
+            try:
+                Webhook(self._secret.get_secret_value())
+            except (ValueError, binascii.Error, EmptyWebhookSecretError):
+                raise ValueError(
+                    f"the signing secret in {self.secret_env} must be base64, optionally "
+                    "prefixed 'whsec_' (Standard Webhooks)"
+                ) from None
         return self
 
     @property
@@ -130,7 +160,32 @@ class WebhookReceiverConfig(_Strict):
         return self._secret
 
 
-ReceiverConfig = Annotated[EmailReceiverConfig | WebhookReceiverConfig, Field(discriminator="type")]
+class SlackReceiverConfig(_ReceiverBase):
+    """A Slack incoming webhook. Its URL is a secret, so it comes from the environment."""
+
+    type: Literal["slack"]
+    url_env: str
+    timeout_s: float = Field(default=constants.WEBHOOK_TIMEOUT_S, gt=0)
+    _url: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> SlackReceiverConfig:
+        self._url = _secret_from_env(self.url_env, "the Slack webhook URL")
+        url = self._url.get_secret_value() if self._url else ""
+        if not url.startswith(("https://", "http://")):
+            raise ValueError(f"{self.url_env} must hold an http(s) URL")
+        return self
+
+    @property
+    def url(self) -> str:
+        return self._url.get_secret_value() if self._url else ""
+
+
+ReceiverConfig = Annotated[
+    EmailReceiverConfig | WebhookReceiverConfig | SlackReceiverConfig,
+    Field(discriminator="type"),
+]
+AnyReceiverConfig = EmailReceiverConfig | WebhookReceiverConfig | SlackReceiverConfig
 
 
 class SubscriptionConfig(_Strict):
@@ -193,7 +248,7 @@ class Config(BaseSettings):
             raise ValueError("; ".join(problems))
         return self
 
-    def receiver(self, receiver_id: str) -> EmailReceiverConfig | WebhookReceiverConfig | None:
+    def receiver(self, receiver_id: str) -> AnyReceiverConfig | None:
         return next((r for r in self.receivers if r.id == receiver_id), None)
 
 
@@ -202,7 +257,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("email", "webhook") or part.startswith("function-"):
+        elif part in ("email", "webhook", "slack") or part.startswith("function-"):
             continue
         else:
             out += f".{part}" if out else part

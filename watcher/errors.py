@@ -108,6 +108,7 @@ class DeliveryReason(StrEnum):
     SMTP_PERMANENT = "smtp_permanent"
     CONFIG = "config"
     UNKNOWN_RECEIVER = "unknown_receiver"
+    UNKNOWN = "unknown"
 
 
 class DeliveryError(WatcherError):

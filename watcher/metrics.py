@@ -22,8 +22,14 @@ class Metrics:
         )
         self.outbox = Gauge(
             "watcher_outbox_deliveries",
-            "Deliveries in the outbox by state (read from the store at scrape time)",
-            ["receiver", "state"],
+            "Deliveries in the outbox by state and last failure reason (read at scrape time)",
+            ["receiver", "state", "reason"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "watcher_receiver_breaker_open",
+            "1 while a receiver's circuit breaker is open",
+            ["receiver"],
             registry=r,
         )
         self.rules_loaded = Gauge("watcher_rules_loaded", "Rules currently active", registry=r)

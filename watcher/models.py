@@ -84,6 +84,14 @@ class Alert(BaseModel):
     text: str
     published: datetime | None
     created_at: datetime
+    sources: list[str] = Field(default_factory=list, description="all sources reporting the story")
+    facets: dict[str, list[str]] = Field(
+        default_factory=dict, description="e.g. minerals, countries named in the text"
+    )
+
+    @property
+    def all_sources(self) -> list[str]:
+        return self.sources or [self.source_id]
 
 
 class DeliveryState(StrEnum):

@@ -1,11 +1,18 @@
 """The outbox worker: claim due deliveries, send them, record the outcome.
 
-Every delivery is a row before it is attempted. A worker leases rows (so a
-crashed worker's rows become due again when the lease expires), sends each
-through its receiver's notifier, then marks it sent, or due again after a
-backoff with full jitter (Retry-After honoured), or dead after
-`max_attempts` or a permanent failure. Delivery is at-least-once; the
-idempotency key makes a repeat harmless to the receiver.
+Every delivery is a row before it is attempted. A worker leases a batch of due
+rows (a crashed worker's rows become due again when their lease expires),
+sends each through its receiver's notifier, then records every outcome of the
+batch in one transaction: sent; due again after exponential backoff with full
+jitter (or exactly when the receiver's Retry-After says); or dead after
+`max_attempts` or a permanent failure. Delivery is at-least-once: a crash
+between send and record sends again, with the same idempotency key.
+
+A receiver that keeps failing does not hold up the others: each receiver has
+its own concurrency limit and a circuit breaker. After `breaker_failures`
+consecutive retryable failures (or a 429 with Retry-After) the breaker opens:
+the receiver's rows are not claimed until the cooldown ends; then one trial
+delivery is let through (half-open), and its outcome closes or reopens it.
 """
 
 from __future__ import annotations
@@ -16,14 +23,14 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from watcher.config import OutboxConfig
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.metrics import Metrics
 from watcher.models import Clock
 from watcher.notify.base import Notifier
-from watcher.store import ClaimedDelivery, Store
+from watcher.store import ClaimedDelivery, Outcome, Store
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +38,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DeliveryOutcome:
     claimed: ClaimedDelivery
-    outcome: str  # "sent", "retry", "dead"
+    outcome: str  # "sent", "retry", "dead", "deferred"
     error: DeliveryError | None = None
     retry_in_s: float | None = None
 
@@ -40,6 +47,51 @@ def backoff_s(attempts: int, *, base_s: float, max_s: float, rng: random.Random)
     """Exponential backoff with full jitter: uniform(0, min(max, base * 2^(attempts-1)))."""
     ceiling = min(max_s, base_s * (2 ** max(0, min(attempts - 1, 30))))
     return rng.uniform(0, ceiling)
+
+
+@dataclass
+class CircuitBreaker:
+    """Per-receiver breaker: closed -> open (after failures) -> half-open (one trial)."""
+
+    failures_to_open: int
+    cooldown_s: float
+    failures: int = 0
+    open_until: datetime | None = None
+    trial_in_flight: bool = False
+
+    def state(self, now: datetime) -> str:
+        if self.open_until is None:
+            return "closed"
+        return "open" if now < self.open_until else "half_open"
+
+    def allow(self, now: datetime) -> bool:
+        """May a delivery be attempted now? In half-open state only one at a time."""
+        state = self.state(now)
+        if state == "closed":
+            return True
+        if state == "open" or self.trial_in_flight:
+            return False
+        self.trial_in_flight = True
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self.open_until = None
+        self.trial_in_flight = False
+
+    def failure(self, now: datetime, *, pause_s: float | None = None) -> None:
+        self.failures += 1
+        self.trial_in_flight = False
+        if pause_s is not None or self.failures >= self.failures_to_open:
+            cooldown = max(self.cooldown_s if self.failures >= self.failures_to_open else 0.0,
+                           pause_s or 0.0)  # fmt: skip
+            self.open_until = now + timedelta(seconds=cooldown)
+
+
+@dataclass
+class _Receiver:
+    semaphore: asyncio.Semaphore
+    breaker: CircuitBreaker
 
 
 class OutboxWorker:
@@ -51,6 +103,7 @@ class OutboxWorker:
         config: OutboxConfig,
         metrics: Metrics,
         clock: Clock,
+        receiver_concurrency: Mapping[str, int] | None = None,
         rng: random.Random | None = None,
         on_outcome: Callable[[DeliveryOutcome], None] = lambda _: None,
     ) -> None:
@@ -62,23 +115,43 @@ class OutboxWorker:
         self.rng = rng or random.Random()
         self.on_outcome = on_outcome
         self._wake = asyncio.Event()
-        self._sem = asyncio.Semaphore(config.concurrency)
+        concurrency = receiver_concurrency or {}
+        self._receivers = {
+            name: _Receiver(
+                asyncio.Semaphore(concurrency.get(name, config.concurrency)),
+                CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s),
+            )
+            for name in notifiers
+        }
 
     def kick(self) -> None:
         """Ask the worker to look for due deliveries now."""
         self._wake.set()
 
+    def breaker_state(self, receiver: str) -> str:
+        r = self._receivers.get(receiver)
+        return r.breaker.state(self.clock()) if r else "closed"
+
     async def run_once(self) -> int:
-        """Claim one batch of due deliveries and attempt each. Returns how many were attempted."""
+        """Claim one batch of due deliveries, attempt each, record the outcomes together.
+
+        Returns how many were claimed.
+        """
+        now = self.clock()
+        paused = sorted(n for n, r in self._receivers.items() if r.breaker.state(now) == "open")
         batch = await self.store.claim_deliveries(
-            limit=max(self.config.concurrency, 1) * 5, lease_s=self.config.lease_s
+            limit=self.config.concurrency * 2, lease_s=self.config.lease_s, exclude_receivers=paused
         )
-        if batch:
-            await asyncio.gather(*(self._attempt(c) for c in batch))
+        if not batch:
+            return 0
+        outcomes = await asyncio.gather(*(self._attempt(c) for c in batch))
+        await self.store.record_outcomes([self._row(o) for o in outcomes])
+        for o in outcomes:
+            self._report(o)
         return len(batch)
 
     async def drain(self) -> None:
-        """Attempt deliveries until none is due now."""
+        """Attempt deliveries until none is due now (open breakers' rows stay for later)."""
         while await self.run_once():
             pass
 
@@ -92,61 +165,86 @@ class OutboxWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.sweep_interval_s)
 
-    async def _attempt(self, claimed: ClaimedDelivery) -> None:
-        async with self._sem:
-            d = claimed.delivery
-            notifier = self.notifiers.get(d.receiver)
+    async def _attempt(self, claimed: ClaimedDelivery) -> DeliveryOutcome:
+        d = claimed.delivery
+        notifier = self.notifiers.get(d.receiver)
+        receiver = self._receivers.get(d.receiver)
+        if notifier is None or receiver is None:
+            err = DeliveryError(
+                DeliveryReason.UNKNOWN_RECEIVER,
+                "receiver is not configured",
+                receiver=d.receiver,
+                retryable=False,
+            )
+            return DeliveryOutcome(claimed, "dead", err)
+        if not receiver.breaker.allow(self.clock()):
+            return DeliveryOutcome(claimed, "deferred")
+        async with receiver.semaphore:
             try:
-                if notifier is None:
-                    raise DeliveryError(
-                        DeliveryReason.UNKNOWN_RECEIVER,
-                        "receiver is not configured",
-                        receiver=d.receiver,
-                        retryable=False,
-                    )
                 await notifier.send(claimed)
             except DeliveryError as exc:
-                outcome = await self._failed(claimed, exc)
-            else:
-                await self.store.mark_sent(d.id)
-                self.metrics.deliveries.labels(d.receiver, "sent", "").inc()
-                outcome = DeliveryOutcome(claimed, "sent")
-            self.on_outcome(outcome)
+                pause = exc.retry_after_s if exc.reason is DeliveryReason.RATE_LIMITED else None
+                if exc.retryable:
+                    receiver.breaker.failure(self.clock(), pause_s=pause)
+                else:
+                    receiver.breaker.trial_in_flight = False
+                return self._failed(claimed, exc)
+            except Exception as exc:  # a notifier bug must not lose the row
+                logger.exception("receiver %s: notifier failed unexpectedly", d.receiver)
+                receiver.breaker.failure(self.clock())
+                err = DeliveryError(
+                    DeliveryReason.UNKNOWN,
+                    f"internal error: {type(exc).__name__}",
+                    receiver=d.receiver,
+                    retryable=True,
+                )
+                return self._failed(claimed, err)
+        receiver.breaker.success()
+        return DeliveryOutcome(claimed, "sent")
 
-    async def _failed(self, claimed: ClaimedDelivery, exc: DeliveryError) -> DeliveryOutcome:
-        d = claimed.delivery
-        if exc.retryable and d.attempts < self.config.max_attempts:
+    def _failed(self, claimed: ClaimedDelivery, exc: DeliveryError) -> DeliveryOutcome:
+        attempts = claimed.delivery.attempts
+        if not exc.retryable or attempts >= self.config.max_attempts:
+            return DeliveryOutcome(claimed, "dead", exc)
+        if exc.retry_after_s is not None:  # the receiver said when: not before that
+            delay = exc.retry_after_s
+        else:
             delay = backoff_s(
-                d.attempts,
+                attempts,
                 base_s=self.config.backoff_base_s,
                 max_s=self.config.backoff_max_s,
                 rng=self.rng,
             )
-            if exc.retry_after_s is not None:  # the receiver said when: not before that
-                delay = exc.retry_after_s
-            await self.store.mark_failed(
-                d.id,
-                reason=exc.reason.value,
-                error=str(exc),
-                retry_at=self.clock() + timedelta(seconds=delay),
-            )
-            self.metrics.deliveries.labels(d.receiver, "retry", exc.reason.value).inc()
+        return DeliveryOutcome(claimed, "retry", exc, delay)
+
+    def _row(self, o: DeliveryOutcome) -> Outcome:
+        d = o.claimed.delivery
+        if o.outcome == "sent":
+            return Outcome(d.id, "sent")
+        if o.outcome == "deferred":
+            return Outcome(d.id, "deferred")
+        assert o.error is not None
+        retry_at = None
+        if o.outcome == "retry":
+            retry_at = self.clock() + timedelta(seconds=o.retry_in_s or 0.0)
+        return Outcome(
+            d.id, o.outcome, reason=o.error.reason.value, error=str(o.error), retry_at=retry_at
+        )
+
+    def _report(self, o: DeliveryOutcome) -> None:
+        d = o.claimed.delivery
+        if o.outcome == "deferred":
+            return
+        reason = o.error.reason.value if o.error else ""
+        self.metrics.deliveries.labels(d.receiver, o.outcome, reason).inc()
+        if o.outcome == "retry":
             logger.warning(
                 "delivery %d to receiver %s failed (attempt %d): %s; retry in %.0fs",
-                d.id,
-                d.receiver,
-                d.attempts,
-                exc,
-                delay,
-            )
-            return DeliveryOutcome(claimed, "retry", exc, delay)
-        await self.store.mark_failed(d.id, reason=exc.reason.value, error=str(exc), retry_at=None)
-        self.metrics.deliveries.labels(d.receiver, "dead", exc.reason.value).inc()
-        logger.error(
-            "delivery %d to receiver %s dead-lettered after %d attempt(s): %s",
-            d.id,
-            d.receiver,
-            d.attempts,
-            exc,
-        )
-        return DeliveryOutcome(claimed, "dead", exc)
+                d.id, d.receiver, d.attempts, o.error, o.retry_in_s or 0.0,
+            )  # fmt: skip
+        elif o.outcome == "dead":
+            logger.error(
+                "delivery %d to receiver %s dead-lettered after %d attempt(s): %s",
+                d.id, d.receiver, d.attempts, o.error,
+            )  # fmt: skip
+        self.on_outcome(o)

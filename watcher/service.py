@@ -141,6 +141,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         config=config.outbox,
         metrics=metrics,
         clock=clock,
+        receiver_concurrency={r.id: r.concurrency for r in config.receivers},
     )
     matcher = app[MATCHER]
     pipeline = build_pipeline(
@@ -214,8 +215,11 @@ async def metrics(request: web.Request) -> web.Response:
     m = app[METRICS]
     with contextlib.suppress(Exception):
         m.outbox.clear()
-        for (receiver, state), n in (await app[STORE].delivery_counts()).items():
-            m.outbox.labels(receiver, state).set(n)
+        for (receiver, state, reason), n in (await app[STORE].delivery_counts()).items():
+            m.outbox.labels(receiver, state, reason).set(n)
+        worker = app[WORKER]
+        for rc in app[CONFIG].receivers:
+            m.breaker_open.labels(rc.id).set(1 if worker.breaker_state(rc.id) == "open" else 0)
     return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
 

@@ -162,6 +162,17 @@ class NewAlert:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What became of one attempted delivery, to be recorded."""
+
+    delivery_id: int
+    state: str  # "sent", "retry", "dead", "deferred" (not attempted: its breaker is open)
+    reason: str | None = None
+    error: str = ""
+    retry_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ClaimedDelivery:
     delivery: Delivery
     alert: Alert
@@ -410,7 +421,9 @@ class Store:
 
     # ------------------------------------------------------------ outbox
 
-    async def claim_deliveries(self, *, limit: int, lease_s: float) -> list[ClaimedDelivery]:
+    async def claim_deliveries(
+        self, *, limit: int, lease_s: float, exclude_receivers: Sequence[str] = ()
+    ) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries.
 
         A lease that expires (its worker crashed) makes the row due again.
@@ -428,6 +441,8 @@ class Store:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
+        if exclude_receivers:
+            due = due.where(d.c.receiver.not_in(list(exclude_receivers)))
         async with self.engine.begin() as conn:
             claimed = (
                 (
@@ -452,38 +467,41 @@ class Store:
             rows = await conn.execute(_delivery_query().where(d.c.id.in_(claimed)).order_by(d.c.id))
             return [_claimed(r._mapping) for r in rows]
 
-    async def mark_sent(self, delivery_id: int) -> None:
+    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Record a batch of attempts in one transaction, releasing their leases."""
+        if not outcomes:
+            return
         now = self.clock()
+        d = deliveries
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery_id)
-                .values(
-                    state=DeliveryState.SENT.value,
-                    sent_at=now,
-                    lease_until=None,
-                    last_error="",
-                    last_reason=None,
-                )
-            )
+            for o in outcomes:
+                values: dict[str, Any] = {"lease_until": None}
+                if o.state == "sent":
+                    values.update(state=DeliveryState.SENT.value, sent_at=now, last_reason=None)
+                elif o.state == "deferred":
+                    values.update(attempts=d.c.attempts - 1)
+                elif o.state == "retry":
+                    assert o.retry_at is not None
+                    values.update(
+                        next_attempt_at=o.retry_at, last_error=o.error[:2000], last_reason=o.reason
+                    )
+                else:
+                    values.update(
+                        state=DeliveryState.DEAD.value,
+                        last_error=o.error[:2000],
+                        last_reason=o.reason,
+                    )
+                await conn.execute(update(d).where(d.c.id == o.delivery_id).values(**values))
+
+    async def mark_sent(self, delivery_id: int) -> None:
+        await self.record_outcomes([Outcome(delivery_id, "sent")])
 
     async def mark_failed(
         self, delivery_id: int, *, reason: str, error: str, retry_at: datetime | None
     ) -> None:
         """Record a failed attempt: due again at `retry_at`, or dead-lettered when None."""
-        values: dict[str, Any] = {
-            "lease_until": None,
-            "last_error": error[:2000],
-            "last_reason": reason,
-        }
-        if retry_at is None:
-            values["state"] = DeliveryState.DEAD.value
-        else:
-            values["next_attempt_at"] = retry_at
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(deliveries).where(deliveries.c.id == delivery_id).values(**values)
-            )
+        state = "retry" if retry_at is not None else "dead"
+        await self.record_outcomes([Outcome(delivery_id, state, reason, error, retry_at)])
 
     async def retry_dead(self, delivery_ids: Sequence[int] | None = None) -> int:
         """Make dead deliveries pending again (all of them when ids is None)."""
@@ -509,15 +527,16 @@ class Store:
             rows = await conn.execute(q.order_by(deliveries.c.id).limit(limit))
             return [_claimed(r._mapping) for r in rows]
 
-    async def delivery_counts(self) -> dict[tuple[str, str], int]:
-        """(receiver, state) -> count."""
+    async def delivery_counts(self) -> dict[tuple[str, str, str], int]:
+        """(receiver, state, last failure reason or '') -> count."""
+        d = deliveries
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                select(deliveries.c.receiver, deliveries.c.state, func.count()).group_by(
-                    deliveries.c.receiver, deliveries.c.state
+                select(d.c.receiver, d.c.state, d.c.last_reason, func.count()).group_by(
+                    d.c.receiver, d.c.state, d.c.last_reason
                 )
             )
-            return {(r[0], r[1]): int(r[2]) for r in rows}
+            return {(r[0], r[1], r[2] or ""): int(r[3]) for r in rows}
 
     async def list_alerts(self, *, limit: int = 1000) -> list[Alert]:
         async with self.engine.connect() as conn:

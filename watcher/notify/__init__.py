@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from aiohttp import ClientSession
 
-from watcher.config import Config, EmailReceiverConfig
+from watcher.config import Config, EmailReceiverConfig, SlackReceiverConfig
 from watcher.models import Clock
 from watcher.notify.base import Notifier, render
 from watcher.notify.email import EmailNotifier
+from watcher.notify.slack import SlackNotifier
 from watcher.notify.webhook import WebhookNotifier
 
-__all__ = ["EmailNotifier", "Notifier", "WebhookNotifier", "build_notifiers", "render"]
+__all__ = [
+    "EmailNotifier",
+    "Notifier",
+    "SlackNotifier",
+    "WebhookNotifier",
+    "build_notifiers",
+    "render",
+]
 
 
 def build_notifiers(config: Config, *, session: ClientSession, clock: Clock) -> dict[str, Notifier]:
@@ -22,6 +30,8 @@ def build_notifiers(config: Config, *, session: ClientSession, clock: Clock) -> 
     for receiver in config.receivers:
         if isinstance(receiver, EmailReceiverConfig):
             out[receiver.id] = EmailNotifier(receiver, clock=clock)
+        elif isinstance(receiver, SlackReceiverConfig):
+            out[receiver.id] = SlackNotifier(receiver, session=session, clock=clock)
         else:
             out[receiver.id] = WebhookNotifier(receiver, session=session, clock=clock)
     return out

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from standardwebhooks.webhooks import Webhook
 
 from watcher.config import WebhookReceiverConfig
 from watcher.errors import DeliveryError, DeliveryReason
@@ -44,17 +43,10 @@ def payload(claimed: ClaimedDelivery) -> dict[str, Any]:
     }
 
 
-def _secret_bytes(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
-    return secret.encode()
-
-
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The Standard Webhooks `webhook-signature` value: 'v1,' + base64(HMAC-SHA256)."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_secret_bytes(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    """The Standard Webhooks `webhook-signature` value ('v1,' + base64 HMAC-SHA256)."""
+    when = datetime.fromtimestamp(timestamp, tz=UTC)
+    return Webhook(secret).sign(msg_id=msg_id, timestamp=when, data=body.decode())
 
 
 def classify_status(receiver: str, status: int, retry_after: str | None, clock: Clock) -> None:

@@ -1,0 +1,166 @@
+"""Slack: a Block Kit message through an incoming webhook.
+
+Feed text is untrusted: everything that goes into mrkdwn is escaped (`&`, `<`,
+`>`), so an item cannot inject mentions (`<!channel>`) or links, and every text
+is cut to Slack's limits on a word boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from watcher.config import SlackReceiverConfig
+from watcher.errors import DeliveryError, DeliveryReason
+from watcher.models import Alert, Clock
+from watcher.notify.base import excerpt
+from watcher.notify.webhook import classify_status
+from watcher.store import ClaimedDelivery
+
+HEADER_MAX_CHARS = 150  # header block plain_text
+SECTION_MAX_CHARS = 3000  # section text
+FIELD_MAX_CHARS = 2000  # each section field
+CONTEXT_MAX_CHARS = 2000
+URL_MAX_CHARS = 3000
+BUTTON_TEXT_MAX_CHARS = 75
+SEVERITY_MARK = {"low": "⚪", "medium": "🟡", "high": "🟠", "critical": "🔴"}
+
+
+def escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut to `limit` characters on a word boundary, marking the cut with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut[limit // 2 :]:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "…"
+
+
+def _escaped(text: str, limit: int) -> str:
+    # Escape first, then cut without splitting an entity such as "&amp;".
+    out = escape(text)
+    if len(out) <= limit:
+        return out
+    cut = truncate(out, limit)
+    amp = cut.rfind("&", max(0, len(cut) - 6))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp].rstrip() + "…"
+    return cut
+
+
+def _link_url(url: str) -> str:
+    return url.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
+
+
+def blocks(alert: Alert) -> dict[str, Any]:
+    """The Slack message for one alert: fallback text plus Block Kit blocks."""
+    mark = SEVERITY_MARK.get(alert.severity.value, "")
+    title = " ".join(alert.title.split()) or "(untitled)"
+    headline = (
+        f"*<{_link_url(alert.url)}|{_escaped(title, 500)}>*"
+        if alert.url
+        else (f"*{_escaped(title, 500)}*")
+    )
+    body = excerpt(alert.text, 1200)
+    fields = [
+        f"*Event type*\n{alert.event_type.value}",
+        f"*Severity*\n{alert.severity.value}",
+    ]
+    for name, label in (("countries", "Jurisdiction"), ("minerals", "Minerals")):
+        values = alert.facets.get(name)
+        if values:
+            fields.append(f"*{label}*\n{_escaped(', '.join(values), FIELD_MAX_CHARS - 20)}")
+    published = alert.published.strftime("%Y-%m-%d %H:%M UTC") if alert.published else "unknown"
+    sources = alert.all_sources
+    context = f"{_escaped(sources[0], 200)} · {published} · rule `{_escaped(alert.rule_id, 100)}`"
+    if len(sources) > 1:
+        also = ", ".join(sources[1:])
+        context += f" · also reported by {len(sources) - 1}: {_escaped(also, 1000)}"
+    out: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": truncate(f"{mark} {alert.rule_title}".strip(), HEADER_MAX_CHARS),
+                "emoji": True,
+            },
+        },
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": truncate(
+                    f"{headline}\n{_escaped(body, SECTION_MAX_CHARS - 600)}", SECTION_MAX_CHARS
+                ),
+            },
+        },
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": truncate(context, CONTEXT_MAX_CHARS)}],
+        },
+    ]
+    if alert.url:
+        out.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Open the article"},
+                        "url": alert.url[:URL_MAX_CHARS],
+                    }
+                ],
+            }
+        )
+    fallback = f"[{alert.severity.value.upper()}] {alert.rule_title}: {title}"
+    return {"text": _escaped(fallback, SECTION_MAX_CHARS), "blocks": out}
+
+
+class SlackNotifier:
+    def __init__(
+        self, config: SlackReceiverConfig, *, session: aiohttp.ClientSession, clock: Clock
+    ) -> None:
+        self.config = config
+        self.receiver_id = config.id
+        self.session = session
+        self.clock = clock
+
+    async def send(self, claimed: ClaimedDelivery) -> None:
+        body = json.dumps(blocks(claimed.alert), ensure_ascii=False).encode()
+        try:
+            async with self.session.post(
+                self.config.url,
+                data=body,
+                headers={"Content-Type": "application/json; charset=utf-8"},
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                classify_status(
+                    self.receiver_id, resp.status, resp.headers.get("Retry-After"), self.clock
+                )
+        except DeliveryError:
+            raise
+        except TimeoutError:
+            raise DeliveryError(
+                DeliveryReason.TIMEOUT,
+                f"no answer within {self.config.timeout_s:g}s",
+                receiver=self.receiver_id,
+                retryable=True,
+            ) from None
+        except aiohttp.ClientError as exc:
+            # never str(exc): it would contain the webhook URL, which is a secret
+            raise DeliveryError(
+                DeliveryReason.CONNECT,
+                type(exc).__name__,
+                receiver=self.receiver_id,
+                retryable=True,
+            ) from None
