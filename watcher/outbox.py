@@ -177,9 +177,10 @@ class OutboxWorker:
                 retryable=False,
             )
             return DeliveryOutcome(claimed, "dead", err)
-        if not receiver.breaker.allow(self.clock()):
-            return DeliveryOutcome(claimed, "deferred")
         async with receiver.semaphore:
+            # Checked once a slot is free: failures while this row waited count.
+            if not receiver.breaker.allow(self.clock()):
+                return DeliveryOutcome(claimed, "deferred")
             try:
                 await notifier.send(claimed)
             except DeliveryError as exc:

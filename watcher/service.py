@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import html
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -24,6 +26,7 @@ from watcher.config import Config
 from watcher.metrics import Metrics
 from watcher.models import Clock, utc_now
 from watcher.notify import build_notifiers
+from watcher.notify.email import unsubscribe_token
 from watcher.outbox import OutboxWorker
 from watcher.pipeline import Pipeline, build_pipeline
 from watcher.rules import Matcher
@@ -40,6 +43,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", OutboxWorker)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
+UNSUBSCRIBE_KEY = web.AppKey("unsubscribe_key", bytes)
 
 
 class Poller:
@@ -134,10 +138,18 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
-    config, clock, metrics = app[CONFIG], app[CLOCK], app[METRICS]
+    config, clock, metrics, store = app[CONFIG], app[CLOCK], app[METRICS], app[STORE]
+    app[UNSUBSCRIBE_KEY] = await store.secret("unsubscribe")
+    notifiers = build_notifiers(
+        config,
+        session=app[SESSION],
+        clock=clock,
+        unsubscribe_key=app[UNSUBSCRIBE_KEY],
+        suppressed=store.suppressed,
+    )
     worker = OutboxWorker(
-        store=app[STORE],
-        notifiers=build_notifiers(config, session=app[SESSION], clock=clock),
+        store=store,
+        notifiers=notifiers,
         config=config.outbox,
         metrics=metrics,
         clock=clock,
@@ -160,6 +172,8 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    for notifier in notifiers.values():
+        await notifier.close()
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -223,6 +237,32 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
 
+_UNSUBSCRIBE_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Unsubscribe</title></head><body style="font-family: sans-serif">
+<form method="post"><p>Stop watcher alerts from <b>{receiver}</b> to <b>{address}</b>?</p>
+<input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe</button></form></body></html>"""
+
+
+async def unsubscribe(request: web.Request) -> web.Response:
+    """One-click unsubscribe (RFC 8058). GET only shows a form: link scanners must not act."""
+    app = request.app
+    receiver = request.query.get("r", "")
+    address = request.query.get("a", "")
+    token = request.query.get("t", "")
+    expected = unsubscribe_token(app[UNSUBSCRIBE_KEY], receiver, address)
+    if not (receiver and address and hmac.compare_digest(token, expected)):
+        return web.Response(status=403, text="invalid or expired unsubscribe link")
+    if request.method == "GET":
+        page = _UNSUBSCRIBE_PAGE.format(
+            receiver=html.escape(receiver), address=html.escape(address)
+        )
+        return web.Response(text=page, content_type="text/html")
+    await app[STORE].suppress(receiver, address)
+    logger.info("receiver %s: an address unsubscribed", receiver)
+    return web.Response(text="You are unsubscribed.")
+
+
 def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
@@ -233,6 +273,8 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
     app.cleanup_ctx.extend([_store_ctx, _session_ctx, _workers_ctx, _scheduler_ctx])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/unsubscribe", unsubscribe)
+    app.router.add_post("/unsubscribe", unsubscribe)
     return app
 
 

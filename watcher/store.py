@@ -8,6 +8,7 @@ and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -132,6 +133,22 @@ deliveries = Table(
     Column("sent_at", UTCDateTime),
     UniqueConstraint("alert_id", "receiver", name="uq_deliveries_alert_receiver"),
     Index("ix_deliveries_due", "state", "next_attempt_at"),
+)
+
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+email_suppressions = Table(
+    "email_suppressions",
+    metadata,
+    Column("receiver", String(64), primary_key=True),
+    Column("address", String(320), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 
@@ -418,6 +435,38 @@ class Store:
                 select(sources.c.error_count).where(sources.c.id == source_id)
             )
         return int(count or 0)
+
+    # ------------------------------------------------------------ settings
+
+    async def secret(self, name: str) -> bytes:
+        """A random secret created on first use and kept in the store (shared by replicas)."""
+        key = f"secret:{name}"
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _insert(conn, settings)
+                .values(key=key, value=secrets.token_urlsafe(32))
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            value = await conn.scalar(select(settings.c.value).where(settings.c.key == key))
+        return str(value).encode()
+
+    async def suppress(self, receiver: str, address: str) -> None:
+        """Unsubscribe an address from an email receiver."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _insert(conn, email_suppressions)
+                .values(receiver=receiver, address=address.lower(), created_at=self.clock())
+                .on_conflict_do_nothing(index_elements=["receiver", "address"])
+            )
+
+    async def suppressed(self, receiver: str) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(email_suppressions.c.address).where(
+                    email_suppressions.c.receiver == receiver
+                )
+            )
+            return {r[0] for r in rows}
 
     # ------------------------------------------------------------ outbox
 

@@ -36,3 +36,6 @@ class Notifier(Protocol):
 
     async def send(self, claimed: ClaimedDelivery) -> None:
         """Deliver one alert; raise DeliveryError (retryable or not) on failure."""
+
+    async def close(self) -> None:
+        """Release what the notifier keeps open (connections)."""

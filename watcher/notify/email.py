@@ -1,92 +1,212 @@
-"""Email through aiosmtplib: a text and an HTML part rendered from Jinja2 templates."""
+"""Email through aiosmtplib: text and HTML parts rendered from Jinja2 templates.
+
+Connections are kept and reused (up to the receiver's `concurrency`), so a
+batch of alerts costs one SMTP handshake, not one per message. Each recipient
+gets a personal copy carrying a signed one-click unsubscribe link (RFC 8058);
+an unsubscribed address is skipped. Every alert about the same story carries
+the same `References`, so mail clients thread follow-ups together.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Any
+from urllib.parse import urlencode
 
 import aiosmtplib
 
 from watcher.config import EmailReceiverConfig
 from watcher.errors import DeliveryError, DeliveryReason
-from watcher.models import Clock
+from watcher.models import Alert, Clock
 from watcher.notify.base import excerpt, render
 from watcher.store import ClaimedDelivery
 
 MESSAGE_ID_DOMAIN = "watcher.invalid"
 
+Suppressed = Callable[[str], Awaitable[set[str]]]
+"""receiver id -> addresses that unsubscribed."""
+
+
+async def nobody_unsubscribed(_receiver: str) -> set[str]:
+    return set()
+
+
+def unsubscribe_token(key: bytes, receiver: str, address: str) -> str:
+    digest = hmac.new(key, f"{receiver}\n{address.lower()}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:18]).decode()
+
+
+def unsubscribe_url(base_url: str, key: bytes, receiver: str, address: str) -> str:
+    query = urlencode({"r": receiver, "a": address, "t": unsubscribe_token(key, receiver, address)})
+    return f"{base_url.rstrip('/')}/unsubscribe?{query}"
+
+
+def story_thread_id(alert: Alert) -> str:
+    return f"<story.{alert.story_key}@{MESSAGE_ID_DOMAIN}>"
+
+
+def _context(alert: Alert) -> dict[str, Any]:
+    return {
+        "alert": alert,
+        "excerpt": excerpt(alert.text),
+        "published": alert.published.strftime("%Y-%m-%d %H:%M UTC")
+        if alert.published
+        else "unknown",
+        "sources": alert.all_sources,
+    }
+
 
 def build_message(
-    claimed: ClaimedDelivery, *, sender: str, to: list[str], clock: Clock
+    claimed: ClaimedDelivery,
+    *,
+    sender: str,
+    to: str,
+    clock: Clock,
+    unsubscribe: str = "",
 ) -> EmailMessage:
     a, d = claimed.alert, claimed.delivery
-    context = {
-        "alert": a,
-        "excerpt": excerpt(a.text),
-        "published": a.published.strftime("%Y-%m-%d %H:%M UTC") if a.published else "unknown",
-    }
+    context = _context(a) | {"unsubscribe": unsubscribe}
     msg = EmailMessage()
     title = " ".join(a.title.split())[:150] or "(untitled)"
     msg["Subject"] = f"[{a.severity.value.upper()}] {a.rule_title}: {title}"
     msg["From"] = sender
-    msg["To"] = ", ".join(to)
+    msg["To"] = to
     msg["Date"] = format_datetime(clock())
     msg["Message-ID"] = f"<{d.idempotency_key}@{MESSAGE_ID_DOMAIN}>"
+    msg["In-Reply-To"] = story_thread_id(a)
+    msg["References"] = story_thread_id(a)
     msg["X-Watcher-Rule"] = a.rule_id
     msg["X-Watcher-Event-Type"] = a.event_type.value
+    if unsubscribe:
+        msg["List-Unsubscribe"] = f"<{unsubscribe}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(render("alert.txt.j2", **context))
     msg.add_alternative(render("alert.html.j2", **context), subtype="html")
+    msg.set_boundary(f"=_watcher_{d.idempotency_key}")
     return msg
 
 
 class EmailNotifier:
-    def __init__(self, config: EmailReceiverConfig, *, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: EmailReceiverConfig,
+        *,
+        clock: Clock,
+        base_url: str = "",
+        unsubscribe_key: bytes = b"",
+        suppressed: Suppressed = nobody_unsubscribed,
+    ) -> None:
         self.config = config
         self.receiver_id = config.id
         self.clock = clock
+        self.base_url = base_url
+        self.unsubscribe_key = unsubscribe_key
+        self.suppressed = suppressed
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._lock = asyncio.Lock()
+        self.connections_opened = 0
 
     async def send(self, claimed: ClaimedDelivery) -> None:
         c = self.config
-        msg = build_message(claimed, sender=c.sender, to=c.to, clock=self.clock)
-        try:
-            await aiosmtplib.send(
-                msg,
-                hostname=c.host,
-                port=c.port,
-                username=c.username or None,
-                password=c.password.get_secret_value() if c.password else None,
-                use_tls=c.tls == "implicit",
-                start_tls=c.tls == "starttls",
-                timeout=c.timeout_s,
+        skip = await self.suppressed(self.receiver_id)
+        recipients = [addr for addr in c.to if addr.lower() not in skip]
+        for addr in recipients:
+            unsubscribe = ""
+            if self.base_url and self.unsubscribe_key:
+                unsubscribe = unsubscribe_url(self.base_url, self.unsubscribe_key, c.id, addr)
+            msg = build_message(
+                claimed, sender=c.sender, to=addr, clock=self.clock, unsubscribe=unsubscribe
             )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
+            await self._send_one(msg)
+
+    async def close(self) -> None:
+        async with self._lock:
+            idle, self._idle = self._idle, []
+        for smtp in idle:
+            try:
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                smtp.close()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        c = self.config
+        smtp = aiosmtplib.SMTP(
+            hostname=c.host,
+            port=c.port,
+            username=c.username or None,
+            password=c.password.get_secret_value() if c.password else None,
+            use_tls=c.tls == "implicit",
+            start_tls=c.tls == "starttls",
+            cert_bundle=str(c.ca_file) if c.ca_file else None,
+            timeout=c.timeout_s,
+        )
+        await smtp.connect()
+        self.connections_opened += 1
+        return smtp
+
+    async def _send_one(self, msg: EmailMessage) -> None:
+        for attempt in (1, 2):
+            async with self._lock:
+                smtp = self._idle.pop() if self._idle else None
+            reused = smtp is not None
+            try:
+                if smtp is None:
+                    smtp = await self._connect()
+                await smtp.send_message(msg)
+            except aiosmtplib.SMTPServerDisconnected:
+                if smtp is not None:
+                    smtp.close()
+                if reused and attempt == 1:
+                    continue  # the server closed an idle connection: once more, on a new one
+                raise self._error(aiosmtplib.SMTPServerDisconnected("disconnected")) from None
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                if smtp is not None:
+                    smtp.close()
+                raise self._error(exc) from None
+            async with self._lock:
+                if len(self._idle) < self.config.concurrency:
+                    self._idle.append(smtp)
+                    smtp = None
+            if smtp is not None:
+                smtp.close()
+            return
+
+    def _error(self, exc: BaseException) -> DeliveryError:
+        c = self.config
+        where = f"SMTP server {c.host}:{c.port}"
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
             codes = sorted({r.code for r in exc.recipients})
             permanent = all(code >= 500 for code in codes)
-            raise DeliveryError(
+            return DeliveryError(
                 DeliveryReason.SMTP_PERMANENT if permanent else DeliveryReason.SMTP_TRANSIENT,
-                f"recipients refused ({', '.join(map(str, codes))})",
+                f"{where}: recipients refused ({', '.join(map(str, codes))})",
                 receiver=self.receiver_id,
                 retryable=not permanent,
-            ) from None
-        except aiosmtplib.SMTPResponseException as exc:
+            )
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
             permanent = exc.code >= 500
-            raise DeliveryError(
+            return DeliveryError(
                 DeliveryReason.SMTP_PERMANENT if permanent else DeliveryReason.SMTP_TRANSIENT,
-                f"SMTP {exc.code} {exc.message[:200]}",
+                f"{where}: {exc.code} {exc.message[:200]}",
                 receiver=self.receiver_id,
                 retryable=not permanent,
-            ) from None
-        except aiosmtplib.SMTPTimeoutError:
-            raise DeliveryError(
+            )
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+            return DeliveryError(
                 DeliveryReason.TIMEOUT,
-                f"SMTP server {c.host}:{c.port} did not answer within {c.timeout_s:g}s",
+                f"{where} did not answer within {c.timeout_s:g}s",
                 receiver=self.receiver_id,
                 retryable=True,
-            ) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(
-                DeliveryReason.CONNECT,
-                f"SMTP server {c.host}:{c.port}: {type(exc).__name__}",
-                receiver=self.receiver_id,
-                retryable=True,
-            ) from None
+            )
+        return DeliveryError(
+            DeliveryReason.CONNECT,
+            f"{where}: {type(exc).__name__}",
+            receiver=self.receiver_id,
+            retryable=True,
+        )

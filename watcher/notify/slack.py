@@ -164,3 +164,6 @@ class SlackNotifier:
                 receiver=self.receiver_id,
                 retryable=True,
             ) from None
+
+    async def close(self) -> None:
+        """Nothing to release: the HTTP session belongs to the service."""

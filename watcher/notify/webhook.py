@@ -32,6 +32,8 @@ def payload(claimed: ClaimedDelivery) -> dict[str, Any]:
             "severity": a.severity.value,
             "story": a.story_key,
             "created_at": a.created_at.isoformat(),
+            "sources": a.all_sources,
+            "facets": a.facets,
             "item": {
                 "title": a.title,
                 "url": a.url,
@@ -116,3 +118,6 @@ class WebhookNotifier:
                 receiver=self.receiver_id,
                 retryable=True,
             ) from None
+
+    async def close(self) -> None:
+        """Nothing to release: the HTTP session belongs to the service."""

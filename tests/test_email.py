@@ -1,0 +1,266 @@
+"""Email against a real aiosmtpd server: MIME, connection reuse, TLS, AUTH, unsubscribe, threading."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import ssl
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.conftest import FakeClock
+from tests.delivery import add_alerts, sample_claimed
+from tests.golden import check_golden
+from watcher.config import Config, EmailReceiverConfig
+from watcher.demo import free_port
+from watcher.errors import DeliveryError, DeliveryReason
+from watcher.notify.email import EmailNotifier, build_message, unsubscribe_url
+from watcher.service import STORE, UNSUBSCRIBE_KEY, WORKER, create_app
+from watcher.rules import Matcher
+
+
+class Sink:
+    """Keeps each message with the id of the SMTP session (connection) it came on."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, EmailMessage, Any]] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((id(session), msg, session))
+        return "250 OK"
+
+
+def receiver(port: int, **extra: Any) -> EmailReceiverConfig:
+    return EmailReceiverConfig.model_validate(
+        {"type": "email", "id": "mail", "host": "127.0.0.1", "port": port,
+         "to": ["analyst@example.org"], "from": "watcher@example.org", "timeout_s": 5, **extra}
+    )  # fmt: skip
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, int]]:
+    handler = Sink()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s * 20)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_email_mime_golden(clock: FakeClock) -> None:
+    msg = build_message(
+        sample_claimed("mail"),
+        sender="watcher@example.org",
+        to="analyst@example.org",
+        clock=clock,
+        unsubscribe="https://watcher.example.org/unsubscribe?r=mail&a=analyst%40example.org&t=x",
+    )
+    check_golden("email-alert.eml", msg.as_string())
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["References"] == msg["In-Reply-To"] == "<story.3f2a9c@watcher.invalid>"
+
+
+def test_html_part_escapes_feed_text(clock: FakeClock) -> None:
+    hostile = '<script>alert(1)</script><a href="javascript:x">x</a>'
+    msg = build_message(
+        sample_claimed("mail", title=hostile, text=hostile),
+        sender="w@example.org", to="a@example.org", clock=clock,
+    )  # fmt: skip
+    html = msg.get_body(("html",))
+    assert html is not None
+    content = html.get_content()
+    assert "<script>" not in content and 'href="javascript' not in content
+    assert "&lt;script&gt;" in content
+
+
+async def test_one_connection_is_reused_for_a_batch(
+    sink: tuple[Sink, int], clock: FakeClock
+) -> None:
+    handler, port = sink
+    notifier = EmailNotifier(receiver(port, concurrency=1), clock=clock)
+    for i in range(10):
+        await notifier.send(sample_claimed("mail", id=i, story_key=f"s{i}"))
+    await notifier.close()
+    assert len(handler.messages) == 10
+    assert notifier.connections_opened == 1
+    assert len({session_id for session_id, _, _ in handler.messages}) == 1
+
+
+async def test_follow_ups_on_a_story_thread_together(
+    sink: tuple[Sink, int], clock: FakeClock
+) -> None:
+    handler, port = sink
+    notifier = EmailNotifier(receiver(port), clock=clock)
+    await notifier.send(sample_claimed("mail", rule_id="a"))
+    second = sample_claimed("mail", rule_id="b")
+    second.delivery.idempotency_key = "wd_43_mail"
+    await notifier.send(second)
+    await notifier.close()
+    first_msg, second_msg = (m for _, m, _ in handler.messages)
+    assert first_msg["Message-ID"] != second_msg["Message-ID"]
+    assert first_msg["References"] == second_msg["References"]
+
+
+async def test_permanent_and_transient_smtp_failures(
+    sink: tuple[Sink, int], clock: FakeClock
+) -> None:
+    _, port = sink
+    notifier = EmailNotifier(receiver(port, to=["nobody@example.org"]), clock=clock)
+    with pytest.raises(DeliveryError) as err:
+        await notifier.send(sample_claimed("mail"))
+    assert err.value.reason is DeliveryReason.SMTP_PERMANENT and not err.value.retryable
+    down = EmailNotifier(receiver(free_port()), clock=clock)
+    with pytest.raises(DeliveryError) as err:
+        await down.send(sample_claimed("mail"))
+    assert err.value.retryable and "SMTP server 127.0.0.1" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        b"watcher",
+        b"s3cret-pw",
+    )
+    return AuthResult(success=ok)
+
+
+# aiosmtpd cannot tell that an implicit-TLS connection is encrypted, hence its warning
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_tls_and_auth(
+    mode: str, ca: trustme.CA, tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    handler = Sink()
+    port = free_port()
+    if mode == "starttls":
+        controller = Controller(
+            handler, hostname="127.0.0.1", port=port, tls_context=server_ctx,
+            require_starttls=True, authenticator=_authenticator, auth_required=True,
+        )  # fmt: skip
+    else:
+        controller = Controller(
+            handler, hostname="127.0.0.1", port=port, ssl_context=server_ctx,
+            server_hostname="127.0.0.1", authenticator=_authenticator, auth_required=True,
+            auth_require_tls=False,
+        )  # fmt: skip
+    controller.start()
+    try:
+        monkeypatch.setenv("WATCHER_TEST_SMTP_PASSWORD", "s3cret-pw")
+        cfg = receiver(
+            port, tls=mode, ca_file=str(ca_file), username="watcher",
+            password_env="WATCHER_TEST_SMTP_PASSWORD",
+        )  # fmt: skip
+        notifier = EmailNotifier(cfg, clock=clock)
+        await notifier.send(sample_claimed("mail"))
+        await notifier.close()
+        [(_, msg, session)] = handler.messages
+        assert msg["To"] == "analyst@example.org"
+        assert session.authenticated
+        # a wrong password is an error that does not show the password
+        monkeypatch.setenv("WATCHER_TEST_SMTP_PASSWORD", "wrong-pw")
+        bad = EmailNotifier(
+            receiver(port, tls=mode, ca_file=str(ca_file), username="watcher",
+                     password_env="WATCHER_TEST_SMTP_PASSWORD"),
+            clock=clock,
+        )  # fmt: skip
+        with pytest.raises(DeliveryError) as err:
+            await bad.send(sample_claimed("mail"))
+        assert "wrong-pw" not in str(err.value)
+    finally:
+        controller.stop()
+
+
+async def test_one_click_unsubscribe_through_the_api(
+    sink: tuple[Sink, int], tmp_path: Path
+) -> None:
+    handler, smtp_port = sink
+    api_port = free_port()
+    config = Config.model_validate(
+        {
+            "store": {"url": f"sqlite+aiosqlite:///{tmp_path}/w.db"},
+            "api": {"host": "127.0.0.1", "port": api_port},
+            "outbox": {"sweep_interval_s": 0.2},
+            "receivers": [
+                {"type": "email", "id": "mail", "host": "127.0.0.1", "port": smtp_port,
+                 "to": ["a@example.org", "b@example.org"], "from": "w@example.org"}
+            ],
+            "subscriptions": [{"receivers": ["mail"]}],
+        }
+    )  # fmt: skip
+    app = create_app(config, Matcher([]))
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", api_port).start()
+    try:
+        await add_alerts(app[STORE], 1, ["mail"])
+        app[WORKER].kick()
+        await wait_for(lambda: len(handler.messages) == 2)
+        to_a = next(m for _, m, _ in handler.messages if m["To"] == "a@example.org")
+        link = to_a["List-Unsubscribe"].strip("<>")
+        assert link == unsubscribe_url(
+            f"http://127.0.0.1:{api_port}", app[UNSUBSCRIBE_KEY], "mail", "a@example.org"
+        )
+        assert to_a["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(link) as resp:  # GET shows a form and changes nothing
+                assert resp.status == 200 and "<form" in await resp.text()
+            assert await app[STORE].suppressed("mail") == set()
+            forged = link.replace(parse_qs(urlsplit(link).query)["t"][0], "forged")
+            async with http.post(forged, data={"List-Unsubscribe": "One-Click"}) as resp:
+                assert resp.status == 403
+            async with http.post(link, data={"List-Unsubscribe": "One-Click"}) as resp:
+                assert resp.status == 200
+        assert await app[STORE].suppressed("mail") == {"a@example.org"}
+        handler.messages.clear()
+        async with app[STORE].transaction() as tx:
+            from watcher.parse import make_item
+            from watcher.store import NewAlert
+
+            [(item_id, it)] = await tx.insert_new_items(
+                [make_item(source_id="s1", guid="later", title="Later alert", text="x")]
+            )
+            ids = await tx.insert_alerts(
+                [NewAlert("r1", "Rule", "export_restriction", "high", it.content_hash, item_id)]
+            )
+            await tx.enqueue([(ids[0], "mail")])
+        app[WORKER].kick()
+        await wait_for(lambda: len(handler.messages) == 1)
+        await asyncio.sleep(0.3)
+        assert [m["To"] for _, m, _ in handler.messages] == ["b@example.org"]
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,138 @@
+"""Notifier payloads: golden files, escaping, limits, signatures; sent to real receivers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from importlib import resources
+
+import aiohttp
+import jsonschema
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tests.conftest import FakeClock
+from tests.delivery import sample_claimed
+from tests.golden import check_golden
+from tests.servers import WebhookServer
+from watcher.config import SlackReceiverConfig, WebhookReceiverConfig
+from watcher.errors import DeliveryError, DeliveryReason
+from watcher.notify.slack import SlackNotifier, blocks, escape
+from watcher.notify.webhook import WebhookNotifier, payload
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def schema() -> dict[str, object]:
+    text = resources.files("watcher").joinpath("schemas/webhook-v1.schema.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def test_webhook_payload_golden_and_schema() -> None:
+    body = payload(sample_claimed())
+    jsonschema.Draft202012Validator(schema()).validate(body)
+    check_golden("webhook-v1.json", json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+    untitled = payload(sample_claimed(published=None, url="", sources=[], facets={}))
+    jsonschema.Draft202012Validator(schema()).validate(untitled)
+    assert untitled["alert"]["sources"] == ["mofcom-en"]
+
+
+async def test_signed_webhook_verifies_with_the_reference_library(
+    session: aiohttp.ClientSession, webhook_server: WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHER_TEST_HOOK_SECRET", SECRET)
+    cfg = WebhookReceiverConfig.model_validate(
+        {"type": "webhook", "id": "hook", "url": webhook_server.url,
+         "secret_env": "WATCHER_TEST_HOOK_SECRET"}
+    )  # fmt: skip
+    # the reference verifier checks the timestamp against the real time
+    clock = FakeClock(datetime.now(UTC))
+    await WebhookNotifier(cfg, session=session, clock=clock).send(sample_claimed())
+    [(headers, body)] = webhook_server.received
+    assert headers["webhook-id"] == "wd_42_hook"
+    assert headers["webhook-timestamp"] == str(int(clock().timestamp()))
+    verified = Webhook(SECRET).verify(body, headers)
+    assert verified["alert"]["rule"]["id"] == "ree-export-curb"
+    with pytest.raises(Exception, match="No matching signature"):
+        Webhook(SECRET).verify(body.replace(b"rare", b"RARE"), headers)
+
+
+def test_a_bad_signing_secret_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHER_TEST_HOOK_SECRET", "not base64 !!")
+    with pytest.raises(ValueError, match="must be base64") as err:
+        WebhookReceiverConfig.model_validate(
+            {"type": "webhook", "id": "h", "url": "http://127.0.0.1/h",
+             "secret_env": "WATCHER_TEST_HOOK_SECRET"}
+        )  # fmt: skip
+    assert "not base64 !!" not in str(err.value)
+
+
+def test_slack_blocks_golden() -> None:
+    check_golden(
+        "slack-blocks.json",
+        json.dumps(blocks(sample_claimed().alert), indent=2, ensure_ascii=False) + "\n",
+    )
+
+
+def test_slack_escapes_feed_text_so_it_cannot_mention_or_link() -> None:
+    hostile = "<!channel> Rare earth & <https://evil.example|click here>"
+    message = blocks(sample_claimed(title=hostile, text=hostile, sources=["<!here>"]).alert)
+    flat = json.dumps(message)
+    assert "<!channel>" not in flat and "<!here>" not in flat
+    assert "<https://evil.example" not in flat
+    assert escape(hostile) in message["blocks"][1]["text"]["text"]
+    assert "&amp;" in message["text"]
+
+
+def test_slack_respects_limits_and_cuts_cleanly() -> None:
+    long_title = "Rare earth " * 100
+    long_text = "word " * 5000 + "&&&&"
+    message = blocks(
+        sample_claimed(
+            rule_title="R" * 400,
+            title=long_title,
+            text=long_text,
+            sources=[f"source-{i}" for i in range(500)],
+        ).alert
+    )
+    header, section, fields, context, actions = message["blocks"]
+    assert len(header["text"]["text"]) <= 150 and header["text"]["text"].endswith("…")
+    assert len(section["text"]["text"]) <= 3000
+    assert all(len(f["text"]) <= 2000 for f in fields["fields"]) and len(fields["fields"]) <= 10
+    assert len(context["elements"][0]["text"]) <= 2000
+    assert "also reported by 499" in context["elements"][0]["text"]
+    assert len(message["blocks"]) <= 50
+    assert actions["elements"][0]["url"] == "https://example.org/news/curb-1"
+    # a cut never leaves half an escape sequence behind
+    for text in (section["text"]["text"], context["elements"][0]["text"]):
+        tail = text[-8:]
+        assert "&" not in tail or ";" in tail.split("&")[-1]
+
+
+async def test_slack_posts_to_its_webhook_and_hides_the_url_in_errors(
+    session: aiohttp.ClientSession, webhook_server: WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHER_TEST_SLACK_URL", webhook_server.url + "?token=T0P-SECRET")
+    cfg = SlackReceiverConfig.model_validate(
+        {"type": "slack", "id": "slack", "url_env": "WATCHER_TEST_SLACK_URL"}
+    )
+    notifier = SlackNotifier(cfg, session=session, clock=FakeClock())
+    await notifier.send(sample_claimed("slack"))
+    [(_, body)] = webhook_server.received
+    assert json.loads(body)["blocks"][0]["type"] == "header"
+    webhook_server.responses = [(404, {})]
+    with pytest.raises(DeliveryError) as err:
+        await notifier.send(sample_claimed("slack"))
+    assert err.value.reason is DeliveryReason.CLIENT_ERROR and not err.value.retryable
+    await webhook_server.stop()
+    with pytest.raises(DeliveryError) as err:
+        await notifier.send(sample_claimed("slack"))
+    assert err.value.retryable and "T0P-SECRET" not in str(err.value)
+    assert "127.0.0.1" not in str(err.value)
