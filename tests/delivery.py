@@ -10,8 +10,8 @@ import aiohttp
 from tests.conftest import FakeClock
 from watcher.config import Config
 from watcher.metrics import Metrics
-from watcher.models import Alert, Delivery, DeliveryState, EventType, Severity
 from watcher.notify import build_notifiers
+from watcher.notify.sample import sample_delivery
 from watcher.outbox import OutboxWorker
 from watcher.parse import make_item
 from watcher.store import ClaimedDelivery, NewAlert, Store
@@ -70,33 +70,9 @@ def worker(
 
 def sample_claimed(receiver: str = "hook", **alert: Any) -> ClaimedDelivery:
     """A fixed alert and delivery, for golden files."""
-    fields: dict[str, Any] = {
-        "id": 42,
-        "rule_id": "ree-export-curb",
-        "rule_title": "Rare-earth export curb",
-        "event_type": EventType.EXPORT_RESTRICTION,
-        "severity": Severity.HIGH,
-        "story_key": "3f2a9c",
-        "item_id": 7,
-        "source_id": "mofcom-en",
-        "title": "China tightens export controls on rare earth magnets",
-        "url": "https://example.org/news/curb-1",
-        "text": "Beijing will require an export licence for rare earth magnets and "
-        "processing technology, the commerce ministry said on Thursday.",
-        "published": datetime(2026, 2, 5, 10, 0, tzinfo=UTC),
-        "created_at": datetime(2026, 2, 5, 12, 0, tzinfo=UTC),
-        "sources": ["mofcom-en", "reuters-world", "nikkei-asia"],
-        "facets": {"minerals": ["rare earths"], "countries": ["China"]},
-    }
-    fields.update(alert)
-    delivery = Delivery(
-        id=9,
-        alert_id=42,
-        receiver=receiver,
-        state=DeliveryState.PENDING,
-        attempts=1,
-        idempotency_key=f"wd_42_{receiver}",
-        next_attempt_at=datetime(2026, 2, 5, 12, 0, tzinfo=UTC),
-        created_at=datetime(2026, 2, 5, 12, 0, tzinfo=UTC),
-    )
-    return ClaimedDelivery(delivery, Alert(**fields))
+    published = datetime(2026, 2, 5, 10, 0, tzinfo=UTC)
+    alert.setdefault("created_at", datetime(2026, 2, 5, 12, 0, tzinfo=UTC))
+    alert.setdefault("published", published)
+    claimed = sample_delivery(receiver, now=published, **alert)
+    claimed.delivery.id = 9
+    return claimed

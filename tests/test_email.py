@@ -1,4 +1,7 @@
-"""Email against a real aiosmtpd server: MIME, connection reuse, TLS, AUTH, unsubscribe, threading."""
+"""Email against a real aiosmtpd server.
+
+MIME, connection reuse, TLS, AUTH, one-click unsubscribe, threading.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from watcher.config import Config, EmailReceiverConfig
 from watcher.demo import free_port
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.notify.email import EmailNotifier, build_message, unsubscribe_url
-from watcher.service import STORE, UNSUBSCRIBE_KEY, WORKER, create_app
 from watcher.rules import Matcher
+from watcher.service import STORE, UNSUBSCRIBE_KEY, WORKER, create_app
 
 
 class Sink:
@@ -35,13 +38,13 @@ class Sink:
     def __init__(self) -> None:
         self.messages: list[tuple[int, EmailMessage, Any]] = []
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("nobody@"):
             return "550 5.1.1 no such user"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.messages.append((id(session), msg, session))
         return "250 OK"
@@ -145,7 +148,7 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+def _authenticator(server, session, envelope, mechanism, auth_data):
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
         b"watcher",
         b"s3cret-pw",

@@ -14,6 +14,7 @@ from watcher import __version__
 from watcher.config import load_config
 from watcher.errors import WatcherError
 from watcher.inputs import read_items
+from watcher.models import DeliveryState
 from watcher.rules import Matcher, check_examples, load_rules
 
 logger = logging.getLogger("watcher")
@@ -92,6 +93,36 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deliveries_list(args: argparse.Namespace) -> int:
+    from watcher.admin import deliveries_list
+
+    config = load_config(args.config)
+    state = DeliveryState(args.state) if args.state else None
+    print(
+        asyncio.run(deliveries_list(config, state=state, receiver=args.receiver, limit=args.limit))
+    )
+    return 0
+
+
+def cmd_deliveries_retry(args: argparse.Namespace) -> int:
+    from watcher.admin import deliveries_retry
+
+    if not args.ids and not args.all_dead:
+        print("error: name delivery ids, or --all-dead", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    n = asyncio.run(deliveries_retry(config, None if args.all_dead else args.ids))
+    print(f"{n} dead deliver{'y' if n == 1 else 'ies'} queued again")
+    return 0
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    from watcher.admin import send_test
+
+    print(asyncio.run(send_test(load_config(args.config), args.receiver)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
@@ -118,6 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline end-to-end demo on bundled sample feeds")
     p.add_argument("--rules", type=Path, default=Path("rules"), help="rules directory")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("send-test", help="send a sample alert to one receiver")
+    p.add_argument("receiver", help="receiver id from the config")
+    p.add_argument("-c", "--config", type=Path, default=Path("config.toml"))
+    p.set_defaults(func=cmd_send_test)
+
+    deliveries = sub.add_parser("deliveries", help="inspect and retry the outbox").add_subparsers(
+        dest="deliveries_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = deliveries.add_parser("list", help="deliveries as a table")
+    p.add_argument("-c", "--config", type=Path, default=Path("config.toml"))
+    p.add_argument("--state", choices=[s.value for s in DeliveryState])
+    p.add_argument("--receiver")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_deliveries_list)
+    p = deliveries.add_parser("retry", help="queue dead deliveries again")
+    p.add_argument("-c", "--config", type=Path, default=Path("config.toml"))
+    p.add_argument("ids", nargs="*", type=int, help="delivery ids")
+    p.add_argument("--all-dead", action="store_true", help="every dead delivery")
+    p.set_defaults(func=cmd_deliveries_retry)
 
     rules = sub.add_parser("rules", help="validate and try rule files").add_subparsers(
         dest="rules_command", required=True, metavar="SUBCOMMAND"
