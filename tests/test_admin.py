@@ -51,7 +51,7 @@ async def test_deliveries_list_and_retry(tmp_path: Path, clock: FakeClock) -> No
     assert lines[0].split()[:4] == ["ID", "STATE", "RECEIVER", "TRIES"]
     assert lines[-1] == "4 deliveries"
     code, out, _ = await run_cli("deliveries", "list", "-c", str(cfg), "--state", "dead")
-    [header, row, total] = out.splitlines()
+    [_, row, total] = out.splitlines()
     assert row.split()[:4] == [str(first.delivery.id), "dead", "hook", "1"]
     assert "HTTP 400" in row and total == "1 delivery"
     code, out, _ = await run_cli("deliveries", "list", "-c", str(cfg), "--receiver", "mail")

@@ -34,6 +34,8 @@ from watcher.store import ClaimedDelivery, Outcome, Store
 
 logger = logging.getLogger(__name__)
 
+RECORD_EVERY = 20
+
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
@@ -115,6 +117,7 @@ class OutboxWorker:
         self.rng = rng or random.Random()
         self.on_outcome = on_outcome
         self._wake = asyncio.Event()
+        self._stopping = False
         concurrency = receiver_concurrency or {}
         self._receivers = {
             name: _Receiver(
@@ -144,11 +147,22 @@ class OutboxWorker:
         )
         if not batch:
             return 0
-        outcomes = await asyncio.gather(*(self._attempt(c) for c in batch))
-        await self.store.record_outcomes([self._row(o) for o in outcomes])
-        for o in outcomes:
-            self._report(o)
+        # Record outcomes in small groups as they complete: few writes, and little
+        # sent-but-unrecorded work (which a crash would send again).
+        pending: list[DeliveryOutcome] = []
+        for next_done in asyncio.as_completed([self._attempt(c) for c in batch]):
+            pending.append(await next_done)
+            if len(pending) >= RECORD_EVERY:
+                await self._record(pending)
+                pending = []
+        await self._record(pending)
         return len(batch)
+
+    async def _record(self, outcomes: list[DeliveryOutcome]) -> None:
+        if outcomes:
+            await self.store.record_outcomes([self._row(o) for o in outcomes])
+            for o in outcomes:
+                self._report(o)
 
     async def drain(self) -> None:
         """Attempt deliveries until none is due now (open breakers' rows stay for later)."""
@@ -156,14 +170,22 @@ class OutboxWorker:
             pass
 
     async def run_forever(self) -> None:
-        while True:
+        """Sweep until stop(): a stop waits for the batch in flight to be sent and recorded."""
+        while not self._stopping:
             try:
-                await self.drain()
+                while not self._stopping and await self.run_once():
+                    pass
             except Exception:  # the worker must survive a store hiccup
                 logger.exception("outbox sweep failed")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.sweep_interval_s)
+            if not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.sweep_interval_s)
+
+    def stop(self) -> None:
+        """Finish the batch in flight, then leave run_forever()."""
+        self._stopping = True
+        self._wake.set()
 
     async def _attempt(self, claimed: ClaimedDelivery) -> DeliveryOutcome:
         d = claimed.delivery

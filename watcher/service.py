@@ -169,9 +169,11 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PIPELINE] = pipeline
     task = asyncio.create_task(worker.run_forever(), name="outbox-worker")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    worker.stop()  # let the batch in flight be sent and recorded
+    try:
+        await asyncio.wait_for(task, timeout=min(config.outbox.lease_s, 10.0))
+    except TimeoutError:
+        logger.warning("outbox worker did not finish in time; its leased rows will be retried")
     for notifier in notifiers.values():
         await notifier.close()
 
