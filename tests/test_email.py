@@ -76,24 +76,46 @@ async def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
 
 
 def test_email_mime_golden(clock: FakeClock) -> None:
-    msg = build_message(
+    raw = build_message(
         sample_claimed("mail"),
         sender="watcher@example.org",
         to="analyst@example.org",
         clock=clock,
         unsubscribe="https://watcher.example.org/unsubscribe?r=mail&a=analyst%40example.org&t=x",
     )
-    check_golden("email-alert.eml", msg.as_string())
+    check_golden("email-alert.eml", raw.decode("ascii").replace("\r\n", "\n"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    assert msg["Subject"] == (
+        "[HIGH] Rare-earth export curb: China tightens export controls on rare earth magnets"
+    )
+    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert text is not None and html is not None
+    assert "Also reported by 2: reuters-world, nikkei-asia" in text.get_content()
+    assert 'href="https://example.org/news/curb-1"' in html.get_content()
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["References"] == msg["In-Reply-To"] == "<story.3f2a9c@watcher.invalid>"
 
 
+def test_non_ascii_subject_round_trips(clock: FakeClock) -> None:
+    title = "中国加强稀土出口管制 — Ausfuhrkontrolle für Gallium"
+    raw = build_message(sample_claimed("mail", title=title), sender="w@example.org",
+                        to="a@example.org", clock=clock)  # fmt: skip
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == f"[HIGH] Rare-earth export curb: {title}"
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    body = msg.get_body(("plain",))
+    assert body is not None and title in body.get_content()
+
+
 def test_html_part_escapes_feed_text(clock: FakeClock) -> None:
     hostile = '<script>alert(1)</script><a href="javascript:x">x</a>'
-    msg = build_message(
+    built = build_message(
         sample_claimed("mail", title=hostile, text=hostile),
         sender="w@example.org", to="a@example.org", clock=clock,
     )  # fmt: skip
+    msg = email.message_from_bytes(built, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
     html = msg.get_body(("html",))
     assert html is not None
     content = html.get_content()
@@ -234,7 +256,7 @@ async def test_one_click_unsubscribe_through_the_api(
         app[WORKER].kick()
         await wait_for(lambda: len(handler.messages) == 2)
         to_a = next(m for _, m, _ in handler.messages if m["To"] == "a@example.org")
-        link = to_a["List-Unsubscribe"].strip("<>")
+        link = to_a["List-Unsubscribe"].strip().strip("<>")
         assert link == unsubscribe_url(
             f"http://127.0.0.1:{api_port}", app[UNSUBSCRIBE_KEY], "mail", "a@example.org"
         )
@@ -267,3 +289,19 @@ async def test_one_click_unsubscribe_through_the_api(
         assert [m["To"] for _, m, _ in handler.messages] == ["b@example.org"]
     finally:
         await runner.cleanup()
+
+
+def test_digest_templates_list_every_story_and_escape_html() -> None:
+    from watcher.notify.base import render
+
+    alerts = [
+        sample_claimed("mail").alert,
+        sample_claimed("mail", id=43, title="<b>Gallium</b> & germanium curbs", url="").alert,
+    ]
+    text = render("digest.txt.j2", alerts=alerts, period="5 Feb 2026", unsubscribe="")
+    assert "watcher digest: 2 alerts (5 Feb 2026)" in text
+    assert "1. [HIGH] Rare-earth export curb: China tightens" in text
+    assert "mofcom-en, reuters-world, nikkei-asia" in text
+    html = render("digest.html.j2", alerts=alerts, period="", unsubscribe="https://u.example/x")
+    assert "&lt;b&gt;Gallium&lt;/b&gt; &amp; germanium" in html
+    assert '<a href="https://u.example/x">Unsubscribe</a>' in html

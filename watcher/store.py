@@ -522,24 +522,32 @@ class Store:
             return
         now = self.clock()
         d = deliveries
+        sent = [o.delivery_id for o in outcomes if o.state == "sent"]
+        deferred = [o.delivery_id for o in outcomes if o.state == "deferred"]
         async with self.engine.begin() as conn:
+            if sent:  # the common case: one statement for the whole group
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id.in_(sent))
+                    .values(state=DeliveryState.SENT.value, sent_at=now, lease_until=None,
+                            last_reason=None)
+                )  # fmt: skip
+            if deferred:
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id.in_(deferred))
+                    .values(lease_until=None, attempts=d.c.attempts - 1)
+                )
             for o in outcomes:
-                values: dict[str, Any] = {"lease_until": None}
-                if o.state == "sent":
-                    values.update(state=DeliveryState.SENT.value, sent_at=now, last_reason=None)
-                elif o.state == "deferred":
-                    values.update(attempts=d.c.attempts - 1)
-                elif o.state == "retry":
+                values: dict[str, Any] = {"lease_until": None, "last_error": o.error[:2000],
+                                          "last_reason": o.reason}  # fmt: skip
+                if o.state == "retry":
                     assert o.retry_at is not None
-                    values.update(
-                        next_attempt_at=o.retry_at, last_error=o.error[:2000], last_reason=o.reason
-                    )
+                    values["next_attempt_at"] = o.retry_at
+                elif o.state == "dead":
+                    values["state"] = DeliveryState.DEAD.value
                 else:
-                    values.update(
-                        state=DeliveryState.DEAD.value,
-                        last_error=o.error[:2000],
-                        last_reason=o.reason,
-                    )
+                    continue
                 await conn.execute(update(d).where(d.c.id == o.delivery_id).values(**values))
 
     async def mark_sent(self, delivery_id: int) -> None:
