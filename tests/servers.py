@@ -72,6 +72,7 @@ class WebhookServer:
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.responses: list[tuple[int, dict[str, str]]] = []
+        self.delay_s = 0.0
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -86,6 +87,8 @@ class WebhookServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self.received.append(({k.lower(): v for k, v in request.headers.items()}, body))
         if self.responses:
             status, headers = self.responses.pop(0)

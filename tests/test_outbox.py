@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -156,3 +157,33 @@ async def test_unknown_receiver_is_dead_lettered(
     [d] = await store.list_deliveries()
     assert d.delivery.state == DeliveryState.DEAD
     assert "unknown_receiver" in d.delivery.last_error
+
+
+async def test_a_slow_receiver_does_not_hold_up_the_others(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    slow, fast = WebhookServer(), WebhookServer()
+    await slow.start()
+    await fast.start()
+    slow.delay_s = 2.0
+    cfg = config(store.url, [hook(slow, "slow", concurrency=1), hook(fast, "fast")])
+    w = worker(cfg, store, session, clock)
+    await add_alerts(store, 5, ["slow", "fast"])
+    task = asyncio.create_task(w.run_forever())
+    try:
+        for _ in range(200):
+            if len(fast.received) == 5:
+                break
+            await asyncio.sleep(0.02)
+        # every fast delivery went out while the slow receiver was still on its first
+        assert len(fast.received) == 5
+        assert len(slow.received) == 0
+        states = {d.delivery.receiver: d.delivery.state for d in await store.list_deliveries()}
+        assert states["fast"] == DeliveryState.SENT
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, 15)  # stop() waits for the slow send in flight
+        await slow.stop()
+        await fast.stop()
+    slow_states = [d.delivery.state for d in await store.list_deliveries(receiver="slow")]
+    assert slow_states.count(DeliveryState.SENT) == 1  # the one in flight was finished and recorded

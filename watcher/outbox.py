@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,7 +35,7 @@ from watcher.store import ClaimedDelivery, Outcome, Store
 
 logger = logging.getLogger(__name__)
 
-RECORD_EVERY = 20
+COALESCE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class CircuitBreaker:
 
 @dataclass
 class _Receiver:
+    limit: int
     semaphore: asyncio.Semaphore
     breaker: CircuitBreaker
 
@@ -121,6 +123,7 @@ class OutboxWorker:
         concurrency = receiver_concurrency or {}
         self._receivers = {
             name: _Receiver(
+                concurrency.get(name, config.concurrency),
                 asyncio.Semaphore(concurrency.get(name, config.concurrency)),
                 CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s),
             )
@@ -136,56 +139,132 @@ class OutboxWorker:
         return r.breaker.state(self.clock()) if r else "closed"
 
     async def run_once(self) -> int:
-        """Claim one batch of due deliveries, attempt each, record the outcomes together.
+        """Claim one batch of due deliveries, attempt them all, record the outcomes.
 
-        Returns how many were claimed.
+        Returns how many were claimed. (The service runs `run_forever`, which
+        does not wait for a whole batch before claiming more.)
         """
-        now = self.clock()
-        paused = sorted(n for n, r in self._receivers.items() if r.breaker.state(now) == "open")
-        batch = await self.store.claim_deliveries(
-            limit=self.config.concurrency * 2, lease_s=self.config.lease_s, exclude_receivers=paused
-        )
-        if not batch:
-            return 0
-        # Record outcomes in small groups as they complete: few writes, and little
-        # sent-but-unrecorded work (which a crash would send again).
-        pending: list[DeliveryOutcome] = []
-        for next_done in asyncio.as_completed([self._attempt(c) for c in batch]):
-            pending.append(await next_done)
-            if len(pending) >= RECORD_EVERY:
-                await self._record(pending)
-                pending = []
-        await self._record(pending)
+        batch = await self._claim(self.config.concurrency, Counter(), [])
+        if batch:
+            await self._record(list(await asyncio.gather(*(self._attempt(c) for c in batch))))
         return len(batch)
+
+    async def drain(self) -> None:
+        """Deliver until nothing is due and nothing is in flight (open breakers' rows wait)."""
+        await self._pump(until_idle=True)
+
+    async def run_forever(self) -> None:
+        """Deliver until stop(); a stop lets the sends in flight finish and be recorded."""
+        await self._pump(until_idle=False)
+
+    def stop(self) -> None:
+        """Claim nothing more; finish what is in flight, then leave run_forever()."""
+        self._stopping = True
+        self._wake.set()
+
+    async def _claim(
+        self, room: int, busy: Counter[str], record: list[DeliveryOutcome]
+    ) -> list[ClaimedDelivery]:
+        """Record `record`, then lease up to `room` due rows, skipping paused and
+        saturated receivers: one transaction."""
+        now = self.clock()
+        skip = sorted(
+            name
+            for name, r in self._receivers.items()
+            if r.breaker.state(now) == "open" or busy[name] >= r.limit
+        )
+        return await self.store.claim_deliveries(
+            limit=room,
+            lease_s=self.config.lease_s,
+            exclude_receivers=skip,
+            record=[self._row(o) for o in record],
+        )
+
+    async def _pump(self, *, until_idle: bool) -> None:
+        """The delivery loop: keep up to `concurrency` sends in flight, claim as slots free.
+
+        A slow receiver occupies only its own slots (rows of a receiver already at
+        its limit are not claimed), so it never holds up the others. Outcomes are
+        recorded in one transaction per wave of completions: few writes, and
+        little sent-but-unrecorded work for a crash to send again.
+        """
+        inflight: dict[asyncio.Task[DeliveryOutcome], str] = {}
+        done: list[DeliveryOutcome] = []  # finished, not yet recorded
+        while True:
+            busy = Counter(inflight.values())
+            free = self._free_slots(busy)  # what could be sent now, receiver by receiver
+            room = min(self.config.concurrency - len(inflight), free)
+            # Claim in batches, not one row per freed slot: a claim is a query.
+            if not self._stopping and (
+                room >= max(1, min(self.config.concurrency, free + len(inflight)) // 4)
+                or (room > 0 and not inflight)
+            ):
+                try:
+                    batch = await self._claim(room, busy, done)  # records `done` too
+                except Exception:  # the worker must survive a store hiccup
+                    logger.exception("outbox: claiming deliveries failed")
+                    batch = []
+                else:
+                    self._reported(done)
+                done = []
+                for c in batch:
+                    r = self._receivers.get(c.delivery.receiver)
+                    if r is not None and busy[c.delivery.receiver] >= r.limit:
+                        # Beyond the receiver's free slots: back at once, uncharged;
+                        # waiting here, it would hold a slot others can use.
+                        done.append(DeliveryOutcome(c, "deferred"))
+                    else:
+                        busy[c.delivery.receiver] += 1
+                        inflight[asyncio.create_task(self._attempt(c))] = c.delivery.receiver
+            if done and not inflight:
+                await self._record_logged(done)
+                done = []
+            if not inflight:
+                if until_idle or self._stopping:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.sweep_interval_s)
+                continue
+            self._wake.clear()
+            waker = asyncio.create_task(self._wake.wait())
+            await asyncio.wait(
+                [*inflight, waker],
+                timeout=self.config.sweep_interval_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            waker.cancel()
+            if len(inflight) > 1:  # let a wave of completions gather: one write for many
+                await asyncio.wait(list(inflight), timeout=COALESCE_S)
+            for t in [t for t in inflight if t.done()]:
+                del inflight[t]
+                done.append(t.result())
+            if len(done) >= max(1, len(inflight)) or self._stopping:
+                await self._record_logged(done)
+                done = []
+
+    def _free_slots(self, busy: Counter[str]) -> int:
+        now = self.clock()
+        return sum(
+            max(0, r.limit - busy[name])
+            for name, r in self._receivers.items()
+            if r.breaker.state(now) != "open"
+        )
+
+    async def _record_logged(self, outcomes: list[DeliveryOutcome]) -> None:
+        try:
+            await self._record(outcomes)
+        except Exception:  # the leases expire and the rows are sent again
+            logger.exception("outbox: recording outcomes failed")
 
     async def _record(self, outcomes: list[DeliveryOutcome]) -> None:
         if outcomes:
             await self.store.record_outcomes([self._row(o) for o in outcomes])
-            for o in outcomes:
-                self._report(o)
+            self._reported(outcomes)
 
-    async def drain(self) -> None:
-        """Attempt deliveries until none is due now (open breakers' rows stay for later)."""
-        while await self.run_once():
-            pass
-
-    async def run_forever(self) -> None:
-        """Sweep until stop(): a stop waits for the batch in flight to be sent and recorded."""
-        while not self._stopping:
-            try:
-                while not self._stopping and await self.run_once():
-                    pass
-            except Exception:  # the worker must survive a store hiccup
-                logger.exception("outbox sweep failed")
-            self._wake.clear()
-            if not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.sweep_interval_s)
-
-    def stop(self) -> None:
-        """Finish the batch in flight, then leave run_forever()."""
-        self._stopping = True
-        self._wake.set()
+    def _reported(self, outcomes: list[DeliveryOutcome]) -> None:
+        for o in outcomes:
+            self._report(o)
 
     async def _attempt(self, claimed: ClaimedDelivery) -> DeliveryOutcome:
         d = claimed.delivery

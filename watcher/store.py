@@ -471,9 +471,14 @@ class Store:
     # ------------------------------------------------------------ outbox
 
     async def claim_deliveries(
-        self, *, limit: int, lease_s: float, exclude_receivers: Sequence[str] = ()
+        self,
+        *,
+        limit: int,
+        lease_s: float,
+        exclude_receivers: Sequence[str] = (),
+        record: Sequence[Outcome] = (),
     ) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries.
+        """Lease up to `limit` due deliveries (after recording `record`, same transaction).
 
         A lease that expires (its worker crashed) makes the row due again.
         """
@@ -493,6 +498,8 @@ class Store:
         if exclude_receivers:
             due = due.where(d.c.receiver.not_in(list(exclude_receivers)))
         async with self.engine.begin() as conn:
+            if record:
+                await _record(conn, record, now)
             claimed = (
                 (
                     await conn.execute(
@@ -518,37 +525,9 @@ class Store:
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record a batch of attempts in one transaction, releasing their leases."""
-        if not outcomes:
-            return
-        now = self.clock()
-        d = deliveries
-        sent = [o.delivery_id for o in outcomes if o.state == "sent"]
-        deferred = [o.delivery_id for o in outcomes if o.state == "deferred"]
-        async with self.engine.begin() as conn:
-            if sent:  # the common case: one statement for the whole group
-                await conn.execute(
-                    update(d)
-                    .where(d.c.id.in_(sent))
-                    .values(state=DeliveryState.SENT.value, sent_at=now, lease_until=None,
-                            last_reason=None)
-                )  # fmt: skip
-            if deferred:
-                await conn.execute(
-                    update(d)
-                    .where(d.c.id.in_(deferred))
-                    .values(lease_until=None, attempts=d.c.attempts - 1)
-                )
-            for o in outcomes:
-                values: dict[str, Any] = {"lease_until": None, "last_error": o.error[:2000],
-                                          "last_reason": o.reason}  # fmt: skip
-                if o.state == "retry":
-                    assert o.retry_at is not None
-                    values["next_attempt_at"] = o.retry_at
-                elif o.state == "dead":
-                    values["state"] = DeliveryState.DEAD.value
-                else:
-                    continue
-                await conn.execute(update(d).where(d.c.id == o.delivery_id).values(**values))
+        if outcomes:
+            async with self.engine.begin() as conn:
+                await _record(conn, outcomes, self.clock())
 
     async def mark_sent(self, delivery_id: int) -> None:
         await self.record_outcomes([Outcome(delivery_id, "sent")])
@@ -603,6 +582,35 @@ class Store:
     async def count_items(self) -> int:
         async with self.engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(items)) or 0)
+
+
+async def _record(conn: AsyncConnection, outcomes: Sequence[Outcome], now: datetime) -> None:
+    d = deliveries
+    sent = [o.delivery_id for o in outcomes if o.state == "sent"]
+    deferred = [o.delivery_id for o in outcomes if o.state == "deferred"]
+    if sent:  # the common case: one statement for the whole group
+        await conn.execute(
+            update(d)
+            .where(d.c.id.in_(sent))
+            .values(state=DeliveryState.SENT.value, sent_at=now, lease_until=None, last_reason=None)
+        )
+    if deferred:
+        await conn.execute(
+            update(d)
+            .where(d.c.id.in_(deferred))
+            .values(lease_until=None, attempts=d.c.attempts - 1)
+        )
+    for o in outcomes:
+        values: dict[str, Any] = {"lease_until": None, "last_error": o.error[:2000],
+                                  "last_reason": o.reason}  # fmt: skip
+        if o.state == "retry":
+            assert o.retry_at is not None
+            values["next_attempt_at"] = o.retry_at
+        elif o.state == "dead":
+            values["state"] = DeliveryState.DEAD.value
+        else:
+            continue
+        await conn.execute(update(d).where(d.c.id == o.delivery_id).values(**values))
 
 
 def _alert_query() -> Any:
