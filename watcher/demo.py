@@ -13,6 +13,7 @@ import email.policy
 import hashlib
 import json
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,7 +120,9 @@ async def start_site(app: web.Application) -> tuple[web.AppRunner, int]:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    # one write per line: the SMTP sink speaks from its own thread
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 async def run_demo(*, rules: Path = Path("rules")) -> int:
