@@ -47,7 +47,7 @@ def config(store_url: str, receivers: list[dict[str, Any]], **outbox: Any) -> Co
             "store": {"url": store_url},
             "outbox": {"backoff_base_s": 10, "backoff_max_s": 100, **outbox},
             "receivers": receivers,
-            "subscriptions": [{"receivers": [r["id"] for r in receivers]}],
+            "subscriptions": [{"receivers": [r["id"] for r in receivers]}] if receivers else [],
         }
     )
 

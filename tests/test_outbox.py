@@ -148,6 +148,17 @@ async def test_rate_limit_pauses_the_whole_receiver(
     assert states == [DeliveryState.SENT] * 5
 
 
+async def test_rows_of_a_receiver_removed_from_config_are_dead_lettered_even_with_none_left(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    cfg = config(store.url, [])
+    w = worker(cfg, store, session, clock)
+    await add_alerts(store, 2, ["gone"])
+    await w.drain()
+    states = [d.delivery.state for d in await store.list_deliveries()]
+    assert states == [DeliveryState.DEAD, DeliveryState.DEAD]
+
+
 async def test_unknown_receiver_is_dead_lettered(
     store: Store, clock: FakeClock, session: aiohttp.ClientSession, webhook_server: WebhookServer
 ) -> None:

@@ -244,6 +244,8 @@ class OutboxWorker:
                 done = []
 
     def _free_slots(self, busy: Counter[str]) -> int:
+        if not self._receivers:  # rows of removed receivers must still be dead-lettered
+            return self.config.concurrency
         now = self.clock()
         return sum(
             max(0, r.limit - busy[name])
