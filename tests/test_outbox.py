@@ -176,7 +176,7 @@ async def test_a_slow_receiver_does_not_hold_up_the_others(
     slow, fast = WebhookServer(), WebhookServer()
     await slow.start()
     await fast.start()
-    slow.delay_s = 2.0
+    slow.delay_s = 5.0  # far longer than the fast deliveries take, even on a loaded machine
     cfg = config(store.url, [hook(slow, "slow", concurrency=1), hook(fast, "fast")])
     w = worker(cfg, store, session, clock)
     await add_alerts(store, 5, ["slow", "fast"])
