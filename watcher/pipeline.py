@@ -1,6 +1,6 @@
 """The pipeline, wired in one place.
 
-    fetch -> parse -> dedup -> match -> alert -> route -> outbox
+    fetch -> parse -> dedup -> cluster -> match -> alert -> route -> outbox
 
 `build_pipeline()` is the only function that wires the stages; reading
 `Pipeline.poll` top to bottom shows what one poll of one source does.
@@ -29,6 +29,7 @@ from watcher.parse import parse_feed
 from watcher.route import Router
 from watcher.rules import Matcher
 from watcher.store import NewAlert, Store
+from watcher.story_store import StoryIndex
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ class Pipeline:
         clock: Clock,
         backoff_max_s: float = constants.POLL_BACKOFF_MAX_S,
         on_enqueued: Callable[[], None] = lambda: None,
+        stories: StoryIndex | None = None,
     ) -> None:
+        self.stories = stories or StoryIndex()
         self.backoff_max_s = backoff_max_s
         self.store = store
         self.fetcher = fetcher
@@ -155,12 +158,18 @@ class Pipeline:
         next_poll_at: datetime | None = None,
         record_source: bool = True,
     ) -> PollOutcome:
-        """Dedup, match, alert, route and enqueue deliveries: one transaction."""
+        """Dedup, cluster, match, alert, route and enqueue deliveries: one transaction.
+
+        A later copy of a story joins it (its items and sources grow) and raises
+        no second alert for a rule that already alerted on the story.
+        """
         matcher = self.matcher()
         raised: list[RaisedAlert] = []
         deliveries = 0
         async with self.store.transaction() as tx:
             new = await tx.insert_new_items(items)
+            # Cluster: each new item joins a story; alerts are per (rule, story).
+            story_of = await self.stories.assign(tx.conn, new, tx.now)
             pending: list[tuple[NewAlert, Hit, Item]] = []
             for item_id, item in new:
                 for hit in matcher.match(item):
@@ -171,7 +180,7 @@ class Pipeline:
                                 rule_title=hit.rule_title,
                                 event_type=hit.event_type.value,
                                 severity=hit.severity.value,
-                                story_key=item.content_hash,
+                                story_key=story_of[item_id].story_key,
                                 item_id=item_id,
                             ),
                             hit,
@@ -244,4 +253,7 @@ def build_pipeline(
         clock=clock,
         backoff_max_s=p.backoff_max_s,
         on_enqueued=on_enqueued,
+        stories=StoryIndex(
+            window_s=config.stories.window_days * 86400, threshold=config.stories.threshold
+        ),
     )

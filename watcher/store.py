@@ -599,3 +599,7 @@ def _claimed(m: Any) -> ClaimedDelivery:
         sent_at=m["sent_at"],
     )
     return ClaimedDelivery(delivery, _alert(m))
+
+
+# The story tables live with the cluster stage; importing registers them on `metadata`.
+from watcher import story_store as _story_store  # noqa: E402, F401
