@@ -92,6 +92,17 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from watcher.models import utc_now
+    from watcher.replay import replay
+
+    matcher = _load_matcher_or_report([args.rules])
+    items = read_items(args.input)
+    for record in asyncio.run(replay(items, matcher=matcher, clock=utc_now)):
+        print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
@@ -129,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", type=Path, default=Path("rules"))
     p.add_argument("--input", type=Path, required=True)
     p.set_defaults(func=cmd_rules_test)
+
+    p = sub.add_parser(
+        "replay", help="dedup, cluster, match and alert a feed or JSON Lines file (no delivery)"
+    )
+    p.add_argument("--rules", type=Path, default=Path("rules"))
+    p.add_argument("--input", type=Path, required=True)
+    p.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -236,7 +236,7 @@ def features(item: Item) -> Features:
             for w in words:
                 w = normalize(w).strip(".'’")
                 w = w.removesuffix("'s").removesuffix("’s")
-                if w and w not in _STOPWORDS and w not in ("of", "the") and not w.isdigit():
+                if len(w) > 1 and w not in _STOPWORDS and not w.isdigit():
                     counts["e:" + w] += weight
         for m in _AMOUNT.finditer(part):
             key = _amount_key(m.group(1), m.group(2))
@@ -245,8 +245,8 @@ def features(item: Item) -> Features:
         for m in _DATE.finditer(part):
             day, month = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
             counts[f"d:{_MONTHS[month.lower()]}-{int(day)}"] += weight
-        for w in _WORD.findall(normalize(part)):
-            w = w.strip("'’-")
+        for w in _WORD.findall(normalize(part).replace("’", "'")):
+            w = w.strip("'-").removesuffix("'s").removesuffix("'")
             if len(w) < 3 or w in _STOPWORDS or w[0].isdigit():
                 continue
             counts[("h:" if weight == 2 else "t:") + _stem(w)] += 1

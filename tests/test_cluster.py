@@ -1,0 +1,162 @@
+"""Stories: rewrites of one event merge, look-alikes stay apart; real stores, real pipeline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.cluster_quality import labelled_items, pair_scores
+from tests.conftest import SHARED, FakeClock
+from watcher.models import Item
+from watcher.parse import make_item
+from watcher.replay import replay
+from watcher.rules import Matcher, load_rules
+from watcher.store import Store
+from watcher.story_store import StoryIndex, story_info
+
+REPO = Path(__file__).resolve().parent.parent
+WIDE_WINDOW_S = 400 * 24 * 3600
+
+
+async def assign_all(store: Store, items: list[Item], index: StoryIndex) -> list[str]:
+    async with store.transaction() as tx:
+        new = await tx.insert_new_items(items)
+        got = await index.assign(tx.conn, new, tx.now)
+    return [got[item_id].story_key for item_id, _ in new]
+
+
+async def test_labelled_set_partitions_exactly(store: Store) -> None:
+    """Rewrites (boilerplate, title rewrites, truncation, the five seeds) merge; look-alikes
+    (a curb and its easing, two countries, two Entity List rounds, two bilateral deals) don't.
+    The window is wide so that only content separates them."""
+    items = labelled_items()
+    keys = await assign_all(store, [i for _, _, i in items], StoryIndex(window_s=WIDE_WINDOW_S))
+    labels = {ident: label for ident, label, _ in items}
+    got = {ident: key for (ident, _, _), key in zip(items, keys, strict=True)}
+    scores = pair_scores(labels, got)
+    assert scores["pairs_merged_wrongly"] == 0, scores
+    assert scores["pairs_split_wrongly"] == 0, scores
+
+
+async def test_seeds_alone_are_one_story_with_five_sources(store: Store) -> None:
+    seeds = [(i, it) for i, label, it in labelled_items() if label == "seeds"]
+    assert len(seeds) == 5
+    keys = await assign_all(store, [it for _, it in seeds], StoryIndex())
+    assert len(set(keys)) == 1
+    async with store.engine.connect() as conn:
+        info = await story_info(conn, keys[0])
+    assert info is not None and info.item_count == 5 and info.source_count == 5
+
+
+def _item(source: str, guid: str, title: str, text: str, published: datetime) -> Item:
+    return make_item(source_id=source, guid=guid, title=title, text=text, published=published)
+
+
+CURB_TEXT = (
+    "China's Ministry of Commerce said on Thursday that exports of gallium and germanium will"
+    " need a licence from August 1, citing national security. Gallium is used in chips and"
+    " Germanium in fibre optics; China produces 98% of the world's gallium."
+)
+
+
+async def test_time_window_separates_the_same_words_a_year_apart(store: Store) -> None:
+    t0 = datetime(2025, 7, 3, tzinfo=UTC)
+    a = _item("wire", "a", "China curbs gallium and germanium exports", CURB_TEXT, t0)
+    b = _item("blog", "b", "China curbs gallium and germanium exports", CURB_TEXT, t0)
+    c = _item(
+        "wire",
+        "c",
+        "China curbs gallium and germanium exports",
+        CURB_TEXT,
+        t0 + timedelta(days=365),
+    )
+    keys = await assign_all(store, [a, b, c], StoryIndex())
+    assert keys[0] == keys[1] and keys[2] != keys[0]
+
+
+def _matcher() -> Matcher:
+    rules, errors = load_rules([REPO / "rules"])
+    assert errors == []
+    return Matcher(rules)
+
+
+def _seed_items() -> list[tuple[str, Item]]:
+    out = []
+    for n, path in enumerate(sorted((SHARED / "seeds").glob("0*.txt"))):
+        item = make_item(
+            source_id=f"site{n}",
+            guid=path.stem,
+            text=path.read_text(),
+            published=datetime(2026, 2, 4, 10 + 2 * n, tzinfo=UTC),
+        )
+        out.append((path.stem, item))
+    return out
+
+
+async def test_replay_of_the_seeds_gives_one_alert_per_rule_with_five_items(
+    clock: FakeClock,
+) -> None:
+    records = await replay(_seed_items(), matcher=_matcher(), clock=clock)
+    rules = [r["rule"] for r in records]
+    assert len(rules) >= 3 and len(set(rules)) == len(rules)  # one alert per matching rule
+    assert len({r["story"] for r in records}) == 1
+    for r in records:
+        assert len(r["items"]) == 5 and len(r["sources"]) == 5
+        assert set(r) == {"rule", "event_type", "story", "items", "sources"}
+
+
+def test_replay_command_prints_json_lines(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"id": ident, "source": it.source_id, "text": it.text,
+                    "published": it.published.isoformat() if it.published else ""})
+        for ident, it in _seed_items()
+    ]  # fmt: skip
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "replay", "--rules", str(REPO / "rules"),
+         "--input", str(path)],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert records and all(len(r["items"]) == 5 for r in records)
+    assert sorted(records[0]["items"]) == sorted(json.loads(line)["id"] for line in lines)
+
+
+async def test_later_copies_join_the_story_and_raise_no_second_alert(
+    store: Store, clock: FakeClock
+) -> None:
+    import aiohttp
+
+    from watcher.config import SubscriptionConfig
+    from watcher.fetch import Fetcher, FetchLimits
+    from watcher.metrics import Metrics
+    from watcher.pipeline import Pipeline
+    from watcher.route import Router
+
+    seeds = _seed_items()
+    async with aiohttp.ClientSession() as session:
+        pipeline = Pipeline(
+            store=store,
+            fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
+            matcher=_matcher,
+            router=Router([SubscriptionConfig(receivers=["hook"])]),
+            metrics=Metrics(),
+            clock=clock,
+        )
+        first = await pipeline.ingest("site0", [seeds[0][1]], record_source=False)
+        assert first.alerts and first.deliveries == len(first.alerts)
+        for _, item in seeds[1:]:
+            clock.advance(3600)
+            later = await pipeline.ingest(item.source_id, [item], record_source=False)
+            assert later.new_items == 1
+            # Rules that already alerted on the story stay silent; no second delivery.
+            assert not {a.hit.rule_id for a in later.alerts} & {a.hit.rule_id for a in first.alerts}
+    alerts = await store.list_alerts()
+    assert len({a.rule_id for a in alerts}) == len(alerts)
+    async with store.engine.connect() as conn:
+        info = await story_info(conn, alerts[0].story_key)
+    assert info is not None and info.source_count == 5  # "now reported by 5 sources"
