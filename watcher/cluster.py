@@ -30,6 +30,7 @@ from watcher.models import Item
 from watcher.text import normalize
 
 # Key prefixes: e: entity, n: number or amount, d: date, t: term, h: headline term.
+_KEY_MAX_CHARS = 120  # the store's key columns hold 160
 _BOOST = {"e": 2.0, "n": 2.0, "d": 2.0, "t": 1.0, "h": 1.0}
 
 _STOPWORDS = frozenset(
@@ -178,13 +179,16 @@ def _stem(word: str) -> str:
     return word
 
 
+_COUNTRY_RE = re.compile(
+    r"(?<![\w.])("
+    + "|".join(re.escape(n) for n in sorted(_COUNTRIES, key=len, reverse=True))
+    + r")(?:'s)?(?!\w)"
+)
+
+
 def _countries(text: str) -> frozenset[str]:
     norm = normalize(text).replace("’", "'")
-    found = set()
-    for name, code in _COUNTRIES.items():
-        if re.search(r"(?<![\w.])" + re.escape(name) + r"(?:'s)?(?!\w)", norm):
-            found.add(code)
-    return frozenset(found)
+    return frozenset(_COUNTRIES[m.group(1)] for m in _COUNTRY_RE.finditer(norm))
 
 
 def _polarity(text: str) -> str:
@@ -251,7 +255,7 @@ def features(item: Item) -> Features:
                 continue
             counts[("h:" if weight == 2 else "t:") + _stem(w)] += 1
     return Features(
-        counts=dict(counts),
+        counts={k: c for k, c in counts.items() if len(k) <= _KEY_MAX_CHARS},
         polarity=_polarity(head),
         countries=_countries(head),
         amounts=_headline_amounts(head),

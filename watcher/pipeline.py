@@ -28,6 +28,7 @@ from watcher.models import Clock, Hit, Item
 from watcher.parse import parse_feed
 from watcher.route import Router
 from watcher.rules import Matcher
+from watcher.silence import list_silences, silenced
 from watcher.store import NewAlert, Store
 from watcher.story_store import StoryIndex
 
@@ -188,12 +189,18 @@ class Pipeline:
                         )
                     )
             # One alert per (rule, story): insert one at a time to know which rows are new.
+            # A silenced alert is stored but routed nowhere.
+            active_silences = await list_silences(tx.conn, now=tx.now) if pending else []
             pairs: list[tuple[int, str]] = []
             for new_alert, hit, item in pending:
                 ids = await tx.insert_alerts([new_alert])
                 if not ids:
                     continue
-                receivers = tuple(self.router.receivers_for(hit, item))
+                receivers = (
+                    ()
+                    if silenced(hit.rule_id, active_silences, tx.now)
+                    else tuple(self.router.receivers_for(hit, item))
+                )
                 raised.append(RaisedAlert(ids[0], hit, item, receivers))
                 pairs.extend((ids[0], r) for r in receivers)
             deliveries = await tx.enqueue(pairs)

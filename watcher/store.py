@@ -601,5 +601,6 @@ def _claimed(m: Any) -> ClaimedDelivery:
     return ClaimedDelivery(delivery, _alert(m))
 
 
-# The story tables live with the cluster stage; importing registers them on `metadata`.
+# The story and silence tables live with their stages; importing registers them on `metadata`.
+from watcher import silence as _silence  # noqa: E402, F401
 from watcher import story_store as _story_store  # noqa: E402, F401

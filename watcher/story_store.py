@@ -157,11 +157,10 @@ class StoryIndex:
         self, conn: AsyncConnection, item_id: int, item: Item, now: datetime
     ) -> StoryAssignment:
         feats = features(item)
-        terms = sorted(feats.counts)
-        df = await self._document_frequencies(conn, terms)
+        # Frequencies before this document: the upsert returns them counted in.
+        df = {t: n - 1 for t, n in (await self._count_document(conn, sorted(feats.counts))).items()}
         docs = df.pop(_DOCS, 0)
         vector = weigh(feats.counts, df, docs)
-        await self._count_document(conn, terms)
         at = item.published if item.published is not None and item.published <= now else now
 
         best_story, best_sim = await self._best_story(conn, vector, feats, at)
@@ -187,29 +186,27 @@ class StoryIndex:
         if keys:
             await conn.execute(
                 _insert(conn, story_keys),
-                [{"key": k[:160], "at": at, "story_id": story_id} for k in keys],
+                [{"key": k, "at": at, "story_id": story_id} for k in keys],
             )
-        counts = (
-            await conn.execute(
-                select(func.count(), func.count(story_items.c.source_id.distinct())).where(
-                    story_items.c.story_id == story_id
-                )
-            )
-        ).one()
+        sources_in_story = (
+            select(func.count(story_items.c.source_id.distinct()))
+            .where(story_items.c.story_id == story_id)
+            .scalar_subquery()
+        )
         row = (
             await conn.execute(
                 update(stories)
                 .where(stories.c.id == story_id)
                 .values(
-                    item_count=int(counts[0]),
-                    source_count=int(counts[1]),
+                    item_count=stories.c.item_count + 1,
+                    source_count=sources_in_story,
                     last_at=case(
                         (stories.c.last_at < at, literal(at, UTCDateTime())),
                         else_=stories.c.last_at,
                     ),
                     updated_at=now,
                 )
-                .returning(stories.c.key)
+                .returning(stories.c.key, stories.c.item_count, stories.c.source_count)
             )
         ).one()
         return StoryAssignment(
@@ -217,52 +214,44 @@ class StoryIndex:
             story_key=row.key,
             new_story=new_story,
             similarity=best_sim,
-            item_count=int(counts[0]),
-            source_count=int(counts[1]),
+            item_count=int(row.item_count),
+            source_count=int(row.source_count),
         )
 
-    async def _document_frequencies(
-        self, conn: AsyncConnection, terms: list[str]
-    ) -> dict[str, int]:
+    async def _count_document(self, conn: AsyncConnection, terms: list[str]) -> dict[str, int]:
+        """Count one more document for each term; returns the new document frequencies.
+
+        Every ingest locks the document-count row first, so on PostgreSQL concurrent
+        ingests (several replicas) take their turns here and never deadlock, and a
+        copy arriving on another replica sees the story the first one created.
+        """
+        stmt = _insert(conn, term_stats)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["term"], set_={"df": term_stats.c.df + 1}
+        ).returning(term_stats.c.term, term_stats.c.df)
         out: dict[str, int] = {}
         for chunk in _chunks([_DOCS, *terms]):
-            rows = await conn.execute(
-                select(term_stats.c.term, term_stats.c.df).where(term_stats.c.term.in_(chunk))
-            )
+            rows = await conn.execute(stmt, [{"term": t, "df": 1} for t in chunk])
             out.update({r.term: int(r.df) for r in rows})
         return out
-
-    async def _count_document(self, conn: AsyncConnection, terms: list[str]) -> None:
-        stmt = _insert(conn, term_stats)
-        stmt = stmt.on_conflict_do_update(index_elements=["term"], set_={"df": term_stats.c.df + 1})
-        await conn.execute(stmt, [{"term": t[:160], "df": 1} for t in [_DOCS, *terms]])
 
     async def _best_story(
         self, conn: AsyncConnection, vector: dict[str, float], feats: Features, at: datetime
     ) -> tuple[int | None, float]:
-        lookup = [k[:160] for k in index_keys(vector, constants.CLUSTER_LOOKUP_KEYS)]
+        lookup = index_keys(vector, constants.CLUSTER_LOOKUP_KEYS)
         if not lookup:
             return None, 0.0
-        hits = func.count().label("hits")
         candidates = (
-            (
-                await conn.execute(
-                    select(story_keys.c.story_id, hits)
-                    .where(
-                        story_keys.c.key.in_(lookup),
-                        story_keys.c.at >= at - self.window,
-                        story_keys.c.at <= at + self.window,
-                    )
-                    .group_by(story_keys.c.story_id)
-                    .order_by(hits.desc(), story_keys.c.story_id.desc())
-                    .limit(constants.CLUSTER_MAX_CANDIDATES)
-                )
+            select(story_keys.c.story_id)
+            .where(
+                story_keys.c.key.in_(lookup),
+                story_keys.c.at >= at - self.window,
+                story_keys.c.at <= at + self.window,
             )
-            .scalars()
-            .all()
+            .group_by(story_keys.c.story_id)
+            .order_by(func.count().desc(), story_keys.c.story_id.desc())
+            .limit(constants.CLUSTER_MAX_CANDIDATES)
         )
-        if not candidates:
-            return None, 0.0
         rank = (
             func.row_number()
             .over(partition_by=story_items.c.story_id, order_by=story_items.c.at.desc())
@@ -277,7 +266,7 @@ class StoryIndex:
                 story_items.c.vector,
                 rank,
             )
-            .where(story_items.c.story_id.in_(list(candidates)))
+            .where(story_items.c.story_id.in_(candidates.scalar_subquery()))
             .subquery()
         )
         rows = await conn.execute(
