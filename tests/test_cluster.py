@@ -149,10 +149,12 @@ async def test_later_copies_join_the_story_and_raise_no_second_alert(
         )
         first = await pipeline.ingest("site0", [seeds[0][1]], record_source=False)
         assert first.alerts and first.deliveries == len(first.alerts)
-        for _, item in seeds[1:]:
+        for n, (_, item) in enumerate(seeds[1:], 2):
             clock.advance(3600)
             later = await pipeline.ingest(item.source_id, [item], record_source=False)
             assert later.new_items == 1
+            [grown] = later.stories_grown  # the alert now reads "reported by n sources"
+            assert (grown.item_count, grown.source_count) == (n, n)
             # Rules that already alerted on the story stay silent; no second delivery.
             assert not {a.hit.rule_id for a in later.alerts} & {a.hit.rule_id for a in first.alerts}
     alerts = await store.list_alerts()

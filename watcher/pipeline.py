@@ -30,7 +30,7 @@ from watcher.route import Router
 from watcher.rules import Matcher
 from watcher.silence import list_silences, silenced
 from watcher.store import NewAlert, Store
-from watcher.story_store import StoryIndex
+from watcher.story_store import StoryAssignment, StoryIndex
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class PollOutcome:
     error: FetchError | ParseError | None = None
     error_count: int = 0
     next_poll_in_s: float | None = None
+    # Items that joined an existing story: its alerts now read "reported by N sources".
+    stories_grown: list[StoryAssignment] = field(default_factory=list)
 
 
 def backoff_interval_s(
@@ -227,6 +229,7 @@ class Pipeline:
             alerts=raised,
             deliveries=deliveries,
             next_poll_in_s=(next_poll_at - self.clock()).total_seconds() if next_poll_at else None,
+            stories_grown=[a for a in story_of.values() if not a.new_story],
         )
 
 
