@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from bench.cluster_quality import labelled_items, pair_scores
 from tests.conftest import SHARED, FakeClock
+from watcher.cli import main
 from watcher.models import Item
 from watcher.parse import make_item
 from watcher.replay import replay
@@ -108,7 +109,9 @@ async def test_replay_of_the_seeds_gives_one_alert_per_rule_with_five_items(
         assert set(r) == {"rule", "event_type", "story", "items", "sources"}
 
 
-def test_replay_command_prints_json_lines(tmp_path: Path) -> None:
+def test_replay_command_prints_json_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     lines = [
         json.dumps({"id": ident, "source": it.source_id, "text": it.text,
                     "published": it.published.isoformat() if it.published else ""})
@@ -116,12 +119,9 @@ def test_replay_command_prints_json_lines(tmp_path: Path) -> None:
     ]  # fmt: skip
     path = tmp_path / "seeds.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "watcher.cli", "replay", "--rules", str(REPO / "rules"),
-         "--input", str(path)],
-        capture_output=True, text=True, check=True, cwd=REPO,
-    )  # fmt: skip
-    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert main(["replay", "--rules", str(REPO / "rules"), "--input", str(path)]) == 0
+    out = capsys.readouterr()
+    records = [json.loads(line) for line in out.out.splitlines()]
     assert records and all(len(r["items"]) == 5 for r in records)
     assert sorted(records[0]["items"]) == sorted(json.loads(line)["id"] for line in lines)
 
@@ -162,3 +162,32 @@ async def test_later_copies_join_the_story_and_raise_no_second_alert(
     async with store.engine.connect() as conn:
         info = await story_info(conn, alerts[0].story_key)
     assert info is not None and info.source_count == 5  # "now reported by 5 sources"
+
+
+def test_boilerplate_lines_do_not_count() -> None:
+    from watcher.cluster import clean_text, features
+
+    text = (SHARED / "seeds" / "003_ceab15495458395c.txt").read_text()
+    cleaned = clean_text(text)
+    assert "Vice President JD Vance" in cleaned
+    for gone in ("has covered the technology industry", "Leave a Comment", "Share This Article",
+                 "All rights reserved", "Required fields are marked", "3 min read"):  # fmt: skip
+        assert gone not in cleaned
+    counts = features(make_item(source_id="s", text=text)).counts
+    assert "e:vance" in counts and "e:turner" not in counts  # the author is not the story
+
+
+async def test_unrelated_items_with_the_same_boilerplate_stay_apart(store: Store) -> None:
+    footer = (
+        "\nShare this article\nLeave a Comment\nJohn Smith is a senior markets reporter who has"
+        " covered Reuters, Bloomberg and the Financial Times.\n© 2026 Daily Metals Ltd."
+        " All rights reserved. Terms of Service Privacy Policy"
+    )
+    t = datetime(2026, 3, 2, tzinfo=UTC)
+    a_text = "Codelco said on Monday it expects to produce 1.4 million tonnes of copper."
+    b_text = "JOGMEC will invest A$200 million in Lynas Rare Earths in Malaysia."
+    a = _item("site", "a", "Chile's Codelco raises 2026 copper output guidance", a_text + footer, t)
+    b = _item("site", "b", "Japan's JOGMEC backs Lynas rare earths expansion", b_text + footer, t)
+    empty = _item("site", "c", "", "", t)  # nothing to cluster on: its own story, no error
+    keys = await assign_all(store, [a, b, empty], StoryIndex())
+    assert len(set(keys)) == 3
