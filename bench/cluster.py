@@ -180,6 +180,10 @@ async def main() -> dict[str, object]:
     first, last = out[f"items_per_s_at_{SIZES[0]}"], out[f"items_per_s_at_{SIZES[-1]}"]
     assert isinstance(first, float) and isinstance(last, float)
     out["flat_ratio_100k_vs_1k"] = round(last / first, 2)
+    # From 10k on, the window holds the same number of items: the pure store-size effect.
+    mid = out[f"items_per_s_at_{SIZES[1]}"]
+    assert isinstance(mid, float)
+    out["flat_ratio_100k_vs_10k"] = round(last / mid, 2)
     return out
 
 

@@ -17,6 +17,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from watcher import constants
 from watcher.models import Item
 from watcher.parse import make_item
 from watcher.store import Store
@@ -113,6 +114,27 @@ def shingle_baseline(items: list[tuple[str, str, Item]], threshold: float) -> di
     return {ident: find(ident) for ident, _, _ in items}
 
 
+async def seed_orders(tmp: Path) -> dict[str, int]:
+    """The five seeds alone, in every arrival order (120): how often they make one story."""
+    seeds = [t for t in labelled_items() if t[1] == "seeds"]
+    one = 0
+    worst = 1
+    for n, order in enumerate(itertools.permutations(seeds)):
+        ordered = [
+            (
+                ident,
+                label,
+                item.model_copy(update={"published": datetime(2026, 2, 4, 10 + k, tzinfo=UTC)}),
+            )
+            for k, (ident, label, item) in enumerate(order)
+        ]
+        got = await cluster(ordered, constants.CLUSTER_THRESHOLD, tmp / f"o{n}.db")
+        stories = len(set(got.values()))
+        one += stories == 1
+        worst = max(worst, stories)
+    return {"seed_orders": 120, "seed_orders_one_story": one, "seed_orders_most_stories": worst}
+
+
 async def main() -> dict[str, object]:
     items = labelled_items()
     labels = {ident: label for ident, label, _ in items}
@@ -123,6 +145,8 @@ async def main() -> dict[str, object]:
             results[f"threshold_{t}"] = pair_scores(labels, got)
             if "-v" in sys.argv:
                 results[f"threshold_{t}_stories"] = len(set(got.values()))
+        if "--orders" in sys.argv:
+            results.update(await seed_orders(Path(tmp)))
     for t in (0.1, 0.3, 0.5):
         results[f"baseline_shingle_jaccard_{t}"] = pair_scores(labels, shingle_baseline(items, t))
     return {
