@@ -17,11 +17,13 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import select
+
 from watcher import constants
 from watcher.models import Item
 from watcher.parse import make_item
 from watcher.store import Store
-from watcher.story_store import StoryIndex
+from watcher.story_store import StoryIndex, story_items
 
 REPO = Path(__file__).resolve().parent.parent
 STORIES = REPO / "tests" / "testdata" / "stories"
@@ -84,9 +86,12 @@ async def cluster(items: list[tuple[str, str, Item]], threshold: float, db: Path
         async with store.transaction() as tx:
             inserted = await tx.insert_new_items([i for _, _, i in items])
             by_key = {(i.source_id, i.dedup_key): ident for ident, _, i in items}
-            assigned = await index.assign(tx.conn, inserted, tx.now)
+            await index.assign(tx.conn, inserted, tx.now)
+            # Final stories (a later item may have bridged two stories into one).
+            rows = await tx.conn.execute(select(story_items.c.item_id, story_items.c.story_id))
+            final = {int(r.item_id): int(r.story_id) for r in rows}
             for item_id, item in inserted:
-                got[by_key[(item.source_id, item.dedup_key)]] = assigned[item_id].story_key
+                got[by_key[(item.source_id, item.dedup_key)]] = str(final[item_id])
     finally:
         await store.close()
     return got

@@ -191,3 +191,41 @@ async def test_unrelated_items_with_the_same_boilerplate_stay_apart(store: Store
     empty = _item("site", "c", "", "", t)  # nothing to cluster on: its own story, no error
     keys = await assign_all(store, [a, b, empty], StoryIndex())
     assert len(set(keys)) == 3
+
+
+async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock: FakeClock) -> None:
+    """Seed 001 (a heavy rewrite) arriving third starts its own story; 003 matches both
+    stories and folds the younger into the older: items, sources and alerts move."""
+    import aiohttp
+
+    from watcher.fetch import Fetcher, FetchLimits
+    from watcher.metrics import Metrics
+    from watcher.pipeline import Pipeline
+    from watcher.route import Router
+
+    by_name = {ident[:3]: item for ident, item in _seed_items()}
+    order = ["002", "004", "001", "000", "003"]
+    async with aiohttp.ClientSession() as session:
+        pipeline = Pipeline(
+            store=store,
+            fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
+            matcher=_matcher,
+            router=Router([]),
+            metrics=Metrics(),
+            clock=clock,
+        )
+        outcomes = []
+        for k, name in enumerate(order):
+            item = by_name[name].model_copy(
+                update={"published": datetime(2026, 2, 4, 10 + k, tzinfo=UTC)}
+            )
+            outcomes.append(await pipeline.ingest(item.source_id, [item], record_source=False))
+    [bridge] = outcomes[-1].stories_grown
+    assert len(bridge.merged) == 1 and (bridge.item_count, bridge.source_count) == (5, 5)
+    alerts = await store.list_alerts()
+    async with store.engine.connect() as conn:
+        infos = [await story_info(conn, a.story_key) for a in alerts]
+    assert {i.key for i in infos if i} == {bridge.story_key}  # every alert reads the one story
+    assert all(i is not None and len(i.item_ids) == 5 for i in infos)
+    on_story = [a.rule_id for a in alerts if a.story_key == bridge.story_key]
+    assert len(on_story) == len(set(on_story)) == len({a.rule_id for a in alerts})

@@ -52,7 +52,7 @@ from watcher.cluster import (
     weigh,
 )
 from watcher.models import Item
-from watcher.store import UTCDateTime, _Id, _insert, items, metadata
+from watcher.store import UTCDateTime, _Id, _insert, alerts, items, metadata
 
 _DOCS = ""  # the term_stats row that counts documents
 
@@ -68,6 +68,7 @@ stories = Table(
     Column("source_count", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("merged_into", _Id, ForeignKey("stories.id")),  # set when absorbed by a bridge
 )
 
 story_items = Table(
@@ -113,6 +114,7 @@ class StoryAssignment:
     similarity: float
     item_count: int
     source_count: int
+    merged: tuple[str, ...] = ()  # keys of stories this item bridged into this one
 
 
 @dataclass(frozen=True)
@@ -163,12 +165,17 @@ class StoryIndex:
         vector = weigh(feats.counts, df, docs)
         at = item.published if item.published is not None and item.published <= now else now
 
-        best_story, best_sim = await self._best_story(conn, vector, feats, at)
-        if best_story is None:
+        matches = await self._matching_stories(conn, vector, feats, at)
+        merged: tuple[str, ...] = ()
+        best_sim = max(matches.values(), default=0.0)
+        if not matches:
             story_id = await self._new_story(conn, item_id, item, at, now)
             new_story = True
         else:
-            story_id, new_story = best_story, False
+            # The oldest matching story absorbs the others this item bridges.
+            story_id, new_story = min(matches), False
+            if len(matches) > 1:
+                merged = await self._merge(conn, story_id, sorted(matches)[1:], now)
         await conn.execute(
             _insert(conn, story_items).values(
                 item_id=item_id,
@@ -198,7 +205,9 @@ class StoryIndex:
                 update(stories)
                 .where(stories.c.id == story_id)
                 .values(
-                    item_count=stories.c.item_count + 1,
+                    item_count=select(func.count())
+                    .where(story_items.c.story_id == story_id)
+                    .scalar_subquery(),
                     source_count=sources_in_story,
                     last_at=case(
                         (stories.c.last_at < at, literal(at, UTCDateTime())),
@@ -216,6 +225,7 @@ class StoryIndex:
             similarity=best_sim,
             item_count=int(row.item_count),
             source_count=int(row.source_count),
+            merged=merged,
         )
 
     async def _count_document(self, conn: AsyncConnection, terms: list[str]) -> dict[str, int]:
@@ -235,12 +245,17 @@ class StoryIndex:
             out.update({r.term: int(r.df) for r in rows})
         return out
 
-    async def _best_story(
+    async def _matching_stories(
         self, conn: AsyncConnection, vector: dict[str, float], feats: Features, at: datetime
-    ) -> tuple[int | None, float]:
+    ) -> dict[int, float]:
+        """Candidate stories this item belongs to: story id -> best similarity.
+
+        A story with an item whose headline vetoes this one (a different event)
+        is never a match, however close its other items are.
+        """
         lookup = index_keys(vector, constants.CLUSTER_LOOKUP_KEYS)
         if not lookup:
-            return None, 0.0
+            return {}
         candidates = (
             select(story_keys.c.story_id)
             .where(
@@ -272,7 +287,8 @@ class StoryIndex:
         rows = await conn.execute(
             select(inner).where(inner.c.rank <= constants.CLUSTER_ITEMS_PER_STORY_COMPARED)
         )
-        best: tuple[int | None, float] = (None, 0.0)
+        best: dict[int, float] = {}
+        vetoing: set[int] = set()
         for r in rows:
             other = Features(
                 counts={},
@@ -281,16 +297,68 @@ class StoryIndex:
                 amounts=frozenset(a for a in r.amounts.split(",") if a),
             )
             if vetoed(feats, other):
+                vetoing.add(int(r.story_id))
                 continue
             other_vector = json.loads(r.vector)
             sim = similarity(vector, other_vector)
             if (
                 sim >= self.threshold
-                and sim > best[1]
+                and sim > best.get(int(r.story_id), 0.0)
                 and shared_specifics(vector, other_vector) >= constants.CLUSTER_MIN_SHARED_SPECIFICS
             ):
-                best = (int(r.story_id), sim)
-        return best
+                best[int(r.story_id)] = sim
+        return {k: v for k, v in best.items() if k not in vetoing}
+
+    async def _merge(
+        self, conn: AsyncConnection, target: int, others: list[int], now: datetime
+    ) -> tuple[str, ...]:
+        """Fold `others` into `target`: items, index keys and alerts move; returns their keys.
+
+        An alert of an absorbed story moves to the target unless the target
+        already has one for that rule (both were sent; the older one stays).
+        """
+        rows = await conn.execute(
+            select(stories.c.id, stories.c.key).where(stories.c.id.in_([target, *others]))
+        )
+        keys = {int(r.id): str(r.key) for r in rows}
+        await conn.execute(
+            update(story_items).where(story_items.c.story_id.in_(others)).values(story_id=target)
+        )
+        await conn.execute(
+            update(story_keys).where(story_keys.c.story_id.in_(others)).values(story_id=target)
+        )
+        taken = set(
+            (
+                await conn.execute(
+                    select(alerts.c.rule_id).where(alerts.c.story_key == keys[target])
+                )
+            ).scalars()
+        )
+        moving = await conn.execute(
+            select(alerts.c.id, alerts.c.rule_id)
+            .where(alerts.c.story_key.in_([keys[o] for o in others]))
+            .order_by(alerts.c.id)
+        )
+        for alert in moving.all():
+            if alert.rule_id not in taken:
+                taken.add(alert.rule_id)
+                await conn.execute(
+                    update(alerts).where(alerts.c.id == alert.id).values(story_key=keys[target])
+                )
+        first = (
+            select(func.min(stories.c.first_at))
+            .where(stories.c.id.in_([target, *others]))
+            .scalar_subquery()
+        )
+        await conn.execute(
+            update(stories).where(stories.c.id == target).values(first_at=first, updated_at=now)
+        )
+        await conn.execute(
+            update(stories)
+            .where(stories.c.id.in_(others))
+            .values(merged_into=target, item_count=0, source_count=0, updated_at=now)
+        )
+        return tuple(keys[o] for o in others)
 
     async def _new_story(
         self, conn: AsyncConnection, item_id: int, item: Item, at: datetime, now: datetime
@@ -317,6 +385,8 @@ class StoryIndex:
 async def story_info(conn: AsyncConnection, key: str) -> StoryInfo | None:
     """A story with its items (oldest first) and sources, by key."""
     s = (await conn.execute(select(stories).where(stories.c.key == key))).first()
+    while s is not None and s.merged_into is not None:
+        s = (await conn.execute(select(stories).where(stories.c.id == s.merged_into))).first()
     if s is None:
         return None
     rows = (
