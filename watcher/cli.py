@@ -92,6 +92,12 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from watcher.demo import run_demo
+
+    return asyncio.run(run_demo(rules=args.rules))
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from watcher.models import utc_now
     from watcher.replay import replay
@@ -140,12 +146,6 @@ def cmd_silence(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from watcher.demo import run_demo
-
-    return asyncio.run(run_demo(rules=args.rules))
 
 
 def build_parser() -> argparse.ArgumentParser:

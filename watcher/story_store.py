@@ -12,7 +12,10 @@ Tables (created with the rest of the schema, on SQLite and PostgreSQL alike):
   the empty term counts documents).
 
 `StoryIndex.assign()` runs inside the pipeline's transaction, so an item, its
-story and its alerts are stored together or not at all.
+story and its alerts are stored together or not at all. An item that matches
+several stories bridges them: the oldest absorbs the others (``merged_into``
+points from an absorbed story to its absorber, and its alerts move unless the
+absorber already alerted for that rule).
 """
 
 from __future__ import annotations
