@@ -240,3 +240,26 @@ async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock:
     assert all(i is not None and len(i.item_ids) == 5 for i in infos)
     on_story = [a.rule_id for a in alerts if a.story_key == bridge.story_key]
     assert len(on_story) == len(set(on_story)) == len({a.rule_id for a in alerts})
+
+
+async def test_two_replicas_ingesting_copies_at_once_make_one_story(
+    store_url: str, clock: FakeClock
+) -> None:
+    """Two stores on one database (two replicas) assign two copies concurrently: the
+    document-count row serialises them, so the second sees the first one's story."""
+    import asyncio
+
+    t = datetime(2026, 2, 4, 12, tzinfo=UTC)
+    a = _item("wire", "a", "China curbs gallium and germanium exports", CURB_TEXT, t)
+    b = _item("blog", "b", "Beijing restricts gallium, germanium exports", CURB_TEXT, t)
+    stores = [Store(store_url, clock=clock), Store(store_url, clock=clock)]
+    for s in stores:
+        await s.open()
+    try:
+        results = await asyncio.gather(
+            *(assign_all(s, [item], StoryIndex()) for s, item in zip(stores, (a, b), strict=True))
+        )
+        assert results[0] == results[1]
+    finally:
+        for s in stores:
+            await s.close()
