@@ -237,6 +237,9 @@ async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock:
     async with store.engine.connect() as conn:
         infos = [await story_info(conn, a.story_key) for a in alerts]
     assert {i.key for i in infos if i} == {bridge.story_key}  # every alert reads the one story
+    assert infos[0] is not None
+    assert infos[0].first_at == datetime(2026, 2, 4, 10, tzinfo=UTC)
+    assert infos[0].last_at == datetime(2026, 2, 4, 14, tzinfo=UTC)
     assert all(i is not None and len(i.item_ids) == 5 for i in infos)
     on_story = [a.rule_id for a in alerts if a.story_key == bridge.story_key]
     assert len(on_story) == len(set(on_story)) == len({a.rule_id for a in alerts})

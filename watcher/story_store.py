@@ -348,13 +348,14 @@ class StoryIndex:
                 await conn.execute(
                     update(alerts).where(alerts.c.id == alert.id).values(story_key=keys[target])
                 )
-        first = (
-            select(func.min(stories.c.first_at))
-            .where(stories.c.id.in_([target, *others]))
-            .scalar_subquery()
-        )
+        both = stories.alias("merging")  # an alias, so the subqueries do not correlate
+        together = both.c.id.in_([target, *others])
+        first = select(func.min(both.c.first_at)).where(together).scalar_subquery()
+        last = select(func.max(both.c.last_at)).where(together).scalar_subquery()
         await conn.execute(
-            update(stories).where(stories.c.id == target).values(first_at=first, updated_at=now)
+            update(stories)
+            .where(stories.c.id == target)
+            .values(first_at=first, last_at=last, updated_at=now)
         )
         await conn.execute(
             update(stories)
