@@ -129,6 +129,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(rules=args.rules))
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from watcher.models import utc_now
+    from watcher.replay import replay
+
+    matcher = _load_matcher_or_report([args.rules])
+    items = read_items(args.input)
+    for record in asyncio.run(replay(items, matcher=matcher, clock=utc_now)):
+        print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    from watcher import silence
+    from watcher.models import utc_now
+    from watcher.store import Store
+
+    async def run() -> int:
+        store = Store(load_config(args.config).store.url, clock=utc_now)
+        await store.open()
+        try:
+            now = utc_now()
+            async with store.engine.begin() as conn:
+                if args.silence_command == "add":
+                    until = silence.parse_until(args.until, now)
+                    added = await silence.add_silence(
+                        conn, rule=args.rule, until=until, comment=args.comment, now=now
+                    )
+                    print(
+                        f"silence {added.id}: rule '{added.rule}' until {added.until.isoformat()}"
+                    )
+                elif args.silence_command == "expire":
+                    gone = await silence.expire_silence(conn, args.id, now=now)
+                    print(f"silence {gone.id}: rule '{gone.rule}' expired")
+                else:
+                    for s in await silence.list_silences(conn, now=now, include_inactive=args.all):
+                        state = "active" if s.active(now) else "expired"
+                        print(
+                            json.dumps(
+                                {"id": s.id, "rule": s.rule, "until": s.until.isoformat(),
+                                 "comment": s.comment, "state": state},
+                                ensure_ascii=False,
+                            )
+                        )  # fmt: skip
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="watcher",
@@ -180,6 +230,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", type=Path, default=Path("rules"))
     p.add_argument("--input", type=Path, required=True)
     p.set_defaults(func=cmd_rules_test)
+
+    p = sub.add_parser(
+        "replay", help="dedup, cluster, match and alert a feed or JSON Lines file (no delivery)"
+    )
+    p.add_argument("--rules", type=Path, default=Path("rules"))
+    p.add_argument("--input", type=Path, required=True)
+    p.set_defaults(func=cmd_replay)
+
+    silence = sub.add_parser(
+        "silence", help="stop sending a rule's alerts for a while"
+    ).add_subparsers(dest="silence_command", required=True, metavar="SUBCOMMAND")
+    p = silence.add_parser("add", help="silence a rule (fnmatch pattern) until a time")
+    p.add_argument("-c", "--config", type=Path, default=None, help="config file (TOML)")
+    p.add_argument("--rule", required=True, help="rule id or pattern, e.g. 'ree-*'")
+    p.add_argument("--until", required=True, help="ISO 8601 time with zone, or 2h, 3d, 1w")
+    p.add_argument("--comment", required=True, help="why")
+    p.set_defaults(func=cmd_silence)
+    p = silence.add_parser("list", help="list active silences (one JSON object each)")
+    p.add_argument("-c", "--config", type=Path, default=None, help="config file (TOML)")
+    p.add_argument("--all", action="store_true", help="include expired silences")
+    p.set_defaults(func=cmd_silence)
+    p = silence.add_parser("expire", help="end a silence now")
+    p.add_argument("-c", "--config", type=Path, default=None, help="config file (TOML)")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_silence)
     return parser
 
 

@@ -199,6 +199,13 @@ class SubscriptionConfig(_Strict):
     min_severity: Severity = Severity.LOW
 
 
+class StoriesConfig(_Strict):
+    """Story clustering: items reporting one event within `window_days` join one story."""
+
+    window_days: float = Field(default=constants.CLUSTER_WINDOW_S / 86400, gt=0)
+    threshold: float = Field(default=constants.CLUSTER_THRESHOLD, gt=0, le=1)
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="WATCHER_", env_nested_delimiter="__", extra="forbid"
@@ -212,6 +219,7 @@ class Config(BaseSettings):
     sources: list[SourceConfig] = Field(default_factory=list)
     receivers: list[ReceiverConfig] = Field(default_factory=list)
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+    stories: StoriesConfig = Field(default_factory=StoriesConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -1,6 +1,6 @@
 """The pipeline, wired in one place.
 
-    fetch -> parse -> dedup -> match -> alert -> route -> outbox
+    fetch -> parse -> dedup -> cluster -> match -> alert -> route -> outbox
 
 `build_pipeline()` is the only function that wires the stages; reading
 `Pipeline.poll` top to bottom shows what one poll of one source does.
@@ -28,7 +28,9 @@ from watcher.models import Clock, Hit, Item
 from watcher.parse import parse_feed
 from watcher.route import Router
 from watcher.rules import Matcher
+from watcher.silence import list_silences, silenced
 from watcher.store import NewAlert, Store
+from watcher.story_store import StoryAssignment, StoryIndex
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class PollOutcome:
     error: FetchError | ParseError | None = None
     error_count: int = 0
     next_poll_in_s: float | None = None
+    # Items that joined an existing story: its alerts now read "reported by N sources".
+    stories_grown: list[StoryAssignment] = field(default_factory=list)
 
 
 def backoff_interval_s(
@@ -78,7 +82,9 @@ class Pipeline:
         clock: Clock,
         backoff_max_s: float = constants.POLL_BACKOFF_MAX_S,
         on_enqueued: Callable[[], None] = lambda: None,
+        stories: StoryIndex | None = None,
     ) -> None:
+        self.stories = stories or StoryIndex()
         self.backoff_max_s = backoff_max_s
         self.store = store
         self.fetcher = fetcher
@@ -155,12 +161,18 @@ class Pipeline:
         next_poll_at: datetime | None = None,
         record_source: bool = True,
     ) -> PollOutcome:
-        """Dedup, match, alert, route and enqueue deliveries: one transaction."""
+        """Dedup, cluster, match, alert, route and enqueue deliveries: one transaction.
+
+        A later copy of a story joins it (its items and sources grow) and raises
+        no second alert for a rule that already alerted on the story.
+        """
         matcher = self.matcher()
         raised: list[RaisedAlert] = []
         deliveries = 0
         async with self.store.transaction() as tx:
             new = await tx.insert_new_items(items)
+            # Cluster: each new item joins a story; alerts are per (rule, story).
+            story_of = await self.stories.assign(tx.conn, new, tx.now)
             pending: list[tuple[NewAlert, Hit, Item]] = []
             for item_id, item in new:
                 for hit in matcher.match(item):
@@ -171,7 +183,7 @@ class Pipeline:
                                 rule_title=hit.rule_title,
                                 event_type=hit.event_type.value,
                                 severity=hit.severity.value,
-                                story_key=item.content_hash,
+                                story_key=story_of[item_id].story_key,
                                 item_id=item_id,
                             ),
                             hit,
@@ -179,12 +191,18 @@ class Pipeline:
                         )
                     )
             # One alert per (rule, story): insert one at a time to know which rows are new.
+            # A silenced alert is stored but routed nowhere.
+            active_silences = await list_silences(tx.conn, now=tx.now) if pending else []
             pairs: list[tuple[int, str]] = []
             for new_alert, hit, item in pending:
                 ids = await tx.insert_alerts([new_alert])
                 if not ids:
                     continue
-                receivers = tuple(self.router.receivers_for(hit, item))
+                receivers = (
+                    ()
+                    if silenced(hit.rule_id, active_silences, tx.now)
+                    else tuple(self.router.receivers_for(hit, item))
+                )
                 raised.append(RaisedAlert(ids[0], hit, item, receivers))
                 pairs.extend((ids[0], r) for r in receivers)
             deliveries = await tx.enqueue(pairs)
@@ -211,6 +229,7 @@ class Pipeline:
             alerts=raised,
             deliveries=deliveries,
             next_poll_in_s=(next_poll_at - self.clock()).total_seconds() if next_poll_at else None,
+            stories_grown=[a for a in story_of.values() if not a.new_story],
         )
 
 
@@ -244,4 +263,7 @@ def build_pipeline(
         clock=clock,
         backoff_max_s=p.backoff_max_s,
         on_enqueued=on_enqueued,
+        stories=StoryIndex(
+            window_s=config.stories.window_days * 86400, threshold=config.stories.threshold
+        ),
     )

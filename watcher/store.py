@@ -683,3 +683,8 @@ def _claimed(m: Any) -> ClaimedDelivery:
         sent_at=m["sent_at"],
     )
     return ClaimedDelivery(delivery, _alert(m))
+
+
+# The story and silence tables live with their stages; importing registers them on `metadata`.
+from watcher import silence as _silence  # noqa: E402, F401
+from watcher import story_store as _story_store  # noqa: E402, F401

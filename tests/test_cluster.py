@@ -1,0 +1,268 @@
+"""Stories: rewrites of one event merge, look-alikes stay apart; real stores, real pipeline."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bench.cluster_quality import HELDOUT, labelled_items, pair_scores
+from tests.conftest import SHARED, FakeClock
+from watcher.cli import main
+from watcher.models import Item
+from watcher.parse import make_item
+from watcher.replay import replay
+from watcher.rules import Matcher, load_rules
+from watcher.store import Store
+from watcher.story_store import StoryIndex, story_info
+
+REPO = Path(__file__).resolve().parent.parent
+WIDE_WINDOW_S = 400 * 24 * 3600
+
+
+async def assign_all(store: Store, items: list[Item], index: StoryIndex) -> list[str]:
+    async with store.transaction() as tx:
+        new = await tx.insert_new_items(items)
+        got = await index.assign(tx.conn, new, tx.now)
+    return [got[item_id].story_key for item_id, _ in new]
+
+
+async def test_labelled_set_partitions_exactly(store: Store) -> None:
+    """Rewrites (boilerplate, title rewrites, truncation, the five seeds) merge; look-alikes
+    (a curb and its easing, two countries, two Entity List rounds, two bilateral deals) don't.
+    The window is wide so that only content separates them."""
+    items = labelled_items()
+    keys = await assign_all(store, [i for _, _, i in items], StoryIndex(window_s=WIDE_WINDOW_S))
+    labels = {ident: label for ident, label, _ in items}
+    got = {ident: key for (ident, _, _), key in zip(items, keys, strict=True)}
+    scores = pair_scores(labels, got)
+    assert scores["pairs_merged_wrongly"] == 0, scores
+    assert scores["pairs_split_wrongly"] == 0, scores
+
+
+async def test_heldout_set_partitions_exactly_with_the_default_window(store: Store) -> None:
+    """Written after the threshold was chosen. Content alone merges Congo's cobalt ban
+    extension with its replacement by quotas three months later; the window keeps them apart."""
+    items = labelled_items(HELDOUT, seeds=False)
+    keys = await assign_all(store, [i for _, _, i in items], StoryIndex())
+    labels = {ident: label for ident, label, _ in items}
+    got = {ident: key for (ident, _, _), key in zip(items, keys, strict=True)}
+    scores = pair_scores(labels, got)
+    assert (scores["pairs_merged_wrongly"], scores["pairs_split_wrongly"]) == (0, 0), scores
+
+
+async def test_seeds_alone_are_one_story_with_five_sources(store: Store) -> None:
+    seeds = [(i, it) for i, label, it in labelled_items() if label == "seeds"]
+    assert len(seeds) == 5
+    keys = await assign_all(store, [it for _, it in seeds], StoryIndex())
+    assert len(set(keys)) == 1
+    async with store.engine.connect() as conn:
+        info = await story_info(conn, keys[0])
+    assert info is not None and info.item_count == 5 and info.source_count == 5
+
+
+def _item(source: str, guid: str, title: str, text: str, published: datetime) -> Item:
+    return make_item(source_id=source, guid=guid, title=title, text=text, published=published)
+
+
+CURB_TEXT = (
+    "China's Ministry of Commerce said on Thursday that exports of gallium and germanium will"
+    " need a licence from August 1, citing national security. Gallium is used in chips and"
+    " Germanium in fibre optics; China produces 98% of the world's gallium."
+)
+
+
+async def test_time_window_separates_the_same_words_a_year_apart(store: Store) -> None:
+    t0 = datetime(2025, 7, 3, tzinfo=UTC)
+    a = _item("wire", "a", "China curbs gallium and germanium exports", CURB_TEXT, t0)
+    b = _item("blog", "b", "China curbs gallium and germanium exports", CURB_TEXT, t0)
+    c = _item(
+        "wire",
+        "c",
+        "China curbs gallium and germanium exports",
+        CURB_TEXT,
+        t0 + timedelta(days=365),
+    )
+    keys = await assign_all(store, [a, b, c], StoryIndex())
+    assert keys[0] == keys[1] and keys[2] != keys[0]
+
+
+def _matcher() -> Matcher:
+    rules, errors = load_rules([REPO / "rules"])
+    assert errors == []
+    return Matcher(rules)
+
+
+def _seed_items() -> list[tuple[str, Item]]:
+    out = []
+    for n, path in enumerate(sorted((SHARED / "seeds").glob("0*.txt"))):
+        item = make_item(
+            source_id=f"site{n}",
+            guid=path.stem,
+            text=path.read_text(),
+            published=datetime(2026, 2, 4, 10 + 2 * n, tzinfo=UTC),
+        )
+        out.append((path.stem, item))
+    return out
+
+
+async def test_replay_of_the_seeds_gives_one_alert_per_rule_with_five_items(
+    clock: FakeClock,
+) -> None:
+    records = await replay(_seed_items(), matcher=_matcher(), clock=clock)
+    rules = [r["rule"] for r in records]
+    assert len(rules) >= 3 and len(set(rules)) == len(rules)  # one alert per matching rule
+    assert len({r["story"] for r in records}) == 1
+    for r in records:
+        assert len(r["items"]) == 5 and len(r["sources"]) == 5
+        assert set(r) == {"rule", "event_type", "story", "items", "sources"}
+
+
+def test_replay_command_prints_json_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = [
+        json.dumps({"id": ident, "source": it.source_id, "text": it.text,
+                    "published": it.published.isoformat() if it.published else ""})
+        for ident, it in _seed_items()
+    ]  # fmt: skip
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["replay", "--rules", str(REPO / "rules"), "--input", str(path)]) == 0
+    out = capsys.readouterr()
+    records = [json.loads(line) for line in out.out.splitlines()]
+    assert records and all(len(r["items"]) == 5 for r in records)
+    assert sorted(records[0]["items"]) == sorted(json.loads(line)["id"] for line in lines)
+
+
+async def test_later_copies_join_the_story_and_raise_no_second_alert(
+    store: Store, clock: FakeClock
+) -> None:
+    import aiohttp
+
+    from watcher.config import SubscriptionConfig
+    from watcher.fetch import Fetcher, FetchLimits
+    from watcher.metrics import Metrics
+    from watcher.pipeline import Pipeline
+    from watcher.route import Router
+
+    seeds = _seed_items()
+    async with aiohttp.ClientSession() as session:
+        pipeline = Pipeline(
+            store=store,
+            fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
+            matcher=_matcher,
+            router=Router([SubscriptionConfig(receivers=["hook"])]),
+            metrics=Metrics(),
+            clock=clock,
+        )
+        first = await pipeline.ingest("site0", [seeds[0][1]], record_source=False)
+        assert first.alerts and first.deliveries == len(first.alerts)
+        for n, (_, item) in enumerate(seeds[1:], 2):
+            clock.advance(3600)
+            later = await pipeline.ingest(item.source_id, [item], record_source=False)
+            assert later.new_items == 1
+            [grown] = later.stories_grown  # the alert now reads "reported by n sources"
+            assert (grown.item_count, grown.source_count) == (n, n)
+            # Rules that already alerted on the story stay silent; no second delivery.
+            assert not {a.hit.rule_id for a in later.alerts} & {a.hit.rule_id for a in first.alerts}
+    alerts = await store.list_alerts()
+    assert len({a.rule_id for a in alerts}) == len(alerts)
+    async with store.engine.connect() as conn:
+        info = await story_info(conn, alerts[0].story_key)
+    assert info is not None and info.source_count == 5  # "now reported by 5 sources"
+
+
+def test_boilerplate_lines_do_not_count() -> None:
+    from watcher.cluster import clean_text, features
+
+    text = (SHARED / "seeds" / "003_ceab15495458395c.txt").read_text()
+    cleaned = clean_text(text)
+    assert "Vice President JD Vance" in cleaned
+    for gone in ("has covered the technology industry", "Leave a Comment", "Share This Article",
+                 "All rights reserved", "Required fields are marked", "3 min read"):  # fmt: skip
+        assert gone not in cleaned
+    counts = features(make_item(source_id="s", text=text)).counts
+    assert "e:vance" in counts and "e:turner" not in counts  # the author is not the story
+
+
+async def test_unrelated_items_with_the_same_boilerplate_stay_apart(store: Store) -> None:
+    footer = (
+        "\nShare this article\nLeave a Comment\nJohn Smith is a senior markets reporter who has"
+        " covered Reuters, Bloomberg and the Financial Times.\n© 2026 Daily Metals Ltd."
+        " All rights reserved. Terms of Service Privacy Policy"
+    )
+    t = datetime(2026, 3, 2, tzinfo=UTC)
+    a_text = "Codelco said on Monday it expects to produce 1.4 million tonnes of copper."
+    b_text = "JOGMEC will invest A$200 million in Lynas Rare Earths in Malaysia."
+    a = _item("site", "a", "Chile's Codelco raises 2026 copper output guidance", a_text + footer, t)
+    b = _item("site", "b", "Japan's JOGMEC backs Lynas rare earths expansion", b_text + footer, t)
+    empty = _item("site", "c", "", "", t)  # nothing to cluster on: its own story, no error
+    keys = await assign_all(store, [a, b, empty], StoryIndex())
+    assert len(set(keys)) == 3
+
+
+async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock: FakeClock) -> None:
+    """Seed 001 (a heavy rewrite) arriving third starts its own story; 003 matches both
+    stories and folds the younger into the older: items, sources and alerts move."""
+    import aiohttp
+
+    from watcher.fetch import Fetcher, FetchLimits
+    from watcher.metrics import Metrics
+    from watcher.pipeline import Pipeline
+    from watcher.route import Router
+
+    by_name = {ident[:3]: item for ident, item in _seed_items()}
+    order = ["002", "004", "001", "000", "003"]
+    async with aiohttp.ClientSession() as session:
+        pipeline = Pipeline(
+            store=store,
+            fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
+            matcher=_matcher,
+            router=Router([]),
+            metrics=Metrics(),
+            clock=clock,
+        )
+        outcomes = []
+        for k, name in enumerate(order):
+            item = by_name[name].model_copy(
+                update={"published": datetime(2026, 2, 4, 10 + k, tzinfo=UTC)}
+            )
+            outcomes.append(await pipeline.ingest(item.source_id, [item], record_source=False))
+    [bridge] = outcomes[-1].stories_grown
+    assert len(bridge.merged) == 1 and (bridge.item_count, bridge.source_count) == (5, 5)
+    alerts = await store.list_alerts()
+    async with store.engine.connect() as conn:
+        infos = [await story_info(conn, a.story_key) for a in alerts]
+    assert {i.key for i in infos if i} == {bridge.story_key}  # every alert reads the one story
+    assert infos[0] is not None
+    assert infos[0].first_at == datetime(2026, 2, 4, 10, tzinfo=UTC)
+    assert infos[0].last_at == datetime(2026, 2, 4, 14, tzinfo=UTC)
+    assert all(i is not None and len(i.item_ids) == 5 for i in infos)
+    on_story = [a.rule_id for a in alerts if a.story_key == bridge.story_key]
+    assert len(on_story) == len(set(on_story)) == len({a.rule_id for a in alerts})
+
+
+async def test_two_replicas_ingesting_copies_at_once_make_one_story(
+    store_url: str, clock: FakeClock
+) -> None:
+    """Two stores on one database (two replicas) assign two copies concurrently: the
+    document-count row serialises them, so the second sees the first one's story."""
+    import asyncio
+
+    t = datetime(2026, 2, 4, 12, tzinfo=UTC)
+    a = _item("wire", "a", "China curbs gallium and germanium exports", CURB_TEXT, t)
+    b = _item("blog", "b", "Beijing restricts gallium, germanium exports", CURB_TEXT, t)
+    stores = [Store(store_url, clock=clock), Store(store_url, clock=clock)]
+    for s in stores:
+        await s.open()
+    try:
+        results = await asyncio.gather(
+            *(assign_all(s, [item], StoryIndex()) for s, item in zip(stores, (a, b), strict=True))
+        )
+        assert results[0] == results[1]
+    finally:
+        for s in stores:
+            await s.close()
