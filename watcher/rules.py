@@ -11,16 +11,42 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from watcher.engine import Prefilter
 from watcher.errors import QuerySyntaxError, RuleError
 from watcher.models import EventType, Hit, Item, Severity
 from watcher.query import Document, Node, parse_query
 
 
+class ExampleItem(BaseModel):
+    """An example written as an item, for rules that use title:, source:, lang: or tag:."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = ""
+    text: str = ""
+    source: str = ""
+    lang: str = ""
+    tags: list[str] = Field(default_factory=list)
+
+    def document(self) -> Document:
+        return Document.from_parts(
+            title=self.title, text=self.text, source=self.source, lang=self.lang, tags=self.tags
+        )
+
+
+Example = str | ExampleItem
+
+
+def example_document(example: Example) -> Document:
+    """A plain-string example is body text (no title, no metadata)."""
+    return Document.from_text(example) if isinstance(example, str) else example.document()
+
+
 class RuleExamples(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    match: list[str] = Field(default_factory=list)
-    no_match: list[str] = Field(default_factory=list)
+    match: list[Example] = Field(default_factory=list)
+    no_match: list[Example] = Field(default_factory=list)
 
 
 class Rule(BaseModel):
@@ -71,21 +97,41 @@ class CompiledRule:
 
 
 def item_document(item: Item) -> Document:
-    return Document.from_text(f"{item.title}\n{item.text}")
+    return Document.from_parts(
+        title=item.title,
+        text=item.text,
+        source=item.source_id,
+        lang=item.language,
+        tags=item.tags,
+    )
 
 
 class Matcher:
-    """All loaded rules, evaluated together against each item."""
+    """All loaded rules, evaluated together against each item.
+
+    A prefilter (watcher.engine) finds every rule's literals in one pass, so
+    only the rules that may match are evaluated.
+    """
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(rules)
+        self.prefilter = Prefilter([r.node for r in self.rules])
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def match(self, item: Item) -> list[Hit]:
+    def matching_rules(self, item: Item) -> list[CompiledRule]:
         doc = item_document(item)
-        return [r.hit() for r in self.rules if r.applies_to(item) and r.node.matches(doc)]
+        rules = self.rules
+        out = []
+        for index in self.prefilter.candidates(doc):
+            rule = rules[index]
+            if rule.applies_to(item) and rule.node.matches(doc):
+                out.append(rule)
+        return out
+
+    def match(self, item: Item) -> list[Hit]:
+        return [r.hit() for r in self.matching_rules(item)]
 
 
 # ---------------------------------------------------------------- loading
@@ -228,10 +274,16 @@ def load_matcher(paths: Iterable[Path]) -> Matcher:
 def check_examples(rule: CompiledRule) -> list[str]:
     """Run a rule's examples; returns one message per failing example."""
     failures = []
-    for text in rule.rule.examples.match:
-        if not rule.node.matches(Document.from_text(text)):
-            failures.append(f"should match but does not: {text!r}")
-    for text in rule.rule.examples.no_match:
-        if rule.node.matches(Document.from_text(text)):
-            failures.append(f"should not match but does: {text!r}")
+    for example in rule.rule.examples.match:
+        if not rule.node.matches(example_document(example)):
+            failures.append(f"should match but does not: {_show_example(example)}")
+    for example in rule.rule.examples.no_match:
+        if rule.node.matches(example_document(example)):
+            failures.append(f"should not match but does: {_show_example(example)}")
     return failures
+
+
+def _show_example(example: Example) -> str:
+    if isinstance(example, str):
+        return repr(example)
+    return repr(example.model_dump(exclude_defaults=True))
