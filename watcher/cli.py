@@ -92,6 +92,32 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_schema(args: argparse.Namespace) -> int:
+    from watcher.rules import rule_file_schema
+
+    print(json.dumps(rule_file_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_rules_eval(args: argparse.Namespace) -> int:
+    from watcher.evaluate import evaluate, format_report, read_labels
+
+    matcher = _load_matcher_or_report([args.rules])
+    report = evaluate(matcher, read_labels(args.labels))
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    low = []
+    if args.min_precision is not None and (report.precision or 0.0) < args.min_precision:
+        low.append(f"precision {report.precision} < {args.min_precision}")
+    if args.min_recall is not None and (report.recall or 0.0) < args.min_recall:
+        low.append(f"recall {report.recall} < {args.min_recall}")
+    for problem in low:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if low else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
@@ -129,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", type=Path, default=Path("rules"))
     p.add_argument("--input", type=Path, required=True)
     p.set_defaults(func=cmd_rules_test)
+    p = rules.add_parser("schema", help="print the JSON Schema of rule files")
+    p.set_defaults(func=cmd_rules_schema)
+    p = rules.add_parser("eval", help="precision and recall on labelled items (JSON Lines)")
+    p.add_argument("--rules", type=Path, default=Path("rules"))
+    p.add_argument("--labels", type=Path, required=True, help="JSON Lines with label, event_type")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--min-precision", type=float, default=None, help="exit 1 below this")
+    p.add_argument("--min-recall", type=float, default=None, help="exit 1 below this")
+    p.set_defaults(func=cmd_rules_eval)
     return parser
 
 

@@ -72,6 +72,14 @@ class RuleFile(BaseModel):
     rules: list[Rule]
 
 
+def rule_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a rule file, for editors (`watcher rules schema`)."""
+    schema = RuleFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "watcher rule file"
+    return schema
+
+
 @dataclass(frozen=True)
 class CompiledRule:
     rule: Rule
