@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watcher.engine import Prefilter
 from watcher.errors import QuerySyntaxError, RuleError
+from watcher.facets import Facets
+from watcher.facets import extract as extract_facets
 from watcher.models import EventType, Hit, Item, Severity
 from watcher.query import Document, Node, parse_query
 
@@ -87,14 +89,17 @@ class CompiledRule:
     path: str
     line: int
 
-    def hit(self) -> Hit:
+    def hit(self, facets: Facets | None = None) -> Hit:
         r = self.rule
+        facets = facets or Facets()
         return Hit(
             rule_id=r.id,
             rule_title=r.title,
             event_type=r.event_type,
             severity=r.severity,
             tags=tuple(r.tags),
+            minerals=facets.minerals,
+            countries=facets.countries,
         )
 
     def applies_to(self, item: Item) -> bool:
@@ -128,8 +133,7 @@ class Matcher:
     def __len__(self) -> int:
         return len(self.rules)
 
-    def matching_rules(self, item: Item) -> list[CompiledRule]:
-        doc = item_document(item)
+    def _matching(self, item: Item, doc: Document) -> list[CompiledRule]:
         rules = self.rules
         out = []
         for index in self.prefilter.candidates(doc):
@@ -138,8 +142,17 @@ class Matcher:
                 out.append(rule)
         return out
 
+    def matching_rules(self, item: Item) -> list[CompiledRule]:
+        return self._matching(item, item_document(item))
+
     def match(self, item: Item) -> list[Hit]:
-        return [r.hit() for r in self.matching_rules(item)]
+        """The hits of an item, carrying its facets (minerals, countries) when any rule hits."""
+        doc = item_document(item)
+        rules = self._matching(item, doc)
+        if not rules:
+            return []
+        facets = extract_facets(doc, f"{item.title}\n{item.text}")
+        return [r.hit(facets) for r in rules]
 
 
 # ---------------------------------------------------------------- loading
