@@ -47,6 +47,11 @@ class ApiConfig(_Strict):
 
 class RulesConfig(_Strict):
     paths: list[Path] = Field(default_factory=lambda: [Path("rules")])
+    reload_interval_s: float = Field(
+        default=constants.RULES_RELOAD_INTERVAL_S,
+        ge=0,
+        description="how often `watcher run` checks rule files for changes; 0: never",
+    )
 
 
 class PollingConfig(_Strict):
