@@ -14,8 +14,9 @@ evaluating every rule (tests/test_engine.py checks this on random rules).
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import chain
+from operator import itemgetter
 
 import ahocorasick
 
@@ -38,7 +39,24 @@ Triggers = frozenset[str] | None  # None: the query can be true without any lite
 Requirements = list[frozenset[str]]  # every set must have a literal in the text
 
 
-MAX_REQUIREMENTS = 2  # a rule is indexed under its most selective sets; evaluation does the rest
+MAX_REQUIREMENTS = (
+    2  # a rule is indexed under its two most selective sets; evaluation does the rest
+)
+
+
+PREFIX_CUT_CHARS = 4  # prefix literals longer than this are looked up by their first 4 chars
+_CUT = itemgetter(slice(0, PREFIX_CUT_CHARS))
+
+
+def _index(
+    table: dict[str, list[int]], keep: set[str], key: Callable[[str], str]
+) -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
+    out: dict[str, set[int]] = {}
+    for k, rules in table.items():
+        if k in keep:
+            out.setdefault(key(k), set()).update(rules)
+    index = {k: tuple(sorted(v)) for k, v in out.items()}
+    return index, frozenset(index)
 
 
 def term_trigger(term: Term) -> str:
@@ -96,53 +114,63 @@ def joined_words(doc: Document) -> str:
 class Prefilter:
     """Finds, in one pass, the rules (by index) that may match a document.
 
-    Each rule needs a literal from every one of its requirement sets. Whole
-    words are looked up in the document's word set; prefixes (' licen') and CJK
-    substrings are found by one Aho-Corasick pass (pyahocorasick) over the
-    document's words. Each literal maps to the requirement ids it satisfies.
+    Each rule is indexed under its (at most) two most selective requirement
+    sets: a rule is a candidate when a literal of its first set occurs and,
+    if it has a second, a literal of that one too. Whole words are looked up
+    by intersecting the document's word set with the index; prefixes (' licen')
+    and CJK substrings are found by one Aho-Corasick pass (pyahocorasick) over
+    the document's words. The set algebra runs in C, so the cost per document
+    grows with the literals it contains, not with the number of rules.
     """
 
     def __init__(self, nodes: Sequence[Node]) -> None:
-        by_key: dict[str, list[int]] = {}
+        first: dict[str, list[int]] = {}
+        second: dict[str, list[int]] = {}
         always: list[int] = []
-        self._owner: list[int] = []  # requirement id -> rule index
-        self._needs: list[int] = []  # rule index -> number of requirements
+        single: list[int] = []
         for index, node in enumerate(nodes):
             reqs = sorted(dict.fromkeys(requirements(node)), key=_selectivity)[:MAX_REQUIREMENTS]
-            self._needs.append(len(reqs))
             if not reqs:
                 always.append(index)
-            for req in reqs:
-                req_id = len(self._owner)
-                self._owner.append(index)
+                continue
+            if len(reqs) == 1:
+                single.append(index)
+            for table, req in zip((first, second), reqs, strict=False):
                 for key in req:
-                    by_key.setdefault(key, []).append(req_id)
+                    table.setdefault(key, []).append(index)
         self.always = tuple(always)
-        self.keys = len(by_key)
-        self._words = {k: tuple(v) for k, v in by_key.items() if not k.startswith(" ")}
-        self._words = {k: v for k, v in self._words.items() if not is_cjk(k)}
-        self._word_keys = frozenset(self._words)
+        self._single = frozenset(single)
+        self.keys = len(first.keys() | second.keys())
+        keys = first.keys() | second.keys()
+        words = {k for k in keys if not k.startswith(" ") and not is_cjk(k)}
+        heads = {k for k in keys if k.startswith(" ") and len(k) > PREFIX_CUT_CHARS}
+        others = keys - words - heads  # CJK substrings and short prefixes
+        self._tables = tuple(_index(t, words, lambda k: k) for t in (first, second))
+        self._heads = tuple(
+            _index(t, heads, lambda k: k[1 : PREFIX_CUT_CHARS + 1]) for t in (first, second)
+        )
+        self._short_prefixes = any(k.startswith(" ") for k in others)
         self._automaton: ahocorasick.Automaton | None = None
-        others = {k: tuple(v) for k, v in by_key.items() if k not in self._words}
         if others:
             automaton = ahocorasick.Automaton()
-            for key, req_ids in others.items():
-                automaton.add_word(key, req_ids)
+            for key in others:
+                automaton.add_word(key, (tuple(first.get(key, ())), tuple(second.get(key, ()))))
             automaton.make_automaton()
             self._automaton = automaton
 
     def candidates(self, doc: Document) -> list[int]:
-        met: set[int] = set()
-        table = self._words
-        for word in doc.word_set & self._word_keys:
-            met.update(table[word])
-        if self._automaton is not None:
-            for _end, req_ids in self._automaton.iter(joined_words(doc)):
-                met.update(req_ids)
-        found = list(self.always)
-        if met:
-            needs = self._needs
-            counts = Counter(map(self._owner.__getitem__, met))
-            found.extend(rule for rule, n in counts.items() if n == needs[rule])
-            found.sort()
-        return found
+        words = doc.word_set
+        heads = set(map(_CUT, words))
+        met = []
+        for (table, keys), (htable, hkeys) in zip(self._tables, self._heads, strict=True):
+            found = set(chain.from_iterable(map(table.__getitem__, words & keys)))
+            found.update(chain.from_iterable(map(htable.__getitem__, heads & hkeys)))
+            met.append(found)
+        if self._automaton is not None and (self._short_prefixes or not doc.normalized.isascii()):
+            for _end, (rules0, rules1) in self._automaton.iter(joined_words(doc)):
+                met[0].update(rules0)
+                met[1].update(rules1)
+        hits = (met[0] & self._single) | (met[0] & met[1])
+        if self.always:
+            hits.update(self.always)
+        return sorted(hits)
