@@ -3,7 +3,9 @@
 Prints one JSON object per rule count: `rules`, `items_per_s` (the whole match:
 normalising and tokenising the item, the Aho-Corasick prefilter, evaluating the
 candidate rules), `floor_items_per_s` (normalising the text alone, measured in
-the same run), and compile time. Items are ~100 words drawn from a Zipf
+the same run), the time to parse the generated queries (`parse_s`), to build
+the prefilter (`build_s`), and to load the rules from a YAML file, cold
+(`load_s`) and from the rule cache (`cached_load_s`). Items are ~100 words drawn from a Zipf
 distribution over a 30,000-word vocabulary, so common words repeat as in news
 text; rules look like the pack's: OR-groups of words, phrases and prefixes,
 ANDed, some with NOT, NEAR or a title: scope. Targets (issue 3): >= 20,000
@@ -16,8 +18,11 @@ import json
 import random
 import string
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -25,7 +30,8 @@ sys.path.insert(0, str(REPO))
 from watcher.models import EventType, Item, Severity  # noqa: E402
 from watcher.parse import make_item  # noqa: E402
 from watcher.query import parse_query  # noqa: E402
-from watcher.rules import CompiledRule, Matcher, Rule  # noqa: E402
+from watcher.rulecache import RuleCache  # noqa: E402
+from watcher.rules import CompiledRule, Matcher, Rule, load_rules  # noqa: E402
 from watcher.text import normalize  # noqa: E402
 
 VOCAB_SIZE = 30_000
@@ -90,6 +96,23 @@ def rules(rng: random.Random, vocab: list[str], n: int) -> list[CompiledRule]:
     return out
 
 
+def load_times(compiled: list[CompiledRule]) -> tuple[float, float]:
+    """Seconds to load the rules from a YAML file: parsing it, then from the rule cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rules.yaml"
+        rules = [r.rule.model_dump(mode="json", exclude_defaults=True) for r in compiled]
+        path.write_text(yaml.safe_dump({"rules": rules}, allow_unicode=True))
+        cache = RuleCache(Path(tmp) / "cache")
+        start = time.perf_counter()
+        load_rules([path], cache=cache)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        loaded, _ = load_rules([path], cache=cache)
+        warm = time.perf_counter() - start
+        assert len(loaded) == len(compiled) and cache.hits == 1
+        return cold, warm
+
+
 def main() -> None:
     rng = random.Random(3)
     vocab = vocabulary(rng)
@@ -111,6 +134,7 @@ def main() -> None:
         for item in corpus:
             hits += len(matcher.match(item))
         elapsed = time.perf_counter() - start
+        load_s, cached_load_s = load_times(compiled)
         print(
             json.dumps(
                 {
@@ -121,6 +145,8 @@ def main() -> None:
                     "hits": hits,
                     "parse_s": round(parse_s, 3),
                     "build_s": round(build_s, 3),
+                    "load_s": round(load_s, 3),
+                    "cached_load_s": round(cached_load_s, 3),
                 }
             ),
             flush=True,

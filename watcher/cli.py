@@ -14,6 +14,7 @@ from watcher import __version__
 from watcher.config import load_config
 from watcher.errors import WatcherError
 from watcher.inputs import read_items
+from watcher.rulecache import RuleCache
 from watcher.rules import Matcher, check_examples, load_rules
 
 logger = logging.getLogger("watcher")
@@ -31,8 +32,8 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _load_matcher_or_report(paths: Sequence[Path]) -> Matcher:
-    rules, errors = load_rules(paths)
+def _load_matcher_or_report(paths: Sequence[Path], cache: RuleCache | None = None) -> Matcher:
+    rules, errors = load_rules(paths, cache=cache)
     if errors:
         for err in errors:
             print(f"error: {err}", file=sys.stderr)
@@ -44,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from watcher.service import run
 
     config = load_config(args.config)
-    matcher = _load_matcher_or_report(config.rules.paths)
+    cache = RuleCache(config.rules.cache_dir) if config.rules.cache_dir else None
+    matcher = _load_matcher_or_report(config.rules.paths, cache)
     run(config, matcher)
     return 0
 

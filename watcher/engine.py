@@ -2,8 +2,10 @@
 
 Every rule query is reduced to literal *triggers*: a whole word, a word prefix,
 a CJK substring. One pass over a document finds every trigger of every rule:
-whole words by a set intersection with the document's words, prefixes and CJK
-substrings by one Aho-Corasick pass (pyahocorasick) over its words. A query
+whole words by intersecting the document's word set with the index, prefixes
+by their first PREFIX_CUT_CHARS characters the same way, and CJK substrings
+and shorter prefixes by one Aho-Corasick pass (pyahocorasick) over its words
+(skipped on ASCII text when there are no short prefixes). A query
 needs one literal from each of its *requirement* sets (``(a OR b) AND c NEAR/5
 d`` needs one of {a, b}, and c, and d; a rule is indexed under its two most
 selective sets); only the rules whose indexed requirements are all met, plus
@@ -115,12 +117,10 @@ class Prefilter:
     """Finds, in one pass, the rules (by index) that may match a document.
 
     Each rule is indexed under its (at most) two most selective requirement
-    sets: a rule is a candidate when a literal of its first set occurs and,
-    if it has a second, a literal of that one too. Whole words are looked up
-    by intersecting the document's word set with the index; prefixes (' licen')
-    and CJK substrings are found by one Aho-Corasick pass (pyahocorasick) over
-    the document's words. The set algebra runs in C, so the cost per document
-    grows with the literals it contains, not with the number of rules.
+    sets: a rule is a candidate when a literal of its first set occurs and, if
+    it has a second, a literal of that one too. The lookups and the set algebra
+    run in C, so the cost per document grows with the literals it contains
+    rather than with the number of rules.
     """
 
     def __init__(self, nodes: Sequence[Node]) -> None:

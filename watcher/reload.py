@@ -18,6 +18,7 @@ from typing import Any
 
 from watcher.metrics import Metrics
 from watcher.models import Clock, Hit, Item
+from watcher.rulecache import RuleCache
 from watcher.rules import Matcher, load_rules, rule_files
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ class RuleSet:
         *,
         clock: Clock,
         metrics: Metrics | None = None,
+        cache: RuleCache | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.cache = cache
         self.matcher = matcher
         self.clock = clock
         self.metrics = metrics
@@ -73,7 +76,7 @@ class RuleSet:
         if current == self._fingerprint:
             return False
         self._fingerprint = current
-        rules, errors = await asyncio.to_thread(load_rules, self.paths)
+        rules, errors = await asyncio.to_thread(load_rules, self.paths, cache=self.cache)
         if errors:
             self.errors = [str(e) for e in errors]
             self.failed_at = self.clock().isoformat()

@@ -17,6 +17,7 @@ from watcher.facets import Facets
 from watcher.facets import extract as extract_facets
 from watcher.models import EventType, Hit, Item, Severity
 from watcher.query import Document, Node, parse_query
+from watcher.rulecache import RuleCache
 
 
 class ExampleItem(BaseModel):
@@ -178,12 +179,26 @@ def _query_position(node: yaml.Node, column: int) -> tuple[int, int]:
     return mark.line + 1, mark.column + quote + column
 
 
-def _load_file(path: Path) -> tuple[list[CompiledRule], list[RuleError]]:
+def _load_file(
+    path: Path, cache: RuleCache | None = None
+) -> tuple[list[CompiledRule], list[RuleError]]:
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [], [RuleError(f"cannot read: {exc}", path=name)]
+    if cache is not None:
+        cached = cache.get(path, raw)
+        if cached is not None:
+            return cached, []
+    compiled, errors = _compile_file(name, text)
+    if cache is not None and not errors:
+        cache.put(path, raw, compiled)
+    return compiled, errors
+
+
+def _compile_file(name: str, text: str) -> tuple[list[CompiledRule], list[RuleError]]:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -255,8 +270,13 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def load_rules(paths: Iterable[Path]) -> tuple[list[CompiledRule], list[RuleError]]:
-    """Load every rule file; returns the good rules and every error found."""
+def load_rules(
+    paths: Iterable[Path], *, cache: RuleCache | None = None
+) -> tuple[list[CompiledRule], list[RuleError]]:
+    """Load every rule file; returns the good rules and every error found.
+
+    With a cache, unchanged files that loaded cleanly before are not re-parsed.
+    """
     rules: list[CompiledRule] = []
     errors: list[RuleError] = []
     seen: dict[str, CompiledRule] = {}
@@ -265,7 +285,7 @@ def load_rules(paths: Iterable[Path]) -> tuple[list[CompiledRule], list[RuleErro
         if not path.exists():
             errors.append(RuleError("no such file or directory", path=str(path)))
             continue
-        good, bad = _load_file(path)
+        good, bad = _load_file(path, cache)
         errors.extend(bad)
         for rule in good:
             first = seen.get(rule.rule.id)

@@ -27,6 +27,7 @@ from watcher.notify import build_notifiers
 from watcher.outbox import OutboxWorker
 from watcher.pipeline import Pipeline, build_pipeline
 from watcher.reload import RuleSet
+from watcher.rulecache import RuleCache
 from watcher.rules import Matcher
 from watcher.store import Store
 
@@ -248,7 +249,10 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
     app[CONFIG] = config
     app[CLOCK] = clock
     app[METRICS] = Metrics()
-    app[MATCHER] = RuleSet(config.rules.paths, matcher, clock=clock, metrics=app[METRICS])
+    cache = RuleCache(config.rules.cache_dir) if config.rules.cache_dir else None
+    app[MATCHER] = RuleSet(
+        config.rules.paths, matcher, clock=clock, metrics=app[METRICS], cache=cache
+    )
     app.cleanup_ctx.extend([_store_ctx, _session_ctx, _workers_ctx, _scheduler_ctx])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
