@@ -91,3 +91,41 @@ def test_rules_check_command_passes_good_file(capsys: pytest.CaptureFixture[str]
 def test_rules_check_command_fails_on_bad_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "check", str(DATA / "bad_query_inline.yaml")]) == 1
     assert "inline-bad" in capsys.readouterr().out
+
+
+def test_new_syntax_errors_in_a_rule_file_name_file_line_column_and_rule(tmp_path: Path) -> None:
+    path = tmp_path / "near.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - id: near-bad\n"
+        "    title: t\n"
+        "    event_type: export_restriction\n"
+        "    severity: high\n"
+        '    query: "gallium NEAR export"\n'
+    )
+    _, errors = load_rules([path])
+    assert [str(e) for e in errors] == [
+        f"{path}:6:21: rule 'near-bad': NEAR needs a number, e.g. NEAR/5"
+    ]
+
+
+def test_item_examples_exercise_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "title.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - id: title-rule\n"
+        "    title: t\n"
+        "    event_type: export_restriction\n"
+        "    severity: high\n"
+        "    query: title:gallium lang:en\n"
+        "    examples:\n"
+        "      match:\n"
+        "        - {title: Gallium curbs, text: x, lang: en}\n"
+        "        - {title: Curbs, text: gallium, lang: en}\n"
+        "      no_match:\n"
+        "        - Gallium curbs\n"
+    )
+    assert main(["rules", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "should match but does not: {'title': 'Curbs', 'text': 'gallium', 'lang': 'en'}" in out
+    assert "1 rule(s) loaded, 0 error(s); 3 example(s) run, 1 failed" in out
