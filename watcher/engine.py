@@ -17,7 +17,6 @@ evaluating every rule (tests/test_engine.py checks this on random rules).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import chain
 from operator import itemgetter
 
 import ahocorasick
@@ -163,8 +162,9 @@ class Prefilter:
         heads = set(map(_CUT, words))
         met = []
         for (table, keys), (htable, hkeys) in zip(self._tables, self._heads, strict=True):
-            found = set(chain.from_iterable(map(table.__getitem__, words & keys)))
-            found.update(chain.from_iterable(map(htable.__getitem__, heads & hkeys)))
+            found: set[int] = set().union(
+                *map(table.__getitem__, words & keys), *map(htable.__getitem__, heads & hkeys)
+            )
             met.append(found)
         if self._automaton is not None and (self._short_prefixes or not doc.normalized.isascii()):
             for _end, (rules0, rules1) in self._automaton.iter(joined_words(doc)):

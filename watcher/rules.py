@@ -15,6 +15,7 @@ from watcher.engine import Prefilter
 from watcher.errors import QuerySyntaxError, RuleError
 from watcher.facets import Facets
 from watcher.facets import extract as extract_facets
+from watcher.facets import prepare as prepare_facets
 from watcher.models import EventType, Hit, Item, Severity
 from watcher.query import Document, Node, parse_query
 from watcher.rulecache import RuleCache
@@ -130,6 +131,7 @@ class Matcher:
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(rules)
         self.prefilter = Prefilter([r.node for r in self.rules])
+        prepare_facets()
 
     def __len__(self) -> int:
         return len(self.rules)
