@@ -14,7 +14,8 @@ from watcher.rules import CompiledRule, Matcher, Rule, item_document
 
 _TEXT_WORDS = [
     "gallium", "rare", "earth", "rare-earths", "licence", "licensing", "稀土", "出口管制",
-    "签署MoU", "ban", "bans", "export", "exports", "x", "mou", "稀土出口", "the", "of",
+    "签署MoU", "ban", "bans", "export", "exports", "x", "mou", "稀土出口", "the", "of", "US",
+    "us", "Rare", "Earth",
 ]  # fmt: skip
 
 

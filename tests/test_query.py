@@ -86,6 +86,17 @@ def md(query: str, **parts: str) -> bool:
         ("ATLEAST/2 稀土", "稀土出口与稀土价格", True),
         ("ATLEAST/3 稀土", "稀土出口与稀土价格", False),
         ("ATLEAST/1 gallium AND ban", "gallium ban", True),
+        # case:
+        ("case:US", "US curbs", True),
+        ("case:US", "told us", False),
+        ("case:BIS", "Die Frist läuft bis Montag", False),
+        ("case:BIS", "The BIS added firms", True),
+        ('case:"U.S."', "U.S. curbs", True),
+        ('case:"Entity List"', "added to the Entity List", True),
+        ('case:"Entity List"', "an entity list in your CRM", False),
+        ("case:Exportación", "EXPORTACION", False),
+        ("case:Exportación", "Exportacion", True),  # accents still fold
+        ("case:US NOT rice", "US rice", False),
     ],
 )
 def test_matching(query: str, text: str, expected: bool) -> None:
@@ -118,6 +129,9 @@ def test_matching(query: str, text: str, expected: bool) -> None:
         ("tag:official", {"tags": "news", "text": "x"}, False),
         ("gallium NOT lang:zh", {"lang": "en", "text": "gallium"}, True),
         ("title:(source:x*)", {"source": "xyz", "text": ""}, True),
+        ("title:(case:US)", {"title": "US bans", "text": "told us"}, True),
+        ("title:(case:US)", {"title": "told us", "text": "US bans"}, False),
+        ("text:(case:US)", {"title": "US bans", "text": "told us"}, False),
     ],
 )
 def test_fields(query: str, parts: dict[str, str], expected: bool) -> None:
@@ -160,7 +174,7 @@ def test_fields(query: str, parts: dict[str, str], expected: bool) -> None:
         ("a NEAR/3 b NEAR/3 c", "NEAR/3 cannot follow another NEAR", 12),
         ("ATLEAST/2 (a AND b)", "ATLEAST/2: expected a term, a phrase or an OR-group", 11),
         ("ATLEAST/2 lang:en", "ATLEAST/2: expected a term", 11),
-        ("foo:bar", "unknown field 'foo:' (fields: title:, text:, source:, lang:, tag:", 1),
+        ("foo:bar", "unknown field 'foo:' (fields: title:, text:, source:, lang:, tag:, case:", 1),
         ("title: gallium", "expected a term, a phrase or '(' right after 'title:'", 7),
         ("title:", "expected a term, a phrase or '(' right after 'title:'", 7),
         ("title:OR", "expected a term, a phrase or '(' right after 'title:'", 7),
@@ -168,6 +182,10 @@ def test_fields(query: str, parts: dict[str, str], expected: bool) -> None:
         ("lang:(en OR zh)", "'lang:' takes one value, not a group", 6),
         ('tag:"  "', "'tag:' needs a value", 6),
         ("title:(text:x)", "'text:' inside 'title:': scopes do not nest", 8),
+        ("case:(US OR EU)", "'case:' takes one word or phrase, not a group", 6),
+        ("case:US*", "'case:' needs a word or phrase without '*': 'US*'", 6),
+        ('case:"--"', "'case:' needs a word or phrase without '*'", 7),
+        ("case: US", "expected a value right after 'case:'", 6),
     ],
 )
 def test_syntax_errors_name_the_column(query: str, message: str, column: int) -> None:
@@ -181,7 +199,7 @@ def test_print_round_trips() -> None:
     q = (
         '("rare earth*" OR 稀土) AND (licen* OR quota) AND NOT rice '
         'title:("ban* export*" NEAR/3 gallium) ATLEAST/2 (a OR b) lang:zh source:"x y" '
-        'tag:gov OR "NEAR/5" OR "AND" OR "a:b"'
+        'tag:gov OR "NEAR/5" OR "AND" OR "a:b" OR case:US OR case:"Entity List"'
     )
     printed = str(parse_query(q))
     assert parse_query(printed) == parse_query(q)
@@ -225,7 +243,22 @@ _leaf = (
 queries = st.recursive(_leaf, _compound, max_leaves=12)
 _text = st.lists(
     st.sampled_from(
-        ["gallium", "rare", "earth", "licence", "稀土", "出口管制", "签署MoU", "ban", "export", "x"]
+        [
+            "gallium",
+            "rare",
+            "earth",
+            "Rare",
+            "Earth",
+            "licence",
+            "稀土",
+            "出口管制",
+            "签署MoU",
+            "ban",
+            "export",
+            "x",
+            "US",
+            "us",
+        ]
     ),
     max_size=12,
 ).map(" ".join)

@@ -25,6 +25,7 @@ from watcher.query import (
     _CJK_RUN,
     And,
     AtLeast,
+    Cased,
     Document,
     MetaTest,
     Near,
@@ -34,7 +35,7 @@ from watcher.query import (
     Scope,
     Term,
 )
-from watcher.text import is_cjk
+from watcher.text import is_cjk, normalize
 
 Triggers = frozenset[str] | None  # None: the query can be true without any literal
 Requirements = list[frozenset[str]]  # every set must have a literal in the text
@@ -74,6 +75,8 @@ def triggers(node: Node) -> Triggers:
         return frozenset({term_trigger(node)})
     if isinstance(node, Scope | AtLeast):
         return triggers(node.child)
+    if isinstance(node, Cased):  # found case-insensitively: a superset, as it must be
+        return frozenset({normalize(max(node.words, key=len))})
     if isinstance(node, MetaTest | Not):
         return None
     if isinstance(node, Or):

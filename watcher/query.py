@@ -17,6 +17,7 @@ word ``mou``). ``A NEAR/5 B``: both occur, in any order, with at most 5 words
 between them (a run of CJK characters between punctuation counts as one word).
 ``ATLEAST/3 term``: the term occurs at least 3 times.
 ``title:``/``text:`` restrict a term or group to the title or body;
+``case:US`` matches a word or phrase with its case as written (not "us");
 ``source:``, ``lang:`` and ``tag:`` test the item's source id (``*`` globs),
 language (``lang:zh`` also matches ``zh-CN``) and tags. Operators are upper
 case; ``and`` is a word.
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from watcher.errors import QuerySyntaxError
-from watcher.text import is_cjk, normalize
+from watcher.text import is_cjk, normalize, normalize_keep_case
 
 # ---------------------------------------------------------------- tokens
 
@@ -44,7 +45,7 @@ _ASCII_TOKEN_RE = re.compile(r"\w+", re.ASCII)  # the same tokens, faster, on AS
 
 TEXT_FIELDS = ("title", "text")
 META_FIELDS = ("source", "lang", "tag")
-FIELDS = TEXT_FIELDS + META_FIELDS
+FIELDS = (*TEXT_FIELDS, *META_FIELDS, "case")
 MAX_DISTANCE = 1000
 
 
@@ -73,9 +74,16 @@ class Document:
     """
 
     def __init__(
-        self, normalized: str, meta: Meta = Meta(), *, offset: int = 0, title_end: int = 0
+        self,
+        normalized: str,
+        meta: Meta = Meta(),
+        *,
+        offset: int = 0,
+        title_end: int = 0,
+        raw: tuple[str, str] | None = None,
     ) -> None:
         self.normalized = normalized
+        self._raw = raw  # (title, text) as written, for case-sensitive terms
         self.meta = meta
         self.offset = offset
         self._title_end = title_end  # chars of `normalized` that belong to the title
@@ -86,7 +94,7 @@ class Document:
     @classmethod
     def from_text(cls, text: str) -> Document:
         """A document with a body only (no title, no metadata)."""
-        return cls(normalize(text))
+        return cls(normalize(text), raw=("", text))
 
     @classmethod
     def from_parts(
@@ -101,25 +109,48 @@ class Document:
         t = normalize(title)
         meta = Meta(source, normalize(lang), tuple(normalize(x) for x in tags))
         if not t:
-            return cls(normalize(text), meta)
-        return cls(f"{t}\n{normalize(text)}", meta, title_end=len(t))
+            return cls(normalize(text), meta, raw=("", text))
+        return cls(f"{t}\n{normalize(text)}", meta, title_end=len(t), raw=(title, text))
 
     def field(self, name: str) -> Document:
         """The title or the text alone, keeping word positions."""
         view = self._fields.get(name)
         if view is None:
+            raw = self._raw
             if name == "title":
-                view = Document(self.normalized[: self._title_end], self.meta, offset=self.offset)
+                view = Document(
+                    self.normalized[: self._title_end],
+                    self.meta,
+                    offset=self.offset,
+                    raw=(raw[0], "") if raw else None,
+                )
             else:
                 cut = self._title_end
                 n_title = bisect.bisect_left(self.starts, cut) if cut else 0
-                view = Document(self.normalized[cut:], self.meta, offset=self.offset + n_title)
+                view = Document(
+                    self.normalized[cut:],
+                    self.meta,
+                    offset=self.offset + n_title,
+                    raw=("", raw[1]) if raw else None,
+                )
             self._fields[name] = view
         return view
 
     @cached_property
     def starts(self) -> tuple[int, ...]:
         return tuple(m.start() for m in self._token_re.finditer(self.normalized))
+
+    @cached_property
+    def cased_words(self) -> tuple[str, ...]:
+        """Words with their case kept (NFKC, accents folded): for ``case:`` terms."""
+        if self._raw is None:
+            return self.words
+        text = "\n".join(part for part in self._raw if part)
+        return tuple(_TOKEN_RE.findall(normalize_keep_case(text)))
+
+    @cached_property
+    def cased_word_set(self) -> frozenset[str]:
+        return frozenset(self.cased_words)
 
     @cached_property
     def word_set(self) -> frozenset[str]:
@@ -215,6 +246,27 @@ class Scope:
 
 
 @dataclass(frozen=True)
+class Cased:
+    """``case:US``: a word or phrase that must match with its case as written."""
+
+    words: tuple[str, ...]
+    source: str = field(default="", compare=False)
+
+    def matches(self, doc: Document) -> bool:
+        words = self.words
+        if len(words) == 1:
+            return words[0] in doc.cased_word_set
+        if not all(w in doc.cased_word_set for w in words):
+            return False
+        seq = doc.cased_words
+        n = len(words)
+        return any(seq[i : i + n] == words for i in range(len(seq) - n + 1))
+
+    def __str__(self) -> str:
+        return f"case:{self.source}"
+
+
+@dataclass(frozen=True)
 class MetaTest:
     """``source:x``, ``lang:x`` or ``tag:x``: a test of the item's metadata."""
 
@@ -273,7 +325,7 @@ class Not:
         return not self.child.matches(doc)
 
     def __str__(self) -> str:
-        return f"NOT {_wrap(self.child, Term, Scope, MetaTest, AtLeast, Not)}"
+        return f"NOT {_wrap(self.child, Term, Scope, Cased, MetaTest, AtLeast, Not)}"
 
 
 @dataclass(frozen=True)
@@ -285,7 +337,7 @@ class And:
 
     def __str__(self) -> str:
         return " AND ".join(
-            _wrap(c, Term, Scope, MetaTest, AtLeast, Not, Near) for c in self.children
+            _wrap(c, Term, Scope, Cased, MetaTest, AtLeast, Not, Near) for c in self.children
         )
 
 
@@ -298,11 +350,11 @@ class Or:
 
     def __str__(self) -> str:
         return " OR ".join(
-            _wrap(c, Term, Scope, MetaTest, AtLeast, Not, Near, And) for c in self.children
+            _wrap(c, Term, Scope, Cased, MetaTest, AtLeast, Not, Near, And) for c in self.children
         )
 
 
-Node = Term | Scope | MetaTest | Near | AtLeast | Not | And | Or
+Node = Term | Scope | Cased | MetaTest | Near | AtLeast | Not | And | Or
 
 
 def _wrap(node: Node, *bare: type) -> str:
@@ -549,8 +601,20 @@ class _Parser:
         self.i += 1
         nxt = self.tok
         if nxt.begin != tok.end or nxt.kind not in ("word", "phrase", "("):
-            what = "a value" if tok.text in META_FIELDS else "a term, a phrase or '('"
+            what = "a value" if tok.text in (*META_FIELDS, "case") else "a term, a phrase or '('"
             raise QuerySyntaxError(f"expected {what} right after '{tok.text}:'", column=tok.end)
+        if tok.text == "case":
+            if nxt.kind == "(":
+                raise QuerySyntaxError(
+                    "'case:' takes one word or phrase, not a group", column=nxt.column
+                )
+            self.i += 1
+            words = tuple(_TOKEN_RE.findall(normalize_keep_case(nxt.text)))
+            if not words or "*" in nxt.text:
+                raise QuerySyntaxError(
+                    f"'case:' needs a word or phrase without '*': '{nxt.text}'", column=nxt.column
+                )
+            return Cased(words, _show(nxt.text))
         if tok.text in META_FIELDS:
             if nxt.kind == "(":
                 raise QuerySyntaxError(
