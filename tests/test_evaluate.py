@@ -132,4 +132,4 @@ def test_schema_command_prints_the_rule_file_schema(capsys: pytest.CaptureFixtur
     rule = schema["$defs"]["Rule"]
     assert rule["additionalProperties"] is False
     assert set(rule["required"]) == {"id", "title", "event_type", "severity", "query"}
-    assert RuleFile.model_json_schema()["properties"].keys() == {"rules"}
+    assert RuleFile.model_json_schema()["properties"].keys() == {"lists", "rules"}

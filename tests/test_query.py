@@ -195,6 +195,21 @@ def test_syntax_errors_name_the_column(query: str, message: str, column: int) ->
     assert err.value.column == column
 
 
+def test_named_lists_expand_in_place() -> None:
+    lists = {"minerals": parse_query('gallium OR "rare earth*"')}
+    node = parse_query("@minerals NEAR/3 export* NOT rice", lists=lists)
+    assert node == parse_query('(gallium OR "rare earth*") NEAR/3 export* NOT rice')
+    assert node.matches(Document.from_text("rare earths export ban"))
+    with pytest.raises(QuerySyntaxError) as err:
+        parse_query("gallium OR @metals", lists=lists)
+    assert err.value.message == "unknown list '@metals' (lists defined in this file: @minerals)"
+    assert err.value.column == 12
+    with pytest.raises(
+        QuerySyntaxError, match=r"unknown list '@x' \(lists defined in this file: none\)"
+    ):
+        parse_query("@x")
+
+
 def test_print_round_trips() -> None:
     q = (
         '("rare earth*" OR 稀土) AND (licen* OR quota) AND NOT rice '

@@ -7,7 +7,7 @@ import pytest
 from watcher.cli import main
 from watcher.models import EventType, Severity
 from watcher.parse import make_item
-from watcher.rules import Matcher, load_rules
+from watcher.rules import Matcher, check_examples, load_rules
 
 DATA = Path(__file__).parent / "testdata" / "rules"
 
@@ -129,3 +129,39 @@ def test_item_examples_exercise_fields(tmp_path: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "should match but does not: {'title': 'Curbs', 'text': 'gallium', 'lang': 'en'}" in out
     assert "1 rule(s) loaded, 0 error(s); 3 example(s) run, 1 failed" in out
+
+
+LISTS_FILE = """\
+lists:
+  minerals: gallium OR germanium OR "rare earth*"
+  bad-list: (gallium OR
+  Bad Name: x
+rules:
+  - id: uses-list
+    title: t
+    event_type: export_restriction
+    severity: high
+    query: "@minerals NEAR/3 export*"
+    examples:
+      match: ["rare earth exports banned"]
+      no_match: ["rare earth prices rose sharply this week, export data show"]
+  - id: unknown-list
+    title: t
+    event_type: export_restriction
+    severity: high
+    query: "gallium AND @metals"
+"""
+
+
+def test_named_lists(tmp_path: Path) -> None:
+    path = tmp_path / "lists.yaml"
+    path.write_text(LISTS_FILE)
+    rules, errors = load_rules([path])
+    assert [r.rule.id for r in rules] == ["uses-list"]
+    assert check_examples(rules[0]) == []
+    assert [str(e) for e in errors] == [
+        f"{path}:3:24: list 'bad-list': expected a term after 'OR'",
+        f"{path}:4: list name 'Bad Name' must be lower-case letters, digits, '_' or '-'",
+        f"{path}:18:25: rule 'unknown-list': unknown list '@metals' "
+        "(lists defined in this file: @minerals)",
+    ]

@@ -18,6 +18,7 @@ between them (a run of CJK characters between punctuation counts as one word).
 ``ATLEAST/3 term``: the term occurs at least 3 times.
 ``title:``/``text:`` restrict a term or group to the title or body;
 ``case:US`` matches a word or phrase with its case as written (not "us");
+``@minerals`` stands for a named list of the rule file (``lists:``);
 ``source:``, ``lang:`` and ``tag:`` test the item's source id (``*`` globs),
 language (``lang:zh`` also matches ``zh-CN``) and tags. Operators are upper
 case; ``and`` is a word.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -387,9 +388,10 @@ _OPERATORS = frozenset({"AND", "OR", "NOT"})
 _COUNTED = re.compile(r"(NEAR|ATLEAST)(?:/(\d*))?(.*)$", re.S)
 _TOKEN = re.compile(
     r'\s*(?:(?P<paren>[()])|"(?P<quoted>[^"]*)"|(?P<open>")'
-    r"|(?P<field>[a-z]+):|(?P<word>[^\s()\"]+))"
+    r"|(?P<field>[a-z]+):|@(?P<list>[^\s()\"]*)|(?P<word>[^\s()\"]+))"
 )
-_BARE = re.compile(r'[^\s()":]+')
+_BARE = re.compile(r'[^\s()":@]+')
+LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -437,6 +439,8 @@ def _lex(query: str) -> list[_Tok]:
             out.append(_Tok("phrase", m.group("quoted"), start, end=end, begin=begin))
         elif m.group("open"):
             raise QuerySyntaxError("unterminated quote", column=start)
+        elif m.group("list") is not None:
+            out.append(_Tok("list", m.group("list"), start - 1, end=end, begin=begin))
         elif m.group("field") is not None:
             name = m.group("field")
             if name not in FIELDS:
@@ -490,7 +494,8 @@ def _show(raw: str) -> str:
 
 
 class _Parser:
-    def __init__(self, query: str) -> None:
+    def __init__(self, query: str, lists: Mapping[str, Node]) -> None:
+        self.lists = lists
         self.toks = _lex(query)
         self.i = 0
         self.scope = ""  # the enclosing title:/text: scope, if any
@@ -521,7 +526,7 @@ class _Parser:
 
     def and_expr(self) -> Node:
         children = [self.unary()]
-        while self.tok.kind in ("AND", "NOT", "(", "word", "phrase", "field", "ATLEAST"):
+        while self.tok.kind in ("AND", "NOT", "(", "word", "phrase", "field", "ATLEAST", "list"):
             if self.tok.kind == "AND":
                 self.i += 1
             children.append(self.unary())
@@ -571,6 +576,16 @@ class _Parser:
         if tok.kind in ("word", "phrase"):
             self.i += 1
             return make_term(tok.text, tok.column)
+        if tok.kind == "list":
+            self.i += 1
+            listed = self.lists.get(tok.text)
+            if listed is None:
+                known = ", ".join(f"@{n}" for n in sorted(self.lists)) or "none"
+                raise QuerySyntaxError(
+                    f"unknown list '@{tok.text}' (lists defined in this file: {known})",
+                    column=tok.column,
+                )
+            return listed
         if tok.kind == "ATLEAST":
             self.i += 1
             operand = self.tok
@@ -637,6 +652,9 @@ class _Parser:
         return Scope(tok.text, child)
 
 
-def parse_query(query: str) -> Node:
-    """Parse a query; raises QuerySyntaxError with a 1-based column."""
-    return _Parser(query).parse()
+def parse_query(query: str, *, lists: Mapping[str, Node] | None = None) -> Node:
+    """Parse a query; raises QuerySyntaxError with a 1-based column.
+
+    `lists` are named term lists (a rule file's `lists:`), used as ``@name``.
+    """
+    return _Parser(query, lists or {}).parse()

@@ -17,7 +17,7 @@ from watcher.facets import Facets
 from watcher.facets import extract as extract_facets
 from watcher.facets import prepare as prepare_facets
 from watcher.models import EventType, Hit, Item, Severity
-from watcher.query import Document, Node, parse_query
+from watcher.query import LIST_NAME, Document, Node, parse_query
 from watcher.rulecache import RuleCache
 
 
@@ -73,6 +73,10 @@ class Rule(BaseModel):
 class RuleFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    lists: dict[str, str] = Field(
+        default_factory=dict,
+        description="named term lists: `minerals: gallium OR germanium`, used as @minerals",
+    )
     rules: list[Rule]
 
 
@@ -216,11 +220,15 @@ def _compile_file(name: str, text: str) -> tuple[list[CompiledRule], list[RuleEr
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
         return [], [RuleError("expected a mapping with a 'rules' list", path=name, line=1)]
     rule_nodes: list[yaml.Node] = []
+    list_nodes: dict[str, yaml.Node] = {}
     for key, value in root.value:
         if key.value == "rules" and isinstance(value, yaml.SequenceNode):
             rule_nodes = list(value.value)
+        if key.value == "lists" and isinstance(value, yaml.MappingNode):
+            list_nodes = {k.value: v for k, v in value.value if isinstance(k, yaml.ScalarNode)}
     errors: list[RuleError] = []
-    extra = set(data) - {"rules"}
+    lists = _compile_lists(name, data.get("lists", {}), list_nodes, errors)
+    extra = set(data) - {"rules", "lists"}
     if extra:
         errors.append(
             RuleError(f"unknown top-level key(s): {', '.join(sorted(extra))}", path=name, line=1)
@@ -244,7 +252,7 @@ def _compile_file(name: str, text: str) -> tuple[list[CompiledRule], list[RuleEr
                 )
             continue
         try:
-            ast = parse_query(rule.query)
+            ast = parse_query(rule.query, lists=lists)
         except QuerySyntaxError as exc:
             # Point at the end of the text, not at a folded scalar's trailing newline.
             column = min(exc.column, len(rule.query.rstrip()) + 1)
@@ -259,6 +267,41 @@ def _compile_file(name: str, text: str) -> tuple[list[CompiledRule], list[RuleEr
             continue
         compiled.append(CompiledRule(rule, ast, name, line))
     return compiled, errors
+
+
+def _compile_lists(
+    name: str, raw: Any, nodes: dict[str, yaml.Node], errors: list[RuleError]
+) -> dict[str, Node]:
+    """The file's named term lists, parsed; problems are appended to `errors`."""
+    if not isinstance(raw, dict):
+        errors.append(RuleError("'lists' must be a mapping of names to queries", path=name))
+        return {}
+    out: dict[str, Node] = {}
+    for list_name, query in raw.items():
+        node = nodes.get(str(list_name))
+        line = node.start_mark.line + 1 if node is not None else None
+        if not isinstance(list_name, str) or not LIST_NAME.fullmatch(list_name):
+            errors.append(
+                RuleError(
+                    f"list name {list_name!r} must be lower-case letters, digits, '_' or '-'",
+                    path=name,
+                    line=line,
+                )
+            )
+            continue
+        if not isinstance(query, str):
+            errors.append(RuleError(f"list '{list_name}' must be a query", path=name, line=line))
+            continue
+        try:
+            out[list_name] = parse_query(query)
+        except QuerySyntaxError as exc:
+            qline, qcol = line, None
+            if node is not None:
+                qline, qcol = _query_position(node, min(exc.column, len(query.rstrip()) + 1))
+            errors.append(
+                RuleError(f"list '{list_name}': {exc.message}", path=name, line=qline, column=qcol)
+            )
+    return out
 
 
 def rule_files(paths: Iterable[Path]) -> list[Path]:
