@@ -16,8 +16,9 @@ evaluating every rule (tests/test_engine.py checks this on random rules).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from operator import itemgetter
+from collections.abc import Callable, Iterable, Sequence
+from functools import reduce
+from operator import itemgetter, or_
 
 import ahocorasick
 
@@ -50,15 +51,22 @@ PREFIX_CUT_CHARS = 4  # prefix literals longer than this are looked up by their 
 _CUT = itemgetter(slice(0, PREFIX_CUT_CHARS))
 
 
+def _bits(rules: Iterable[int]) -> int:
+    out = 0
+    for rule in rules:
+        out |= 1 << rule
+    return out
+
+
 def _index(
     table: dict[str, list[int]], keep: set[str], key: Callable[[str], str]
-) -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
-    out: dict[str, set[int]] = {}
+) -> tuple[dict[str, int], frozenset[str]]:
+    """Literal -> the rules it serves, as a bit set (bit i: rule i)."""
+    out: dict[str, int] = {}
     for k, rules in table.items():
         if k in keep:
-            out.setdefault(key(k), set()).update(rules)
-    index = {k: tuple(sorted(v)) for k, v in out.items()}
-    return index, frozenset(index)
+            out[key(k)] = out.get(key(k), 0) | _bits(rules)
+    return out, frozenset(out)
 
 
 def term_trigger(term: Term) -> str:
@@ -120,9 +128,10 @@ class Prefilter:
 
     Each rule is indexed under its (at most) two most selective requirement
     sets: a rule is a candidate when a literal of its first set occurs and, if
-    it has a second, a literal of that one too. The lookups and the set algebra
-    run in C, so the cost per document grows with the literals it contains
-    rather than with the number of rules.
+    it has a second, a literal of that one too. Each literal maps to a bit set
+    of rules (a Python int), so the lookups, ORs and the final AND run in C and
+    the cost per document grows with the literals it contains, not with the
+    number of rules.
     """
 
     def __init__(self, nodes: Sequence[Node]) -> None:
@@ -141,7 +150,6 @@ class Prefilter:
                 for key in req:
                     table.setdefault(key, []).append(index)
         self.always = tuple(always)
-        self._single = frozenset(single)
         self.keys = len(first.keys() | second.keys())
         keys = first.keys() | second.keys()
         words = {k for k in keys if not k.startswith(" ") and not is_cjk(k)}
@@ -156,24 +164,29 @@ class Prefilter:
         if others:
             automaton = ahocorasick.Automaton()
             for key in others:
-                automaton.add_word(key, (tuple(first.get(key, ())), tuple(second.get(key, ()))))
+                automaton.add_word(key, (_bits(first.get(key, ())), _bits(second.get(key, ()))))
             automaton.make_automaton()
             self._automaton = automaton
+        self._single_bits = _bits(single)
 
     def candidates(self, doc: Document) -> list[int]:
         words = doc.word_set
         heads = set(map(_CUT, words))
-        met = []
-        for (table, keys), (htable, hkeys) in zip(self._tables, self._heads, strict=True):
-            found: set[int] = set().union(
-                *map(table.__getitem__, words & keys), *map(htable.__getitem__, heads & hkeys)
-            )
-            met.append(found)
+        met = [
+            reduce(or_, map(htable.__getitem__, heads & hkeys), 0)
+            | reduce(or_, map(table.__getitem__, words & keys), 0)
+            for (table, keys), (htable, hkeys) in zip(self._tables, self._heads, strict=True)
+        ]
         if self._automaton is not None and (self._short_prefixes or not doc.normalized.isascii()):
-            for _end, (rules0, rules1) in self._automaton.iter(joined_words(doc)):
-                met[0].update(rules0)
-                met[1].update(rules1)
-        hits = (met[0] & self._single) | (met[0] & met[1])
+            for _end, (bits0, bits1) in self._automaton.iter(joined_words(doc)):
+                met[0] |= bits0
+                met[1] |= bits1
+        hits = met[0] & (met[1] | self._single_bits)
+        found = list(self.always)
+        while hits:
+            low = hits & -hits
+            found.append(low.bit_length() - 1)
+            hits ^= low
         if self.always:
-            hits.update(self.always)
-        return sorted(hits)
+            found.sort()
+        return found
