@@ -7,7 +7,7 @@ import pytest
 from watcher.cli import main
 from watcher.models import EventType, Severity
 from watcher.parse import make_item
-from watcher.rules import Matcher, load_rules
+from watcher.rules import Matcher, check_examples, load_rules
 
 DATA = Path(__file__).parent / "testdata" / "rules"
 
@@ -91,3 +91,77 @@ def test_rules_check_command_passes_good_file(capsys: pytest.CaptureFixture[str]
 def test_rules_check_command_fails_on_bad_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "check", str(DATA / "bad_query_inline.yaml")]) == 1
     assert "inline-bad" in capsys.readouterr().out
+
+
+def test_new_syntax_errors_in_a_rule_file_name_file_line_column_and_rule(tmp_path: Path) -> None:
+    path = tmp_path / "near.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - id: near-bad\n"
+        "    title: t\n"
+        "    event_type: export_restriction\n"
+        "    severity: high\n"
+        '    query: "gallium NEAR export"\n'
+    )
+    _, errors = load_rules([path])
+    assert [str(e) for e in errors] == [
+        f"{path}:6:21: rule 'near-bad': NEAR needs a number, e.g. NEAR/5"
+    ]
+
+
+def test_item_examples_exercise_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "title.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - id: title-rule\n"
+        "    title: t\n"
+        "    event_type: export_restriction\n"
+        "    severity: high\n"
+        "    query: title:gallium lang:en\n"
+        "    examples:\n"
+        "      match:\n"
+        "        - {title: Gallium curbs, text: x, lang: en}\n"
+        "        - {title: Curbs, text: gallium, lang: en}\n"
+        "      no_match:\n"
+        "        - Gallium curbs\n"
+    )
+    assert main(["rules", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "should match but does not: {'title': 'Curbs', 'text': 'gallium', 'lang': 'en'}" in out
+    assert "1 rule(s) loaded, 0 error(s); 3 example(s) run, 1 failed" in out
+
+
+LISTS_FILE = """\
+lists:
+  minerals: gallium OR germanium OR "rare earth*"
+  bad-list: (gallium OR
+  Bad Name: x
+rules:
+  - id: uses-list
+    title: t
+    event_type: export_restriction
+    severity: high
+    query: "@minerals NEAR/3 export*"
+    examples:
+      match: ["rare earth exports banned"]
+      no_match: ["rare earth prices rose sharply this week, export data show"]
+  - id: unknown-list
+    title: t
+    event_type: export_restriction
+    severity: high
+    query: "gallium AND @metals"
+"""
+
+
+def test_named_lists(tmp_path: Path) -> None:
+    path = tmp_path / "lists.yaml"
+    path.write_text(LISTS_FILE)
+    rules, errors = load_rules([path])
+    assert [r.rule.id for r in rules] == ["uses-list"]
+    assert check_examples(rules[0]) == []
+    assert [str(e) for e in errors] == [
+        f"{path}:3:24: list 'bad-list': expected a term after 'OR'",
+        f"{path}:4: list name 'Bad Name' must be lower-case letters, digits, '_' or '-'",
+        f"{path}:18:25: rule 'unknown-list': unknown list '@metals' "
+        "(lists defined in this file: @minerals)",
+    ]

@@ -15,6 +15,7 @@ from watcher.config import load_config
 from watcher.errors import WatcherError
 from watcher.inputs import read_items
 from watcher.models import DeliveryState
+from watcher.rulecache import RuleCache
 from watcher.rules import Matcher, check_examples, load_rules
 
 logger = logging.getLogger("watcher")
@@ -32,8 +33,8 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _load_matcher_or_report(paths: Sequence[Path]) -> Matcher:
-    rules, errors = load_rules(paths)
+def _load_matcher_or_report(paths: Sequence[Path], cache: RuleCache | None = None) -> Matcher:
+    rules, errors = load_rules(paths, cache=cache)
     if errors:
         for err in errors:
             print(f"error: {err}", file=sys.stderr)
@@ -45,7 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from watcher.service import run
 
     config = load_config(args.config)
-    matcher = _load_matcher_or_report(config.rules.paths)
+    cache = RuleCache(config.rules.cache_dir) if config.rules.cache_dir else None
+    matcher = _load_matcher_or_report(config.rules.paths, cache)
     run(config, matcher)
     return 0
 
@@ -121,6 +123,32 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 
     print(asyncio.run(send_test(load_config(args.config), args.receiver)))
     return 0
+
+
+def cmd_rules_schema(args: argparse.Namespace) -> int:
+    from watcher.rules import rule_file_schema
+
+    print(json.dumps(rule_file_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_rules_eval(args: argparse.Namespace) -> int:
+    from watcher.evaluate import evaluate, format_report, read_labels
+
+    matcher = _load_matcher_or_report([args.rules])
+    report = evaluate(matcher, read_labels(args.labels))
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    low = []
+    if args.min_precision is not None and (report.precision or 0.0) < args.min_precision:
+        low.append(f"precision {report.precision} < {args.min_precision}")
+    if args.min_recall is not None and (report.recall or 0.0) < args.min_recall:
+        low.append(f"recall {report.recall} < {args.min_recall}")
+    for problem in low:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if low else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -255,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", type=Path, default=None, help="config file (TOML)")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_silence)
+
+    p = rules.add_parser("schema", help="print the JSON Schema of rule files")
+    p.set_defaults(func=cmd_rules_schema)
+    p = rules.add_parser("eval", help="precision and recall on labelled items (JSON Lines)")
+    p.add_argument("--rules", type=Path, default=Path("rules"))
+    p.add_argument("--labels", type=Path, required=True, help="JSON Lines with label, event_type")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--min-precision", type=float, default=None, help="exit 1 below this")
+    p.add_argument("--min-recall", type=float, default=None, help="exit 1 below this")
+    p.set_defaults(func=cmd_rules_eval)
     return parser
 
 

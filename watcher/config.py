@@ -57,6 +57,15 @@ class ApiConfig(_Strict):
 
 class RulesConfig(_Strict):
     paths: list[Path] = Field(default_factory=lambda: [Path("rules")])
+    reload_interval_s: float = Field(
+        default=constants.RULES_RELOAD_INTERVAL_S,
+        ge=0,
+        description="how often `watcher run` checks rule files for changes; 0: never",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="where compiled rule files are cached by content hash; none: no cache",
+    )
 
 
 class PollingConfig(_Strict):
@@ -301,4 +310,6 @@ def load_config(path: Path | None) -> Config:
         # Relative rule paths are relative to the config file.
         base = path.resolve().parent
         config.rules.paths = [p if p.is_absolute() else base / p for p in config.rules.paths]
+        if config.rules.cache_dir is not None and not config.rules.cache_dir.is_absolute():
+            config.rules.cache_dir = base / config.rules.cache_dir
     return config

@@ -33,6 +33,15 @@ class Metrics:
             registry=r,
         )
         self.rules_loaded = Gauge("watcher_rules_loaded", "Rules currently active", registry=r)
+        self.rule_reloads = Counter(
+            "watcher_rule_reloads",
+            "Rule file reloads by outcome (ok, error: the last good rules stay active)",
+            ["outcome"],
+            registry=r,
+        )
+        self.rules_broken = Gauge(
+            "watcher_rules_broken", "1 while the rule files on disk do not load", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

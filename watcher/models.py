@@ -66,6 +66,10 @@ class Hit(BaseModel):
     event_type: EventType
     severity: Severity
     tags: tuple[str, ...] = ()
+    minerals: tuple[str, ...] = Field(default=(), description="minerals the item names")
+    countries: tuple[str, ...] = Field(
+        default=(), description="jurisdictions involved: ISO 3166-1 alpha-2 codes, and EU"
+    )
 
 
 class Alert(BaseModel):

@@ -11,16 +11,46 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from watcher.engine import Prefilter
 from watcher.errors import QuerySyntaxError, RuleError
+from watcher.facets import Facets
+from watcher.facets import extract as extract_facets
+from watcher.facets import prepare as prepare_facets
 from watcher.models import EventType, Hit, Item, Severity
-from watcher.query import Document, Node, parse_query
+from watcher.query import LIST_NAME, Document, Node, parse_query
+from watcher.rulecache import RuleCache
+
+
+class ExampleItem(BaseModel):
+    """An example written as an item, for rules that use title:, source:, lang: or tag:."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = ""
+    text: str = ""
+    source: str = ""
+    lang: str = ""
+    tags: list[str] = Field(default_factory=list)
+
+    def document(self) -> Document:
+        return Document.from_parts(
+            title=self.title, text=self.text, source=self.source, lang=self.lang, tags=self.tags
+        )
+
+
+Example = str | ExampleItem
+
+
+def example_document(example: Example) -> Document:
+    """A plain-string example is body text (no title, no metadata)."""
+    return Document.from_text(example) if isinstance(example, str) else example.document()
 
 
 class RuleExamples(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    match: list[str] = Field(default_factory=list)
-    no_match: list[str] = Field(default_factory=list)
+    match: list[Example] = Field(default_factory=list)
+    no_match: list[Example] = Field(default_factory=list)
 
 
 class Rule(BaseModel):
@@ -43,7 +73,19 @@ class Rule(BaseModel):
 class RuleFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    lists: dict[str, str] = Field(
+        default_factory=dict,
+        description="named term lists: `minerals: gallium OR germanium`, used as @minerals",
+    )
     rules: list[Rule]
+
+
+def rule_file_schema() -> dict[str, Any]:
+    """The JSON Schema of a rule file, for editors (`watcher rules schema`)."""
+    schema = RuleFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "watcher rule file"
+    return schema
 
 
 @dataclass(frozen=True)
@@ -53,14 +95,17 @@ class CompiledRule:
     path: str
     line: int
 
-    def hit(self) -> Hit:
+    def hit(self, facets: Facets | None = None) -> Hit:
         r = self.rule
+        facets = facets or Facets()
         return Hit(
             rule_id=r.id,
             rule_title=r.title,
             event_type=r.event_type,
             severity=r.severity,
             tags=tuple(r.tags),
+            minerals=facets.minerals,
+            countries=facets.countries,
         )
 
     def applies_to(self, item: Item) -> bool:
@@ -71,21 +116,50 @@ class CompiledRule:
 
 
 def item_document(item: Item) -> Document:
-    return Document.from_text(f"{item.title}\n{item.text}")
+    return Document.from_parts(
+        title=item.title,
+        text=item.text,
+        source=item.source_id,
+        lang=item.language,
+        tags=item.tags,
+    )
 
 
 class Matcher:
-    """All loaded rules, evaluated together against each item."""
+    """All loaded rules, evaluated together against each item.
+
+    A prefilter (watcher.engine) finds every rule's literals in one pass, so
+    only the rules that may match are evaluated.
+    """
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(rules)
+        self.prefilter = Prefilter([r.node for r in self.rules])
+        prepare_facets()
 
     def __len__(self) -> int:
         return len(self.rules)
 
+    def _matching(self, item: Item, doc: Document) -> list[CompiledRule]:
+        rules = self.rules
+        out = []
+        for index in self.prefilter.candidates(doc):
+            rule = rules[index]
+            if rule.applies_to(item) and rule.node.matches(doc):
+                out.append(rule)
+        return out
+
+    def matching_rules(self, item: Item) -> list[CompiledRule]:
+        return self._matching(item, item_document(item))
+
     def match(self, item: Item) -> list[Hit]:
+        """The hits of an item, carrying its facets (minerals, countries) when any rule hits."""
         doc = item_document(item)
-        return [r.hit() for r in self.rules if r.applies_to(item) and r.node.matches(doc)]
+        rules = self._matching(item, doc)
+        if not rules:
+            return []
+        facets = extract_facets(doc, f"{item.title}\n{item.text}")
+        return [r.hit(facets) for r in rules]
 
 
 # ---------------------------------------------------------------- loading
@@ -111,12 +185,26 @@ def _query_position(node: yaml.Node, column: int) -> tuple[int, int]:
     return mark.line + 1, mark.column + quote + column
 
 
-def _load_file(path: Path) -> tuple[list[CompiledRule], list[RuleError]]:
+def _load_file(
+    path: Path, cache: RuleCache | None = None
+) -> tuple[list[CompiledRule], list[RuleError]]:
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [], [RuleError(f"cannot read: {exc}", path=name)]
+    if cache is not None:
+        cached = cache.get(path, raw)
+        if cached is not None:
+            return cached, []
+    compiled, errors = _compile_file(name, text)
+    if cache is not None and not errors:
+        cache.put(path, raw, compiled)
+    return compiled, errors
+
+
+def _compile_file(name: str, text: str) -> tuple[list[CompiledRule], list[RuleError]]:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -132,11 +220,15 @@ def _load_file(path: Path) -> tuple[list[CompiledRule], list[RuleError]]:
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
         return [], [RuleError("expected a mapping with a 'rules' list", path=name, line=1)]
     rule_nodes: list[yaml.Node] = []
+    list_nodes: dict[str, yaml.Node] = {}
     for key, value in root.value:
         if key.value == "rules" and isinstance(value, yaml.SequenceNode):
             rule_nodes = list(value.value)
+        if key.value == "lists" and isinstance(value, yaml.MappingNode):
+            list_nodes = {k.value: v for k, v in value.value if isinstance(k, yaml.ScalarNode)}
     errors: list[RuleError] = []
-    extra = set(data) - {"rules"}
+    lists = _compile_lists(name, data.get("lists", {}), list_nodes, errors)
+    extra = set(data) - {"rules", "lists"}
     if extra:
         errors.append(
             RuleError(f"unknown top-level key(s): {', '.join(sorted(extra))}", path=name, line=1)
@@ -160,7 +252,7 @@ def _load_file(path: Path) -> tuple[list[CompiledRule], list[RuleError]]:
                 )
             continue
         try:
-            ast = parse_query(rule.query)
+            ast = parse_query(rule.query, lists=lists)
         except QuerySyntaxError as exc:
             # Point at the end of the text, not at a folded scalar's trailing newline.
             column = min(exc.column, len(rule.query.rstrip()) + 1)
@@ -177,6 +269,41 @@ def _load_file(path: Path) -> tuple[list[CompiledRule], list[RuleError]]:
     return compiled, errors
 
 
+def _compile_lists(
+    name: str, raw: Any, nodes: dict[str, yaml.Node], errors: list[RuleError]
+) -> dict[str, Node]:
+    """The file's named term lists, parsed; problems are appended to `errors`."""
+    if not isinstance(raw, dict):
+        errors.append(RuleError("'lists' must be a mapping of names to queries", path=name))
+        return {}
+    out: dict[str, Node] = {}
+    for list_name, query in raw.items():
+        node = nodes.get(str(list_name))
+        line = node.start_mark.line + 1 if node is not None else None
+        if not isinstance(list_name, str) or not LIST_NAME.fullmatch(list_name):
+            errors.append(
+                RuleError(
+                    f"list name {list_name!r} must be lower-case letters, digits, '_' or '-'",
+                    path=name,
+                    line=line,
+                )
+            )
+            continue
+        if not isinstance(query, str):
+            errors.append(RuleError(f"list '{list_name}' must be a query", path=name, line=line))
+            continue
+        try:
+            out[list_name] = parse_query(query)
+        except QuerySyntaxError as exc:
+            qline, qcol = line, None
+            if node is not None:
+                qline, qcol = _query_position(node, min(exc.column, len(query.rstrip()) + 1))
+            errors.append(
+                RuleError(f"list '{list_name}': {exc.message}", path=name, line=qline, column=qcol)
+            )
+    return out
+
+
 def rule_files(paths: Iterable[Path]) -> list[Path]:
     """The YAML files named, and those under the directories named, in a stable order."""
     out: list[Path] = []
@@ -188,8 +315,13 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def load_rules(paths: Iterable[Path]) -> tuple[list[CompiledRule], list[RuleError]]:
-    """Load every rule file; returns the good rules and every error found."""
+def load_rules(
+    paths: Iterable[Path], *, cache: RuleCache | None = None
+) -> tuple[list[CompiledRule], list[RuleError]]:
+    """Load every rule file; returns the good rules and every error found.
+
+    With a cache, unchanged files that loaded cleanly before are not re-parsed.
+    """
     rules: list[CompiledRule] = []
     errors: list[RuleError] = []
     seen: dict[str, CompiledRule] = {}
@@ -198,7 +330,7 @@ def load_rules(paths: Iterable[Path]) -> tuple[list[CompiledRule], list[RuleErro
         if not path.exists():
             errors.append(RuleError("no such file or directory", path=str(path)))
             continue
-        good, bad = _load_file(path)
+        good, bad = _load_file(path, cache)
         errors.extend(bad)
         for rule in good:
             first = seen.get(rule.rule.id)
@@ -228,10 +360,16 @@ def load_matcher(paths: Iterable[Path]) -> Matcher:
 def check_examples(rule: CompiledRule) -> list[str]:
     """Run a rule's examples; returns one message per failing example."""
     failures = []
-    for text in rule.rule.examples.match:
-        if not rule.node.matches(Document.from_text(text)):
-            failures.append(f"should match but does not: {text!r}")
-    for text in rule.rule.examples.no_match:
-        if rule.node.matches(Document.from_text(text)):
-            failures.append(f"should not match but does: {text!r}")
+    for example in rule.rule.examples.match:
+        if not rule.node.matches(example_document(example)):
+            failures.append(f"should match but does not: {_show_example(example)}")
+    for example in rule.rule.examples.no_match:
+        if rule.node.matches(example_document(example)):
+            failures.append(f"should not match but does: {_show_example(example)}")
     return failures
+
+
+def _show_example(example: Example) -> str:
+    if isinstance(example, str):
+        return repr(example)
+    return repr(example.model_dump(exclude_defaults=True))

@@ -29,6 +29,8 @@ from watcher.notify import build_notifiers
 from watcher.notify.email import unsubscribe_token
 from watcher.outbox import OutboxWorker
 from watcher.pipeline import Pipeline, build_pipeline
+from watcher.reload import RuleSet
+from watcher.rulecache import RuleCache
 from watcher.rules import Matcher
 from watcher.store import Store
 
@@ -37,7 +39,7 @@ logger = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", Config)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 METRICS = web.AppKey("metrics", Metrics)
-MATCHER = web.AppKey("matcher", Matcher)
+MATCHER = web.AppKey("matcher", RuleSet)  # the active rules; a reload swaps its Matcher
 STORE = web.AppKey("store", Store)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", OutboxWorker)
@@ -155,12 +157,11 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         receiver_concurrency={r.id: r.concurrency for r in config.receivers},
     )
-    matcher = app[MATCHER]
     pipeline = build_pipeline(
         config,
         store=app[STORE],
         session=app[SESSION],
-        matcher=lambda: matcher,
+        matcher=app[MATCHER],
         metrics=metrics,
         clock=clock,
         on_enqueued=worker.kick,
@@ -192,6 +193,8 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         coalesce=True,
         misfire_grace_time=int(config.outbox.sweep_interval_s) + 1,
     )
+    if config.rules.reload_interval_s > 0:
+        schedule_rule_reload(scheduler, app[MATCHER], config.rules.reload_interval_s)
     scheduler.start()
     app[SCHEDULER] = scheduler
     logger.info(
@@ -205,12 +208,34 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler.shutdown(wait=False)
 
 
+def schedule_rule_reload(scheduler: AsyncIOScheduler, rules: RuleSet, interval_s: float) -> None:
+    async def reload_rules() -> None:
+        try:
+            await rules.check()
+        except Exception:  # a bug must not kill the job
+            logger.exception("rules: reload check failed unexpectedly")
+
+    scheduler.add_job(
+        reload_rules,
+        IntervalTrigger(seconds=interval_s, timezone="UTC"),
+        id="rules-reload",
+        name="reload rule files",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=int(interval_s) + 1,
+    )
+
+
 # ------------------------------------------------------------------ HTTP API
 
 
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
-    body: dict[str, Any] = {"status": "ok", "rules": len(app[MATCHER])}
+    body: dict[str, Any] = {
+        "status": "ok",
+        "rules": len(app[MATCHER]),
+        "rule_files": app[MATCHER].status(),
+    }
     try:
         await app[STORE].ping()
         body["store"] = "ok"
@@ -270,8 +295,10 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
     app[CONFIG] = config
     app[CLOCK] = clock
     app[METRICS] = Metrics()
-    app[MATCHER] = matcher
-    app[METRICS].rules_loaded.set(len(matcher))
+    cache = RuleCache(config.rules.cache_dir) if config.rules.cache_dir else None
+    app[MATCHER] = RuleSet(
+        config.rules.paths, matcher, clock=clock, metrics=app[METRICS], cache=cache
+    )
     app.cleanup_ctx.extend([_store_ctx, _session_ctx, _workers_ctx, _scheduler_ctx])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

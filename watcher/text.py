@@ -74,6 +74,15 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(c for c in decomposed if not _is_diacritic(c)))
 
 
+def normalize_keep_case(text: str) -> str:
+    """NFKC and accents folded, case kept: the form of case-sensitive terms."""
+    nfkc = unicodedata.normalize("NFKC", text)
+    if nfkc.isascii():
+        return nfkc
+    decomposed = unicodedata.normalize("NFD", nfkc)
+    return unicodedata.normalize("NFC", "".join(c for c in decomposed if not _is_diacritic(c)))
+
+
 _WORD = re.compile(r"\w+")
 
 

@@ -1,0 +1,158 @@
+"""Matching benchmark: 100, 1,000 and 10,000 generated rules over 10,000 generated items.
+
+Prints one JSON object per rule count: `rules`, `items_per_s` (the whole match:
+normalising and tokenising the item, the Aho-Corasick prefilter, evaluating the
+candidate rules), `floor_items_per_s` (normalising the text alone, measured in
+the same run), the time to parse the generated queries (`parse_s`), to build
+the prefilter (`build_s`), and to load the rules from a YAML file, cold
+(`load_s`) and from the rule cache (`cached_load_s`). Items are ~100 words drawn from a Zipf
+distribution over a 30,000-word vocabulary, so common words repeat as in news
+text; rules look like the pack's: OR-groups of words, phrases and prefixes,
+ANDed, some with NOT, NEAR or a title: scope. Rates are CPU time of this
+process (one core), so other load on the machine disturbs them less. Targets (issue 3): >= 20,000
+items/s at 10,000 rules on one core, and 10,000 rules cost <= 3x 100 rules.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from watcher.models import EventType, Item, Severity  # noqa: E402
+from watcher.parse import make_item  # noqa: E402
+from watcher.query import parse_query  # noqa: E402
+from watcher.rulecache import RuleCache  # noqa: E402
+from watcher.rules import CompiledRule, Matcher, Rule, load_rules  # noqa: E402
+from watcher.text import normalize  # noqa: E402
+
+VOCAB_SIZE = 30_000
+ITEMS = 10_000
+WORDS_PER_ITEM = 100
+RULE_COUNTS = (100, 1_000, 10_000)
+
+
+def vocabulary(rng: random.Random) -> list[str]:
+    words: set[str] = set()
+    while len(words) < VOCAB_SIZE:
+        words.add("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 10))))
+    ordered = sorted(words)
+    rng.shuffle(ordered)
+    return ordered
+
+
+def items(rng: random.Random, vocab: list[str]) -> list[Item]:
+    weights = [1 / (rank + 1) for rank in range(len(vocab))]
+    out = []
+    for i in range(ITEMS):
+        words = rng.choices(vocab, weights=weights, k=WORDS_PER_ITEM)
+        title = " ".join(words[:10]).capitalize()
+        text = ". ".join(" ".join(words[j : j + 15]) for j in range(10, WORDS_PER_ITEM, 15))
+        out.append(make_item(source_id="bench", guid=str(i), title=title, text=text))
+    return out
+
+
+def query(rng: random.Random, vocab: list[str]) -> str:
+    def term() -> str:
+        w = vocab[rng.randrange(200, VOCAB_SIZE)]  # content words, not the commonest
+        kind = rng.random()
+        if kind < 0.25:
+            return f'"{w} {vocab[rng.randrange(200, VOCAB_SIZE)]}"'
+        if kind < 0.4 and len(w) >= 7:  # analysts cut a word, not a syllable: licen*
+            return f"{w[:-2]}*"
+        return w
+
+    def group(n: int) -> str:
+        return "(" + " OR ".join(term() for _ in range(n)) + ")"
+
+    q = f"{group(rng.randint(2, 6))} AND {group(rng.randint(2, 6))}"
+    kind = rng.random()
+    if kind < 0.3:
+        q += f" NOT {group(2)}"
+    elif kind < 0.45:
+        q = f"{group(3)} NEAR/5 {group(3)}"
+    elif kind < 0.55:
+        q = f"title:{group(3)} AND {group(3)}"
+    return q
+
+
+def rules(rng: random.Random, vocab: list[str], n: int) -> list[CompiledRule]:
+    out = []
+    for i in range(n):
+        q = query(rng, vocab)
+        rule = Rule(
+            id=f"r{i}", title=f"r{i}", event_type=EventType.EXPORT_RESTRICTION,
+            severity=Severity.HIGH, query=q,
+        )  # fmt: skip
+        out.append(CompiledRule(rule, parse_query(q), "bench", i))
+    return out
+
+
+def load_times(compiled: list[CompiledRule]) -> tuple[float, float]:
+    """Seconds to load the rules from a YAML file: parsing it, then from the rule cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rules.yaml"
+        rules = [r.rule.model_dump(mode="json", exclude_defaults=True) for r in compiled]
+        path.write_text(yaml.safe_dump({"rules": rules}, allow_unicode=True))
+        cache = RuleCache(Path(tmp) / "cache")
+        start = time.perf_counter()
+        load_rules([path], cache=cache)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        loaded, _ = load_rules([path], cache=cache)
+        warm = time.perf_counter() - start
+        assert len(loaded) == len(compiled) and cache.hits == 1
+        return cold, warm
+
+
+def main() -> None:
+    rng = random.Random(3)
+    vocab = vocabulary(rng)
+    corpus = items(rng, vocab)
+    start = time.process_time()
+    for item in corpus:
+        normalize(item.title)
+        normalize(item.text)
+    floor = len(corpus) / (time.process_time() - start)
+    for n in RULE_COUNTS:
+        start = time.perf_counter()
+        compiled = rules(rng, vocab, n)
+        parse_s = time.perf_counter() - start
+        start = time.perf_counter()
+        matcher = Matcher(compiled)
+        build_s = time.perf_counter() - start
+        hits = 0
+        start = time.process_time()
+        for item in corpus:
+            hits += len(matcher.match(item))
+        elapsed = time.process_time() - start
+        load_s, cached_load_s = load_times(compiled)
+        print(
+            json.dumps(
+                {
+                    "rules": n,
+                    "items": len(corpus),
+                    "items_per_s": round(len(corpus) / elapsed),
+                    "floor_items_per_s": round(floor),
+                    "hits": hits,
+                    "parse_s": round(parse_s, 3),
+                    "build_s": round(build_s, 3),
+                    "load_s": round(load_s, 3),
+                    "cached_load_s": round(cached_load_s, 3),
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
