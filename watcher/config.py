@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -56,6 +57,17 @@ class PollingConfig(_Strict):
     max_redirects: int = Field(default=constants.FETCH_MAX_REDIRECTS, ge=0)
     jitter_fraction: float = Field(default=constants.POLL_JITTER_FRACTION, ge=0, le=1)
     backoff_max_s: float = Field(default=constants.POLL_BACKOFF_MAX_S, gt=0)
+    # Sources on private, loopback or link-local addresses are refused unless listed here
+    # (for example "127.0.0.0/8" for a feed served on this machine).
+    allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    per_host_concurrency: int = Field(default=constants.FETCH_PER_HOST_CONCURRENCY, ge=1)
+    max_decompression_ratio: int = Field(default=constants.FETCH_MAX_DECOMPRESSION_RATIO, ge=1)
+    user_agent: str = constants.USER_AGENT
+    # next check = clamp(max(interval, RSS ttl, max-age, Expires), min_interval_s, max_interval_s)
+    min_interval_s: float = Field(default=constants.POLL_INTERVAL_MIN_S, gt=0)
+    max_interval_s: float = Field(default=constants.POLL_NEXT_MAX_S, gt=0)
+    error_limit: int = Field(default=constants.POLL_ERROR_LIMIT, ge=1)
+    broken_interval_s: float = Field(default=constants.POLL_BROKEN_INTERVAL_S, gt=0)
 
 
 class OutboxConfig(_Strict):

@@ -21,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from watcher import constants
 from watcher.config import Config
+from watcher.fetch import fetch_session, limits_from_config
 from watcher.metrics import Metrics
 from watcher.models import Clock, utc_now
 from watcher.notify import build_notifiers
@@ -37,6 +38,7 @@ METRICS = web.AppKey("metrics", Metrics)
 MATCHER = web.AppKey("matcher", Matcher)
 STORE = web.AppKey("store", Store)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", OutboxWorker)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
@@ -90,6 +92,12 @@ class Poller:
         except Exception:  # a bug or a store outage must not kill the job
             logger.exception("source %s: poll failed unexpectedly", source_id)
             return
+        if outcome.outcome in ("gone", "inactive"):
+            if outcome.error is not None:
+                logger.warning("%s; polling stopped until the source's URL changes", outcome.error)
+            with contextlib.suppress(Exception):  # the job may be gone during shutdown
+                self.scheduler.remove_job(self.job_id(source_id))
+            return
         if outcome.error is None:
             if outcome.new_items:
                 logger.info(
@@ -98,11 +106,15 @@ class Poller:
                     outcome.new_items,
                     len(outcome.alerts),
                 )
-            self._set_interval(source_id, float(source.interval_s))
+            self._set_interval(source_id, outcome.next_poll_in_s or float(source.interval_s))
             return
         delay = outcome.next_poll_in_s or float(source.interval_s)
         logger.warning(
-            "%s; next poll in %.0fs (error %d in a row)", outcome.error, delay, outcome.error_count
+            "%s; next poll in %.0fs (error %d in a row%s)",
+            outcome.error,
+            delay,
+            outcome.error_count,
+            ", flagged broken" if outcome.broken else "",
         )
         self._set_interval(source_id, delay)
 
@@ -133,6 +145,13 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _fetch_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Sources get their own session: address guard at connect time, no cookies."""
+    async with fetch_session(limits_from_config(app[CONFIG].polling)) as session:
+        app[FETCH_SESSION] = session
+        yield
+
+
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     config, clock, metrics = app[CONFIG], app[CLOCK], app[METRICS]
     worker = OutboxWorker(
@@ -146,7 +165,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     pipeline = build_pipeline(
         config,
         store=app[STORE],
-        session=app[SESSION],
+        session=app[FETCH_SESSION],
         matcher=lambda: matcher,
         metrics=metrics,
         clock=clock,
@@ -226,7 +245,9 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
     app[METRICS] = Metrics()
     app[MATCHER] = matcher
     app[METRICS].rules_loaded.set(len(matcher))
-    app.cleanup_ctx.extend([_store_ctx, _session_ctx, _workers_ctx, _scheduler_ctx])
+    app.cleanup_ctx.extend(
+        [_store_ctx, _session_ctx, _fetch_session_ctx, _workers_ctx, _scheduler_ctx]
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

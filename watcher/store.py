@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -27,11 +28,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     event,
     func,
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -81,6 +84,9 @@ sources = Table(
     Column("error_count", Integer, nullable=False, server_default="0"),
     Column("items_seen", BigInteger, nullable=False, server_default="0"),
     Column("next_poll_at", UTCDateTime),
+    # issue 6: where a 301/308 moved the feed, and whether it is still polled (410 stops it)
+    Column("moved_url", Text),
+    Column("active", Boolean, nullable=False, server_default=true()),
 )
 
 items = Table(
@@ -149,6 +155,13 @@ class SourceState:
     error_count: int
     items_seen: int
     next_poll_at: datetime | None
+    moved_url: str | None = None
+    active: bool = True
+
+    @property
+    def poll_url(self) -> str:
+        """The URL to poll: where a permanent redirect moved the feed, else the configured one."""
+        return self.moved_url or self.url
 
 
 @dataclass(frozen=True)
@@ -355,7 +368,17 @@ class Store:
                 stmt = (
                     _insert(conn, sources)
                     .values(id=source_id, url=url, error_count=0, items_seen=0)
-                    .on_conflict_do_update(index_elements=["id"], set_={"url": url})
+                    .on_conflict_do_update(
+                        index_elements=["id"],
+                        set_={
+                            "url": url,
+                            # a new configured URL forgets an old move and a 410
+                            "moved_url": case(
+                                (sources.c.url == url, sources.c.moved_url), else_=None
+                            ),
+                            "active": case((sources.c.url == url, sources.c.active), else_=True),
+                        },
+                    )
                 )
                 await conn.execute(stmt)
 
@@ -407,6 +430,22 @@ class Store:
                 select(sources.c.error_count).where(sources.c.id == source_id)
             )
         return int(count or 0)
+
+    async def record_moved(self, source_id: str, url: str) -> None:
+        """A 301/308 chain moved the feed: poll the new URL from now on."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sources).where(sources.c.id == source_id).values(moved_url=url)
+            )
+
+    async def deactivate_source(self, source_id: str, reason: str) -> None:
+        """Stop polling a source (HTTP 410) until its config changes."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sources)
+                .where(sources.c.id == source_id)
+                .values(active=False, last_error=reason[:2000], next_poll_at=None)
+            )
 
     # ------------------------------------------------------------ outbox
 
