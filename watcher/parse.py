@@ -20,6 +20,7 @@ import feedparser
 
 from watcher import constants
 from watcher.errors import ParseError
+from watcher.fastparse import fast_parse
 from watcher.models import Item
 from watcher.text import html_to_text, normalize
 
@@ -184,6 +185,16 @@ def parse_document(
             _parse_json_feed(stripped, source_id=source_id, language=language, tags=tags)
         )
     refuse_entities(body, source_id=source_id)
+    fast = fast_parse(
+        body,
+        source_id=source_id,
+        content_type=content_type,
+        base_url=base_url,
+        language=language,
+        tags=tags,
+    )
+    if fast is not None:
+        return ParsedFeed(fast[0], _ttl_s(fast[1]))
     return _parse_with_feedparser(
         body,
         source_id=source_id,

@@ -65,13 +65,16 @@ def _is_diacritic(ch: str) -> bool:
     return "\u0300" <= ch <= "\u036f"
 
 
+_DIACRITICS = re.compile("[\u0300-\u036f]")  # the same range as _is_diacritic
+
+
 def normalize(text: str) -> str:
     """NFKC, case-folded, accents folded: the form rules and texts are compared in."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     if folded.isascii():
         return folded
     decomposed = unicodedata.normalize("NFD", folded)
-    return unicodedata.normalize("NFC", "".join(c for c in decomposed if not _is_diacritic(c)))
+    return unicodedata.normalize("NFC", _DIACRITICS.sub("", decomposed))
 
 
 _WORD = re.compile(r"\w+")
