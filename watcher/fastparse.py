@@ -21,7 +21,7 @@ from typing import Any
 
 from feedparser.datetimes import _parse_date
 from feedparser.mixin import _FeedParserMixin
-from feedparser.urls import _urljoin
+from feedparser.urls import _urljoin, make_safe_absolute_uri
 from lxml import etree
 
 from watcher.models import Item
@@ -80,8 +80,8 @@ _ATOM_FIELDS: dict[tuple[str, str], str] = {
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Markup feedparser's sanitiser and our text extractor treat differently.
 _RISKY_MARKUP = re.compile(
-    rb"<\s*/?\s*(noscript|template|iframe|object|svg|math|applet|embed|frame|xmp|plaintext|listing)\b"
-    rb"|xml:base|\sbase\s*=",
+    rb"<\s*/?\s*(noscript|template|object|svg|math|applet|embed|frame|xmp|plaintext|listing)\b"
+    rb"|\sbase\s*=",
     re.IGNORECASE,
 )
 _RISKY_TEXT = re.compile(
@@ -89,6 +89,9 @@ _RISKY_TEXT = re.compile(
     r"|plaintext|listing)\b",
     re.IGNORECASE,
 )
+# An empty <iframe ...></iframe> (an embed) reads the same both ways: nothing.
+_EMPTY_IFRAME = re.compile(r"<iframe\b[^<>]*>\s*</iframe\s*>", re.IGNORECASE)
+_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 # C1 controls: feedparser reads them as windows-1252 ("demoronizing"); lxml keeps them.
 _C1 = re.compile("[\x80-\x9f]")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.IGNORECASE)
@@ -168,6 +171,16 @@ def _read(
 
     ns, local = _split(root.tag)
     root_lang = root.get(_XML_LANG)
+    page_url = base_url  # parse.py falls back to this for the feed's link
+    xml_base = root.get(_XML_BASE)
+    if xml_base is not None:
+        if root.xpath("count(//@xml:base)") != 1:
+            raise _GiveUp  # nested bases: feedparser's stack of them is its business
+        # feedparser's rule for the document element's xml:base
+        if base_url:
+            base_url = make_safe_absolute_uri(base_url, xml_base) or base_url
+        else:
+            base_url = _urljoin(base_url, xml_base)
     if ns == "" and local == "rss":
         channels = [c for c in root if _split(c.tag) == ("", "channel")]
         if len(channels) != 1 or len(root) != 1:
@@ -195,7 +208,7 @@ def _read(
     else:
         raise _GiveUp
     feed = _feed_fields(feed_el, ns == RDF, base_url)
-    feed_link = feed.get("link") or base_url
+    feed_link = feed.get("link") or page_url
     feed_lang = _language(
         feed.get("language") or (root_lang.replace("_", "-") if root_lang else None), language
     )
@@ -294,7 +307,9 @@ def _fields(
                 ctype = child.get("type", "text").lower()
                 if ctype not in ("text", "html", "text/html", "text/plain") or child.get("src"):
                     raise _GiveUp
-            if _RISKY_TEXT.search(value) or _C1.search(value):
+            if _C1.search(value):
+                raise _GiveUp
+            if _RISKY_TEXT.search(value) and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value)):
                 raise _GiveUp
             out[name] = value
         elif name == "link":

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 import aiohttp
 
 from watcher import constants
+from watcher.batching import Batcher
 from watcher.config import Config, SourceConfig
 from watcher.errors import FetchError, FetchReason, ParseError
 from watcher.fetch import Fetcher, limits_from_config
@@ -29,7 +30,7 @@ from watcher.parse import parse_document
 from watcher.polite import PollPolicy
 from watcher.route import Router
 from watcher.rules import Matcher
-from watcher.store import NewAlert, Store
+from watcher.store import NewAlert, SourceState, Store
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ class Pipeline:
     ) -> None:
         self.backoff_max_s = backoff_max_s
         self.policy = policy or PollPolicy(backoff_max_s=backoff_max_s)
+        # group commit for the common, cheap case: many polls share one round trip
+        self._states: Batcher[str, SourceState | None] = Batcher(store.source_states)
+        self._unchanged: Batcher[tuple[str, datetime | None], None] = Batcher(
+            store.record_polls_unchanged
+        )
         self.store = store
         self.fetcher = fetcher
         self.matcher = matcher
@@ -100,7 +106,7 @@ class Pipeline:
         counter on success, the error and its reason (and a backed-off next
         poll time) on failure.
         """
-        state = await self.store.source_state(source.id)
+        state = await self._states.run(source.id)
         if state is not None and not state.active:
             return PollOutcome(source.id, "inactive")
         url = state.poll_url if state else str(source.url)
@@ -117,9 +123,7 @@ class Pipeline:
             body_hash = hashlib.sha256(result.body).hexdigest() if not result.not_modified else None
             if result.not_modified or (state and body_hash == state.body_hash):
                 delay = self.policy.next_check_s(source.interval_s, fresh_for_s=result.fresh_for_s)
-                await self.store.record_poll_unchanged(
-                    source.id, next_poll_at=self.clock() + timedelta(seconds=delay)
-                )
+                await self._unchanged.run((source.id, self.clock() + timedelta(seconds=delay)))
                 self.metrics.polls.labels(source.id, "unchanged").inc()
                 return PollOutcome(
                     source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to

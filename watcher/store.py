@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     case,
     event,
     func,
@@ -430,6 +431,34 @@ class Store:
                 select(sources.c.error_count).where(sources.c.id == source_id)
             )
         return int(count or 0)
+
+    async def source_states(self, source_ids: Sequence[str]) -> list[SourceState | None]:
+        """Many sources' state in one query, aligned with `source_ids`."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(sources).where(sources.c.id.in_(set(source_ids))))
+            by_id = {r.id: SourceState(**r._asdict()) for r in rows}
+        return [by_id.get(i) for i in source_ids]
+
+    async def record_polls_unchanged(
+        self, polls: Sequence[tuple[str, datetime | None]]
+    ) -> list[None]:
+        """Many `record_poll_unchanged` in one transaction: (source id, next poll at)."""
+        now = self.clock()
+        stmt = (
+            update(sources)
+            .where(sources.c.id == bindparam("b_id"))
+            .values(
+                last_polled_at=now,
+                last_success_at=now,
+                last_error=None,
+                last_error_reason=None,
+                error_count=0,
+                next_poll_at=bindparam("b_next"),
+            )
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt, [{"b_id": i, "b_next": n} for i, n in polls])
+        return [None] * len(polls)
 
     async def record_moved(self, source_id: str, url: str) -> None:
         """A 301/308 chain moved the feed: poll the new URL from now on."""
