@@ -173,9 +173,9 @@ def _read(
     root_lang = root.get(_XML_LANG)
     page_url = base_url  # parse.py falls back to this for the feed's link
     xml_base = root.get(_XML_BASE)
+    if root.xpath("count(//@xml:base)") != (0 if xml_base is None else 1):
+        raise _GiveUp  # bases below the root: feedparser's stack of them is its business
     if xml_base is not None:
-        if root.xpath("count(//@xml:base)") != 1:
-            raise _GiveUp  # nested bases: feedparser's stack of them is its business
         # feedparser's rule for the document element's xml:base
         if base_url:
             base_url = make_safe_absolute_uri(base_url, xml_base) or base_url
