@@ -15,6 +15,7 @@ from watcher.config import load_config
 from watcher.errors import WatcherError
 from watcher.inputs import read_items
 from watcher.rules import Matcher, check_examples, load_rules
+from watcher.sources_cli import add_commands as add_sources_commands
 
 logger = logging.getLogger("watcher")
 
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", type=Path, default=Path("rules"))
     p.add_argument("--input", type=Path, required=True)
     p.set_defaults(func=cmd_rules_test)
+    add_sources_commands(sub)
     return parser
 
 

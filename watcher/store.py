@@ -473,7 +473,13 @@ class Store:
             await conn.execute(
                 update(sources)
                 .where(sources.c.id == source_id)
-                .values(active=False, last_error=reason[:2000], next_poll_at=None)
+                .values(
+                    active=False,
+                    last_error=reason[:2000],
+                    last_error_reason="gone",
+                    last_polled_at=self.clock(),
+                    next_poll_at=None,
+                )
             )
 
     # ------------------------------------------------------------ outbox
