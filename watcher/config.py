@@ -167,6 +167,8 @@ class Config(BaseSettings):
     polling: PollingConfig = Field(default_factory=PollingConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
+    # ids from the shipped catalogue (watcher/catalogue.toml) to poll as well
+    catalogue: list[str] = Field(default_factory=list)
     receivers: list[ReceiverConfig] = Field(default_factory=list)
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
 
@@ -181,6 +183,18 @@ class Config(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment wins over the file.
         return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_catalogue(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("catalogue"):
+            from watcher.catalogue import expand
+
+            configured = [
+                s if isinstance(s, dict) else s.model_dump() for s in data.get("sources") or []
+            ]
+            data = {**data, "sources": expand(list(data["catalogue"]), configured)}
+        return data
 
     @model_validator(mode="after")
     def _check_references(self) -> Config:

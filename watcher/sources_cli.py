@@ -147,6 +147,26 @@ async def sources_check(
     return "\n".join(lines), 1 if failed else 0
 
 
+def catalogue_table() -> str:
+    from watcher.catalogue import catalogue
+
+    rows = [["ID", "FORMAT", "LANG", "JURISDICTION", "TAGS", "URL"]]
+    rows.extend(
+        [e.id, e.format, e.language, e.jurisdiction, ",".join(e.tags), e.url]
+        for e in catalogue().values()
+    )
+    return (
+        _table(rows)
+        + '\n\nEnable entries with `catalogue = ["id", ...]` in the config. '
+        + "The URLs were not checked live from the development machine."
+    )
+
+
+def cmd_sources_catalogue(args: argparse.Namespace) -> int:
+    print(catalogue_table())
+    return 0
+
+
 def cmd_sources_list(args: argparse.Namespace) -> int:
     print(asyncio.run(sources_list(load_config(args.config))))
     return 0
@@ -169,3 +189,5 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("ids", nargs="*", help="source ids (default: every enabled source)")
     p.add_argument("-c", "--config", type=Path, default=Path("config.toml"))
     p.set_defaults(func=cmd_sources_check)
+    p = sources.add_parser("catalogue", help="the shipped catalogue of real sources")
+    p.set_defaults(func=cmd_sources_catalogue)
