@@ -21,7 +21,7 @@ def test_every_entry_is_a_valid_source() -> None:
     for entry in entries.values():
         source = SourceConfig.model_validate(entry.as_source())
         assert str(source.url).startswith("https://"), entry.id
-        assert entry.format in ("rss", "atom")
+        assert entry.format in ("rss", "atom", "federal-register-json")
         assert entry.language in ("en", "ja", "zh")
         assert entry.jurisdiction and entry.tags and entry.source
     jurisdictions = {e.jurisdiction for e in entries.values()}

@@ -21,6 +21,7 @@ import feedparser
 from watcher import constants
 from watcher.errors import ParseError
 from watcher.fastparse import fast_parse
+from watcher.federal_register import is_federal_register, items_from_api
 from watcher.models import Item
 from watcher.text import html_to_text, normalize
 
@@ -280,6 +281,8 @@ def _parse_json_feed(
         doc = json.loads(body)
     except (ValueError, RecursionError):
         raise ParseError("invalid JSON", source_id=source_id) from None
+    if is_federal_register(doc):
+        return items_from_api(doc, source_id=source_id, tags=tags)
     if not (
         isinstance(doc, dict)
         and "jsonfeed.org/version" in str(doc.get("version", ""))
