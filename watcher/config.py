@@ -70,6 +70,14 @@ class PollingConfig(_Strict):
     broken_interval_s: float = Field(default=constants.POLL_BROKEN_INTERVAL_S, gt=0)
 
 
+class HealthConfig(_Strict):
+    """Source health notices (broken or quiet sources) to an operator's receiver."""
+
+    operator_receiver: str | None = None
+    broken_after_errors: int = Field(default=5, ge=1)
+    check_interval_s: float = Field(default=300.0, gt=0)
+
+
 class OutboxConfig(_Strict):
     max_attempts: int = Field(default=constants.OUTBOX_MAX_ATTEMPTS, ge=1)
     backoff_base_s: float = Field(default=constants.OUTBOX_BACKOFF_BASE_S, gt=0)
@@ -88,6 +96,8 @@ class SourceConfig(_Strict):
     tags: list[str] = Field(default_factory=list)
     language: str = ""
     enabled: bool = True
+    # raise a source-health notice when no new item came for this long (off when unset)
+    quiet_after_s: int | None = Field(default=None, ge=60)
 
 
 def _secret_from_env(var: str | None, what: str) -> SecretStr | None:
@@ -166,6 +176,7 @@ class Config(BaseSettings):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     polling: PollingConfig = Field(default_factory=PollingConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     # ids from the shipped catalogue (watcher/catalogue.toml) to poll as well
     catalogue: list[str] = Field(default_factory=list)
@@ -215,6 +226,9 @@ class Config(BaseSettings):
                 for name in sub.receivers
                 if name not in receiver_ids
             )
+        operator = self.health.operator_receiver
+        if operator is not None and operator not in receiver_ids:
+            problems.append(f"health.operator_receiver: unknown receiver '{operator}'")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from watcher import constants
 from watcher.config import Config
 from watcher.fetch import fetch_session, limits_from_config
+from watcher.health import HealthMonitor
 from watcher.metrics import Metrics
 from watcher.models import Clock, utc_now
 from watcher.notify import build_notifiers
@@ -194,6 +195,26 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         coalesce=True,
         misfire_grace_time=int(config.outbox.sweep_interval_s) + 1,
     )
+    if config.health.operator_receiver:
+        monitor = HealthMonitor(
+            store=app[STORE], config=config, session=app[SESSION], clock=app[CLOCK]
+        )
+
+        async def check_health() -> None:
+            try:
+                for notice in await monitor.check():
+                    logger.warning("source health: %s: %s", notice.subject, notice.detail)
+            except Exception:  # a store outage must not kill the job
+                logger.exception("source health check failed")
+
+        scheduler.add_job(
+            check_health,
+            IntervalTrigger(seconds=config.health.check_interval_s, timezone="UTC"),
+            id="source-health",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(config.health.check_interval_s) + 1,
+        )
     scheduler.start()
     app[SCHEDULER] = scheduler
     logger.info(
