@@ -78,6 +78,14 @@ class HealthConfig(_Strict):
     check_interval_s: float = Field(default=300.0, gt=0)
 
 
+class WebSubConfig(_Strict):
+    """WebSub push: subscribe to hubs that feeds advertise. Off unless callback_base_url is set."""
+
+    callback_base_url: AnyHttpUrl | None = None  # how hubs reach this service's API
+    lease_s: int = Field(default=10 * 86400, ge=60)
+    renew_before_s: int = Field(default=86400, ge=60)
+
+
 class OutboxConfig(_Strict):
     max_attempts: int = Field(default=constants.OUTBOX_MAX_ATTEMPTS, ge=1)
     backoff_base_s: float = Field(default=constants.OUTBOX_BACKOFF_BASE_S, gt=0)
@@ -177,6 +185,7 @@ class Config(BaseSettings):
     polling: PollingConfig = Field(default_factory=PollingConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    websub: WebSubConfig = Field(default_factory=WebSubConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     # ids from the shipped catalogue (watcher/catalogue.toml) to poll as well
     catalogue: list[str] = Field(default_factory=list)

@@ -140,7 +140,8 @@ def fast_parse(
     language: str,
     tags: Iterable[str],
 ) -> tuple[list[Item], Any] | None:
-    """(items, raw ttl) when the fast path reproduces feedparser exactly, else None."""
+    """(items, feed fields: link, language, ttl, hub, self) when the fast path reproduces
+    feedparser exactly, else None."""
     if _RISKY_MARKUP.search(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")):
         return None
     m = _CHARSET.search(content_type)
@@ -237,7 +238,7 @@ def _read(
                 tags=tags,
             )
         )
-    return items, feed.get("ttl")
+    return items, feed
 
 
 def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
@@ -255,6 +256,9 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
             out["link"] = _urljoin(base, value)
         elif key == (ATOM, "link"):
             _atom_link(child, out, base)
+            rel = child.get("rel", "")
+            if rel in ("hub", "self") and child.get("href"):
+                out.setdefault(rel, _urljoin(base, child.get("href").strip()))  # WebSub
         elif key == (ATOM, "id"):
             value = _text(child)  # feedparser: an Atom id doubles as the link when none is given
             out.setdefault("link", _urljoin(base, value) if value else value)

@@ -257,6 +257,10 @@ class Fetcher:
             slot = self._host_slots[host] = asyncio.Semaphore(self.limits.per_host_concurrency)
         return slot
 
+    async def check_url(self, source_id: str, url: str) -> None:
+        """Raise FetchError unless `url` is http(s) on an allowed address (e.g. a WebSub hub)."""
+        await self._check_host(source_id, url)
+
     async def _check_host(self, source_id: str, url: str) -> str:
         try:
             parts = urlsplit(url)

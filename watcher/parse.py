@@ -122,6 +122,8 @@ def make_item(
 class ParsedFeed:
     items: list[Item]
     ttl_s: float | None = None  # RSS <ttl>, in seconds
+    hub: str | None = None  # a WebSub hub the feed advertises (<link rel="hub">)
+    self_url: str | None = None  # the feed's own URL (<link rel="self">), the WebSub topic
 
 
 _ENTITY_MARKERS = tuple(
@@ -195,7 +197,8 @@ def parse_document(
         tags=tags,
     )
     if fast is not None:
-        return ParsedFeed(fast[0], _ttl_s(fast[1]))
+        meta = fast[1]
+        return ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), meta.get("hub"), meta.get("self"))
     return _parse_with_feedparser(
         body,
         source_id=source_id,
@@ -261,7 +264,12 @@ def _parse_with_feedparser(
                 tags=tag_tuple,
             )
         )
-    return ParsedFeed(items, _ttl_s(feed.get("ttl")))
+    links = [link for link in feed.get("links") or [] if isinstance(link, Mapping)]
+    hub = next((str(x.get("href")) for x in links if x.get("rel") == "hub" and x.get("href")), None)
+    own = next(
+        (str(x.get("href")) for x in links if x.get("rel") == "self" and x.get("href")), None
+    )
+    return ParsedFeed(items, _ttl_s(feed.get("ttl")), hub, own)
 
 
 def _ttl_s(value: object) -> float | None:

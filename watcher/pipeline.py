@@ -91,6 +91,8 @@ class Pipeline:
         self._unchanged: Batcher[tuple[str, datetime | None], None] = Batcher(
             store.record_polls_unchanged
         )
+        # WebSub: told (source id, hub, topic) when a polled feed advertises a hub
+        self.on_hub: Callable[[str, str, str], None] | None = None
         self.store = store
         self.fetcher = fetcher
         self.matcher = matcher
@@ -138,6 +140,8 @@ class Pipeline:
             )
         except (FetchError, ParseError) as exc:
             return await self._failed(source, exc, state.error_count if state else 0)
+        if parsed.hub and self.on_hub is not None:
+            self.on_hub(source.id, parsed.hub, parsed.self_url or result.url)
         delay = self.policy.next_check_s(
             source.interval_s, ttl_s=parsed.ttl_s, fresh_for_s=result.fresh_for_s
         )

@@ -30,6 +30,8 @@ from watcher.outbox import OutboxWorker
 from watcher.pipeline import Pipeline, build_pipeline
 from watcher.rules import Matcher
 from watcher.store import Store
+from watcher.websub import WEBSUB, WebSub
+from watcher.websub import add_routes as add_websub_routes
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +176,14 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[WORKER] = worker
     app[PIPELINE] = pipeline
+    if config.websub.callback_base_url is not None:
+        app[WEBSUB] = WebSub(
+            config=config,
+            pipeline=pipeline,
+            session=app[FETCH_SESSION],
+            clock=clock,
+            rng=random.Random(),
+        )
     task = asyncio.create_task(worker.run_forever(), name="outbox-worker")
     yield
     task.cancel()
@@ -195,6 +205,23 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         coalesce=True,
         misfire_grace_time=int(config.outbox.sweep_interval_s) + 1,
     )
+    websub = app.get(WEBSUB)
+    if websub is not None:
+
+        async def renew_websub() -> None:
+            try:
+                await websub.renew()
+            except Exception:
+                logger.exception("WebSub renewal failed")
+
+        scheduler.add_job(
+            renew_websub,
+            IntervalTrigger(seconds=60, timezone="UTC"),
+            id="websub-renew",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=61,
+        )
     if config.health.operator_receiver:
         monitor = HealthMonitor(
             store=app[STORE], config=config, session=app[SESSION], clock=app[CLOCK]
@@ -271,6 +298,7 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
     )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_websub_routes(app)  # 404 unless [websub] callback_base_url is set
     return app
 
 
