@@ -115,8 +115,8 @@ class HealthMonitor:
         """Judge every enabled source; send and record what changed. Returns what was sent."""
         await self._ensure_table()
         receiver = self.config.receiver(self.config.health.operator_receiver or "")
-        if receiver is None:
-            return []
+        if not isinstance(receiver, EmailReceiverConfig | WebhookReceiverConfig):
+            return []  # none configured, or a receiver type without source-health support
         now = self.clock()
         states = {s.id: s for s in await self.store.list_sources()}
         async with self.store.engine.connect() as conn:
