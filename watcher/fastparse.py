@@ -79,11 +79,22 @@ _ATOM_FIELDS: dict[tuple[str, str], str] = {
 }
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Markup feedparser's sanitiser and our text extractor treat differently.
-_RISKY_MARKUP = re.compile(
+_RISKY_WORDS = (b"noscript", b"template", b"object", b"svg", b"math", b"applet", b"embed",
+                b"frame", b"xmp", b"plaintext", b"listing")  # fmt: skip
+_RISKY_TAG = re.compile(
     rb"<\s*/?\s*(noscript|template|object|svg|math|applet|embed|frame|xmp|plaintext|listing)\b"
-    rb"|\sbase\s*=",
-    re.IGNORECASE,
 )
+_BASE_ATTR = re.compile(rb"\sbase\s*=")
+
+
+def _risky_markup(body: bytes) -> bool:
+    """Markup the fast path does not reproduce; the regexes run only when a word is there."""
+    low = body.lower()  # ASCII-only, as a bytes pattern's IGNORECASE would be
+    if b"base" in low and _BASE_ATTR.search(low):
+        return True
+    return any(w in low for w in _RISKY_WORDS) and _RISKY_TAG.search(low) is not None
+
+
 _RISKY_TEXT = re.compile(
     r"<!|<\s*/?\s*(script|style|noscript|template|iframe|object|svg|math|applet|embed|frame|xmp"
     r"|plaintext|listing)\b",
@@ -142,7 +153,7 @@ def fast_parse(
 ) -> tuple[list[Item], Any] | None:
     """(items, feed fields: link, language, ttl, hub, self) when the fast path reproduces
     feedparser exactly, else None."""
-    if _RISKY_MARKUP.search(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if _risky_markup(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")):
         return None
     m = _CHARSET.search(content_type)
     if m and m.group(1).lower() != _document_encoding(body):
