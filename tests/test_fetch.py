@@ -8,7 +8,9 @@ import pytest
 from tests.conftest import FakeClock
 from tests.servers import FeedServer, Route
 from watcher.errors import FetchError, FetchReason
-from watcher.fetch import Fetcher, FetchLimits, parse_retry_after
+from watcher.fetch import Fetcher, FetchLimits, parse_networks, parse_retry_after
+
+LOOPBACK = parse_networks(["127.0.0.0/8"])
 
 
 @pytest.fixture
@@ -16,7 +18,9 @@ async def fetcher(clock: FakeClock) -> AsyncIterator[Fetcher]:
     async with aiohttp.ClientSession() as session:
         yield Fetcher(
             session=session,
-            limits=FetchLimits(timeout_s=0.5, max_body_bytes=10_000, max_redirects=3),
+            limits=FetchLimits(
+                timeout_s=0.5, max_body_bytes=10_000, max_redirects=3, allow_networks=LOOPBACK
+            ),
             clock=clock,
         )
 

@@ -38,7 +38,7 @@ def make_config(store_url: str, sources: dict[str, str], smtp_port: int, hook_ur
     return Config.model_validate(
         {
             "store": {"url": store_url},
-            "polling": {"timeout_s": 0.5},
+            "polling": {"timeout_s": 0.5, "allow_networks": ["127.0.0.0/8"]},
             "outbox": {"backoff_base_s": 10, "max_attempts": 5},
             "sources": [{"id": k, "url": v, "tags": ["test"]} for k, v in sources.items()],
             "receivers": [

@@ -26,7 +26,7 @@ def write_config(tmp_path: Path, api_port: int, sources: dict[str, str], hook_ur
         f'[api]\nhost = "127.0.0.1"\nport = {api_port}\n',
         f'[rules]\npaths = ["{RULES}"]\n',
         "[outbox]\nsweep_interval_s = 0.5\n",
-        "[polling]\ntimeout_s = 2\n",
+        "[polling]\ntimeout_s = 2\nallow_networks = ['127.0.0.0/8']\n",
     ]
     for source_id, url in sources.items():
         lines.append(f'[[sources]]\nid = "{source_id}"\nurl = "{url}"\ninterval_s = 10\n')

@@ -17,6 +17,7 @@ from watcher.inputs import read_items
 from watcher.models import DeliveryState
 from watcher.rulecache import RuleCache
 from watcher.rules import Matcher, check_examples, load_rules
+from watcher.sources_cli import add_commands as add_sources_commands
 
 logger = logging.getLogger("watcher")
 
@@ -293,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-precision", type=float, default=None, help="exit 1 below this")
     p.add_argument("--min-recall", type=float, default=None, help="exit 1 below this")
     p.set_defaults(func=cmd_rules_eval)
+
+    add_sources_commands(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -75,6 +76,33 @@ class PollingConfig(_Strict):
     max_redirects: int = Field(default=constants.FETCH_MAX_REDIRECTS, ge=0)
     jitter_fraction: float = Field(default=constants.POLL_JITTER_FRACTION, ge=0, le=1)
     backoff_max_s: float = Field(default=constants.POLL_BACKOFF_MAX_S, gt=0)
+    # Sources on private, loopback or link-local addresses are refused unless listed here
+    # (for example "127.0.0.0/8" for a feed served on this machine).
+    allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    per_host_concurrency: int = Field(default=constants.FETCH_PER_HOST_CONCURRENCY, ge=1)
+    max_decompression_ratio: int = Field(default=constants.FETCH_MAX_DECOMPRESSION_RATIO, ge=1)
+    user_agent: str = constants.USER_AGENT
+    # next check = clamp(max(interval, RSS ttl, max-age, Expires), min_interval_s, max_interval_s)
+    min_interval_s: float = Field(default=constants.POLL_INTERVAL_MIN_S, gt=0)
+    max_interval_s: float = Field(default=constants.POLL_NEXT_MAX_S, gt=0)
+    error_limit: int = Field(default=constants.POLL_ERROR_LIMIT, ge=1)
+    broken_interval_s: float = Field(default=constants.POLL_BROKEN_INTERVAL_S, gt=0)
+
+
+class HealthConfig(_Strict):
+    """Source health notices (broken or quiet sources) to an operator's receiver."""
+
+    operator_receiver: str | None = None
+    broken_after_errors: int = Field(default=5, ge=1)
+    check_interval_s: float = Field(default=300.0, gt=0)
+
+
+class WebSubConfig(_Strict):
+    """WebSub push: subscribe to hubs that feeds advertise. Off unless callback_base_url is set."""
+
+    callback_base_url: AnyHttpUrl | None = None  # how hubs reach this service's API
+    lease_s: int = Field(default=10 * 86400, ge=60)
+    renew_before_s: int = Field(default=86400, ge=60)
 
 
 class OutboxConfig(_Strict):
@@ -99,6 +127,8 @@ class SourceConfig(_Strict):
     tags: list[str] = Field(default_factory=list)
     language: str = ""
     enabled: bool = True
+    # raise a source-health notice when no new item came for this long (off when unset)
+    quiet_after_s: int | None = Field(default=None, ge=60)
 
 
 def _secret_from_env(var: str | None, what: str) -> SecretStr | None:
@@ -225,7 +255,11 @@ class Config(BaseSettings):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     polling: PollingConfig = Field(default_factory=PollingConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    websub: WebSubConfig = Field(default_factory=WebSubConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
+    # ids from the shipped catalogue (watcher/catalogue.toml) to poll as well
+    catalogue: list[str] = Field(default_factory=list)
     receivers: list[ReceiverConfig] = Field(default_factory=list)
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     stories: StoriesConfig = Field(default_factory=StoriesConfig)
@@ -241,6 +275,18 @@ class Config(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment wins over the file.
         return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_catalogue(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("catalogue"):
+            from watcher.catalogue import expand
+
+            configured = [
+                s if isinstance(s, dict) else s.model_dump() for s in data.get("sources") or []
+            ]
+            data = {**data, "sources": expand(list(data["catalogue"]), configured)}
+        return data
 
     @model_validator(mode="after")
     def _check_references(self) -> Config:
@@ -261,6 +307,9 @@ class Config(BaseSettings):
                 for name in sub.receivers
                 if name not in receiver_ids
             )
+        operator = self.health.operator_receiver
+        if operator is not None and operator not in receiver_ids:
+            problems.append(f"health.operator_receiver: unknown receiver '{operator}'")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -10,6 +10,9 @@ FETCH_CONNECT_TIMEOUT_S = 10.0
 FETCH_MAX_BODY_BYTES = 10 * 1024 * 1024
 FETCH_MAX_REDIRECTS = 5
 FETCH_CHUNK_BYTES = 64 * 1024
+FETCH_PER_HOST_CONCURRENCY = 4
+# A compressed body may expand at most this many times (a zip bomb expands ~1000x).
+FETCH_MAX_DECOMPRESSION_RATIO = 200
 
 # polling
 POLL_INTERVAL_DEFAULT_S = 900
@@ -17,6 +20,9 @@ POLL_INTERVAL_MIN_S = 10
 POLL_JITTER_FRACTION = 0.1
 POLL_BACKOFF_MAX_S = 6 * 3600
 POLL_MISFIRE_GRACE_S = 60
+POLL_NEXT_MAX_S = 24 * 3600  # no server hint may make us poll less often than this
+POLL_ERROR_LIMIT = 10  # consecutive errors after which a source is flagged and polled rarely
+POLL_BROKEN_INTERVAL_S = 24 * 3600  # how often a flagged source is still tried
 
 # outbox
 OUTBOX_SWEEP_INTERVAL_S = 5.0

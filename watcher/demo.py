@@ -149,6 +149,7 @@ async def run_demo(*, rules: Path = Path("rules")) -> int:
             config = Config.model_validate(
                 {
                     "store": {"url": f"sqlite+aiosqlite:///{tmp}/demo.db"},
+                    "polling": {"allow_networks": ["127.0.0.0/8"]},  # the local feed server
                     "sources": [
                         {"id": Path(name).stem, "url": f"http://127.0.0.1:{feed_port}/feeds/{name}"}
                         for name in feeds

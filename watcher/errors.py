@@ -69,6 +69,9 @@ class FetchReason(StrEnum):
     TOO_MANY_REDIRECTS = "too_many_redirects"
     BAD_URL = "bad_url"
     PROTOCOL = "protocol"
+    BLOCKED_ADDRESS = "blocked_address"  # private/loopback/link-local, not allowed by config
+    GONE = "gone"  # HTTP 410: the source is deactivated
+    DECODING = "decoding"  # a broken gzip/deflate body
 
 
 class FetchError(WatcherError):

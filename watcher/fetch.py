@@ -1,20 +1,34 @@
 """Fetch stage: one conditional HTTP GET of a source, with every limit applied.
 
 The status policy lives in one function (`Fetcher.fetch`): 200 gives a body,
-304 gives nothing new, 429/503 carry Retry-After, anything else is an error
-with a fixed reason. The body is read through a size cap while streaming, so a
-huge (or decompression-bomb) body is cut off at the cap, not after.
+304 gives nothing new, 301/308 chains report the new permanent URL, 410 is
+`GONE`, 429/503 carry Retry-After, anything else is an error with a fixed
+reason. Redirects are followed by hand (bounded), so every hop's address is
+checked: private, loopback and link-local addresses are refused unless the
+config allows their network. The body is read through a size cap while
+streaming, and gzip/deflate are decoded here, incrementally and under the same
+cap, so a decompression bomb is cut off at the cap, not after.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import ipaddress
+import socket
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from watcher import constants
+from watcher.config import PollingConfig
 from watcher.errors import FetchError, FetchReason
 from watcher.models import Clock
 
@@ -22,6 +36,12 @@ ACCEPT = (
     "application/atom+xml, application/rss+xml, application/rdf+xml, application/feed+json, "
     "application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
 )
+ACCEPT_ENCODING = "gzip, deflate"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_PERMANENT = frozenset({301, 308})
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -32,6 +52,8 @@ class FetchResult:
     last_modified: str | None
     content_type: str
     url: str
+    moved_to: str | None = None  # the new URL when every redirect was permanent (301/308)
+    fresh_for_s: float | None = None  # from Cache-Control max-age or Expires
 
     @property
     def not_modified(self) -> bool:
@@ -54,12 +76,169 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def parse_freshness(
+    cache_control: str | None, expires: str | None, date: str | None, now: datetime
+) -> float | None:
+    """How long the server says the response stays fresh, in seconds (None: no hint).
+
+    `Cache-Control: max-age` wins over `Expires` (RFC 9111); `no-cache`/`no-store`
+    give no hint rather than "poll constantly". Expires is taken relative to the
+    server's Date when there is one, so a skewed server clock does not matter.
+    """
+    if cache_control:
+        directives = [d.strip().lower() for d in cache_control.split(",")]
+        for d in directives:
+            name, _, value = d.partition("=")
+            if name.strip() == "max-age":
+                value = value.strip().strip('"')
+                if value.isdigit():
+                    return float(value)
+                return None
+        if any(d in ("no-cache", "no-store") for d in directives):
+            return None
+    if expires:
+        try:
+            when = parsedate_to_datetime(expires.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        base = now
+        if date:
+            try:
+                server_now = parsedate_to_datetime(date.strip())
+                if server_now.tzinfo is not None:
+                    base = server_now
+            except (TypeError, ValueError, IndexError):
+                pass
+        return max(0.0, (when - base).total_seconds())
+    return None
+
+
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+class BlockedAddressError(OSError):
+    """A host resolves only to addresses the config does not allow."""
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which IP addresses a source may resolve to: public ones, plus allowed networks."""
+
+    allow: tuple[IPNetwork, ...] = ()
+
+    def allows(self, address: str | IPAddress) -> bool:
+        try:
+            ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.allow if net.version == ip.version):
+            return True
+        return ip.is_global and not ip.is_multicast
+
+    def check(self, host: str, addresses: Sequence[str]) -> None:
+        refused = [a for a in addresses if not self.allows(a)]
+        if refused or not addresses:
+            where = (
+                f"address {host}"
+                if list(addresses) == [host]
+                else f"{host} resolves to {', '.join(refused) or 'nothing'}"
+            )
+            raise BlockedAddressError(
+                f"{where}: private, loopback and link-local addresses are refused "
+                "unless [polling] allow_networks lists them"
+            )
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that refuses disallowed addresses at connect time.
+
+    The Fetcher checks every hop before it asks; this resolver checks again at the
+    moment aiohttp connects, so a DNS answer that changes in between (DNS
+    rebinding) is refused too.
+    """
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        self.policy.check(host, [r["host"] for r in results])
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 @dataclass(frozen=True)
 class FetchLimits:
     timeout_s: float = constants.FETCH_TIMEOUT_S
     connect_timeout_s: float = constants.FETCH_CONNECT_TIMEOUT_S
     max_body_bytes: int = constants.FETCH_MAX_BODY_BYTES
     max_redirects: int = constants.FETCH_MAX_REDIRECTS
+    per_host_concurrency: int = constants.FETCH_PER_HOST_CONCURRENCY
+    max_decompression_ratio: int = constants.FETCH_MAX_DECOMPRESSION_RATIO
+    allow_networks: tuple[IPNetwork, ...] = field(default=())
+    user_agent: str = constants.USER_AGENT
+
+
+def limits_from_config(p: PollingConfig) -> FetchLimits:
+    return FetchLimits(
+        timeout_s=p.timeout_s,
+        connect_timeout_s=p.connect_timeout_s,
+        max_body_bytes=p.max_body_bytes,
+        max_redirects=p.max_redirects,
+        per_host_concurrency=p.per_host_concurrency,
+        max_decompression_ratio=p.max_decompression_ratio,
+        allow_networks=parse_networks(str(n) for n in p.allow_networks),
+        user_agent=p.user_agent,
+    )
+
+
+def fetch_session(limits: FetchLimits) -> aiohttp.ClientSession:
+    """A client session for fetching sources: guarded resolver, no cookies kept."""
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(AddressPolicy(limits.allow_networks)),
+        limit=0,
+        ttl_dns_cache=60,
+    )
+    return aiohttp.ClientSession(
+        connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+    )
+
+
+class _Decoder:
+    """Incremental gzip/deflate decoding under a size cap and a ratio cap."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        # gzip: wbits 31; deflate: zlib-wrapped (auto-detected with 47), raw as a fallback.
+        self._z: Any = zlib.decompressobj(31 if encoding in ("gzip", "x-gzip") else 47)
+        self._raw_tried = encoding not in ("deflate",)
+        self._seen_any = False
+
+    def feed(self, chunk: bytes, room: int) -> bytes:
+        """Decode a chunk; produce at most room+1 bytes (so a caller can see the cap crossed)."""
+        try:
+            out = self._z.decompress(chunk, room + 1)
+        except zlib.error:
+            if self._raw_tried or self._seen_any:
+                raise
+            self._raw_tried = True
+            self._z = zlib.decompressobj(-15)
+            out = self._z.decompress(chunk, room + 1)
+        self._seen_any = True
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        return bytes(self._z.flush())
 
 
 class Fetcher:
@@ -69,54 +248,55 @@ class Fetcher:
         self.session = session
         self.limits = limits
         self.clock = clock
+        self.policy = AddressPolicy(limits.allow_networks)
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
+
+    def _slot(self, host: str) -> asyncio.Semaphore:
+        slot = self._host_slots.get(host)
+        if slot is None:
+            slot = self._host_slots[host] = asyncio.Semaphore(self.limits.per_host_concurrency)
+        return slot
+
+    async def check_url(self, source_id: str, url: str) -> None:
+        """Raise FetchError unless `url` is http(s) on an allowed address (e.g. a WebSub hub)."""
+        await self._check_host(source_id, url)
+
+    async def _check_host(self, source_id: str, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            port = parts.port
+        except ValueError as exc:
+            raise FetchError(FetchReason.BAD_URL, str(exc), source_id=source_id) from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise FetchError(
+                FetchReason.BAD_URL, f"not an http(s) URL: {url[:200]}", source_id=source_id
+            )
+        try:
+            ipaddress.ip_address(host)
+            addresses = [host]
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port or 80, type=socket.SOCK_STREAM
+                )
+            except OSError as exc:
+                raise FetchError(
+                    FetchReason.CONNECT, f"cannot resolve {host}: {exc}", source_id=source_id
+                ) from None
+            addresses = sorted({str(info[4][0]) for info in infos})
+        try:
+            self.policy.check(host, addresses)
+        except BlockedAddressError as exc:
+            raise FetchError(FetchReason.BLOCKED_ADDRESS, str(exc), source_id=source_id) from None
+        return host
 
     async def fetch(
         self, source_id: str, url: str, *, etag: str | None = None, last_modified: str | None = None
     ) -> FetchResult:
-        headers = {"User-Agent": constants.USER_AGENT, "Accept": ACCEPT}
-        if etag:
-            headers["If-None-Match"] = etag
-        if last_modified:
-            headers["If-Modified-Since"] = last_modified
-        timeout = aiohttp.ClientTimeout(
-            total=self.limits.timeout_s, sock_connect=self.limits.connect_timeout_s
-        )
         try:
-            async with self.session.get(
-                url,
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=True,
-                max_redirects=self.limits.max_redirects,
-            ) as resp:
-                if resp.status == 304:
-                    return FetchResult(304, b"", etag, last_modified, "", str(resp.url))
-                if resp.status in (429, 503):
-                    raise FetchError(
-                        FetchReason.HTTP_STATUS,
-                        f"HTTP {resp.status}",
-                        source_id=source_id,
-                        status=resp.status,
-                        retry_after_s=parse_retry_after(
-                            resp.headers.get("Retry-After"), self.clock()
-                        ),
-                    )
-                if resp.status != 200:
-                    raise FetchError(
-                        FetchReason.HTTP_STATUS,
-                        f"HTTP {resp.status}",
-                        source_id=source_id,
-                        status=resp.status,
-                    )
-                body = await self._read_capped(source_id, resp)
-                return FetchResult(
-                    200,
-                    body,
-                    resp.headers.get("ETag"),
-                    resp.headers.get("Last-Modified"),
-                    resp.headers.get("Content-Type", ""),
-                    str(resp.url),
-                )
+            async with asyncio.timeout(self.limits.timeout_s):
+                return await self._fetch(source_id, url, etag=etag, last_modified=last_modified)
         except FetchError:
             raise
         except TimeoutError:
@@ -125,19 +305,21 @@ class Fetcher:
                 f"no complete answer within {self.limits.timeout_s:g}s",
                 source_id=source_id,
             ) from None
-        except aiohttp.TooManyRedirects:
-            raise FetchError(
-                FetchReason.TOO_MANY_REDIRECTS,
-                f"more than {self.limits.max_redirects} redirects",
-                source_id=source_id,
-            ) from None
         except (aiohttp.InvalidURL, ValueError) as exc:
             raise FetchError(FetchReason.BAD_URL, str(exc), source_id=source_id) from None
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedAddressError):
+                raise FetchError(
+                    FetchReason.BLOCKED_ADDRESS, str(exc.os_error), source_id=source_id
+                ) from None
             raise FetchError(
                 FetchReason.CONNECT,
                 f"cannot connect: {exc.os_error.strerror or exc}",
                 source_id=source_id,
+            ) from None
+        except zlib.error as exc:
+            raise FetchError(
+                FetchReason.DECODING, f"broken compressed body: {exc}", source_id=source_id
             ) from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
             raise FetchError(
@@ -148,6 +330,99 @@ class Fetcher:
                 FetchReason.CONNECT, str(exc) or type(exc).__name__, source_id=source_id
             ) from None
 
+    async def _fetch(
+        self, source_id: str, url: str, *, etag: str | None, last_modified: str | None
+    ) -> FetchResult:
+        headers = {
+            "User-Agent": self.limits.user_agent,
+            "Accept": ACCEPT,
+            "Accept-Encoding": ACCEPT_ENCODING,
+        }
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        timeout = aiohttp.ClientTimeout(sock_connect=self.limits.connect_timeout_s)
+        permanent = True
+        hops = 0
+        while True:
+            host = await self._check_host(source_id, url)
+            async with (
+                self._slot(host),
+                self.session.get(
+                    url,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                ) as resp,
+            ):
+                status = resp.status
+                if status in _REDIRECTS and "Location" in resp.headers:
+                    if hops >= self.limits.max_redirects:
+                        raise FetchError(
+                            FetchReason.TOO_MANY_REDIRECTS,
+                            f"more than {self.limits.max_redirects} redirects",
+                            source_id=source_id,
+                        )
+                    hops += 1
+                    permanent = permanent and status in _PERMANENT
+                    url = urljoin(url, resp.headers["Location"])
+                    continue
+                moved_to = url if hops and permanent else None
+                fresh_for_s = parse_freshness(
+                    resp.headers.get("Cache-Control"),
+                    resp.headers.get("Expires"),
+                    resp.headers.get("Date"),
+                    self.clock(),
+                )
+                if status == 304:
+                    return FetchResult(
+                        304,
+                        b"",
+                        etag,
+                        last_modified,
+                        "",
+                        url,
+                        moved_to=moved_to,
+                        fresh_for_s=fresh_for_s,
+                    )
+                if status == 410:
+                    raise FetchError(
+                        FetchReason.GONE,
+                        "HTTP 410: the feed is gone; the source is deactivated",
+                        source_id=source_id,
+                        status=410,
+                    )
+                if status in (429, 503):
+                    raise FetchError(
+                        FetchReason.HTTP_STATUS,
+                        f"HTTP {status}",
+                        source_id=source_id,
+                        status=status,
+                        retry_after_s=parse_retry_after(
+                            resp.headers.get("Retry-After"), self.clock()
+                        ),
+                    )
+                if status != 200:
+                    raise FetchError(
+                        FetchReason.HTTP_STATUS,
+                        f"HTTP {status}",
+                        source_id=source_id,
+                        status=status,
+                    )
+                body = await self._read_capped(source_id, resp)
+                return FetchResult(
+                    200,
+                    body,
+                    resp.headers.get("ETag"),
+                    resp.headers.get("Last-Modified"),
+                    resp.headers.get("Content-Type", ""),
+                    url,
+                    moved_to=moved_to,
+                    fresh_for_s=fresh_for_s,
+                )
+
     async def _read_capped(self, source_id: str, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.limits.max_body_bytes
         if resp.content_length is not None and resp.content_length > cap:
@@ -156,13 +431,53 @@ class Fetcher:
                 f"Content-Length {resp.content_length} exceeds the {cap}-byte cap",
                 source_id=source_id,
             )
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        decoder: _Decoder | None = None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            decoder = _Decoder(encoding)
+        elif encoding not in ("identity", ""):
+            raise FetchError(
+                FetchReason.DECODING,
+                f"unsupported Content-Encoding {encoding[:40]!r}",
+                source_id=source_id,
+            )
         chunks: list[bytes] = []
         size = 0
+        wire = 0
         async for chunk in resp.content.iter_chunked(constants.FETCH_CHUNK_BYTES):
-            size += len(chunk)
-            if size > cap:
+            wire += len(chunk)
+            if wire > cap:
                 raise FetchError(
                     FetchReason.TOO_LARGE, f"body exceeds the {cap}-byte cap", source_id=source_id
                 )
+            if decoder is not None:
+                # never inflate past the cap or the ratio allowance, not even within a chunk
+                chunk = decoder.feed(chunk, min(cap, self._ratio_allowance(wire)) - size)
+            size += len(chunk)
+            self._check_size(source_id, size, wire, decoder is not None)
             chunks.append(chunk)
+        if decoder is not None:
+            tail = decoder.flush()
+            size += len(tail)
+            self._check_size(source_id, size, wire, True)
+            chunks.append(tail)
         return b"".join(chunks)
+
+    def _ratio_allowance(self, wire: int) -> int:
+        """Decompressed bytes allowed for `wire` compressed bytes (small bodies always pass)."""
+        return max(1024 * 1024, self.limits.max_decompression_ratio * wire)
+
+    def _check_size(self, source_id: str, size: int, wire: int, compressed: bool) -> None:
+        cap = self.limits.max_body_bytes
+        if size > cap:
+            what = "decompressed body" if compressed else "body"
+            raise FetchError(
+                FetchReason.TOO_LARGE, f"{what} exceeds the {cap}-byte cap", source_id=source_id
+            )
+        ratio = self.limits.max_decompression_ratio
+        if compressed and size > self._ratio_allowance(wire):
+            raise FetchError(
+                FetchReason.TOO_LARGE,
+                f"compressed body expands more than {ratio}x: a decompression bomb",
+                source_id=source_id,
+            )

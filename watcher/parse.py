@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -19,6 +20,8 @@ import feedparser
 
 from watcher import constants
 from watcher.errors import ParseError
+from watcher.fastparse import fast_parse
+from watcher.federal_register import is_federal_register, items_from_api
 from watcher.models import Item
 from watcher.text import html_to_text, normalize
 
@@ -30,9 +33,9 @@ def canonical_url(url: str, base: str = "") -> str:
     url = url.strip()
     if not url:
         return ""
-    if base:
-        url = urljoin(base, url)
     try:
+        if base:
+            url = urljoin(base, url)
         parts = urlsplit(url)
     except ValueError:
         return ""
@@ -115,6 +118,32 @@ def make_item(
     )
 
 
+@dataclass(frozen=True)
+class ParsedFeed:
+    items: list[Item]
+    ttl_s: float | None = None  # RSS <ttl>, in seconds
+    hub: str | None = None  # a WebSub hub the feed advertises (<link rel="hub">)
+    self_url: str | None = None  # the feed's own URL (<link rel="self">), the WebSub topic
+
+
+_ENTITY_MARKERS = tuple(
+    b"<!ENTITY".decode().encode(codec) for codec in ("utf-8", "utf-16-le", "utf-16-be")
+)
+
+
+def refuse_entities(body: bytes, *, source_id: str) -> None:
+    """Refuse any XML entity declaration: no billion laughs, no external entities.
+
+    Like defusedxml's `forbid_entities`: a feed has no business declaring
+    entities, and the predefined ones (&amp; &lt; ...) need no declaration.
+    """
+    if any(marker in body for marker in _ENTITY_MARKERS):
+        raise ParseError(
+            "XML entity declarations are refused (entity expansion, external entities)",
+            source_id=source_id,
+        )
+
+
 def parse_feed(
     body: bytes,
     *,
@@ -129,13 +158,66 @@ def parse_feed(
     Raises ParseError when the body is not a feed at all (an HTML page, an empty
     body, a JSON error). A feed with no entries gives an empty list.
     """
+    return parse_document(
+        body,
+        source_id=source_id,
+        content_type=content_type,
+        base_url=base_url,
+        language=language,
+        tags=tags,
+    ).items
+
+
+def parse_document(
+    body: bytes,
+    *,
+    source_id: str,
+    content_type: str = "",
+    base_url: str = "",
+    language: str = "",
+    tags: Iterable[str] = (),
+) -> ParsedFeed:
+    """`parse_feed`, plus what the feed says about polling it (RSS ttl)."""
     if not isinstance(body, bytes):  # never let feedparser see a URL-like string
         raise TypeError("parse_feed takes the fetched bytes")
     if not body.strip():
         raise ParseError("empty body", source_id=source_id)
     stripped = body.lstrip()
     if stripped[:1] in (b"{", b"["):
-        return _parse_json_feed(stripped, source_id=source_id, language=language, tags=tags)
+        return ParsedFeed(
+            _parse_json_feed(stripped, source_id=source_id, language=language, tags=tags)
+        )
+    refuse_entities(body, source_id=source_id)
+    fast = fast_parse(
+        body,
+        source_id=source_id,
+        content_type=content_type,
+        base_url=base_url,
+        language=language,
+        tags=tags,
+    )
+    if fast is not None:
+        meta = fast[1]
+        return ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), meta.get("hub"), meta.get("self"))
+    return _parse_with_feedparser(
+        body,
+        source_id=source_id,
+        content_type=content_type,
+        base_url=base_url,
+        language=language,
+        tags=tags,
+    )
+
+
+def _parse_with_feedparser(
+    body: bytes,
+    *,
+    source_id: str,
+    content_type: str,
+    base_url: str,
+    language: str,
+    tags: Iterable[str],
+) -> ParsedFeed:
     headers = {"content-type": content_type} if content_type else {}
     if base_url:
         headers["content-location"] = base_url
@@ -182,7 +264,21 @@ def parse_feed(
                 tags=tag_tuple,
             )
         )
-    return items
+    links = [link for link in feed.get("links") or [] if isinstance(link, Mapping)]
+    hub = next((str(x.get("href")) for x in links if x.get("rel") == "hub" and x.get("href")), None)
+    own = next(
+        (str(x.get("href")) for x in links if x.get("rel") == "self" and x.get("href")), None
+    )
+    return ParsedFeed(items, _ttl_s(feed.get("ttl")), hub, own)
+
+
+def _ttl_s(value: object) -> float | None:
+    """RSS <ttl> is in minutes."""
+    try:
+        minutes = float(str(value).strip())
+    except ValueError:
+        return None
+    return minutes * 60.0 if 0 < minutes < 10**6 else None
 
 
 def _parse_json_feed(
@@ -193,6 +289,8 @@ def _parse_json_feed(
         doc = json.loads(body)
     except (ValueError, RecursionError):
         raise ParseError("invalid JSON", source_id=source_id) from None
+    if is_federal_register(doc):
+        return items_from_api(doc, source_id=source_id, tags=tags)
     if not (
         isinstance(doc, dict)
         and "jsonfeed.org/version" in str(doc.get("version", ""))

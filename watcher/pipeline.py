@@ -20,16 +20,18 @@ from datetime import datetime, timedelta
 import aiohttp
 
 from watcher import constants
+from watcher.batching import Batcher
 from watcher.config import Config, SourceConfig
-from watcher.errors import FetchError, ParseError
-from watcher.fetch import Fetcher, FetchLimits
+from watcher.errors import FetchError, FetchReason, ParseError
+from watcher.fetch import Fetcher, limits_from_config
 from watcher.metrics import Metrics
 from watcher.models import Clock, Hit, Item
-from watcher.parse import parse_feed
+from watcher.parse import parse_document
+from watcher.polite import PollPolicy
 from watcher.route import Router
 from watcher.rules import Matcher
 from watcher.silence import list_silences, silenced
-from watcher.store import NewAlert, Store
+from watcher.store import NewAlert, SourceState, Store
 from watcher.story_store import StoryAssignment, StoryIndex
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class RaisedAlert:
 @dataclass
 class PollOutcome:
     source_id: str
-    outcome: str  # "new", "unchanged", "error"
+    outcome: str  # "new", "unchanged", "error", "gone" (HTTP 410: deactivated), "inactive"
     items: int = 0
     new_items: int = 0
     alerts: list[RaisedAlert] = field(default_factory=list)
@@ -56,6 +58,8 @@ class PollOutcome:
     next_poll_in_s: float | None = None
     # Items that joined an existing story: its alerts now read "reported by N sources".
     stories_grown: list[StoryAssignment] = field(default_factory=list)
+    broken: bool = False  # errors past the limit: flagged, polled rarely
+    moved_to: str | None = None  # a 301/308 moved the feed here
 
 
 def backoff_interval_s(
@@ -83,9 +87,18 @@ class Pipeline:
         backoff_max_s: float = constants.POLL_BACKOFF_MAX_S,
         on_enqueued: Callable[[], None] = lambda: None,
         stories: StoryIndex | None = None,
+        policy: PollPolicy | None = None,
     ) -> None:
         self.stories = stories or StoryIndex()
         self.backoff_max_s = backoff_max_s
+        self.policy = policy or PollPolicy(backoff_max_s=backoff_max_s)
+        # group commit for the common, cheap case: many polls share one round trip
+        self._states: Batcher[str, SourceState | None] = Batcher(store.source_states)
+        self._unchanged: Batcher[tuple[str, datetime | None], None] = Batcher(
+            store.record_polls_unchanged
+        )
+        # WebSub: told (source id, hub, topic) when a polled feed advertises a hub
+        self.on_hub: Callable[[str, str, str], None] | None = None
         self.store = store
         self.fetcher = fetcher
         self.matcher = matcher
@@ -101,21 +114,29 @@ class Pipeline:
         counter on success, the error and its reason (and a backed-off next
         poll time) on failure.
         """
-        state = await self.store.source_state(source.id)
-        next_poll_at = self.clock() + timedelta(seconds=source.interval_s)
+        state = await self._states.run(source.id)
+        if state is not None and not state.active:
+            return PollOutcome(source.id, "inactive")
+        url = state.poll_url if state else str(source.url)
         try:
             result = await self.fetcher.fetch(
                 source.id,
-                str(source.url),
+                url,
                 etag=state.etag if state else None,
                 last_modified=state.last_modified if state else None,
             )
+            if result.moved_to and result.moved_to != url:
+                await self.store.record_moved(source.id, result.moved_to)
+                logger.info("source %s: moved permanently to %s", source.id, result.moved_to)
             body_hash = hashlib.sha256(result.body).hexdigest() if not result.not_modified else None
             if result.not_modified or (state and body_hash == state.body_hash):
-                await self.store.record_poll_unchanged(source.id, next_poll_at=next_poll_at)
+                delay = self.policy.next_check_s(source.interval_s, fresh_for_s=result.fresh_for_s)
+                await self._unchanged.run((source.id, self.clock() + timedelta(seconds=delay)))
                 self.metrics.polls.labels(source.id, "unchanged").inc()
-                return PollOutcome(source.id, "unchanged", next_poll_in_s=float(source.interval_s))
-            items = parse_feed(
+                return PollOutcome(
+                    source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to
+                )
+            parsed = parse_document(
                 result.body,
                 source_id=source.id,
                 content_type=result.content_type,
@@ -125,22 +146,33 @@ class Pipeline:
             )
         except (FetchError, ParseError) as exc:
             return await self._failed(source, exc, state.error_count if state else 0)
+        if parsed.hub and self.on_hub is not None:
+            self.on_hub(source.id, parsed.hub, parsed.self_url or result.url)
+        delay = self.policy.next_check_s(
+            source.interval_s, ttl_s=parsed.ttl_s, fresh_for_s=result.fresh_for_s
+        )
         outcome = await self.ingest(
             source.id,
-            items,
+            parsed.items,
             etag=result.etag,
             last_modified=result.last_modified,
             body_hash=body_hash,
-            next_poll_at=next_poll_at,
+            next_poll_at=self.clock() + timedelta(seconds=delay),
         )
+        outcome.moved_to = result.moved_to
         self.metrics.polls.labels(source.id, "new").inc()
         return outcome
 
     async def _failed(
         self, source: SourceConfig, exc: FetchError | ParseError, previous_errors: int
     ) -> PollOutcome:
+        if isinstance(exc, FetchError) and exc.reason is FetchReason.GONE:
+            await self.store.deactivate_source(source.id, str(exc))
+            self.metrics.polls.labels(source.id, "error").inc()
+            return PollOutcome(source.id, "gone", error=exc, error_count=previous_errors + 1)
         retry_after = exc.retry_after_s if isinstance(exc, FetchError) else None
-        delay = backoff_interval_s(source, previous_errors + 1, retry_after, self.backoff_max_s)
+        errors = previous_errors + 1
+        delay = self.policy.after_error_s(float(source.interval_s), errors, retry_after)
         errors = await self.store.record_poll_error(
             source.id,
             reason=exc.reason.value if isinstance(exc, FetchError) else "not_a_feed",
@@ -148,7 +180,14 @@ class Pipeline:
             next_poll_at=self.clock() + timedelta(seconds=delay),
         )
         self.metrics.polls.labels(source.id, "error").inc()
-        return PollOutcome(source.id, "error", error=exc, error_count=errors, next_poll_in_s=delay)
+        return PollOutcome(
+            source.id,
+            "error",
+            error=exc,
+            error_count=errors,
+            next_poll_in_s=delay,
+            broken=self.policy.is_broken(errors),
+        )
 
     async def ingest(
         self,
@@ -246,12 +285,7 @@ def build_pipeline(
     p = config.polling
     fetcher = Fetcher(
         session=session,
-        limits=FetchLimits(
-            timeout_s=p.timeout_s,
-            connect_timeout_s=p.connect_timeout_s,
-            max_body_bytes=p.max_body_bytes,
-            max_redirects=p.max_redirects,
-        ),
+        limits=limits_from_config(p),
         clock=clock,
     )
     return Pipeline(
@@ -265,5 +299,12 @@ def build_pipeline(
         on_enqueued=on_enqueued,
         stories=StoryIndex(
             window_s=config.stories.window_days * 86400, threshold=config.stories.threshold
+        ),
+        policy=PollPolicy(
+            min_s=p.min_interval_s,
+            max_s=p.max_interval_s,
+            backoff_max_s=p.backoff_max_s,
+            error_limit=p.error_limit,
+            broken_interval_s=p.broken_interval_s,
         ),
     )

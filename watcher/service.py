@@ -23,6 +23,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from watcher import constants
 from watcher.config import Config
+from watcher.fetch import fetch_session, limits_from_config
+from watcher.health import HealthMonitor
 from watcher.metrics import Metrics
 from watcher.models import Clock, utc_now
 from watcher.notify import build_notifiers
@@ -33,6 +35,8 @@ from watcher.reload import RuleSet
 from watcher.rulecache import RuleCache
 from watcher.rules import Matcher
 from watcher.store import Store
+from watcher.websub import WEBSUB, WebSub
+from watcher.websub import add_routes as add_websub_routes
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ METRICS = web.AppKey("metrics", Metrics)
 MATCHER = web.AppKey("matcher", RuleSet)  # the active rules; a reload swaps its Matcher
 STORE = web.AppKey("store", Store)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", OutboxWorker)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
@@ -96,6 +101,12 @@ class Poller:
         except Exception:  # a bug or a store outage must not kill the job
             logger.exception("source %s: poll failed unexpectedly", source_id)
             return
+        if outcome.outcome in ("gone", "inactive"):
+            if outcome.error is not None:
+                logger.warning("%s; polling stopped until the source's URL changes", outcome.error)
+            with contextlib.suppress(Exception):  # the job may be gone during shutdown
+                self.scheduler.remove_job(self.job_id(source_id))
+            return
         if outcome.error is None:
             if outcome.new_items:
                 logger.info(
@@ -104,11 +115,15 @@ class Poller:
                     outcome.new_items,
                     len(outcome.alerts),
                 )
-            self._set_interval(source_id, float(source.interval_s))
+            self._set_interval(source_id, outcome.next_poll_in_s or float(source.interval_s))
             return
         delay = outcome.next_poll_in_s or float(source.interval_s)
         logger.warning(
-            "%s; next poll in %.0fs (error %d in a row)", outcome.error, delay, outcome.error_count
+            "%s; next poll in %.0fs (error %d in a row%s)",
+            outcome.error,
+            delay,
+            outcome.error_count,
+            ", flagged broken" if outcome.broken else "",
         )
         self._set_interval(source_id, delay)
 
@@ -139,6 +154,13 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _fetch_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Sources get their own session: address guard at connect time, no cookies."""
+    async with fetch_session(limits_from_config(app[CONFIG].polling)) as session:
+        app[FETCH_SESSION] = session
+        yield
+
+
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     config, clock, metrics, store = app[CONFIG], app[CLOCK], app[METRICS], app[STORE]
     app[UNSUBSCRIBE_KEY] = await store.secret("unsubscribe")
@@ -160,7 +182,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     pipeline = build_pipeline(
         config,
         store=app[STORE],
-        session=app[SESSION],
+        session=app[FETCH_SESSION],
         matcher=app[MATCHER],
         metrics=metrics,
         clock=clock,
@@ -168,6 +190,14 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[WORKER] = worker
     app[PIPELINE] = pipeline
+    if config.websub.callback_base_url is not None:
+        app[WEBSUB] = WebSub(
+            config=config,
+            pipeline=pipeline,
+            session=app[FETCH_SESSION],
+            clock=clock,
+            rng=random.Random(),
+        )
     task = asyncio.create_task(worker.run_forever(), name="outbox-worker")
     yield
     worker.stop()  # let the batch in flight be sent and recorded
@@ -195,6 +225,43 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     if config.rules.reload_interval_s > 0:
         schedule_rule_reload(scheduler, app[MATCHER], config.rules.reload_interval_s)
+    websub = app.get(WEBSUB)
+    if websub is not None:
+
+        async def renew_websub() -> None:
+            try:
+                await websub.renew()
+            except Exception:
+                logger.exception("WebSub renewal failed")
+
+        scheduler.add_job(
+            renew_websub,
+            IntervalTrigger(seconds=60, timezone="UTC"),
+            id="websub-renew",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=61,
+        )
+    if config.health.operator_receiver:
+        monitor = HealthMonitor(
+            store=app[STORE], config=config, session=app[SESSION], clock=app[CLOCK]
+        )
+
+        async def check_health() -> None:
+            try:
+                for notice in await monitor.check():
+                    logger.warning("source health: %s: %s", notice.subject, notice.detail)
+            except Exception:  # a store outage must not kill the job
+                logger.exception("source health check failed")
+
+        scheduler.add_job(
+            check_health,
+            IntervalTrigger(seconds=config.health.check_interval_s, timezone="UTC"),
+            id="source-health",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(config.health.check_interval_s) + 1,
+        )
     scheduler.start()
     app[SCHEDULER] = scheduler
     logger.info(
@@ -299,11 +366,14 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
     app[MATCHER] = RuleSet(
         config.rules.paths, matcher, clock=clock, metrics=app[METRICS], cache=cache
     )
-    app.cleanup_ctx.extend([_store_ctx, _session_ctx, _workers_ctx, _scheduler_ctx])
+    app.cleanup_ctx.extend(
+        [_store_ctx, _session_ctx, _fetch_session_ctx, _workers_ctx, _scheduler_ctx]
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/unsubscribe", unsubscribe)
     app.router.add_post("/unsubscribe", unsubscribe)
+    add_websub_routes(app)  # 404 unless [websub] callback_base_url is set
     return app
 
 

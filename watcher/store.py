@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -28,11 +29,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
+    case,
     event,
     func,
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -82,6 +86,9 @@ sources = Table(
     Column("error_count", Integer, nullable=False, server_default="0"),
     Column("items_seen", BigInteger, nullable=False, server_default="0"),
     Column("next_poll_at", UTCDateTime),
+    # issue 6: where a 301/308 moved the feed, and whether it is still polled (410 stops it)
+    Column("moved_url", Text),
+    Column("active", Boolean, nullable=False, server_default=true()),
 )
 
 items = Table(
@@ -166,6 +173,13 @@ class SourceState:
     error_count: int
     items_seen: int
     next_poll_at: datetime | None
+    moved_url: str | None = None
+    active: bool = True
+
+    @property
+    def poll_url(self) -> str:
+        """The URL to poll: where a permanent redirect moved the feed, else the configured one."""
+        return self.moved_url or self.url
 
 
 @dataclass(frozen=True)
@@ -383,7 +397,17 @@ class Store:
                 stmt = (
                     _insert(conn, sources)
                     .values(id=source_id, url=url, error_count=0, items_seen=0)
-                    .on_conflict_do_update(index_elements=["id"], set_={"url": url})
+                    .on_conflict_do_update(
+                        index_elements=["id"],
+                        set_={
+                            "url": url,
+                            # a new configured URL forgets an old move and a 410
+                            "moved_url": case(
+                                (sources.c.url == url, sources.c.moved_url), else_=None
+                            ),
+                            "active": case((sources.c.url == url, sources.c.active), else_=True),
+                        },
+                    )
                 )
                 await conn.execute(stmt)
 
@@ -467,6 +491,56 @@ class Store:
                 )
             )
             return {r[0] for r in rows}
+
+    async def source_states(self, source_ids: Sequence[str]) -> list[SourceState | None]:
+        """Many sources' state in one query, aligned with `source_ids`."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(sources).where(sources.c.id.in_(set(source_ids))))
+            by_id = {r.id: SourceState(**r._asdict()) for r in rows}
+        return [by_id.get(i) for i in source_ids]
+
+    async def record_polls_unchanged(
+        self, polls: Sequence[tuple[str, datetime | None]]
+    ) -> list[None]:
+        """Many `record_poll_unchanged` in one transaction: (source id, next poll at)."""
+        now = self.clock()
+        stmt = (
+            update(sources)
+            .where(sources.c.id == bindparam("b_id"))
+            .values(
+                last_polled_at=now,
+                last_success_at=now,
+                last_error=None,
+                last_error_reason=None,
+                error_count=0,
+                next_poll_at=bindparam("b_next"),
+            )
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt, [{"b_id": i, "b_next": n} for i, n in polls])
+        return [None] * len(polls)
+
+    async def record_moved(self, source_id: str, url: str) -> None:
+        """A 301/308 chain moved the feed: poll the new URL from now on."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sources).where(sources.c.id == source_id).values(moved_url=url)
+            )
+
+    async def deactivate_source(self, source_id: str, reason: str) -> None:
+        """Stop polling a source (HTTP 410) until its config changes."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sources)
+                .where(sources.c.id == source_id)
+                .values(
+                    active=False,
+                    last_error=reason[:2000],
+                    last_error_reason="gone",
+                    last_polled_at=self.clock(),
+                    next_poll_at=None,
+                )
+            )
 
     # ------------------------------------------------------------ outbox
 

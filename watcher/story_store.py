@@ -169,6 +169,23 @@ class StoryIndex:
         at = item.published if item.published is not None and item.published <= now else now
 
         matches = await self._matching_stories(conn, vector, feats, at)
+        # The same content within the window (a syndicated copy, or a Federal
+        # Register document and its Public Inspection filing, which share an
+        # identity) is the same story, whatever the similarity says.
+        same = await conn.scalar(
+            select(story_items.c.story_id)
+            .join(items, items.c.id == story_items.c.item_id)
+            .where(
+                items.c.content_hash == item.content_hash,
+                items.c.id != item_id,
+                story_items.c.at >= at - self.window,
+                story_items.c.at <= at + self.window,
+            )
+            .order_by(story_items.c.story_id)
+            .limit(1)
+        )
+        if same is not None:
+            matches.setdefault(int(same), 1.0)
         merged: tuple[str, ...] = ()
         best_sim = max(matches.values(), default=0.0)
         if not matches:

@@ -1,0 +1,135 @@
+"""The Federal Register API adapter and Public Inspection: one story per document number."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import FakeClock
+from tests.servers import FeedServer, Route
+from tests.test_corpus import CORPUS
+from watcher.config import Config
+from watcher.federal_register import documents_url, is_federal_register, story_hash
+from watcher.metrics import Metrics
+from watcher.parse import parse_feed
+from watcher.pipeline import build_pipeline
+from watcher.rules import Matcher, load_rules
+from watcher.store import Store
+
+RULES = Path(__file__).parent / "testdata" / "rules" / "ree.yaml"
+REAL = CORPUS / "real-feeds"
+
+
+def test_documents_url_has_agency_and_term_conditions() -> None:
+    url = documents_url(["industry-and-security-bureau"], "rare earth")
+    assert url.startswith("https://www.federalregister.gov/api/v1/documents.json?")
+    assert "conditions%5Bagencies%5D%5B%5D=industry-and-security-bureau" in url
+    assert "conditions%5Bterm%5D=rare+earth" in url
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "first"),
+    [
+        ("us-federal-register_api-documents_bis-semiconductor_trimmed.json", 3, "2026-00789"),
+        ("us-federal-register_api-documents_state-department_gifts-search.json", 20, "2024-31509"),
+        ("us-federal-register_api-document_2025-14789_single.json", 1, "2025-14789"),
+    ],
+)
+def test_real_api_answers_become_items(name: str, count: int, first: str) -> None:
+    path = REAL / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    items = parse_feed(path.read_bytes(), source_id="fr", tags=["us"])
+    assert len(items) == count
+    item = items[0]
+    assert item.guid == f"fr-doc:{first}" and item.dedup_key == f"guid:fr-doc:{first}"
+    assert item.url.startswith("https://www.federalregister.gov/documents/")
+    assert item.title and item.published is not None and item.language == "en"
+    assert "Agencies: " in item.text and item.tags == ("us",)
+    assert item.content_hash == story_hash(first)
+
+
+def test_json_that_is_neither_is_still_not_a_feed() -> None:
+    assert not is_federal_register({"results": [{"id": 1}]})
+    assert not is_federal_register({"errors": ["bad request"]})
+
+
+def pi_doc(number: str, title: str) -> dict[str, object]:
+    return {
+        "document_number": number,
+        "title": title,
+        "type": "Rule",
+        "agencies": [{"name": "Industry and Security Bureau"}],
+        "filed_at": "2026-02-04T08:45:00.000-05:00",
+        "publication_date": "2026-02-05",
+        "html_url": f"https://www.federalregister.gov/public-inspection/2026/02/05/{number}/x",
+    }
+
+
+def published_doc(number: str, title: str) -> dict[str, object]:
+    return {
+        "document_number": number,
+        "title": title,
+        "type": "Rule",
+        "abstract": "BIS amends the EAR to add export controls on rare earth magnets.",
+        "agencies": [{"name": "Industry and Security Bureau"}],
+        "publication_date": "2026-02-05",
+        "html_url": f"https://www.federalregister.gov/documents/2026/02/05/{number}/x",
+    }
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_public_inspection_alerts_and_publication_joins_the_story(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    title = "Export Controls on Rare Earth Magnets and Related Items"
+    feed_server.routes["/pi.json"] = Route(
+        body=json.dumps({"results": [pi_doc("2026-02222", title)]}).encode(),
+        content_type="application/json",
+    )
+    feed_server.routes["/docs.json"] = Route(
+        body=json.dumps({"count": 0, "results": []}).encode(), content_type="application/json"
+    )
+    config = Config.model_validate(
+        {
+            "polling": {"allow_networks": ["127.0.0.0/8"]},
+            "sources": [
+                {"id": "fr-pi", "url": feed_server.url("/pi.json")},
+                {"id": "fr-bis", "url": feed_server.url("/docs.json")},
+            ],
+        }
+    )
+    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
+    rules, errors = load_rules([RULES])
+    assert errors == []
+    matcher = Matcher(rules)
+    pipeline = build_pipeline(
+        config, store=store, session=session, matcher=lambda: matcher, metrics=Metrics(),
+        clock=clock,
+    )  # fmt: skip
+    pi, docs = config.sources
+    filed = await pipeline.poll(pi)
+    assert filed.new_items == 1 and [a.hit.rule_id for a in filed.alerts] == ["ree-export-curb"]
+    assert "public-inspection" in filed.alerts[0].item.tags
+    assert (await pipeline.poll(docs)).new_items == 0
+    # a business day later the document is published: same number, new source, no new alert
+    clock.advance(86_400)
+    feed_server.routes["/docs.json"] = Route(
+        body=json.dumps({"count": 1, "results": [published_doc("2026-02222", title)]}).encode(),
+        content_type="application/json",
+    )
+    published = await pipeline.poll(docs)
+    assert published.new_items == 1 and published.alerts == []
+    assert len(await store.list_alerts()) == 1
+    assert await store.count_items() == 2  # both kept, one story...
+    [grown] = published.stories_grown  # ...which now has both sources
+    assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)

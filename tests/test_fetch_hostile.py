@@ -1,0 +1,360 @@
+"""Hostile sources: huge and bomb bodies, slow drips, private addresses, odd statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import FakeClock
+from tests.servers import FeedServer, Route
+from watcher.errors import FetchError, FetchReason
+from watcher.fetch import (
+    AddressPolicy,
+    Fetcher,
+    FetchLimits,
+    fetch_session,
+    parse_freshness,
+    parse_networks,
+)
+
+LOOPBACK = parse_networks(["127.0.0.0/8", "::1/128"])
+FEED = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+
+
+def limits(**kw: object) -> FetchLimits:
+    base: dict[str, object] = {
+        "timeout_s": 1.0,
+        "max_body_bytes": 100_000,
+        "max_redirects": 3,
+        "allow_networks": LOOPBACK,
+    }
+    base.update(kw)
+    return FetchLimits(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_gzip_and_deflate_bodies_are_decoded(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/gz"] = Route(
+        body=gzip.compress(FEED), headers={"Content-Encoding": "gzip"}
+    )
+    feed_server.routes["/zl"] = Route(
+        body=zlib.compress(FEED), headers={"Content-Encoding": "deflate"}
+    )
+    raw = zlib.compressobj(wbits=-15)
+    feed_server.routes["/raw"] = Route(
+        body=raw.compress(FEED) + raw.flush(), headers={"Content-Encoding": "deflate"}
+    )
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    for path in ("/gz", "/zl", "/raw"):
+        assert (await f.fetch("s", feed_server.url(path))).body == FEED
+    assert "gzip" in feed_server.requests_to("/gz")[0]["Accept-Encoding"]
+
+
+async def test_gzip_body_over_the_cap_is_cut_while_streaming(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    # a few KB on the wire (under the 100 KB cap), 600 KB once decompressed
+    payload = b"<item><title>watcher</title></item>" * 17_000
+    body = gzip.compress(payload)
+    assert len(body) < 100_000 < len(payload)
+    feed_server.routes["/big.gz"] = Route(body=body, headers={"Content-Encoding": "gzip"})
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("big", feed_server.url("/big.gz"))
+    assert err.value.reason is FetchReason.TOO_LARGE
+    assert "decompressed body exceeds the 100000-byte cap" in str(err.value)
+
+
+async def test_decompression_bomb_is_refused_without_inflating_it(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    z = zlib.compressobj(9, wbits=31)
+    block = bytes(1_000_000)
+    bomb = b"".join(z.compress(block) for _ in range(100)) + z.flush()  # 100 MB of zeros
+    assert len(bomb) < 200_000
+    feed_server.routes["/bomb"] = Route(body=bomb, headers={"Content-Encoding": "gzip"})
+    # a generous cap (50 MB): the ratio guard stops it long before that
+    f = Fetcher(session=session, limits=limits(max_body_bytes=50_000_000), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("bomb", feed_server.url("/bomb"))
+    assert err.value.reason is FetchReason.TOO_LARGE
+    assert "decompression bomb" in str(err.value)
+
+
+async def test_broken_gzip_is_a_decoding_error(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/bad.gz"] = Route(
+        body=b"not gzip at all", headers={"Content-Encoding": "gzip"}
+    )
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("bad", feed_server.url("/bad.gz"))
+    assert err.value.reason is FetchReason.DECODING
+    assert str(err.value).startswith("source 'bad': decoding:")
+
+
+async def test_body_over_the_cap_without_content_length_is_cut(
+    session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """A chunked body (no Content-Length) that never ends: cut at the cap while streaming."""
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        with_chunk = b"<item>" + b"x" * 16_000 + b"</item>"
+        try:
+            for _ in range(10_000):
+                await resp.write(with_chunk)
+                sent += len(with_chunk)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        return resp
+
+    async with _server(endless) as url:
+        f = Fetcher(session=session, limits=limits(), clock=clock)
+        with pytest.raises(FetchError) as err:
+            await f.fetch("endless", url)
+    assert err.value.reason is FetchReason.TOO_LARGE
+    assert sent < 10_000 * 16_000  # the server was cut off long before the end
+
+
+async def test_slow_drip_hits_the_whole_read_timeout(
+    session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """A byte every 50 ms keeps every socket read alive: the whole-read timeout ends it."""
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            for _ in range(200):
+                await resp.write(b" ")
+                await asyncio.sleep(0.05)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        return resp
+
+    async with _server(drip) as url:
+        f = Fetcher(session=session, limits=limits(timeout_s=0.5), clock=clock)
+        with pytest.raises(FetchError) as err:
+            await f.fetch("drip", url)
+    assert err.value.reason is FetchReason.TIMEOUT
+
+
+class _server:
+    def __init__(self, handler: object) -> None:
+        self.handler = handler
+        self.runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_get("/feed", self.handler)  # type: ignore[arg-type]
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/feed"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+# ------------------------------------------------------------------ address guard
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("93.184.215.14", True),
+        ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),  # cloud metadata
+        ("100.64.0.1", False),  # carrier-grade NAT
+        ("0.0.0.0", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
+        ("224.0.0.1", False),
+    ],
+)
+def test_address_policy(address: str, allowed: bool) -> None:
+    assert AddressPolicy().allows(address) is allowed
+    assert AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"])).allows(address)
+
+
+async def test_loopback_source_refused_unless_allowed(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/f"] = Route(body=FEED)
+    refused = Fetcher(session=session, limits=limits(allow_networks=()), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await refused.fetch("local", feed_server.url("/f"))
+    assert err.value.reason is FetchReason.BLOCKED_ADDRESS
+    assert "address 127.0.0.1: private, loopback and link-local addresses are refused" in str(
+        err.value
+    )
+    assert feed_server.requests_to("/f") == []  # refused before any request was sent
+    allowed = Fetcher(session=session, limits=limits(), clock=clock)
+    assert (await allowed.fetch("local", feed_server.url("/f"))).body == FEED
+
+
+async def test_hostname_is_checked_by_its_resolved_addresses(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/f"] = Route(body=FEED)
+    url = feed_server.url("/f").replace("127.0.0.1", "localhost")
+    with pytest.raises(FetchError) as err:
+        await Fetcher(session=session, limits=limits(allow_networks=()), clock=clock).fetch(
+            "h", url
+        )
+    assert err.value.reason is FetchReason.BLOCKED_ADDRESS
+    assert "localhost resolves to" in str(err.value)
+
+
+async def test_redirect_to_a_private_address_is_refused(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """A public-looking source that redirects inward: the hop is checked before it is followed."""
+    feed_server.routes["/out"] = Route(
+        status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"}
+    )
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("s", feed_server.url("/out"))
+    assert err.value.reason is FetchReason.BLOCKED_ADDRESS
+    assert "169.254.169.254" in str(err.value)
+
+
+async def test_redirect_to_a_non_http_scheme_is_refused(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/out"] = Route(status=301, headers={"Location": "file:///etc/passwd"})
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("s", feed_server.url("/out"))
+    assert err.value.reason is FetchReason.BAD_URL
+
+
+async def test_guarded_session_refuses_at_connect_time(
+    feed_server: FeedServer, clock: FakeClock
+) -> None:
+    """The service's fetch session checks addresses again when aiohttp resolves (DNS rebinding)."""
+    feed_server.routes["/f"] = Route(body=FEED)
+    url = feed_server.url("/f").replace("127.0.0.1", "localhost")
+    async with fetch_session(limits(allow_networks=())) as guarded:
+        with pytest.raises(aiohttp.ClientConnectorError) as err:
+            async with guarded.get(url):
+                pass
+    assert "refused" in str(err.value.os_error)
+    async with fetch_session(limits()) as open_session:
+        f = Fetcher(session=open_session, limits=limits(), clock=clock)
+        assert (await f.fetch("s", url)).body == FEED
+
+
+# ------------------------------------------------------------------ status policy
+
+
+async def test_permanent_redirects_report_the_new_url(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/old"] = Route(status=301, headers={"Location": "/mid"})
+    feed_server.routes["/mid"] = Route(status=308, headers={"Location": "/new"})
+    feed_server.routes["/new"] = Route(body=FEED)
+    feed_server.routes["/temp"] = Route(status=302, headers={"Location": "/new"})
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    moved = await f.fetch("s", feed_server.url("/old"))
+    assert moved.body == FEED and moved.moved_to == feed_server.url("/new")
+    assert (await f.fetch("s", feed_server.url("/temp"))).moved_to is None
+    assert (await f.fetch("s", feed_server.url("/new"))).moved_to is None
+
+
+async def test_410_is_gone(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/gone"] = Route(status=410)
+    with pytest.raises(FetchError) as err:
+        await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+            "s", feed_server.url("/gone")
+        )
+    assert err.value.reason is FetchReason.GONE and err.value.status == 410
+
+
+async def test_503_with_http_date_retry_after(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/busy"] = Route(
+        status=503, headers={"Retry-After": "Thu, 05 Feb 2026 13:00:00 GMT"}
+    )
+    with pytest.raises(FetchError) as err:
+        await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+            "s", feed_server.url("/busy")
+        )
+    assert err.value.status == 503 and err.value.retry_after_s == 3600
+
+
+async def test_freshness_headers_are_reported(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/f"] = Route(body=FEED, headers={"Cache-Control": "public, max-age=1800"})
+    result = await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+        "s", feed_server.url("/f")
+    )
+    assert result.fresh_for_s == 1800
+
+
+def test_parse_freshness(clock: FakeClock) -> None:
+    now = clock()
+    assert parse_freshness("max-age=600", None, None, now) == 600
+    assert parse_freshness("max-age=600", "Thu, 05 Feb 2026 18:00:00 GMT", None, now) == 600
+    assert parse_freshness(None, "Thu, 05 Feb 2026 13:00:00 GMT", None, now) == 3600
+    # Expires relative to the server's own Date header, whatever our clock says
+    assert (
+        parse_freshness(None, "Thu, 05 Feb 2026 10:30:00 GMT", "Thu, 05 Feb 2026 10:00:00 GMT", now)
+        == 1800
+    )
+    assert parse_freshness("no-cache", None, None, now) is None
+    assert parse_freshness("max-age=soon", None, None, now) is None
+    assert parse_freshness(None, "0", None, now) is None
+    assert parse_freshness(None, None, None, now) is None
+
+
+async def test_per_host_concurrency_is_limited(
+    session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    active = peak = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(body=FEED)
+
+    async with _server(slow) as url:
+        f = Fetcher(session=session, limits=limits(per_host_concurrency=2), clock=clock)
+        await asyncio.gather(*(f.fetch(f"s{i}", url) for i in range(8)))
+    assert peak == 2

@@ -1,0 +1,135 @@
+"""Hostile feed documents: entity expansion, external entities, random and mutated bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.feeds import CURB, NOISE, rss
+from watcher.errors import ParseError
+from watcher.models import Item
+from watcher.parse import parse_document, parse_feed
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE rss [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+ <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+ <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+ <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+ <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+ <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
+]>
+<rss version="2.0"><channel><title>t</title>
+<item><title>&lol9;</title><guid>x</guid></item></channel></rss>"""
+
+EXTERNAL = b"""<?xml version="1.0"?>
+<!DOCTYPE rss [ <!ENTITY xxe SYSTEM "file:///etc/passwd"> ]>
+<rss version="2.0"><channel><title>t</title>
+<item><title>&xxe;</title><guid>x</guid></item></channel></rss>"""
+
+PARAMETER = b"""<?xml version="1.0"?>
+<!DOCTYPE rss [ <!ENTITY % remote SYSTEM "http://127.0.0.1:9/evil.dtd"> %remote; ]>
+<rss version="2.0"><channel><title>t</title><item><title>x</title></item></channel></rss>"""
+
+
+@pytest.mark.parametrize("body", [BILLION_LAUGHS, EXTERNAL, PARAMETER])
+def test_entity_declarations_are_refused(body: bytes) -> None:
+    with pytest.raises(ParseError, match="XML entity declarations are refused") as err:
+        parse_feed(body, source_id="evil")
+    assert str(err.value).startswith("source 'evil': not a feed:")
+
+
+def test_entity_declarations_are_refused_in_utf16_too() -> None:
+    body = BILLION_LAUGHS.decode().replace('<?xml version="1.0"?>', "").encode("utf-16")
+    with pytest.raises(ParseError, match="XML entity declarations are refused"):
+        parse_feed(body, source_id="evil")
+
+
+def test_predefined_entities_still_work() -> None:
+    [item] = parse_feed(rss(("g", "AT&T & co <ltd>", "a &amp; b")), source_id="s")
+    assert item.title == "AT&T & co" or item.title.startswith("AT&T & co")
+    assert item.text == "a & b"
+
+
+def test_rss_ttl_is_reported_in_seconds() -> None:
+    body = rss(CURB).replace(b"<language>", b"<ttl>90</ttl><language>")
+    assert parse_document(body, source_id="s").ttl_s == 5400
+    assert parse_document(rss(CURB), source_id="s").ttl_s is None
+
+
+def test_links_are_absolute_http_only_and_text_has_no_script() -> None:
+    body = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+    <link>https://gov.example/news/</link>
+    <item><title>a</title><link>javascript:alert(1)</link><guid>1</guid>
+      <description>&lt;script&gt;alert(1)&lt;/script&gt;&lt;style&gt;x{}&lt;/style&gt;ok</description></item>
+    <item><title>b</title><link>/n/2</link><guid>2</guid></item>
+    <item><title>c</title><link>ftp://gov.example/f</link><guid>3</guid></item>
+    </channel></rss>"""
+    a, b, c = parse_feed(body, source_id="s", base_url="https://gov.example/feed.xml")
+    assert a.url == "" and a.text == "ok"
+    assert b.url == "https://gov.example/n/2"
+    assert c.url == ""
+
+
+def _check(items: list[Item]) -> None:
+    for item in items:
+        assert isinstance(item, Item)
+        assert "<script" not in item.text.lower() and "<script" not in item.title.lower()
+        assert not item.url or item.url.startswith(("http://", "https://"))
+
+
+def _parse_or_bad(body: bytes) -> None:
+    try:
+        items = parse_feed(body, source_id="fuzz")
+    except ParseError as exc:
+        assert exc.source_id == "fuzz"  # noqa: PT017 - any body may be a bad feed
+        return
+    _check(items)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2_000))
+def test_random_bytes_never_crash_the_parser(body: bytes) -> None:
+    _parse_or_bad(body)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0), st.integers(min_value=0, max_value=40), st.binary(max_size=20)
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_mutated_feeds_never_crash_the_parser(edits: list[tuple[int, int, bytes]]) -> None:
+    """Cut, splice and overwrite pieces of a valid feed: items or a clear ParseError."""
+    body = bytearray(rss(CURB, NOISE))
+    for pos, cut, insert in edits:
+        at = pos % (len(body) + 1)
+        body[at : at + cut] = insert
+    _parse_or_bad(bytes(body))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(max_size=200),
+    st.text(max_size=400),
+    st.sampled_from(["", "https://x.example/a", "/rel", "javascript:x", "data:text/html,x"]),
+)
+def test_any_item_text_is_sanitised(title: str, html: str, link: str) -> None:
+    from xml.sax.saxutils import escape
+
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>t</title>'
+        f"<item><title>{escape(title)}</title><link>{escape(link)}</link>"
+        f"<description>{escape(html + '<script>evil()</script>')}</description></item>"
+        "</channel></rss>"
+    )
+    _parse_or_bad(body.encode("utf-8", "surrogatepass"))

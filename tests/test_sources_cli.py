@@ -1,0 +1,132 @@
+"""`watcher sources list` and `watcher sources check`: real feed server, real store."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import FakeClock
+from tests.feeds import CURB, NOISE, rss
+from tests.servers import FeedServer, Route
+from watcher.config import Config, load_config
+from watcher.demo import free_port
+from watcher.metrics import Metrics
+from watcher.pipeline import build_pipeline
+from watcher.rules import Matcher
+from watcher.sources_cli import sources_check, sources_list
+from watcher.store import Store
+
+
+def write_config(tmp_path: Path, sources: dict[str, str], **polling: object) -> Path:
+    lines = [
+        f'[store]\nurl = "sqlite+aiosqlite:///{tmp_path}/w.db"\n',
+        "[polling]\ntimeout_s = 2\nallow_networks = ['127.0.0.0/8']\n",
+        *(f"{k} = {v}\n" for k, v in polling.items()),
+    ]
+    for source_id, url in sources.items():
+        lines.append(f'[[sources]]\nid = "{source_id}"\nurl = "{url}"\ninterval_s = 600\n')
+    path = tmp_path / "config.toml"
+    path.write_text("".join(lines))
+    return path
+
+
+async def poll_all(config: Config, clock: FakeClock, times: int = 1) -> None:
+    store = Store(config.store.url, clock=clock)
+    await store.open()
+    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
+    try:
+        async with aiohttp.ClientSession() as session:
+            pipeline = build_pipeline(
+                config,
+                store=store,
+                session=session,
+                matcher=lambda: Matcher([]),
+                metrics=Metrics(),
+                clock=clock,
+            )
+            for _ in range(times):
+                for source in config.sources:
+                    await pipeline.poll(source)
+    finally:
+        await store.close()
+
+
+async def test_sources_list_shows_health(
+    tmp_path: Path, clock: FakeClock, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/ok"] = Route(body=rss(CURB, NOISE))
+    feed_server.routes["/gone"] = Route(status=410)
+    path = write_config(
+        tmp_path,
+        {
+            "good": feed_server.url("/ok"),
+            "down": f"http://127.0.0.1:{free_port()}/feed",
+            "gone": feed_server.url("/gone"),
+            "later": feed_server.url("/never"),
+        },
+        error_limit=2,
+    )
+    config = load_config(path)
+    # "later" is configured but has not been polled yet
+    polled = config.model_copy(update={"sources": config.sources[:3]})
+    await poll_all(polled, clock, times=2)
+    clock.advance(120)
+    text = await sources_list(config, clock=clock)
+    rows = {line.split()[0]: line for line in text.splitlines()}
+    assert rows["SOURCE"].split() == ["SOURCE", "STATUS", "LAST", "SUCCESS", "LAST", "ERROR",
+                                      "NEXT", "CHECK", "ITEMS", "SEEN"]  # fmt: skip
+    assert " ok " in rows["good"] and "2m ago" in rows["good"] and rows["good"].endswith(" 2")
+    assert "in 8m" in rows["good"]  # interval 600 s, polled 2 min ago
+    assert "BROKEN (2 errors)" in rows["down"] and "connect: cannot connect" in rows["down"]
+    assert "gone (410)" in rows["gone"] and "HTTP 410" in rows["gone"]
+    assert "never polled" in rows["later"]
+
+
+async def test_sources_check_fetches_once_and_stores_nothing(
+    tmp_path: Path, clock: FakeClock, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/ok"] = Route(
+        body=rss(CURB, NOISE), headers={"Cache-Control": "max-age=900"}
+    )
+    feed_server.routes["/html"] = Route(
+        body=b"<!DOCTYPE html><html></html>", content_type="text/html"
+    )
+    path = write_config(
+        tmp_path, {"good": feed_server.url("/ok"), "page": feed_server.url("/html")}
+    )
+    config = load_config(path)
+    text, code = await sources_check(config, ["good"], clock=clock)
+    assert code == 0, text
+    assert text.splitlines()[0].startswith("good: ok: 2 item(s)")
+    assert "fresh for 900" in text and "China tightens export controls" in text
+    text, code = await sources_check(config, [], clock=clock)
+    assert code == 1
+    assert "page: FAILED: source 'page': not a feed: an HTML page" in text
+    assert "2 source(s) checked, 1 failed (nothing was stored)" in text
+    text, code = await sources_check(config, ["nope"], clock=clock)
+    assert code == 2 and "unknown source(s): nope" in text
+    store = Store(config.store.url, clock=clock)
+    await store.open()
+    try:
+        assert await store.count_items() == 0
+        assert await store.list_sources() == []
+    finally:
+        await store.close()
+
+
+async def test_sources_commands_run_from_the_command_line(
+    tmp_path: Path, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/ok"] = Route(body=rss(CURB))
+    path = write_config(tmp_path, {"good": feed_server.url("/ok")})
+    for args in (["check", "good"], ["list"]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "watcher.cli", "sources", *args, "-c", str(path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err.decode()
+        assert "good" in out.decode()
