@@ -35,7 +35,7 @@ from watcher.store import ClaimedDelivery, Outcome, Store
 
 logger = logging.getLogger(__name__)
 
-COALESCE_S = 0.005
+COALESCE_S = 0.001
 
 
 @dataclass(frozen=True)

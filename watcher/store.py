@@ -574,19 +574,21 @@ class Store:
         async with self.engine.begin() as conn:
             if record:
                 await _record(conn, record, now)
+            claim = update(d).where(d.c.id.in_(due.scalar_subquery()))
+            if conn.dialect.name != "sqlite":
+                # PostgreSQL re-checks these on rows another replica changed meanwhile.
+                # (SQLite runs the statement under its one write lock, and given them
+                # its planner scans every pending row instead of looking the ids up.)
+                claim = claim.where(
+                    d.c.state == DeliveryState.PENDING.value,
+                    or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+                )
             claimed = (
                 (
                     await conn.execute(
-                        update(d)
-                        .where(
-                            d.c.id.in_(due.scalar_subquery()),
-                            d.c.state == DeliveryState.PENDING.value,
-                            or_(d.c.lease_until.is_(None), d.c.lease_until < now),
-                        )
-                        .values(
+                        claim.values(
                             lease_until=now + timedelta(seconds=lease_s), attempts=d.c.attempts + 1
-                        )
-                        .returning(d.c.id)
+                        ).returning(d.c.id)
                     )
                 )
                 .scalars()
