@@ -135,8 +135,9 @@ async def test_rate_limit_pauses_the_whole_receiver(
     w = worker(config(store.url, [hook(webhook_server, concurrency=1)]), store, session, clock)
     await add_alerts(store, 5, ["hook"])
     webhook_server.responses = [(200, {}), (429, {"Retry-After": "30"})]
-    await w.run_once()
+    await w.drain()  # one sent, then the 429 pauses the receiver: its rows wait
     count = len(webhook_server.received)
+    assert count == 2
     assert w.breaker_state("hook") == "open"
     clock.advance(10)
     await w.drain()

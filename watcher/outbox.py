@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Set, Sized
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,8 +34,6 @@ from watcher.notify.base import Notifier
 from watcher.store import ClaimedDelivery, Outcome, Store
 
 logger = logging.getLogger(__name__)
-
-COALESCE_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -144,7 +142,7 @@ class OutboxWorker:
         Returns how many were claimed. (The service runs `run_forever`, which
         does not wait for a whole batch before claiming more.)
         """
-        batch = await self._claim(self.config.concurrency, Counter(), [])
+        batch = await self._claim(self.config.concurrency, {}, [])
         if batch:
             await self._record(list(await asyncio.gather(*(self._attempt(c) for c in batch))))
         return len(batch)
@@ -163,68 +161,98 @@ class OutboxWorker:
         self._wake.set()
 
     async def _claim(
-        self, room: int, busy: Counter[str], record: list[DeliveryOutcome]
+        self,
+        room: int,
+        ready: Mapping[str, Sized],
+        record: list[DeliveryOutcome],
+        *,
+        skip: Set[str] = frozenset(),
     ) -> list[ClaimedDelivery]:
-        """Record `record`, then lease up to `room` due rows, skipping paused and
-        saturated receivers: one transaction."""
+        """Record `record`, then lease rows for each receiver's free ready slots:
+        one transaction. Paused receivers get none, nor those in `skip` (found
+        with nothing due a moment ago)."""
         now = self.clock()
-        skip = sorted(
-            name
+        quotas = {
+            name: min(room, r.limit - len(ready.get(name, ())))
             for name, r in self._receivers.items()
-            if r.breaker.state(now) == "open" or busy[name] >= r.limit
-        )
+            if r.breaker.state(now) != "open" and name not in skip
+        }
         return await self.store.claim_deliveries(
-            limit=room,
+            limit=max(room, 1),
             lease_s=self.config.lease_s,
-            exclude_receivers=skip,
+            exclude_receivers=sorted(self._receivers),
             record=[self._row(o) for o in record],
+            quotas=quotas,
         )
 
     async def _pump(self, *, until_idle: bool) -> None:
-        """The delivery loop: keep up to `concurrency` sends in flight, claim as slots free.
+        """The delivery loop: sends in flight, and a buffer of claimed rows ready behind them.
 
-        A slow receiver occupies only its own slots (rows of a receiver already at
-        its limit are not claimed), so it never holds up the others. Outcomes are
-        recorded in one transaction per wave of completions: few writes, and
-        little sent-but-unrecorded work for a crash to send again.
+        Each receiver has at most `limit` sends in flight and `limit` rows ready,
+        so a slow receiver occupies only its own slots and never holds up the
+        others. Claims (a query) refill the buffers while sends are in flight, so
+        the store's round trips overlap with the network's. Outcomes are recorded
+        in the transaction of the next claim, or alone when no claim is due: one
+        write per wave of completions, and little sent-but-unrecorded work for a
+        crash to send again.
         """
         inflight: dict[asyncio.Task[DeliveryOutcome], str] = {}
-        done: list[DeliveryOutcome] = []  # finished, not yet recorded
+        ready: dict[str, deque[ClaimedDelivery]] = {}
+        done: list[DeliveryOutcome] = []  # finished or released, not yet recorded
+        idle: set[str] = set()  # receivers whose last claim found nothing more due
+        idle_since = self.clock()
         while True:
+            now = self.clock()
+            if (now - idle_since).total_seconds() >= self.config.sweep_interval_s:
+                idle, idle_since = set(), now  # look at every receiver again now and then
             busy = Counter(inflight.values())
-            free = self._free_slots(busy)  # what could be sent now, receiver by receiver
-            room = min(self.config.concurrency - len(inflight), free)
-            # Claim in batches, not one row per freed slot: a claim is a query.
-            if not self._stopping and (
-                room >= max(1, min(self.config.concurrency, free + len(inflight)) // 4)
-                or (room > 0 and not inflight)
-            ):
+            for name, rows in ready.items():
+                r = self._receivers.get(name)
+                if self._stopping or (r is not None and r.breaker.state(now) == "open"):
+                    # back, uncharged: a paused receiver's rows, or everything on stop
+                    done += [DeliveryOutcome(c, "deferred") for c in rows]
+                    rows.clear()
+                limit = self._limit(name)
+                while rows and busy[name] < limit and len(inflight) < self.config.concurrency:
+                    c = rows.popleft()
+                    busy[name] += 1
+                    inflight[asyncio.create_task(self._attempt(c))] = name
+            # Refill when a receiver that has work is down to half its buffer, or
+            # when nothing is in flight: a claim is a query, so claim in batches.
+            if not self._stopping and (self._hungry(ready, idle, now) or not inflight):
                 try:
-                    batch = await self._claim(room, busy, done)  # records `done` too
+                    batch = await self._claim(
+                        self.config.concurrency, ready, done, skip=idle if inflight else set()
+                    )  # records `done` too
                 except Exception:  # the worker must survive a store hiccup
                     logger.exception("outbox: claiming deliveries failed")
                     batch = []
                 else:
                     self._reported(done)
                 done = []
+                got = Counter(c.delivery.receiver for c in batch)
+                idle |= {name for name in self._receivers if not got[name]}
+                idle -= set(got)
                 for c in batch:
-                    r = self._receivers.get(c.delivery.receiver)
-                    if r is not None and busy[c.delivery.receiver] >= r.limit:
-                        # Beyond the receiver's free slots: back at once, uncharged;
-                        # waiting here, it would hold a slot others can use.
-                        done.append(DeliveryOutcome(c, "deferred"))
+                    rows = ready.setdefault(c.delivery.receiver, deque())
+                    if len(rows) >= self._limit(c.delivery.receiver):
+                        done.append(DeliveryOutcome(c, "deferred"))  # no room: back, uncharged
                     else:
-                        busy[c.delivery.receiver] += 1
-                        inflight[asyncio.create_task(self._attempt(c))] = c.delivery.receiver
-            if done and not inflight:
-                await self._record_logged(done)
-                done = []
+                        rows.append(c)
+                if batch:
+                    continue  # start the new rows at once
             if not inflight:
+                if done:
+                    await self._record_logged(done)
+                    done = []
+                if any(ready.values()) and not self._stopping:
+                    continue
                 if until_idle or self._stopping:
                     return
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.config.sweep_interval_s)
+                idle = set()
                 continue
             self._wake.clear()
             waker = asyncio.create_task(self._wake.wait())
@@ -233,25 +261,29 @@ class OutboxWorker:
                 timeout=self.config.sweep_interval_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if waker.done():
+                idle = set()  # something new was enqueued
             waker.cancel()
-            if len(inflight) > 1:  # let a wave of completions gather: one write for many
-                await asyncio.wait(list(inflight), timeout=COALESCE_S)
             for t in [t for t in inflight if t.done()]:
                 del inflight[t]
                 done.append(t.result())
-            if len(done) >= max(1, len(inflight)) or self._stopping:
+            # The next claim records them, in its transaction; alone if none is due.
+            if done and (self._stopping or not self._hungry(ready, idle, self.clock())):
                 await self._record_logged(done)
                 done = []
 
-    def _free_slots(self, busy: Counter[str]) -> int:
-        if not self._receivers:  # rows of removed receivers must still be dead-lettered
-            return self.config.concurrency
-        now = self.clock()
-        return sum(
-            max(0, r.limit - busy[name])
+    def _hungry(self, ready: Mapping[str, Sized], idle: set[str], now: datetime) -> bool:
+        """Does a receiver that has work have half its buffer free or more?"""
+        return any(
+            name not in idle
+            and r.breaker.state(now) != "open"
+            and len(ready.get(name, ())) <= r.limit // 2
             for name, r in self._receivers.items()
-            if r.breaker.state(now) != "open"
         )
+
+    def _limit(self, receiver: str) -> int:
+        r = self._receivers.get(receiver)
+        return r.limit if r is not None else 1
 
     async def _record_logged(self, outcomes: list[DeliveryOutcome]) -> None:
         try:

@@ -64,6 +64,7 @@ class Poller:
         self.config = config
         self.clock = clock
         self.sources = {s.id: s for s in config.sources if s.enabled}
+        self.active = 0  # polls in flight
         self._interval_s = {s.id: float(s.interval_s) for s in self.sources.values()}
 
     def job_id(self, source_id: str) -> str:
@@ -96,11 +97,14 @@ class Poller:
 
     async def poll(self, source_id: str) -> None:
         source = self.sources[source_id]
+        self.active += 1
         try:
             outcome = await self.pipeline.poll(source)
         except Exception:  # a bug or a store outage must not kill the job
             logger.exception("source %s: poll failed unexpectedly", source_id)
             return
+        finally:
+            self.active -= 1
         if outcome.outcome in ("gone", "inactive"):
             if outcome.error is not None:
                 logger.warning("%s; polling stopped until the source's URL changes", outcome.error)
@@ -214,15 +218,6 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = AsyncIOScheduler(timezone="UTC")
     poller = Poller(pipeline=app[PIPELINE], scheduler=scheduler, config=config, clock=app[CLOCK])
     poller.schedule_all(random.Random())
-    worker = app[WORKER]
-    scheduler.add_job(
-        worker.kick,
-        IntervalTrigger(seconds=config.outbox.sweep_interval_s, timezone="UTC"),
-        id="outbox-sweep",
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=int(config.outbox.sweep_interval_s) + 1,
-    )
     if config.rules.reload_interval_s > 0:
         schedule_rule_reload(scheduler, app[MATCHER], config.rules.reload_interval_s)
     websub = app.get(WEBSUB)
@@ -272,6 +267,12 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE].dialect,
     )
     yield
+    # Let polls in flight finish (their items reach the outbox) before the jobs go.
+    scheduler.pause()
+    for _ in range(100):
+        if not poller.active:
+            break
+        await asyncio.sleep(0.1)
     scheduler.shutdown(wait=False)
 
 

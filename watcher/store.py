@@ -9,7 +9,7 @@ and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -551,51 +551,33 @@ class Store:
         lease_s: float,
         exclude_receivers: Sequence[str] = (),
         record: Sequence[Outcome] = (),
+        quotas: Mapping[str, int] | None = None,
     ) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries (after recording `record`, same transaction).
+        """Lease due deliveries, after recording `record`, in one transaction.
 
-        A lease that expires (its worker crashed) makes the row due again.
+        Up to `limit` rows of any receiver but `exclude_receivers`; or, given
+        `quotas`, up to quotas[r] rows of each receiver r, and only when those
+        find nothing, up to `limit` rows of receivers not named (rows left by a
+        receiver since removed from the config). A lease that expires (its
+        worker crashed) makes the row due again.
         """
         now = self.clock()
-        d = deliveries
-        due = (
-            select(d.c.id)
-            .where(
-                d.c.state == DeliveryState.PENDING.value,
-                d.c.next_attempt_at <= now,
-                or_(d.c.lease_until.is_(None), d.c.lease_until < now),
-            )
-            .order_by(d.c.next_attempt_at, d.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        if exclude_receivers:
-            due = due.where(d.c.receiver.not_in(list(exclude_receivers)))
         async with self.engine.begin() as conn:
             if record:
                 await _record(conn, record, now)
-            claim = update(d).where(d.c.id.in_(due.scalar_subquery()))
-            if conn.dialect.name != "sqlite":
-                # PostgreSQL re-checks these on rows another replica changed meanwhile.
-                # (SQLite runs the statement under its one write lock, and given them
-                # its planner scans every pending row instead of looking the ids up.)
-                claim = claim.where(
-                    d.c.state == DeliveryState.PENDING.value,
-                    or_(d.c.lease_until.is_(None), d.c.lease_until < now),
-                )
-            claimed = (
-                (
-                    await conn.execute(
-                        claim.values(
-                            lease_until=now + timedelta(seconds=lease_s), attempts=d.c.attempts + 1
-                        ).returning(d.c.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            claimed: list[int] = []
+            if quotas is None:
+                claimed = await _lease(conn, now, lease_s, limit, exclude=exclude_receivers)
+            else:
+                for receiver, n in quotas.items():
+                    if n > 0:
+                        claimed += await _lease(conn, now, lease_s, n, only=receiver)
+                if not claimed:
+                    others = [*quotas, *exclude_receivers]
+                    claimed = await _lease(conn, now, lease_s, limit, exclude=others)
             if not claimed:
                 return []
+            d = deliveries
             rows = await conn.execute(_delivery_query().where(d.c.id.in_(claimed)).order_by(d.c.id))
             return [_claimed(r._mapping) for r in rows]
 
@@ -658,6 +640,49 @@ class Store:
     async def count_items(self) -> int:
         async with self.engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(items)) or 0)
+
+
+async def _lease(
+    conn: AsyncConnection,
+    now: datetime,
+    lease_s: float,
+    limit: int,
+    *,
+    only: str | None = None,
+    exclude: Sequence[str] = (),
+) -> list[int]:
+    """Lease up to `limit` due rows (of one receiver, or of all but some); their ids."""
+    d = deliveries
+    due = (
+        select(d.c.id)
+        .where(
+            d.c.state == DeliveryState.PENDING.value,
+            d.c.next_attempt_at <= now,
+            or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+        )
+        .order_by(d.c.next_attempt_at, d.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if only is not None:
+        due = due.where(d.c.receiver == only)
+    if exclude:
+        due = due.where(d.c.receiver.not_in(list(exclude)))
+    claim = update(d).where(d.c.id.in_(due.scalar_subquery()))
+    if conn.dialect.name != "sqlite":
+        # PostgreSQL re-checks these on rows another replica changed meanwhile.
+        # (SQLite runs the statement under its one write lock, and given them
+        # its planner scans every pending row instead of looking the ids up.)
+        claim = claim.where(
+            d.c.state == DeliveryState.PENDING.value,
+            or_(d.c.lease_until.is_(None), d.c.lease_until < now),
+        )
+    result = await conn.execute(
+        claim.values(
+            lease_until=now + timedelta(seconds=lease_s), attempts=d.c.attempts + 1
+        ).returning(d.c.id)
+    )
+    return list(result.scalars().all())
 
 
 async def _record(conn: AsyncConnection, outcomes: Sequence[Outcome], now: datetime) -> None:
