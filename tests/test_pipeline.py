@@ -272,3 +272,37 @@ async def test_failing_sources_are_recorded_and_others_still_alert(
         assert again.error_count == 2 and again.next_poll_in_s == 4 * config.sources[0].interval_s
     finally:
         await h.store.close()
+
+
+async def test_deliveries_carry_the_storys_sources_and_facets(
+    store_url: str,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    webhook_server: WebhookServer,
+    smtp_server: tuple[SmtpSink, int],
+) -> None:
+    _, smtp_port = smtp_server
+    feed_server.routes["/wire.rss"] = Route(body=rss(CURB))
+    feed_server.routes["/blog.rss"] = Route(body=rss(("copy-1", CURB[1], CURB[2])))
+    config = make_config(
+        store_url,
+        {"wire": feed_server.url("/wire.rss"), "blog": feed_server.url("/blog.rss")},
+        smtp_port,
+        webhook_server.url,
+    )
+    h = await harness(config, clock, session)
+    try:
+        first = await h.pipeline.poll(config.sources[0])
+        second = await h.pipeline.poll(config.sources[1])
+        assert len(first.alerts) == 1 and second.alerts == []  # one story, one alert
+        await h.worker.drain()
+        [(_, body)] = webhook_server.received
+        alert = json.loads(body)["alert"]
+        assert alert["sources"] == ["wire", "blog"]  # also reported by the blog
+        assert alert["facets"] == {
+            "countries": ["CN"],
+            "minerals": ["rare earths", "rare-earth magnets"],
+        }
+    finally:
+        await h.store.close()

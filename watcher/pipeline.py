@@ -224,6 +224,7 @@ class Pipeline:
                                 severity=hit.severity.value,
                                 story_key=story_of[item_id].story_key,
                                 item_id=item_id,
+                                facets=hit_facets(hit),
                             ),
                             hit,
                             item,
@@ -270,6 +271,12 @@ class Pipeline:
             next_poll_in_s=(next_poll_at - self.clock()).total_seconds() if next_poll_at else None,
             stories_grown=[a for a in story_of.values() if not a.new_story],
         )
+
+
+def hit_facets(hit: Hit) -> dict[str, list[str]]:
+    """What an alert shows besides the text: minerals and countries the item names."""
+    facets = {"minerals": list(hit.minerals), "countries": list(hit.countries)}
+    return {name: values for name, values in facets.items() if values}
 
 
 def build_pipeline(

@@ -8,10 +8,11 @@ and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has 
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -120,6 +121,7 @@ alerts = Table(
     Column("story_key", String(64), nullable=False),
     Column("item_id", _Id, ForeignKey("items.id"), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("facets", Text, nullable=False, server_default="{}"),  # JSON: minerals, countries
     UniqueConstraint("rule_id", "story_key", name="uq_alerts_rule_story"),
 )
 
@@ -190,6 +192,7 @@ class NewAlert:
     severity: str
     story_key: str
     item_id: int
+    facets: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,7 @@ class Tx:
                 "story_key": a.story_key,
                 "item_id": a.item_id,
                 "created_at": self.now,
+                "facets": json.dumps(a.facets, ensure_ascii=False, sort_keys=True),
             }
             for a in batch
         ]
@@ -579,7 +583,12 @@ class Store:
                 return []
             d = deliveries
             rows = await conn.execute(_delivery_query().where(d.c.id.in_(claimed)).order_by(d.c.id))
-            return [_claimed(r._mapping) for r in rows]
+            out = [_claimed(r._mapping) for r in rows]
+            # "also reported by": every source of each alert's story, for the notifiers
+            sources = await _story_store.sources_by_key(conn, [c.alert.story_key for c in out])
+            for c in out:
+                c.alert.sources = sources.get(c.alert.story_key, [])
+            return out
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record a batch of attempts in one transaction, releasing their leases."""
@@ -724,6 +733,7 @@ def _alert_query() -> Any:
         alerts.c.story_key,
         alerts.c.item_id,
         alerts.c.created_at.label("a_created_at"),
+        alerts.c.facets,
         items.c.source_id,
         items.c.title,
         items.c.url,
@@ -767,6 +777,7 @@ def _alert(m: Any) -> Alert:
         text=m["text"],
         published=m["published"],
         created_at=m["a_created_at"],
+        facets=json.loads(m["facets"] or "{}"),
     )
 
 
@@ -788,4 +799,4 @@ def _claimed(m: Any) -> ClaimedDelivery:
 
 # The story and silence tables live with their stages; importing registers them on `metadata`.
 from watcher import silence as _silence  # noqa: E402, F401
-from watcher import story_store as _story_store  # noqa: E402, F401
+from watcher import story_store as _story_store  # noqa: E402

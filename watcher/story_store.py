@@ -403,6 +403,31 @@ class StoryIndex:
         return int(row.id)
 
 
+async def sources_by_key(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, list[str]]:
+    """Each story's sources, first reporter first, for many story keys in one query.
+
+    A story merged into another reports the sources of the story that absorbed it.
+    """
+    if not keys:
+        return {}
+    named = stories.alias("named")
+    rows = await conn.execute(
+        select(named.c.key, story_items.c.source_id)
+        .join(
+            story_items,
+            story_items.c.story_id == func.coalesce(named.c.merged_into, named.c.id),
+        )
+        .where(named.c.key.in_(sorted(set(keys))))
+        .order_by(named.c.key, story_items.c.at, story_items.c.item_id)
+    )
+    out: dict[str, list[str]] = {}
+    for key, source in rows:
+        sources = out.setdefault(key, [])
+        if source not in sources:
+            sources.append(source)
+    return out
+
+
 async def story_info(conn: AsyncConnection, key: str) -> StoryInfo | None:
     """A story with its items (oldest first) and sources, by key."""
     s = (await conn.execute(select(stories).where(stories.c.key == key))).first()
