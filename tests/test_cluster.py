@@ -29,6 +29,12 @@ async def assign_all(store: Store, items: list[Item], index: StoryIndex) -> list
     return [got[item_id].story_key for item_id, _ in new]
 
 
+needs_seeds = pytest.mark.skipif(
+    not (SHARED / "seeds").is_dir(),
+    reason="../shared/seeds is absent: these tests need the five seed articles",
+)
+
+
 async def test_labelled_set_partitions_exactly(store: Store) -> None:
     """Rewrites (boilerplate, title rewrites, truncation, the five seeds) merge; look-alikes
     (a curb and its easing, two countries, two Entity List rounds, two bilateral deals) don't.
@@ -53,6 +59,7 @@ async def test_heldout_set_partitions_exactly_with_the_default_window(store: Sto
     assert (scores["pairs_merged_wrongly"], scores["pairs_split_wrongly"]) == (0, 0), scores
 
 
+@needs_seeds
 async def test_seeds_alone_are_one_story_with_five_sources(store: Store) -> None:
     seeds = [(i, it) for i, label, it in labelled_items() if label == "seeds"]
     assert len(seeds) == 5
@@ -108,6 +115,7 @@ def _seed_items() -> list[tuple[str, Item]]:
     return out
 
 
+@needs_seeds
 async def test_replay_of_the_seeds_gives_one_alert_per_rule_with_five_items(
     clock: FakeClock,
 ) -> None:
@@ -120,6 +128,7 @@ async def test_replay_of_the_seeds_gives_one_alert_per_rule_with_five_items(
         assert set(r) == {"rule", "event_type", "story", "items", "sources"}
 
 
+@needs_seeds
 def test_replay_command_prints_json_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -137,6 +146,7 @@ def test_replay_command_prints_json_lines(
     assert sorted(records[0]["items"]) == sorted(json.loads(line)["id"] for line in lines)
 
 
+@needs_seeds
 async def test_later_copies_join_the_story_and_raise_no_second_alert(
     store: Store, clock: FakeClock
 ) -> None:
@@ -175,6 +185,7 @@ async def test_later_copies_join_the_story_and_raise_no_second_alert(
     assert info is not None and info.source_count == 5  # "now reported by 5 sources"
 
 
+@needs_seeds
 def test_boilerplate_lines_do_not_count() -> None:
     from watcher.cluster import clean_text, features
 
@@ -204,6 +215,7 @@ async def test_unrelated_items_with_the_same_boilerplate_stay_apart(store: Store
     assert len(set(keys)) == 3
 
 
+@needs_seeds
 async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock: FakeClock) -> None:
     """Seed 001 (a heavy rewrite) arriving third starts its own story; 003 matches both
     stories and folds the younger into the older: items, sources and alerts move."""
