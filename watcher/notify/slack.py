@@ -13,10 +13,9 @@ from typing import Any
 import aiohttp
 
 from watcher.config import SlackReceiverConfig
-from watcher.errors import DeliveryError, DeliveryReason
 from watcher.models import Alert, Clock
 from watcher.notify.base import excerpt
-from watcher.notify.webhook import classify_status
+from watcher.notify.webhook import post_json
 from watcher.store import ClaimedDelivery
 
 HEADER_MAX_CHARS = 150  # header block plain_text
@@ -135,35 +134,15 @@ class SlackNotifier:
 
     async def send(self, claimed: ClaimedDelivery) -> None:
         body = json.dumps(blocks(claimed.alert), ensure_ascii=False).encode()
-        try:
-            async with self.session.post(
-                self.config.url,
-                data=body,
-                headers={"Content-Type": "application/json; charset=utf-8"},
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                await resp.read()
-                classify_status(
-                    self.receiver_id, resp.status, resp.headers.get("Retry-After"), self.clock
-                )
-        except DeliveryError:
-            raise
-        except TimeoutError:
-            raise DeliveryError(
-                DeliveryReason.TIMEOUT,
-                f"no answer within {self.config.timeout_s:g}s",
-                receiver=self.receiver_id,
-                retryable=True,
-            ) from None
-        except aiohttp.ClientError as exc:
-            # never str(exc): it would contain the webhook URL, which is a secret
-            raise DeliveryError(
-                DeliveryReason.CONNECT,
-                type(exc).__name__,
-                receiver=self.receiver_id,
-                retryable=True,
-            ) from None
+        await post_json(
+            self.session,
+            self.config.url,
+            body,
+            {"Content-Type": "application/json; charset=utf-8"},
+            timeout_s=self.config.timeout_s,
+            receiver=self.receiver_id,
+            clock=self.clock,
+        )
 
     async def close(self) -> None:
         """Nothing to release: the HTTP session belongs to the service."""

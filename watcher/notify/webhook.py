@@ -68,6 +68,43 @@ def classify_status(receiver: str, status: int, retry_after: str | None, clock: 
     )
 
 
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout_s: float,
+    receiver: str,
+    clock: Clock,
+) -> None:
+    """POST a JSON body; any failure becomes a DeliveryError (retryable or not).
+
+    Error text never includes the URL: a Slack URL, or a query token, is a secret.
+    """
+    try:
+        async with session.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as resp:
+            await resp.read()
+            classify_status(receiver, resp.status, resp.headers.get("Retry-After"), clock)
+    except DeliveryError:
+        raise
+    except TimeoutError:
+        raise DeliveryError(
+            DeliveryReason.TIMEOUT, f"no answer within {timeout_s:g}s", receiver=receiver,
+            retryable=True,
+        ) from None  # fmt: skip
+    except aiohttp.ClientError as exc:
+        raise DeliveryError(
+            DeliveryReason.CONNECT, type(exc).__name__, receiver=receiver, retryable=True
+        ) from None
+
+
 class WebhookNotifier:
     def __init__(
         self, config: WebhookReceiverConfig, *, session: aiohttp.ClientSession, clock: Clock
@@ -90,34 +127,15 @@ class WebhookNotifier:
             headers["webhook-signature"] = sign(
                 self.config.secret.get_secret_value(), msg_id, timestamp, body
             )
-        try:
-            async with self.session.post(
-                str(self.config.url),
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                await resp.read()
-                classify_status(
-                    self.receiver_id, resp.status, resp.headers.get("Retry-After"), self.clock
-                )
-        except DeliveryError:
-            raise
-        except TimeoutError:
-            raise DeliveryError(
-                DeliveryReason.TIMEOUT,
-                f"no answer within {self.config.timeout_s:g}s",
-                receiver=self.receiver_id,
-                retryable=True,
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise DeliveryError(
-                DeliveryReason.CONNECT,
-                type(exc).__name__,
-                receiver=self.receiver_id,
-                retryable=True,
-            ) from None
+        await post_json(
+            self.session,
+            str(self.config.url),
+            body,
+            headers,
+            timeout_s=self.config.timeout_s,
+            receiver=self.receiver_id,
+            clock=self.clock,
+        )
 
     async def close(self) -> None:
         """Nothing to release: the HTTP session belongs to the service."""
