@@ -178,7 +178,7 @@ def fast_parse(
 def _read(
     root: Any, source_id: str, base_url: str, language: str, tags: tuple[str, ...]
 ) -> tuple[list[Item], Any]:
-    from watcher.parse import _language, _published, canonical_url, make_item  # one implementation
+    from watcher.parse import _language, _published, canonical_url, entry_item  # one implementation
     from watcher.text import html_to_text
 
     ns, local = _split(root.tag)
@@ -234,21 +234,19 @@ def _read(
         text = html_to_text(bodies)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
-        if not (title or text or url or guid):
-            continue
         published = _published(entry)
-        items.append(
-            make_item(
-                source_id=source_id,
-                guid=guid,
-                url=url,
-                title=title,
-                text=text,
-                published=published,
-                language=_language(entry.get("language"), feed_lang),
-                tags=tags,
-            )
+        item = entry_item(
+            source_id=source_id,
+            guid=guid,
+            url=url,
+            title=title,
+            text=text,
+            published=published,
+            language=_language(entry.get("language"), feed_lang),
+            tags=tags,
         )
+        if item is not None:
+            items.append(item)
     return items, feed
 
 

@@ -144,6 +144,32 @@ def refuse_entities(body: bytes, *, source_id: str) -> None:
         )
 
 
+def entry_item(
+    *,
+    source_id: str,
+    guid: str,
+    url: str,
+    title: str,
+    text: str,
+    published: datetime | None,
+    language: str,
+    tags: Iterable[str],
+) -> Item | None:
+    """A feed entry as an Item, or None when it has nothing to identify or show."""
+    if not (title or text or url or guid):
+        return None
+    return make_item(
+        source_id=source_id,
+        guid=guid,
+        url=url,
+        title=title,
+        text=text,
+        published=published,
+        language=language,
+        tags=tags,
+    )
+
+
 def parse_feed(
     body: bytes,
     *,
@@ -250,20 +276,18 @@ def _parse_with_feedparser(
         text = _entry_text(entry)
         url = canonical_url(str(entry.get("link") or ""), feed_link)
         guid = str(entry.get("id") or "")
-        if not (title or text or url or guid):
-            continue
-        items.append(
-            make_item(
-                source_id=source_id,
-                guid=guid,
-                url=url,
-                title=title,
-                text=text,
-                published=_published(entry),
-                language=_language(entry.get("language"), feed_lang),
-                tags=tag_tuple,
-            )
+        item = entry_item(
+            source_id=source_id,
+            guid=guid,
+            url=url,
+            title=title,
+            text=text,
+            published=_published(entry),
+            language=_language(entry.get("language"), feed_lang),
+            tags=tag_tuple,
         )
+        if item is not None:
+            items.append(item)
     links = [link for link in feed.get("links") or [] if isinstance(link, Mapping)]
     hub = next((str(x.get("href")) for x in links if x.get("rel") == "hub" and x.get("href")), None)
     own = next(
@@ -321,18 +345,16 @@ def _parse_json_feed(
         title = html_to_text(str(entry.get("title") or ""))
         url = canonical_url(str(entry.get("url") or ""), base)
         guid = str(entry.get("id") or "")
-        if not (title or text or url or guid):
-            continue
-        items.append(
-            make_item(
-                source_id=source_id,
-                guid=guid,
-                url=url,
-                title=title,
-                text=text,
-                published=published,
-                language=_language(entry.get("language"), feed_lang),
-                tags=tags,
-            )
+        item = entry_item(
+            source_id=source_id,
+            guid=guid,
+            url=url,
+            title=title,
+            text=text,
+            published=published,
+            language=_language(entry.get("language"), feed_lang),
+            tags=tags,
         )
+        if item is not None:
+            items.append(item)
     return items
