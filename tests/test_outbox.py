@@ -111,7 +111,7 @@ async def test_a_failing_receiver_opens_its_breaker_and_does_not_hold_up_others(
         clock.advance(600)
         assert w.breaker_state("bad") == "half_open"
         bad.responses = [(500, {})]
-        await w.run_once()
+        await w.drain()
         assert len(bad.received) == 4  # one trial delivery only; it fails and reopens
         assert w.breaker_state("bad") == "open"
         clock.advance(600)

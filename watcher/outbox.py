@@ -136,17 +136,6 @@ class OutboxWorker:
         r = self._receivers.get(receiver)
         return r.breaker.state(self.clock()) if r else "closed"
 
-    async def run_once(self) -> int:
-        """Claim one batch of due deliveries, attempt them all, record the outcomes.
-
-        Returns how many were claimed. (The service runs `run_forever`, which
-        does not wait for a whole batch before claiming more.)
-        """
-        batch = await self._claim(self.config.concurrency, {}, [])
-        if batch:
-            await self._record(list(await asyncio.gather(*(self._attempt(c) for c in batch))))
-        return len(batch)
-
     async def drain(self) -> None:
         """Deliver until nothing is due and nothing is in flight (open breakers' rows wait)."""
         await self._pump(until_idle=True)

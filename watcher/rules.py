@@ -149,9 +149,6 @@ class Matcher:
                 out.append(rule)
         return out
 
-    def matching_rules(self, item: Item) -> list[CompiledRule]:
-        return self._matching(item, item_document(item))
-
     def match(self, item: Item) -> list[Hit]:
         """The hits of an item, carrying its facets (minerals, countries) when any rule hits."""
         doc = item_document(item)

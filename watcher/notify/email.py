@@ -148,7 +148,6 @@ class EmailNotifier:
         self.suppressed = suppressed
         self._idle: list[aiosmtplib.SMTP] = []
         self._lock = asyncio.Lock()
-        self.connections_opened = 0
 
     async def send(self, claimed: ClaimedDelivery) -> None:
         c = self.config
@@ -185,7 +184,6 @@ class EmailNotifier:
             timeout=c.timeout_s,
         )
         await smtp.connect()
-        self.connections_opened += 1
         return smtp
 
     async def _send_one(self, to: str, msg: bytes) -> None:

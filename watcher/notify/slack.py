@@ -23,7 +23,6 @@ SECTION_MAX_CHARS = 3000  # section text
 FIELD_MAX_CHARS = 2000  # each section field
 CONTEXT_MAX_CHARS = 2000
 URL_MAX_CHARS = 3000
-BUTTON_TEXT_MAX_CHARS = 75
 SEVERITY_MARK = {"low": "⚪", "medium": "🟡", "high": "🟠", "critical": "🔴"}
 
 
