@@ -19,14 +19,13 @@ from datetime import datetime, timedelta
 
 import aiohttp
 
-from watcher import constants
 from watcher.batching import Batcher
 from watcher.config import Config, SourceConfig
 from watcher.errors import FetchError, FetchReason, ParseError
-from watcher.fetch import Fetcher, limits_from_config
+from watcher.fetch import Fetcher, FetchResult, limits_from_config
 from watcher.metrics import Metrics
 from watcher.models import Clock, Hit, Item
-from watcher.parse import parse_document
+from watcher.parse import ParsedFeed, parse_document
 from watcher.polite import PollPolicy
 from watcher.route import Router
 from watcher.rules import Matcher
@@ -62,16 +61,16 @@ class PollOutcome:
     moved_to: str | None = None  # a 301/308 moved the feed here
 
 
-def backoff_interval_s(
-    source: SourceConfig, errors: int, retry_after_s: float | None, max_s: float
-) -> float:
-    """Seconds until the next poll of a source after `errors` consecutive failures."""
-    if errors <= 0:
-        return float(source.interval_s)
-    delay = min(float(source.interval_s) * float(2 ** min(errors, 20)), max_s)
-    if retry_after_s is not None:
-        delay = max(delay, retry_after_s)
-    return delay
+def parse_fetched(source: SourceConfig, result: FetchResult) -> ParsedFeed:
+    """Parse what a fetch of `source` returned, with the source's language and tags."""
+    return parse_document(
+        result.body,
+        source_id=source.id,
+        content_type=result.content_type,
+        base_url=result.url,
+        language=source.language,
+        tags=source.tags,
+    )
 
 
 class Pipeline:
@@ -84,14 +83,12 @@ class Pipeline:
         router: Router,
         metrics: Metrics,
         clock: Clock,
-        backoff_max_s: float = constants.POLL_BACKOFF_MAX_S,
         on_enqueued: Callable[[], None] = lambda: None,
         stories: StoryIndex | None = None,
         policy: PollPolicy | None = None,
     ) -> None:
         self.stories = stories or StoryIndex()
-        self.backoff_max_s = backoff_max_s
-        self.policy = policy or PollPolicy(backoff_max_s=backoff_max_s)
+        self.policy = policy or PollPolicy()
         # group commit for the common, cheap case: many polls share one round trip
         self._states: Batcher[str, SourceState | None] = Batcher(store.source_states)
         self._unchanged: Batcher[tuple[str, datetime | None], None] = Batcher(
@@ -136,14 +133,7 @@ class Pipeline:
                 return PollOutcome(
                     source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to
                 )
-            parsed = parse_document(
-                result.body,
-                source_id=source.id,
-                content_type=result.content_type,
-                base_url=result.url,
-                language=source.language,
-                tags=source.tags,
-            )
+            parsed = parse_fetched(source, result)
         except (FetchError, ParseError) as exc:
             return await self._failed(source, exc, state.error_count if state else 0)
         if parsed.hub and self.on_hub is not None:
@@ -302,7 +292,6 @@ def build_pipeline(
         router=Router(config.subscriptions),
         metrics=metrics,
         clock=clock,
-        backoff_max_s=p.backoff_max_s,
         on_enqueued=on_enqueued,
         stories=StoryIndex(
             window_s=config.stories.window_days * 86400, threshold=config.stories.threshold

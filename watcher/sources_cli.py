@@ -12,7 +12,7 @@ from watcher.config import Config, SourceConfig, load_config
 from watcher.errors import FetchError, ParseError
 from watcher.fetch import Fetcher, fetch_session, limits_from_config
 from watcher.models import Clock, utc_now
-from watcher.parse import parse_document
+from watcher.pipeline import parse_fetched
 from watcher.polite import PollPolicy
 from watcher.store import SourceState, Store
 
@@ -112,14 +112,7 @@ async def sources_check(
             start = time.perf_counter()
             try:
                 result = await fetcher.fetch(source.id, str(source.url))
-                parsed = parse_document(
-                    result.body,
-                    source_id=source.id,
-                    content_type=result.content_type,
-                    base_url=result.url,
-                    language=source.language,
-                    tags=source.tags,
-                )
+                parsed = parse_fetched(source, result)
             except (FetchError, ParseError) as exc:
                 return [f"{source.id}: FAILED: {exc}"]
             ms = (time.perf_counter() - start) * 1000
