@@ -8,13 +8,16 @@ and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +35,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     case,
+    create_engine,
     event,
     func,
     or_,
@@ -41,11 +45,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
+
+T = TypeVar("T")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -210,6 +216,7 @@ class Outcome:
 class ClaimedDelivery:
     delivery: Delivery
     alert: Alert
+    lease_until: datetime | None = None  # set when claimed: send before it lapses
 
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:
@@ -338,6 +345,32 @@ def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _outbox_engine(url: str) -> Engine | None:
+    """SQLite: a synchronous engine on the same file, for the outbox's own thread.
+
+    Through aiosqlite every statement costs several hops between the event loop
+    and the driver's thread (cursor, execute, fetch, close), each a wait for
+    the GIL while the loop is busy sending; the outbox's claims and records run
+    whole transactions in one hop instead. None for an in-memory database (a
+    second connection would see another database) and for other backends.
+    """
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    engine = create_engine(u.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class Store:
     """The database. Open it with ``await store.open()``; close with ``await store.close()``."""
 
@@ -345,6 +378,9 @@ class Store:
         self.url = url
         self.clock = clock
         self._engine: AsyncEngine | None = None
+        # SQLite: the outbox's transactions run on their own connection and thread
+        self._outbox_engine: Engine | None = None
+        self._outbox_thread: ThreadPoolExecutor | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -364,24 +400,38 @@ class Store:
             kwargs["pool_pre_ping"] = True
         engine = create_async_engine(self.url, **kwargs)
         if engine.dialect.name == "sqlite":
-
-            @event.listens_for(engine.sync_engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.close()
-
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+        self._outbox_engine = _outbox_engine(self.url)
+        if self._outbox_engine is not None:
+            self._outbox_thread = ThreadPoolExecutor(1, thread_name_prefix="watcher-outbox-db")
 
     async def close(self) -> None:
+        if self._outbox_engine is not None and self._outbox_thread is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._outbox_thread, self._outbox_engine.dispose
+            )
+            self._outbox_thread.shutdown()
+            self._outbox_engine = self._outbox_thread = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+    async def _outbox_tx(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one transaction: on SQLite in the outbox's thread (one hop
+        for the whole transaction), elsewhere through the async engine."""
+        if self._outbox_engine is not None and self._outbox_thread is not None:
+            engine = self._outbox_engine
+
+            def run() -> T:
+                with engine.begin() as conn:
+                    return fn(conn)
+
+            return await asyncio.get_running_loop().run_in_executor(self._outbox_thread, run)
+        async with self.engine.begin() as conn:
+            return await conn.run_sync(fn)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -566,35 +616,39 @@ class Store:
         worker crashed) makes the row due again.
         """
         now = self.clock()
-        async with self.engine.begin() as conn:
+
+        def claim(conn: Connection) -> list[ClaimedDelivery]:
             if record:
-                await _record(conn, record, now)
+                _record(conn, record, now)
             claimed: list[int] = []
             if quotas is None:
-                claimed = await _lease(conn, now, lease_s, limit, exclude=exclude_receivers)
+                claimed = _lease(conn, now, lease_s, limit, exclude=exclude_receivers)
             else:
                 for receiver, n in quotas.items():
                     if n > 0:
-                        claimed += await _lease(conn, now, lease_s, n, only=receiver)
+                        claimed += _lease(conn, now, lease_s, n, only=receiver)
                 if not claimed:
                     others = [*quotas, *exclude_receivers]
-                    claimed = await _lease(conn, now, lease_s, limit, exclude=others)
+                    claimed = _lease(conn, now, lease_s, limit, exclude=others)
             if not claimed:
                 return []
             d = deliveries
-            rows = await conn.execute(_delivery_query().where(d.c.id.in_(claimed)).order_by(d.c.id))
-            out = [_claimed(r._mapping) for r in rows]
+            rows = conn.execute(_DELIVERY_QUERY.where(d.c.id.in_(claimed)).order_by(d.c.id))
+            lease_until = now + timedelta(seconds=lease_s)
+            out = [_claimed(r._mapping, lease_until) for r in rows]
             # "also reported by": every source of each alert's story, for the notifiers
-            sources = await _story_store.sources_by_key(conn, [c.alert.story_key for c in out])
+            sources = _story_store.sources_by_key(conn, [c.alert.story_key for c in out])
             for c in out:
                 c.alert.sources = sources.get(c.alert.story_key, [])
             return out
 
+        return await self._outbox_tx(claim)
+
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record a batch of attempts in one transaction, releasing their leases."""
         if outcomes:
-            async with self.engine.begin() as conn:
-                await _record(conn, outcomes, self.clock())
+            now = self.clock()
+            await self._outbox_tx(lambda conn: _record(conn, outcomes, now))
 
     async def mark_sent(self, delivery_id: int) -> None:
         await self.record_outcomes([Outcome(delivery_id, "sent")])
@@ -651,8 +705,8 @@ class Store:
             return int(await conn.scalar(select(func.count()).select_from(items)) or 0)
 
 
-async def _lease(
-    conn: AsyncConnection,
+def _lease(
+    conn: Connection,
     now: datetime,
     lease_s: float,
     limit: int,
@@ -661,7 +715,17 @@ async def _lease(
     exclude: Sequence[str] = (),
 ) -> list[int]:
     """Lease up to `limit` due rows (of one receiver, or of all but some); their ids."""
+    stmt = _lease_statement(conn.dialect.name, by_receiver=only is not None)
+    params = {"b_now": now, "b_lease_until": now + timedelta(seconds=lease_s), "b_limit": limit}
+    params |= {"b_receiver": only} if only is not None else {"b_exclude": list(exclude)}
+    return list(conn.execute(stmt, params).scalars().all())
+
+
+@functools.cache
+def _lease_statement(dialect: str, *, by_receiver: bool) -> Any:
+    """The lease statement, built once per dialect and kind (it runs on every claim)."""
     d = deliveries
+    now = bindparam("b_now", type_=UTCDateTime())
     due = (
         select(d.c.id)
         .where(
@@ -670,15 +734,15 @@ async def _lease(
             or_(d.c.lease_until.is_(None), d.c.lease_until < now),
         )
         .order_by(d.c.next_attempt_at, d.c.id)
-        .limit(limit)
+        .limit(bindparam("b_limit"))
         .with_for_update(skip_locked=True)
     )
-    if only is not None:
-        due = due.where(d.c.receiver == only)
-    if exclude:
-        due = due.where(d.c.receiver.not_in(list(exclude)))
+    if by_receiver:
+        due = due.where(d.c.receiver == bindparam("b_receiver"))
+    else:
+        due = due.where(d.c.receiver.not_in(bindparam("b_exclude", expanding=True)))
     claim = update(d).where(d.c.id.in_(due.scalar_subquery()))
-    if conn.dialect.name != "sqlite":
+    if dialect != "sqlite":
         # PostgreSQL re-checks these on rows another replica changed meanwhile.
         # (SQLite runs the statement under its one write lock, and given them
         # its planner scans every pending row instead of looking the ids up.)
@@ -686,30 +750,36 @@ async def _lease(
             d.c.state == DeliveryState.PENDING.value,
             or_(d.c.lease_until.is_(None), d.c.lease_until < now),
         )
-    result = await conn.execute(
-        claim.values(
-            lease_until=now + timedelta(seconds=lease_s), attempts=d.c.attempts + 1
-        ).returning(d.c.id)
+    return claim.values(
+        lease_until=bindparam("b_lease_until", type_=UTCDateTime()), attempts=d.c.attempts + 1
+    ).returning(d.c.id)
+
+
+_MARK_SENT = (
+    update(deliveries)
+    .where(deliveries.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(
+        state=DeliveryState.SENT.value,
+        sent_at=bindparam("b_now", type_=UTCDateTime()),
+        lease_until=None,
+        last_reason=None,
     )
-    return list(result.scalars().all())
+)
+_RELEASE = (  # back, uncharged: the attempt was not made
+    update(deliveries)
+    .where(deliveries.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(lease_until=None, attempts=deliveries.c.attempts - 1)
+)
 
 
-async def _record(conn: AsyncConnection, outcomes: Sequence[Outcome], now: datetime) -> None:
+def _record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
     d = deliveries
     sent = [o.delivery_id for o in outcomes if o.state == "sent"]
     deferred = [o.delivery_id for o in outcomes if o.state == "deferred"]
     if sent:  # the common case: one statement for the whole group
-        await conn.execute(
-            update(d)
-            .where(d.c.id.in_(sent))
-            .values(state=DeliveryState.SENT.value, sent_at=now, lease_until=None, last_reason=None)
-        )
+        conn.execute(_MARK_SENT, {"b_ids": sent, "b_now": now})
     if deferred:
-        await conn.execute(
-            update(d)
-            .where(d.c.id.in_(deferred))
-            .values(lease_until=None, attempts=d.c.attempts - 1)
-        )
+        conn.execute(_RELEASE, {"b_ids": deferred})
     for o in outcomes:
         values: dict[str, Any] = {"lease_until": None, "last_error": o.error[:2000],
                                   "last_reason": o.reason}  # fmt: skip
@@ -720,7 +790,7 @@ async def _record(conn: AsyncConnection, outcomes: Sequence[Outcome], now: datet
             values["state"] = DeliveryState.DEAD.value
         else:
             continue
-        await conn.execute(update(d).where(d.c.id == o.delivery_id).values(**values))
+        conn.execute(update(d).where(d.c.id == o.delivery_id).values(**values))
 
 
 def _alert_query() -> Any:
@@ -762,6 +832,9 @@ def _delivery_query() -> Any:
     )
 
 
+_DELIVERY_QUERY = _delivery_query()  # built once: a select is immutable
+
+
 def _alert(m: Any) -> Alert:
     return Alert(
         id=m["a_id"],
@@ -781,7 +854,7 @@ def _alert(m: Any) -> Alert:
     )
 
 
-def _claimed(m: Any) -> ClaimedDelivery:
+def _claimed(m: Any, lease_until: datetime | None = None) -> ClaimedDelivery:
     delivery = Delivery(
         id=m["d_id"],
         alert_id=m["alert_id"],
@@ -794,7 +867,7 @@ def _claimed(m: Any) -> ClaimedDelivery:
         created_at=m["d_created_at"],
         sent_at=m["sent_at"],
     )
-    return ClaimedDelivery(delivery, _alert(m))
+    return ClaimedDelivery(delivery, _alert(m), lease_until)
 
 
 # The story and silence tables live with their stages; importing registers them on `metadata`.

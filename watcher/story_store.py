@@ -36,12 +36,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     case,
     func,
     literal,
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
@@ -403,29 +405,28 @@ class StoryIndex:
         return int(row.id)
 
 
-async def sources_by_key(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, list[str]]:
+def sources_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, list[str]]:
     """Each story's sources, first reporter first, for many story keys in one query.
 
     A story merged into another reports the sources of the story that absorbed it.
     """
     if not keys:
         return {}
-    named = stories.alias("named")
-    rows = await conn.execute(
-        select(named.c.key, story_items.c.source_id)
-        .join(
-            story_items,
-            story_items.c.story_id == func.coalesce(named.c.merged_into, named.c.id),
-        )
-        .where(named.c.key.in_(sorted(set(keys))))
-        .order_by(named.c.key, story_items.c.at, story_items.c.item_id)
-    )
     out: dict[str, list[str]] = {}
-    for key, source in rows:
+    for key, source in conn.execute(_SOURCES_BY_KEY, {"keys": sorted(set(keys))}):
         sources = out.setdefault(key, [])
         if source not in sources:
             sources.append(source)
     return out
+
+
+_named = stories.alias("named")
+_SOURCES_BY_KEY = (  # built once: the outbox runs it on every claim
+    select(_named.c.key, story_items.c.source_id)
+    .join(story_items, story_items.c.story_id == func.coalesce(_named.c.merged_into, _named.c.id))
+    .where(_named.c.key.in_(bindparam("keys", expanding=True)))
+    .order_by(_named.c.key, story_items.c.at, story_items.c.item_id)
+)
 
 
 async def story_info(conn: AsyncConnection, key: str) -> StoryInfo | None:
