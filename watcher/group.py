@@ -341,8 +341,11 @@ async def seal(
         found = await conn.scalar(
             select(deliveries.c.id).where(deliveries.c.idempotency_key == key)
         )
-        if found is None:
-            raise RuntimeError(f"delivery {key} was neither inserted nor found")
+        if found is None:  # a unique constraint other than the key's refused the row
+            raise RuntimeError(
+                f"delivery {key} could not be stored; a store created before digests and "
+                "updates must drop its constraint uq_deliveries_alert_receiver (CHANGELOG)"
+            )
         delivery_id = int(found)
     await conn.execute(
         update(notices)
