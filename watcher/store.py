@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from watcher.migrate import upgrade
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
 
@@ -410,7 +411,7 @@ class Store:
 
         self._engine = engine
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(upgrade, metadata)
 
     async def close(self) -> None:
         if self._engine is not None:
