@@ -342,10 +342,7 @@ async def seal(
             select(deliveries.c.id).where(deliveries.c.idempotency_key == key)
         )
         if found is None:  # a unique constraint other than the key's refused the row
-            raise RuntimeError(
-                f"delivery {key} could not be stored; a store created before digests and "
-                "updates must drop its constraint uq_deliveries_alert_receiver (CHANGELOG)"
-            )
+            raise RuntimeError(f"delivery {key} could not be stored (a unique constraint)")
         delivery_id = int(found)
     await conn.execute(
         update(notices)
