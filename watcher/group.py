@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
 from watcher.config import Config
+from watcher.errors import StoreError
 from watcher.models import Clock, DeliveryState
 from watcher.route import IMMEDIATE, Route
 from watcher.silence import list_silences, silenced
@@ -342,7 +343,7 @@ async def seal(
             select(deliveries.c.id).where(deliveries.c.idempotency_key == key)
         )
         if found is None:  # a unique constraint other than the key's refused the row
-            raise RuntimeError(f"delivery {key} could not be stored (a unique constraint)")
+            raise StoreError(f"delivery {key} could not be stored: a unique constraint refused it")
         delivery_id = int(found)
     await conn.execute(
         update(notices)
