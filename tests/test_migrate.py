@@ -79,3 +79,83 @@ async def test_a_not_null_column_without_default_is_refused_by_name(store_url: s
         async with engine.begin() as conn:
             await conn.run_sync(current.drop_all)
         await engine.dispose()
+
+
+async def test_the_legacy_one_delivery_per_alert_and_receiver_constraint_is_dropped(
+    store_url: str, clock: FakeClock
+) -> None:
+    """Digests and updates may carry an alert to a receiver again: the old constraint goes,
+    the rows stay."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import ForeignKey, Index, UniqueConstraint, inspect
+
+    from watcher.store import UTCDateTime, metadata
+
+    old = MetaData()
+    for t in metadata.sorted_tables:
+        if t.name not in ("deliveries", "notices"):
+            t.to_metadata(old)
+    v0 = Table(
+        "deliveries",
+        old,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("alert_id", Integer, ForeignKey("alerts.id"), nullable=False),
+        Column("receiver", String(64), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("attempts", Integer, nullable=False, server_default="0"),
+        Column("idempotency_key", String(64), nullable=False, unique=True),
+        Column("next_attempt_at", UTCDateTime, nullable=False),
+        Column("lease_until", UTCDateTime),
+        Column("last_error", Text, nullable=False, server_default=""),
+        Column("last_reason", String(32)),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("sent_at", UTCDateTime),
+        UniqueConstraint("alert_id", "receiver", name="uq_deliveries_alert_receiver"),
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+    )
+    now = datetime(2026, 2, 5, 12, 0, tzinfo=UTC)
+    engine = create_async_engine(store_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(old.create_all)
+        await conn.execute(
+            old.tables["items"].insert().values(
+                id=1, source_id="s", dedup_key="k", guid="g", url="", title="t", text="x",
+                language="en", content_hash="h", fetched_at=now,
+            )
+        )  # fmt: skip
+        await conn.execute(
+            old.tables["alerts"].insert().values(
+                id=1, rule_id="r", rule_title="R", event_type="export_restriction",
+                severity="high", story_key="k", item_id=1, created_at=now,
+            )
+        )  # fmt: skip
+        await conn.execute(
+            v0.insert().values(
+                alert_id=1, receiver="hook", state="sent", attempts=1,
+                idempotency_key="wd_1_hook", next_attempt_at=now, created_at=now, sent_at=now,
+            )
+        )  # fmt: skip
+    await engine.dispose()
+
+    store = Store(store_url, clock=clock)
+    await store.open()
+    try:
+        [kept] = await store.list_deliveries()
+        assert (kept.delivery.idempotency_key, kept.delivery.state) == ("wd_1_hook", "sent")
+        async with store.engine.begin() as conn:
+            names = await conn.run_sync(
+                lambda c: {u["name"] for u in inspect(c).get_unique_constraints("deliveries")}
+            )
+            assert "uq_deliveries_alert_receiver" not in names
+            await conn.execute(
+                metadata.tables["deliveries"].insert().values(
+                    alert_id=1, receiver="hook", state="pending", attempts=0,
+                    idempotency_key="wg_1_hook", next_attempt_at=now, created_at=now,
+                    kind="group",
+                )
+            )  # fmt: skip
+            assert await conn.run_sync(upgrade, metadata) == []
+        assert len(await store.list_deliveries()) == 2
+    finally:
+        await store.close()

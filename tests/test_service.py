@@ -30,7 +30,9 @@ def write_config(tmp_path: Path, api_port: int, sources: dict[str, str], hook_ur
     ]
     for source_id, url in sources.items():
         lines.append(f'[[sources]]\nid = "{source_id}"\nurl = "{url}"\ninterval_s = 10\n')
-    lines.append(f'[[receivers]]\ntype = "webhook"\nid = "hook"\nurl = "{hook_url}"\n')
+    lines.append(
+        f'[[receivers]]\ntype = "webhook"\nid = "hook"\nurl = "{hook_url}"\ngroup_wait_s = 0\n'
+    )
     lines.append('[[subscriptions]]\nreceivers = ["hook"]\n')
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines))

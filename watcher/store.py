@@ -123,7 +123,11 @@ alerts = Table(
     Column("item_id", _Id, ForeignKey("items.id"), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("facets", Text, nullable=False, server_default="{}"),  # JSON: minerals, countries
+    # issue 4 (noise control): the story's source count, kept current as the story grows
+    Column("source_count", Integer, nullable=False, server_default="1"),
+    Column("updated_at", UTCDateTime),
     UniqueConstraint("rule_id", "story_key", name="uq_alerts_rule_story"),
+    Index("ix_alerts_story", "story_key"),
 )
 
 deliveries = Table(
@@ -141,7 +145,14 @@ deliveries = Table(
     Column("last_reason", String(32)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
-    UniqueConstraint("alert_id", "receiver", name="uq_deliveries_alert_receiver"),
+    # issue 4 (noise control): NULL for one alert; "group" or "digest" for a notification
+    # that carries several alerts (or an update), its members in `notices` (watcher/group.py);
+    # `detail` is JSON (a digest's period). Such a row's alert_id is its first alert's.
+    Column("kind", String(16)),
+    Column("detail", Text),
+    # One delivery per (alert, receiver) holds through the idempotency key (`wd_<alert>_
+    # <receiver>`, unique); an alert may also be in a digest or an update for that receiver.
+    Index("ix_deliveries_alert", "alert_id", "receiver"),
     Index("ix_deliveries_due", "state", "next_attempt_at"),
 )
 
@@ -194,6 +205,7 @@ class NewAlert:
     story_key: str
     item_id: int
     facets: dict[str, list[str]] = field(default_factory=dict)
+    source_count: int = 1  # the story's, when the alert is raised
 
 
 @dataclass(frozen=True)
@@ -208,9 +220,32 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class BatchMember:
+    """One alert of a grouped notification or digest; an update repeats an alert already sent."""
+
+    alert: Alert
+    update: bool = False
+    reply_to: str | None = None  # updates: idempotency key of the notification first sent
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a notification carrying several alerts (or an update) holds, in order."""
+
+    kind: str  # "group" or "digest"
+    members: tuple[BatchMember, ...]
+    detail: dict[str, Any] = field(default_factory=dict)  # digests: subscription, period, zone
+
+    @property
+    def single(self) -> bool:
+        return len(self.members) == 1 and self.kind == "group"
+
+
+@dataclass(frozen=True)
 class ClaimedDelivery:
     delivery: Delivery
     alert: Alert
+    batch: Batch | None = None  # None: the one alert above, as a plain alert notification
 
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:
@@ -272,6 +307,7 @@ class Tx:
                 "item_id": a.item_id,
                 "created_at": self.now,
                 "facets": json.dumps(a.facets, ensure_ascii=False, sort_keys=True),
+                "source_count": a.source_count,
             }
             for a in batch
         ]
@@ -299,11 +335,9 @@ class Tx:
         ]
         if not rows:
             return 0
-        stmt = (
-            _insert(self.conn, deliveries)
-            .on_conflict_do_nothing(index_elements=["alert_id", "receiver"])
-            .returning(deliveries.c.id)
-        )
+        # No conflict target: the key is unique (and so is (alert, receiver) on stores
+        # created before digests and updates), and any of them means "already there".
+        stmt = _insert(self.conn, deliveries).on_conflict_do_nothing().returning(deliveries.c.id)
         return len((await self.conn.execute(stmt, rows)).all())
 
     async def record_poll(
@@ -589,6 +623,8 @@ class Store:
             sources = await _story_store.sources_by_key(conn, [c.alert.story_key for c in out])
             for c in out:
                 c.alert.sources = sources.get(c.alert.story_key, [])
+            if any(c.delivery.kind for c in out):  # groups and digests: their alerts too
+                out = await _group.attach_batches(conn, out)
             return out
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
@@ -629,7 +665,8 @@ class Store:
             q = q.where(deliveries.c.receiver == receiver)
         async with self.engine.connect() as conn:
             rows = await conn.execute(q.order_by(deliveries.c.id).limit(limit))
-            return [_claimed(r._mapping) for r in rows]
+            out = [_claimed(r._mapping) for r in rows]
+            return await _group.attach_batches(conn, out)
 
     async def delivery_counts(self) -> dict[tuple[str, str, str], int]:
         """(receiver, state, last failure reason or '') -> count."""
@@ -735,6 +772,8 @@ def _alert_query() -> Any:
         alerts.c.item_id,
         alerts.c.created_at.label("a_created_at"),
         alerts.c.facets,
+        alerts.c.source_count,
+        alerts.c.updated_at,
         items.c.source_id,
         items.c.title,
         items.c.url,
@@ -758,6 +797,7 @@ def _delivery_query() -> Any:
             d.c.last_error,
             d.c.created_at.label("d_created_at"),
             d.c.sent_at,
+            d.c.kind,
         )
         .join(d, d.c.alert_id == alerts.c.id)
     )
@@ -779,6 +819,8 @@ def _alert(m: Any) -> Alert:
         published=m["published"],
         created_at=m["a_created_at"],
         facets=json.loads(m["facets"] or "{}"),
+        source_count=m["source_count"],
+        updated_at=m["updated_at"],
     )
 
 
@@ -794,10 +836,14 @@ def _claimed(m: Any) -> ClaimedDelivery:
         last_error=m["last_error"],
         created_at=m["d_created_at"],
         sent_at=m["sent_at"],
+        kind=m["kind"],
     )
     return ClaimedDelivery(delivery, _alert(m))
 
 
-# The story and silence tables live with their stages; importing registers them on `metadata`.
+# The story, silence and grouping tables live with their stages; importing registers them
+# on `metadata`.
+from watcher import digest as _digest  # noqa: E402, F401
+from watcher import group as _group  # noqa: E402
 from watcher import silence as _silence  # noqa: E402, F401
 from watcher import story_store as _story_store  # noqa: E402
