@@ -53,8 +53,8 @@ def test_fast_path_reads_a_plain_feed_and_gives_up_on_odd_ones() -> None:
     assert fast_parse(plain, source_id="s", content_type="", base_url="", language="", tags=())
     odd = [
         plain.replace(b"<channel>", b'<channel xml:base="https://x.example/">'),
-        plain.replace(b"</description>", b"</description><media:description "
-                      b'xmlns:media="http://search.yahoo.com/mrss/">x</media:description>', 1),
+        plain.replace(b"</description>", b"</description><media:title "
+                      b'xmlns:media="http://search.yahoo.com/mrss/">x</media:title>', 1),
         plain.replace(b"<title>Test feed</title>", b"<title>Test feed</title>") + b"<junk",
         plain.replace(b"</item>", b"<title>again</title></item>", 1),
     ]  # fmt: skip
@@ -71,3 +71,30 @@ def test_fast_path_reads_a_plain_feed_and_gives_up_on_odd_ones() -> None:
     # and parse_document still reads all of them the slow way (or reports a bad feed)
     for body in odd[:2]:
         assert parse_document(body, source_id="s").items
+
+
+MEDIA = b'xmlns:media="http://search.yahoo.com/mrss/"'
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # feedparser: a media:description after the description is the entry's content
+        (b"</description>", b"</description><media:description " + MEDIA + b">caption"
+         b"</media:description>"),
+        (b"</description>", b"</description><media:content " + MEDIA + b' url="x">'
+         b"<media:credit>c</media:credit><media:description>caption</media:description>"
+         b"</media:content>"),
+        # ... and before it, the summary, the description then being the content
+        (b"<description>", b"<media:description " + MEDIA + b">caption</media:description>"
+         b"<description>"),
+        # an empty <link/> is an empty link, with or without a base
+        (b"<link>https://example.org/news/curb-1</link>", b"<link/>"),
+    ],
+)  # fmt: skip
+def test_fast_path_reads_feedparsers_quirks_alike(change: tuple[bytes, bytes]) -> None:
+    body = rss(CURB, NOISE).replace(*change, 1)
+    for base in ("", BASE):
+        pair = _both(body, "", base)
+        assert pair is not None, change
+        assert pair[0] == pair[1]

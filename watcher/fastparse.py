@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from feedparser.datetimes import _parse_date
+from feedparser.datetimes.rfc822 import _parse_date_rfc822
+from feedparser.datetimes.w3dtf import _parse_date_w3dtf
 from feedparser.mixin import _FeedParserMixin
 from feedparser.urls import _urljoin, make_safe_absolute_uri
 from lxml import etree
@@ -53,7 +55,9 @@ _IGNORED: frozenset[tuple[str, str]] = frozenset(
 _HARMLESS_CHILDREN: dict[tuple[str, str], frozenset[tuple[str, str]]] = {
     (ATOM, "author"): frozenset({(ATOM, "name"), (ATOM, "email"), (ATOM, "uri")}),
     (ATOM, "contributor"): frozenset({(ATOM, "name"), (ATOM, "email"), (ATOM, "uri")}),
-    (MEDIA, "content"): frozenset({(MEDIA, "credit"), (MEDIA, "thumbnail"), (MEDIA, "keywords")}),
+    (MEDIA, "content"): frozenset(
+        {(MEDIA, "credit"), (MEDIA, "thumbnail"), (MEDIA, "keywords"), (MEDIA, "description")}
+    ),
 }
 _FIELDS: dict[tuple[str, str], str] = {
     ("", "title"): "title",
@@ -65,6 +69,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     (DC, "language"): "language",
     (CONTENT, "encoded"): "content",
     (ATOM, "link"): "atomlink",
+    (MEDIA, "description"): "description",
 }
 _ATOM_FIELDS: dict[tuple[str, str], str] = {
     (ATOM, "title"): "title",
@@ -121,13 +126,24 @@ class _GiveUp(Exception):
     """Not a document the fast path reproduces exactly: use feedparser."""
 
 
+_KEYS: dict[str, tuple[str, str]] = {}  # tag -> (namespace, lower-case local name)
+_KEYS_MAX = 4096  # a hostile feed's made-up tags cannot grow it past this
+
+
 def _split(tag: Any) -> tuple[str, str]:
     if not isinstance(tag, str):
         return ("#", "")  # a comment or processing instruction
+    key = _KEYS.get(tag)
+    if key is not None:
+        return key
     if tag[0] == "{":
         ns, _, local = tag[1:].partition("}")
-        return ns, local.lower()
-    return "", tag.lower()
+        key = (ns, local.lower())
+    else:
+        key = ("", tag.lower())
+    if len(_KEYS) < _KEYS_MAX:
+        _KEYS[tag] = key
+    return key
 
 
 def _text(el: Any) -> str:
@@ -230,8 +246,9 @@ def _read(
         if ns == RDF and el.get(f"{{{RDF}}}about") and "id" not in entry:
             entry["id"] = el.get(f"{{{RDF}}}about")
         title = html_to_text(entry.get("title", ""))
-        bodies = entry.get("content") or entry.get("summary") or ""
-        text = html_to_text(bodies)
+        # parse._entry_text's choice: the longest content, else the summary
+        body = max(entry.get("contents", ()), key=len, default="") or entry.get("summary") or ""
+        text = html_to_text(body)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
         published = _published(entry)
@@ -288,6 +305,33 @@ def _atom_link(child: Any, out: dict[str, Any], base: str) -> None:
         out["link"] = _urljoin(base, href.strip())
 
 
+def _markup(el: Any, *, atom: bool) -> str:
+    """The text of a title, summary or content element, if both paths read it alike."""
+    value = _text(el)
+    if atom:
+        ctype = el.get("type", "text").lower()
+        if ctype not in ("text", "html", "text/html", "text/plain") or el.get("src"):
+            raise _GiveUp
+    elif el.keys():
+        raise _GiveUp  # e.g. media:description type="html" mode="base64"
+    if _C1.search(value):
+        raise _GiveUp
+    if _RISKY_TEXT.search(value) and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value)):
+        raise _GiveUp
+    return value
+
+
+def _description(out: dict[str, Any], value: str) -> None:
+    """An RSS description or media:description, by feedparser's rule: the first is the
+    summary; one after it, while the entry has no content yet, is content."""
+    if "summary" not in out:
+        out["summary"] = value
+    elif not out.get("contents"):
+        out["contents"] = [value]
+    else:
+        raise _GiveUp  # a third one replaces the summary: order-dependent
+
+
 def _fields(
     el: Any, fields: dict[tuple[str, str], str], base: str, *, atom: bool
 ) -> dict[str, Any]:
@@ -302,8 +346,12 @@ def _fields(
         if name is None:
             if key in _IGNORED:
                 allowed = _HARMLESS_CHILDREN.get(key, frozenset())
-                if any(_split(c.tag) not in allowed for c in child.iterdescendants()):
-                    raise _GiveUp  # e.g. an <image> inside a <category>: feedparser reads it
+                for c in child.iterdescendants():
+                    inner = _split(c.tag)
+                    if inner not in allowed:
+                        raise _GiveUp  # e.g. an <image> inside a <category>: feedparser reads it
+                    if inner == (MEDIA, "description") and not atom:
+                        _description(out, _markup(c, atom=False))
                 continue
             if key[0] == "" or key[0].lower() in _KNOWN_NS or key[0] == RSS1:
                 raise _GiveUp  # feedparser may map it onto a field we read
@@ -311,24 +359,23 @@ def _fields(
         if name == "atomlink":
             _atom_link(child, out, base)
             continue
+        if name == "description" or (name == "summary" and not atom):
+            _description(out, _markup(child, atom=False))
+            continue
         if name in seen:
             raise _GiveUp  # feedparser's handling of duplicates is order-dependent
         seen.add(name)
-        value = _text(child)
         if name in ("title", "summary", "content"):
-            if atom:
-                ctype = child.get("type", "text").lower()
-                if ctype not in ("text", "html", "text/html", "text/plain") or child.get("src"):
-                    raise _GiveUp
-            if _C1.search(value):
-                raise _GiveUp
-            if _RISKY_TEXT.search(value) and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value)):
-                raise _GiveUp
-            out[name] = value
-        elif name == "link":
-            if not value:
-                raise _GiveUp
-            out["link"] = _urljoin(base, value)
+            value = _markup(child, atom=atom)
+            if name == "content":
+                out.setdefault("contents", []).append(value)
+            else:
+                out[name] = value
+            continue
+        value = _text(child)
+        if name == "link":
+            # an empty <link/> is an empty link to feedparser, whatever the base
+            out["link"] = _urljoin(base, value) if value else ""
         elif name == "id":
             is_link = atom or child.get("isPermaLink", child.get("ispermalink", "true")) == "true"
             if is_link and value:
@@ -337,7 +384,24 @@ def _fields(
             if is_link:
                 out.setdefault("link", value)
         elif name in ("published", "updated"):
-            out[name + "_parsed"] = _parse_date(value) if value else None
+            out[name + "_parsed"] = _date(value) if value else None
         elif name == "language":
             out["language"] = value
     return out
+
+
+_DATE_ERRORS = (KeyError, OverflowError, ValueError, AttributeError)  # what _parse_date skips
+
+
+def _date(value: str) -> Any:
+    """feedparser's `_parse_date(value)`, without trying every format in turn.
+
+    Its first format is W3DTF, which reads no date that starts with a letter; RFC 822
+    is its second. So one of the two gives _parse_date's answer, or it is asked itself.
+    """
+    handler = _parse_date_rfc822 if value[:1].isalpha() else _parse_date_w3dtf
+    try:
+        parsed = handler(value)
+    except _DATE_ERRORS:
+        parsed = None
+    return parsed if parsed and len(parsed) == 9 else _parse_date(value)

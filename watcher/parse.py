@@ -41,18 +41,25 @@ def canonical_url(url: str, base: str = "") -> str:
         return ""
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return ""
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
-    ]
-    return urlunsplit(
-        (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
-    )
+    query = ""
+    if parts.query:  # most links have none: no parse_qsl/urlencode round trip then
+        query = urlencode(
+            [
+                (k, v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
+            ]
+        )
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
+
+
+def _fold(text: str) -> str:
+    """`normalize`, with its ASCII case (NFKC changes no ASCII text) short-cut first."""
+    return text.lower() if text.isascii() else normalize(text)
 
 
 def content_hash(title: str, text: str) -> str:
-    digest = hashlib.sha256(f"{normalize(title)}\n{normalize(text)}".encode())
+    digest = hashlib.sha256(f"{_fold(title)}\n{_fold(text)}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -104,7 +111,8 @@ def make_item(
         key = f"url:{url}"
     else:
         key = f"hash:{chash}"
-    return Item(
+    # every field is built here with its declared type: no validation pass needed
+    return Item.model_construct(
         source_id=source_id,
         dedup_key=key[:512],
         guid=guid[:512],
