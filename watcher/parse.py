@@ -34,9 +34,14 @@ def canonical_url(url: str, base: str = "") -> str:
     if not url:
         return ""
     try:
-        if base:
+        # urljoin leaves an absolute http(s) URL as it is, up to what the canonical form
+        # rebuilds anyway (a ";" is where its round trip could differ): skip it then
+        absolute = url[:8].lower().startswith(("http://", "https://")) and ";" not in url
+        if base and not absolute:
             url = urljoin(base, url)
         parts = urlsplit(url)
+        if base and absolute and not parts.netloc:  # "http:path": relative after all
+            parts = urlsplit(urljoin(base, url))
     except ValueError:
         return ""
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
