@@ -116,8 +116,7 @@ def make_item(
         key = f"url:{url}"
     else:
         key = f"hash:{chash}"
-    # every field is built here with its declared type: no validation pass needed
-    return Item.model_construct(
+    return Item(
         source_id=source_id,
         dedup_key=key[:512],
         guid=guid[:512],
