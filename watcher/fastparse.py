@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from feedparser.api import StrictFeedParser as _FeedParser
 from feedparser.datetimes import _parse_date
 from feedparser.datetimes.rfc822 import _parse_date_rfc822
 from feedparser.datetimes.rfc822 import months as _MONTHS
@@ -336,6 +337,33 @@ def _markup(el: Any, *, atom: bool) -> str:
     return value
 
 
+def _xml_content(el: Any) -> str | None:
+    """'' for an Atom content of XML records feedparser keeps apart (SEC EDGAR's filings:
+    `<content type="text/xml"><filing-date>...`), else None.
+
+    Such content is no markup to feedparser: each child element is its own entry key
+    (handled by no method of its own, holding only text), the content's value is the
+    whitespace between them, stripped: ''. Anything else about it: feedparser decides.
+    """
+    if el.get("type", "").lower() not in ("text/xml", "application/xml") or len(el.keys()) != 1:
+        return None
+    if not len(el) or (el.text or "").strip():
+        return None
+    for child in el:
+        ns, local = _split(child.tag)
+        if (
+            ns != ATOM
+            or len(child)
+            or child.keys()
+            or (child.tail or "").strip()
+            or local.endswith("_parsed")
+            or hasattr(_FeedParser, "_start_" + local)
+            or hasattr(_FeedParser, "_end_" + local)
+        ):
+            return None
+    return ""
+
+
 def _description(out: dict[str, Any], value: str) -> None:
     """An RSS description or media:description, by feedparser's rule: the first is the
     summary; one after it, while the entry has no content yet, is content."""
@@ -381,7 +409,8 @@ def _fields(
             raise _GiveUp  # feedparser's handling of duplicates is order-dependent
         seen.add(name)
         if name in ("title", "summary", "content"):
-            value = _markup(child, atom=atom)
+            value = _xml_content(child) if atom and name == "content" else None
+            value = _markup(child, atom=atom) if value is None else value
             if name == "content":
                 out.setdefault("contents", []).append(value)
             else:
