@@ -469,7 +469,7 @@ def _date(value: str) -> datetime | None:
                 offset = -offset if m[7] == "-" else offset
             else:
                 offset = timedelta(hours=_ZONES.get(zone, 0))
-            fields = (int(m[3]), month, int(m[1]), int(m[4]), int(m[5]), int(m[6]))
+            fields = [int(m[3]), month, int(m[1]), int(m[4]), int(m[5]), int(m[6])]
             return _utc(fields, offset, value)
     m = _W3DTF.fullmatch(value)
     if m is not None:
@@ -477,16 +477,16 @@ def _date(value: str) -> datetime | None:
         if m[7]:
             offset = timedelta(hours=int(m[8]), minutes=int(m[9]))
             offset = -offset if m[7] == "-" else offset
-        fields = tuple(int(m[i]) for i in range(1, 7))
-        return _utc(fields, offset, value)
+        return _utc([int(m[i]) for i in range(1, 7)], offset, value)
     return _slow_date(value)
 
 
-def _utc(fields: tuple[int, ...], offset: timedelta, value: str) -> datetime | None:
-    if not 1900 <= fields[0] <= 2200:
+def _utc(fields: list[int], offset: timedelta, value: str) -> datetime | None:
+    year, month, day, hour, minute, second = fields
+    if not 1900 <= year <= 2200:
         return _slow_date(value)  # near the ends of time, feedparser's own arithmetic decides
     try:
-        return datetime(*fields, tzinfo=UTC) - offset
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC) - offset
     except ValueError:  # no such date (a 31 February, a 25th hour): feedparser decides
         return _slow_date(value)
 

@@ -152,6 +152,19 @@ settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# issue 6: WebSub subscriptions survive a restart. The secret itself is in `settings`
+# (as every generated secret is); a row names it, so a row can be shown or logged.
+websub_subscriptions = Table(
+    "websub_subscriptions",
+    metadata,
+    Column("source_id", String(64), primary_key=True),
+    Column("hub", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("secret_ref", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # wanted, requested, active, denied
+    Column("lease_until", UTCDateTime),
+)
+
 email_suppressions = Table(
     "email_suppressions",
     metadata,
@@ -182,6 +195,18 @@ class SourceState:
     def poll_url(self) -> str:
         """The URL to poll: where a permanent redirect moved the feed, else the configured one."""
         return self.moved_url or self.url
+
+
+@dataclass(frozen=True)
+class WebSubRow:
+    """A stored WebSub subscription: `secret_ref` names its secret (`Store.secret`)."""
+
+    source_id: str
+    hub: str
+    topic: str
+    secret_ref: str
+    state: str
+    lease_until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -495,6 +520,27 @@ class Store:
                 )
             )
             return {r[0] for r in rows}
+
+    async def save_websub(self, sub: WebSubRow) -> None:
+        """Create or replace the WebSub subscription of a source."""
+        values = {
+            "hub": sub.hub,
+            "topic": sub.topic,
+            "secret_ref": sub.secret_ref,
+            "state": sub.state,
+            "lease_until": sub.lease_until,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _insert(conn, websub_subscriptions)
+                .values(source_id=sub.source_id, **values)
+                .on_conflict_do_update(index_elements=["source_id"], set_=values)
+            )
+
+    async def websub_subscriptions(self) -> list[WebSubRow]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(websub_subscriptions))
+            return [WebSubRow(**r._asdict()) for r in rows]
 
     async def source_states(self, source_ids: Sequence[str]) -> list[SourceState | None]:
         """Many sources' state in one query, aligned with `source_ids`."""
