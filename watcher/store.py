@@ -8,6 +8,7 @@ and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from watcher.constants import SQLITE_TRANSACTIONS_IN_FLIGHT
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
 
@@ -370,6 +372,11 @@ class Store:
         self.url = url
         self.clock = clock
         self._engine: AsyncEngine | None = None
+        # SQLite has one writer at a time: more write transactions in flight would only
+        # wait in its busy loop (unfairly), each holding a pooled connection and its buffers
+        self._tx_slots = asyncio.Semaphore(
+            SQLITE_TRANSACTIONS_IN_FLIGHT if _is_sqlite(url) else 1000
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -397,6 +404,9 @@ class Store:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=30000")
+                # 512 KiB of page cache per pooled connection (SQLite's default is 2 MiB):
+                # pages are re-read from the OS cache cheaply, and RSS stays small
+                cur.execute("PRAGMA cache_size=-512")
                 cur.close()
 
         self._engine = engine
@@ -414,7 +424,7 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self.engine.begin() as conn:
+        async with self._tx_slots, self.engine.begin() as conn:
             yield Tx(conn, self.clock())
 
     # ------------------------------------------------------------ sources
