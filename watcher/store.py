@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.types import TypeDecorator
 
 from watcher.constants import SQLITE_TRANSACTIONS_IN_FLIGHT
+from watcher.migrate import upgrade
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
 
@@ -411,7 +412,7 @@ class Store:
 
         self._engine = engine
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(upgrade, metadata)
 
     async def close(self) -> None:
         if self._engine is not None:
