@@ -63,5 +63,8 @@ CLUSTER_MAX_CANDIDATES = 20
 CLUSTER_ITEMS_PER_STORY_COMPARED = 20
 CLUSTER_MIN_SHARED_SPECIFICS = 2  # names, amounts or dates two items must share to merge
 
+# store
+SQLITE_TRANSACTIONS_IN_FLIGHT = 2  # Store.transaction()s at once on SQLite (one writes)
+
 # rules
 RULES_RELOAD_INTERVAL_S = 5.0

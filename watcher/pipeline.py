@@ -108,6 +108,7 @@ class Pipeline:
         self.matcher = matcher
         self.router = router
         self.metrics = metrics
+        self._polled = {o: metrics.polls.labels(o) for o in ("new", "unchanged", "error")}
         self.clock = clock
         self.on_enqueued = on_enqueued
 
@@ -136,7 +137,7 @@ class Pipeline:
             if result.not_modified or (state and body_hash == state.body_hash):
                 delay = self.policy.next_check_s(source.interval_s, fresh_for_s=result.fresh_for_s)
                 await self._unchanged.run((source.id, self.clock() + timedelta(seconds=delay)))
-                self.metrics.polls.labels(source.id, "unchanged").inc()
+                self._polled["unchanged"].inc()
                 return PollOutcome(
                     source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to
                 )
@@ -157,7 +158,7 @@ class Pipeline:
             next_poll_at=self.clock() + timedelta(seconds=delay),
         )
         outcome.moved_to = result.moved_to
-        self.metrics.polls.labels(source.id, "new").inc()
+        self._polled["new"].inc()
         return outcome
 
     async def _failed(
@@ -165,7 +166,7 @@ class Pipeline:
     ) -> PollOutcome:
         if isinstance(exc, FetchError) and exc.reason is FetchReason.GONE:
             await self.store.deactivate_source(source.id, str(exc))
-            self.metrics.polls.labels(source.id, "error").inc()
+            self._polled["error"].inc()
             return PollOutcome(source.id, "gone", error=exc, error_count=previous_errors + 1)
         retry_after = exc.retry_after_s if isinstance(exc, FetchError) else None
         errors = previous_errors + 1
@@ -176,7 +177,7 @@ class Pipeline:
             error=str(exc),
             next_poll_at=self.clock() + timedelta(seconds=delay),
         )
-        self.metrics.polls.labels(source.id, "error").inc()
+        self._polled["error"].inc()
         return PollOutcome(
             source.id,
             "error",
@@ -265,7 +266,7 @@ class Pipeline:
                     next_poll_at=next_poll_at,
                 )
         if new:
-            self.metrics.items.labels(source_id).inc(len(new))
+            self.metrics.items.inc(len(new))
         for a in raised:
             self.metrics.alerts.labels(a.hit.rule_id, a.hit.event_type.value).inc()
         if dispatched.deliveries:

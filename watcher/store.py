@@ -8,6 +8,7 @@ and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from watcher.constants import SQLITE_TRANSACTIONS_IN_FLIGHT
 from watcher.migrate import upgrade
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
@@ -164,6 +166,19 @@ settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# issue 6: WebSub subscriptions survive a restart. The secret itself is in `settings`
+# (as every generated secret is); a row names it, so a row can be shown or logged.
+websub_subscriptions = Table(
+    "websub_subscriptions",
+    metadata,
+    Column("source_id", String(64), primary_key=True),
+    Column("hub", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("secret_ref", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # wanted, requested, active, denied
+    Column("lease_until", UTCDateTime),
+)
+
 email_suppressions = Table(
     "email_suppressions",
     metadata,
@@ -194,6 +209,18 @@ class SourceState:
     def poll_url(self) -> str:
         """The URL to poll: where a permanent redirect moved the feed, else the configured one."""
         return self.moved_url or self.url
+
+
+@dataclass(frozen=True)
+class WebSubRow:
+    """A stored WebSub subscription: `secret_ref` names its secret (`Store.secret`)."""
+
+    source_id: str
+    hub: str
+    topic: str
+    secret_ref: str
+    state: str
+    lease_until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -380,6 +407,11 @@ class Store:
         self.url = url
         self.clock = clock
         self._engine: AsyncEngine | None = None
+        # SQLite has one writer at a time: more write transactions in flight would only
+        # wait in its busy loop (unfairly), each holding a pooled connection and its buffers
+        self._tx_slots = asyncio.Semaphore(
+            SQLITE_TRANSACTIONS_IN_FLIGHT if _is_sqlite(url) else 1000
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -407,6 +439,9 @@ class Store:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=30000")
+                # 512 KiB of page cache per pooled connection (SQLite's default is 2 MiB):
+                # pages are re-read from the OS cache cheaply, and RSS stays small
+                cur.execute("PRAGMA cache_size=-512")
                 cur.close()
 
         self._engine = engine
@@ -424,7 +459,7 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self.engine.begin() as conn:
+        async with self._tx_slots, self.engine.begin() as conn:
             yield Tx(conn, self.clock())
 
     # ------------------------------------------------------------ sources
@@ -530,6 +565,27 @@ class Store:
                 )
             )
             return {r[0] for r in rows}
+
+    async def save_websub(self, sub: WebSubRow) -> None:
+        """Create or replace the WebSub subscription of a source."""
+        values = {
+            "hub": sub.hub,
+            "topic": sub.topic,
+            "secret_ref": sub.secret_ref,
+            "state": sub.state,
+            "lease_until": sub.lease_until,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _insert(conn, websub_subscriptions)
+                .values(source_id=sub.source_id, **values)
+                .on_conflict_do_update(index_elements=["source_id"], set_=values)
+            )
+
+    async def websub_subscriptions(self) -> list[WebSubRow]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(websub_subscriptions))
+            return [WebSubRow(**r._asdict()) for r in rows]
 
     async def source_states(self, source_ids: Sequence[str]) -> list[SourceState | None]:
         """Many sources' state in one query, aligned with `source_ids`."""
