@@ -1,12 +1,13 @@
 """The outbox worker: claim due deliveries, send them, record the outcome.
 
-Every delivery is a row before it is attempted. A worker leases a batch of due
-rows (a crashed worker's rows become due again when their lease expires),
-sends each through its receiver's notifier, then records every outcome of the
-batch in one transaction: sent; due again after exponential backoff with full
-jitter (or exactly when the receiver's Retry-After says); or dead after
-`max_attempts` or a permanent failure. Delivery is at-least-once: a crash
-between send and record sends again, with the same idempotency key.
+Every delivery is a row before it is attempted. A worker leases batches of due
+rows ahead of its sends (a crashed worker's rows become due again when their
+lease expires), sends each through its receiver's notifier, and records the
+outcomes in groups as the sends complete, each group in one transaction: sent;
+due again after exponential backoff with full jitter (or exactly when the
+receiver's Retry-After says); or dead after `max_attempts` or a permanent
+failure. Delivery is at-least-once: a crash between send and record sends
+again, with the same idempotency key.
 
 A receiver that keeps failing does not hold up the others: each receiver has
 its own concurrency limit and a circuit breaker. After `breaker_failures`
@@ -188,7 +189,7 @@ class OutboxWorker:
         self._stopping = True
         self._wake.set()
 
-    def _claim(
+    def _store_op(
         self,
         ready: Mapping[str, Sized],
         record: list[DeliveryOutcome],
@@ -255,7 +256,7 @@ class OutboxWorker:
                 # outcomes alone are written once there are as many as sends in flight
                 if claim or (done and len(done) >= len(sends)):
                     op_claims, op_sees_all = claim, not sends
-                    op = self._claim(ready, done, claim=claim, skip=idle if sends else set())
+                    op = self._store_op(ready, done, claim=claim, skip=idle if sends else set())
                     op.add_done_callback(lambda _: self._wake.set())
                     recording, done = done, []
             if op is None and not sends and (until_idle or self._stopping):
