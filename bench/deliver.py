@@ -43,7 +43,7 @@ from watcher.models import utc_now  # noqa: E402
 from watcher.notify import build_notifiers  # noqa: E402
 from watcher.outbox import OutboxWorker  # noqa: E402
 from watcher.parse import make_item  # noqa: E402
-from watcher.store import NewAlert, Store, metadata  # noqa: E402
+from watcher.store import NewAlert, Store  # noqa: E402
 
 
 def free_port() -> int:
@@ -172,11 +172,17 @@ async def floor_emails(port: int, n: int) -> float:
 async def open_store(url: str) -> Store:
     """A store with nothing in it: a PostgreSQL database is emptied first."""
     if not url.startswith("sqlite"):
+        from sqlalchemy import MetaData
         from sqlalchemy.ext.asyncio import create_async_engine
+
+        def drop_all(conn: Any) -> None:  # every table there, whichever version made it
+            found = MetaData()
+            found.reflect(conn)
+            found.drop_all(conn)
 
         engine = create_async_engine(url)
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
+            await conn.run_sync(drop_all)
         await engine.dispose()
     store = Store(url, clock=utc_now)
     await store.open()
