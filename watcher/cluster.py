@@ -294,9 +294,8 @@ def weigh(counts: Mapping[str, int], df: Mapping[str, int], docs: int) -> dict[s
 
 
 def similarity(a: Mapping[str, float], b: Mapping[str, float]) -> float:
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(v * b.get(k, 0.0) for k, v in a.items())
+    """Cosine of two unit-length vectors: a sum over the keys they share."""
+    return sum(a[k] * b[k] for k in a.keys() & b.keys())
 
 
 def shared_specifics(a: Mapping[str, float], b: Mapping[str, float]) -> int:
