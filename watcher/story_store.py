@@ -54,6 +54,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import neg
 from typing import Any
 
 from sqlalchemy import (
@@ -205,8 +206,7 @@ class _Memory:
     def __init__(self) -> None:
         self.members: dict[int, _Member] = {}
         self.stories: dict[int, _Story] = {}
-        # key -> (times, item ids), in time order
-        self.postings: dict[str, tuple[list[float], list[int]]] = {}
+        self.postings: dict[str, _Posting] = {}
         self.by_hash: dict[str, list[int]] = {}
         self.loaded = False
         self.low = float("inf")
@@ -225,11 +225,42 @@ class _Memory:
         insort(story.members, (m.at, m.item_id))
         story.sources[m.source_id] += 1
         for k in m.keys:
-            times, ids = self.postings.setdefault(k, ([], []))
-            i = bisect_right(times, m.at)
-            times.insert(i, m.at)
-            ids.insert(i, m.item_id)
+            posting = self.postings.get(k)
+            if posting is None:
+                posting = self.postings[k] = _Posting()
+            i = bisect_right(posting.times, m.at)
+            posting.times.insert(i, m.at)
+            posting.items.insert(i, m.item_id)
+            posting.stories.insert(i, m.story_id)
         self.by_hash.setdefault(m.content_hash, []).append(m.item_id)
+
+    def add_many(self, loaded: Sequence[tuple[_Member, _Story]]) -> None:
+        """`add` for many members at once (a load): each posting list is sorted once."""
+        new: dict[str, list[tuple[float, int, int]]] = {}
+        for m, story in loaded:
+            self.members[m.item_id] = m
+            story.members.append((m.at, m.item_id))
+            story.sources[m.source_id] += 1
+            for k in m.keys:
+                entry = (m.at, m.item_id, m.story_id)
+                got = new.get(k)
+                if got is None:
+                    new[k] = [entry]
+                else:
+                    got.append(entry)
+            self.by_hash.setdefault(m.content_hash, []).append(m.item_id)
+        for story in {id(story): story for _, story in loaded}.values():
+            story.members.sort()
+        for k, entries in new.items():
+            posting = self.postings.get(k)
+            if posting is None:
+                posting = self.postings[k] = _Posting()
+            else:
+                entries.extend(zip(posting.times, posting.items, posting.stories, strict=True))
+            entries.sort()
+            posting.times = [e[0] for e in entries]
+            posting.items = [e[1] for e in entries]
+            posting.stories = [e[2] for e in entries]
 
     def remove(self, item_id: int) -> None:
         m = self.members.pop(item_id)
@@ -237,12 +268,10 @@ class _Memory:
         if story is not None:
             self._leave(m, story)
         for k in m.keys:
-            times, ids = self.postings[k]
-            i = bisect_left(times, m.at)
-            while ids[i] != item_id:
-                i += 1
-            del times[i], ids[i]
-            if not times:
+            posting = self.postings[k]
+            i = posting.find(m)
+            del posting.times[i], posting.items[i], posting.stories[i]
+            if not posting.times:
                 del self.postings[k]
         same = self.by_hash[m.content_hash]
         same.remove(item_id)
@@ -260,6 +289,9 @@ class _Memory:
         if old is not None:
             self._leave(m, old)
         m.story_id = to.id
+        for k in m.keys:
+            posting = self.postings[k]
+            posting.stories[posting.find(m)] = to.id
         insort(to.members, (m.at, m.item_id))
         to.sources[m.source_id] += 1
 
@@ -276,19 +308,18 @@ class _Memory:
     def candidates(self, keys: Sequence[str], lo: float, hi: float) -> list[int]:
         """Stories with most index hits among `keys` in [lo, hi]; most hits, then newest, first."""
         hits: Counter[int] = Counter()
-        members = self.members
         for k in keys:
             posting = self.postings.get(k)
-            if posting is None:
-                continue
-            times, ids = posting
-            i, j = bisect_left(times, lo), bisect_right(times, hi)
-            if i < j:
-                hits.update(members[x].story_id for x in ids[i:j])
-        top = heapq.nsmallest(
-            constants.CLUSTER_MAX_CANDIDATES, hits.items(), key=lambda kv: (-kv[1], -kv[0])
-        )
-        return [story_id for story_id, _ in top]
+            if posting is not None:
+                times = posting.times
+                hits.update(posting.stories[bisect_left(times, lo) : bisect_right(times, hi)])
+        n = constants.CLUSTER_MAX_CANDIDATES
+        if len(hits) > n:  # only stories with at least the n-th best count can make it
+            least = heapq.nlargest(n, hits.values())[-1]
+            top = sorted((-c, -s) for s, c in hits.items() if c >= least)[:n]
+        else:
+            top = sorted((-c, -s) for s, c in hits.items())
+        return [-s for _, s in top]
 
     def same_content(self, content_hash: str, item_id: int, lo: float, hi: float) -> int | None:
         """The oldest story holding an item with this content in [lo, hi]."""
@@ -309,12 +340,74 @@ class _Memory:
         self.low = cutoff
 
 
+class _Posting:
+    """The items indexed under one key, in time order, with their stories."""
+
+    __slots__ = ("items", "stories", "times")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.items: list[int] = []
+        self.stories: list[int] = []
+
+    def find(self, m: _Member) -> int:
+        i = bisect_left(self.times, m.at)
+        while self.items[i] != m.item_id:
+            i += 1
+        return i
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The statements every assignment runs, built once per dialect."""
+
+    count_terms: Any
+    upsert_stories: Any
+    insert_items: Any
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _statements(conn: AsyncConnection) -> _Statements:
+    built = _STATEMENTS.get(conn.dialect.name)
+    if built is None:
+        terms = _insert(conn, term_stats)
+        count_terms = terms.on_conflict_do_update(
+            index_elements=["term"],
+            set_={
+                "df": term_stats.c.df + terms.excluded.df,
+                "prev_token": term_stats.c.token,
+                "token": terms.excluded.token,
+            },
+        ).returning(term_stats.c.term, term_stats.c.df, term_stats.c.prev_token)
+        upsert = _insert(conn, stories)
+        changing = [
+            "first_at",
+            "last_at",
+            "item_count",
+            "source_count",
+            "updated_at",
+            "merged_into",
+        ]
+        upsert_stories = upsert.on_conflict_do_update(
+            index_elements=["id"], set_={c: upsert.excluded[c] for c in changing}
+        )
+        built = _STATEMENTS[conn.dialect.name] = _Statements(
+            count_terms=count_terms,
+            upsert_stories=upsert_stories,
+            insert_items=_insert(conn, story_items),
+        )
+    return built
+
+
 def _at(posix_s: float) -> datetime:
     return datetime.fromtimestamp(posix_s, tz=UTC)
 
 
 def _member(row: Any) -> _Member:
-    vector = {sys.intern(k): float(v) for k, v in json.loads(row.vector).items()}
+    stored = json.loads(row.vector)
+    vector = dict(zip(map(sys.intern, stored), map(float, stored.values()), strict=True))
     return _Member(
         item_id=int(row.item_id),
         story_id=int(row.story_id),
@@ -353,7 +446,7 @@ def _specifics(vector: dict[str, float]) -> frozenset[str]:
 
 def _ranked(vector: dict[str, float]) -> list[str]:
     """The vector's keys, most distinctive first (what `cluster.index_keys` orders by)."""
-    return [k for k, _ in sorted(vector.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return [k for _, k in sorted(zip(map(neg, vector.values()), vector, strict=True))]
 
 
 class StoryIndex:
@@ -542,19 +635,7 @@ class StoryIndex:
         counted: Counter[str] = Counter()
         for f in feats:
             counted.update(f.counts.keys())
-        excluded = _insert(conn, term_stats).excluded
-        stmt = (
-            _insert(conn, term_stats)
-            .on_conflict_do_update(
-                index_elements=["term"],
-                set_={
-                    "df": term_stats.c.df + excluded.df,
-                    "prev_token": term_stats.c.token,
-                    "token": excluded.token,
-                },
-            )
-            .returning(term_stats.c.term, term_stats.c.df, term_stats.c.prev_token)
-        )
+        stmt = _statements(conn).count_terms
         rows: list[dict[str, Any]] = [{"term": _DOCS, "df": len(feats), "token": token}]
         rows += [{"term": t, "df": n, "token": None} for t, n in sorted(counted.items())]
         df: dict[str, int] = {}
@@ -640,6 +721,7 @@ class StoryIndex:
             .where(story_items.c.story_id.in_(wanted.scalar_subquery()))
         )
         emptied: set[int] = set()
+        loaded: list[tuple[_Member, _Story]] = []
         for r in rows:
             story = memory.stories.get(int(r.story_id))
             if story is None:
@@ -655,11 +737,11 @@ class StoryIndex:
                 story.first_at, story.last_at = r.first_at, r.last_at
             known = memory.members.get(int(r.item_id))
             if known is None:
-                m = _member(r)
-                memory.add(m, story)
+                loaded.append((_member(r), story))
             elif known.story_id != story.id:
                 emptied.add(known.story_id)
                 memory.move(known, story)
+        memory.add_many(loaded)
         for story_id in emptied:
             story = memory.stories.get(story_id)
             if story is not None and not story.members:
@@ -686,28 +768,11 @@ class StoryIndex:
                     "merged_into": story.merged_into,
                 }
             )
-        excluded = _insert(conn, stories).excluded
-        await conn.execute(
-            _insert(conn, stories).on_conflict_do_update(
-                index_elements=["id"],
-                set_={
-                    c: excluded[c]
-                    for c in (
-                        "first_at",
-                        "last_at",
-                        "item_count",
-                        "source_count",
-                        "updated_at",
-                        "merged_into",
-                    )
-                },
-            ),
-            rows,
-        )
+        await conn.execute(_statements(conn).upsert_stories, rows)
         for target, other in run.merges:
             await self._merge_stored(conn, target, other, version)
         await conn.execute(
-            _insert(conn, story_items),
+            _statements(conn).insert_items,
             [
                 {
                     "item_id": m.item_id,
