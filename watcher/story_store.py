@@ -54,7 +54,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import neg
+from itertools import chain
+from operator import itemgetter, neg
 from typing import Any
 
 from sqlalchemy import (
@@ -306,20 +307,24 @@ class _Memory:
     # -- lookups
 
     def candidates(self, keys: Sequence[str], lo: float, hi: float) -> list[int]:
-        """Stories with most index hits among `keys` in [lo, hi]; most hits, then newest, first."""
-        hits: Counter[int] = Counter()
+        """The stories with most index hits among `keys` in [lo, hi] (then the newest)."""
+        found = []
         for k in keys:
             posting = self.postings.get(k)
             if posting is not None:
                 times = posting.times
-                hits.update(posting.stories[bisect_left(times, lo) : bisect_right(times, hi)])
+                found.append(posting.stories[bisect_left(times, lo) : bisect_right(times, hi)])
+        hits = Counter(chain.from_iterable(found))
         n = constants.CLUSTER_MAX_CANDIDATES
-        if len(hits) > n:  # only stories with at least the n-th best count can make it
-            least = heapq.nlargest(n, hits.values())[-1]
-            top = sorted((-c, -s) for s, c in hits.items() if c >= least)[:n]
-        else:
-            top = sorted((-c, -s) for s, c in hits.items())
-        return [-s for _, s in top]
+        if len(hits) <= n:
+            return list(hits)
+        # Most hits first; among the stories tied at the n-th count, the newest.
+        ranked = sorted(hits.items(), key=itemgetter(1), reverse=True)
+        least = ranked[n - 1][1]
+        counts = list(map(neg, map(itemgetter(1), ranked)))
+        above = bisect_left(counts, -least)  # stories with more hits than the n-th
+        tied = ranked[above : bisect_right(counts, -least)]
+        return [s for s, _ in ranked[:above]] + heapq.nlargest(n - above, map(itemgetter(0), tied))
 
     def same_content(self, content_hash: str, item_id: int, lo: float, hi: float) -> int | None:
         """The oldest story holding an item with this content in [lo, hi]."""
@@ -594,12 +599,10 @@ class StoryIndex:
                 if vetoed(feats, other.cues):
                     sim_best = 0.0
                     break
+                if len(specifics & other.specifics) < constants.CLUSTER_MIN_SHARED_SPECIFICS:
+                    continue  # vocabulary alone never merges: no need to weigh it
                 sim = similarity(vector, other.vector)
-                if (
-                    sim >= self.threshold
-                    and sim > sim_best
-                    and len(specifics & other.specifics) >= constants.CLUSTER_MIN_SHARED_SPECIFICS
-                ):
+                if sim >= self.threshold and sim > sim_best:
                     sim_best = sim
             if sim_best:
                 best[story_id] = sim_best
