@@ -21,7 +21,10 @@ writes (vectors computed by the real code) in bulk. Then, per size:
   insert, assignment, commit), next to `floor_poll_items_per_s_at_N`, the same
   polls without the cluster stage: what the store alone costs;
 - `batch_items_per_s_at_N`: polls of BATCH items each (a feed's first poll,
-  a busy source), time inside `assign` only.
+  a busy source), time inside `assign` only;
+- `cpu_ms_per_item_at_N`, `batch_cpu_ms_per_item_at_N`: the CPU time (this
+  process, all threads, so SQLite's work too) inside `assign` per item, which
+  other load on the machine disturbs less than the wall-clock rates.
 
 With WATCHER_TEST_POSTGRES_DSN set (a database the bench may wipe), the
 same at PG_SIZE stored items on PostgreSQL (`pg_...`), plus
@@ -166,20 +169,22 @@ def _new_items(
 
 async def _polls(
     store: Store, index: StoryIndex | None, batches: list[list[Item]]
-) -> tuple[float, float, int]:
-    """Run one transaction per batch; returns (seconds in assign, seconds in all, joined)."""
-    in_assign = 0.0
+) -> tuple[float, float, int, float]:
+    """Run one transaction per batch; returns seconds in assign, seconds in all, how many
+    joined a story, and the CPU seconds (this process, all threads) in assign."""
+    in_assign = cpu = 0.0
     joined = 0
     start = time.perf_counter()
     for batch in batches:
         async with store.transaction() as tx:
             new = await tx.insert_new_items(batch)
             if index is not None:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 got = await index.assign(tx.conn, new, tx.now)
                 in_assign += time.perf_counter() - t0
+                cpu += time.process_time() - c0
                 joined += sum(not a.new_story for a in got.values())
-    return in_assign, time.perf_counter() - start, joined
+    return in_assign, time.perf_counter() - start, joined, cpu
 
 
 async def measure(url: str, n: int) -> dict[str, float]:
@@ -193,13 +198,13 @@ async def measure(url: str, n: int) -> dict[str, float]:
         prefill_s = time.perf_counter() - t0
         index = StoryIndex()  # the default window
         warm = [synth.item(synth.story(), "late", "warm", clock_now)]
-        warmup_s, _, _ = await _polls(store, index, [warm])
+        warmup_s, _, _, _ = await _polls(store, index, [warm])
         singles = _new_items(synth, story_defs, clock_now, "one")
-        in_assign, whole, joined = await _polls(store, index, [[i] for i in singles])
+        in_assign, whole, joined, cpu = await _polls(store, index, [[i] for i in singles])
         floor = _new_items(synth, story_defs, clock_now, "floor")
-        _, floor_s, _ = await _polls(store, None, [[i] for i in floor])
+        _, floor_s, _, _ = await _polls(store, None, [[i] for i in floor])
         batched = _new_items(synth, story_defs, clock_now, "batch")
-        batch_s, _, _ = await _polls(
+        batch_s, _, _, batch_cpu = await _polls(
             store, index, [batched[i : i + BATCH] for i in range(0, len(batched), BATCH)]
         )
     finally:
@@ -209,6 +214,8 @@ async def measure(url: str, n: int) -> dict[str, float]:
         "poll_items_per_s": round(MEASURED / whole, 1),
         "floor_poll_items_per_s": round(MEASURED / floor_s, 1),
         "batch_items_per_s": round(MEASURED / batch_s, 1),
+        "cpu_ms_per_item": round(cpu / MEASURED * 1000, 2),
+        "batch_cpu_ms_per_item": round(batch_cpu / MEASURED * 1000, 2),
         "warmup_s": round(warmup_s, 2),
         "joined_existing": joined,
         "prefill_s": round(prefill_s, 1),
@@ -230,7 +237,7 @@ async def two_replicas(url: str, n: int) -> float:
             await _polls(replicas[k], indexes[k], [warm])
         spent = 0.0
         for i, item in enumerate(_new_items(synth, story_defs, clock_now, "two")):
-            took, _, _ = await _polls(replicas[i % 2], indexes[i % 2], [[item]])
+            took, _, _, _ = await _polls(replicas[i % 2], indexes[i % 2], [[item]])
             spent += took
     finally:
         for s in replicas:

@@ -491,16 +491,20 @@ class StoryIndex:
         df, docs, previous = await self._count_documents(conn, feats, token)
         memory = self._memories.setdefault(conn.sync_engine, _Memory())
         earliest = min(at.timestamp() for at in ats) - self.window_s
-        await self._catch_up(conn, memory, previous, docs - len(batch), earliest, now)
-        pending = _Pending(token=token, version=docs)
-        memory.pending = pending  # before any change, so a failure below is caught up on
-        run = _Run(memory=memory, pending=pending, now=now)
-        out: dict[int, StoryAssignment] = {}
-        for n, ((item_id, item), feat, at) in enumerate(zip(batch, feats, ats, strict=True)):
-            vector = weigh(feat.counts, df, docs - len(batch) + n)
-            df.update({k: df.get(k, 0) + 1 for k in feat.counts})
-            out[item_id] = self._assign_one(run, item_id, item, feat, vector, at)
-        await self._write(conn, run, docs)
+        try:
+            await self._catch_up(conn, memory, previous, docs - len(batch), earliest, now)
+            # Known only when the next assignment sees whose token it replaced.
+            pending = memory.pending = _Pending(token=token, version=docs)
+            run = _Run(memory=memory, pending=pending, now=now)
+            out: dict[int, StoryAssignment] = {}
+            for n, ((item_id, item), feat, at) in enumerate(zip(batch, feats, ats, strict=True)):
+                vector = weigh(feat.counts, df, docs - len(batch) + n)
+                df.update({k: df.get(k, 0) + 1 for k in feat.counts})
+                out[item_id] = self._assign_one(run, item_id, item, feat, vector, at)
+            await self._write(conn, run, docs)
+        except BaseException:
+            memory.reset()  # half-done: the next assignment reads the store afresh
+            raise
         return out
 
     def _assign_one(
