@@ -48,6 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from sqlalchemy import text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
@@ -151,6 +152,14 @@ async def prefill(
         ):
             for i in range(0, len(rows), 5000):
                 await tx.conn.execute(table.insert(), rows[i : i + 5000])
+        if tx.conn.dialect.name == "postgresql":  # ids were given: move the sequence past them
+            await tx.conn.execute(
+                text("SELECT setval(pg_get_serial_sequence('items', 'id'), max(id)) FROM items")
+            )
+    if store.engine.dialect.name == "postgresql":  # statistics, as autovacuum would gather
+        async with store.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("ANALYZE"))
     return story_defs
 
 

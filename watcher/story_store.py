@@ -256,6 +256,13 @@ class _Memory:
             posting = self.postings.get(k)
             if posting is None:
                 posting = self.postings[k] = _Posting()
+            elif len(entries) < _MERGE_POSTINGS_FROM:  # a few: insert them where they go
+                for at, item_id, story_id in entries:
+                    i = bisect_right(posting.times, at)
+                    posting.times.insert(i, at)
+                    posting.items.insert(i, item_id)
+                    posting.stories.insert(i, story_id)
+                continue
             else:
                 entries.extend(zip(posting.times, posting.items, posting.stories, strict=True))
             entries.sort()
@@ -343,6 +350,9 @@ class _Memory:
             if story.members and story.members[-1][0] < cutoff:
                 self.drop_story(story.id)
         self.low = cutoff
+
+
+_MERGE_POSTINGS_FROM = 16  # new entries for one key from which a load re-sorts its list
 
 
 class _Posting:
@@ -547,23 +557,24 @@ class StoryIndex:
                 merged = self._merge(run, story, sorted(matches)[1:])
         run.pending.touched.add(story.id)
         story.last_at = max(story.last_at, at)
+        cues = (
+            feats.polarity,
+            ",".join(sorted(feats.countries))[:200],
+            ",".join(sorted(feats.amounts))[:200],
+        )
         member = _Member(
             item_id=item_id,
             story_id=story.id,
             at=at_s,
             source_id=item.source_id,
             content_hash=item.content_hash,
-            cues=_cues(
-                feats.polarity,
-                ",".join(sorted(feats.countries))[:200],
-                ",".join(sorted(feats.amounts))[:200],
-            ),
+            cues=_cues(*cues),  # as stored, and as read back
             vector=vector,
             specifics=_specifics(vector),
             keys=tuple(ranked[: constants.CLUSTER_INDEX_KEYS]),
         )
         memory.add(member, story)
-        run.items.append((member, best_sim, at))
+        run.items.append((member, best_sim, at, cues))
         return StoryAssignment(
             story_id=story.id,
             story_key=story.key,
@@ -787,13 +798,13 @@ class StoryIndex:
                     "source_id": m.source_id,
                     "at": at,
                     "similarity": sim,
-                    "polarity": m.cues.polarity,
-                    "countries": ",".join(sorted(m.cues.countries))[:200],
-                    "amounts": ",".join(sorted(m.cues.amounts))[:200],
+                    "polarity": cues[0],
+                    "countries": cues[1],
+                    "amounts": cues[2],
                     "vector": json.dumps(m.vector, separators=(",", ":")),
                     "version": version,
                 }
-                for m, sim, at in run.items
+                for m, sim, at, cues in run.items
             ],
         )
 
@@ -835,7 +846,7 @@ class _Run:
     memory: _Memory
     pending: _Pending
     now: datetime
-    items: list[tuple[_Member, float, datetime]] = field(default_factory=list)
+    items: list[tuple[_Member, float, datetime, tuple[str, str, str]]] = field(default_factory=list)
     absorbed: dict[int, _Story] = field(default_factory=dict)
     merges: list[tuple[_Story, _Story]] = field(default_factory=list)
 
