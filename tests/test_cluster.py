@@ -375,3 +375,29 @@ async def test_an_item_older_than_the_memory_reaches_still_finds_its_story(
         store, [b.model_copy(update={"guid": "b2", "source_id": "other"})], StoryIndex()
     )
     assert late == first == fresh_process
+
+
+async def test_a_store_from_before_the_memory_is_upgraded_and_its_stories_found(
+    store_url: str, clock: FakeClock
+) -> None:
+    """A store whose story_items have no version and whose term_stats no tokens (as the
+    first clustering release wrote them) is upgraded at open; a later copy still joins."""
+    from sqlalchemy import text
+
+    a, b, _ = _copies(clock.now - timedelta(hours=2))
+    store = Store(store_url, clock=clock)
+    await store.open()
+    [first] = await assign_all(store, [a], StoryIndex())
+    async with store.engine.begin() as conn:  # back to the old schema, rows kept
+        await conn.execute(text("DROP INDEX ix_story_items_version"))
+        for table, column in (("story_items", "version"), ("term_stats", "token"),
+                              ("term_stats", "prev_token")):  # fmt: skip
+            await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    await store.close()
+    store = Store(store_url, clock=clock)
+    await store.open()
+    try:
+        [copy] = await assign_all(store, [b], StoryIndex())
+    finally:
+        await store.close()
+    assert copy == first

@@ -16,8 +16,9 @@ stories of the recent past (every story with an item at or after a moving
 low-water mark, ``2 x window`` back by default) in memory, with an inverted
 index from each item's most distinctive keys to the items, kept sorted by
 time so a lookup touches only the time window around the new item. Nothing
-is read from the store per item; an assignment writes three statements
-whatever the batch size (the document counts, the stories, the items).
+is read from the store per item; an assignment is three statements whatever
+the batch size (the document counts, the stories, the items; four when a
+batch both starts stories and grows others).
 
 Keeping that memory right, across restarts and replicas, rests on the
 document-count row. Every assignment first upserts its terms' counts together
@@ -113,7 +114,7 @@ story_items = Table(
     Column("amounts", String(200), nullable=False),
     Column("vector", Text, nullable=False),
     # the document count after the assignment that last wrote this row
-    Column("version", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False, server_default="0"),
     Index("ix_story_items_story", "story_id", "at"),
     Index("ix_story_items_at", "at"),
     Index("ix_story_items_version", "version"),
@@ -377,6 +378,7 @@ class _Statements:
     """The statements every assignment runs, built once per dialect."""
 
     count_terms: Any
+    insert_stories: Any
     upsert_stories: Any
     insert_items: Any
 
@@ -410,6 +412,7 @@ def _statements(conn: AsyncConnection) -> _Statements:
         )
         built = _STATEMENTS[conn.dialect.name] = _Statements(
             count_terms=count_terms,
+            insert_stories=_insert(conn, stories),
             upsert_stories=upsert_stories,
             insert_items=_insert(conn, story_items),
         )
@@ -549,6 +552,7 @@ class StoryIndex:
                 created_at=run.now,
             )
             memory.stories[story.id] = story
+            run.created.add(story.id)
             new_story = True
         else:
             # The oldest matching story absorbs the others this item bridges.
@@ -768,11 +772,11 @@ class StoryIndex:
     async def _write(self, conn: AsyncConnection, run: _Run, version: int) -> None:
         """Store what the batch changed: the stories, merges, then the new items."""
         memory, now = run.memory, run.now
-        rows = []
+        rows: dict[bool, list[dict[str, Any]]] = {True: [], False: []}  # new?
         for story_id in sorted(run.pending.touched):
             story = memory.stories.get(story_id) or run.absorbed[story_id]
             merged = story.merged_into is not None
-            rows.append(
+            rows[story_id in run.created].append(
                 {
                     "id": story.id,
                     "key": story.key,
@@ -786,7 +790,11 @@ class StoryIndex:
                     "merged_into": story.merged_into,
                 }
             )
-        await conn.execute(_statements(conn).upsert_stories, rows)
+        # New stories by plain INSERT: an id taken by a story of an older store fails loudly.
+        if rows[True]:
+            await conn.execute(_statements(conn).insert_stories, rows[True])
+        if rows[False]:
+            await conn.execute(_statements(conn).upsert_stories, rows[False])
         for target, other in run.merges:
             await self._merge_stored(conn, target, other, version)
         await conn.execute(
@@ -847,6 +855,7 @@ class _Run:
     pending: _Pending
     now: datetime
     items: list[tuple[_Member, float, datetime, tuple[str, str, str]]] = field(default_factory=list)
+    created: set[int] = field(default_factory=set)
     absorbed: dict[int, _Story] = field(default_factory=dict)
     merges: list[tuple[_Story, _Story]] = field(default_factory=list)
 
