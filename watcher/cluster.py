@@ -315,14 +315,15 @@ def idf(df: int, docs: int) -> float:
 
 def weigh(counts: Mapping[str, int], df: Mapping[str, int], docs: int) -> dict[str, float]:
     """Unit-length TF-IDF vector (sublinear tf, boosted key kinds), cut to its top keys."""
-    raw = {
-        k: (1.0 + math.log(c)) * idf(df.get(k, 0), docs) * _BOOST[k[0]]
+    log, total, boost = math.log, docs + constants.CLUSTER_IDF_PRIOR_DOCS, _BOOST
+    # (-weight, key): sorting these puts the heaviest first, ties by key (as `idf` would).
+    ranked = sorted(
+        (-((1.0 + log(c)) * log(total / (df.get(k, 0) + 1.0)) * boost[k[0]]), k)
         for k, c in counts.items()
         if c > 0
-    }
-    top = sorted(raw.items(), key=lambda kv: (-kv[1], kv[0]))[: constants.CLUSTER_VECTOR_KEYS]
-    norm = math.sqrt(sum(v * v for _, v in top)) or 1.0
-    return {k: round(v / norm, 6) for k, v in top}
+    )[: constants.CLUSTER_VECTOR_KEYS]
+    norm = math.sqrt(sum(v * v for v, _ in ranked)) or 1.0
+    return {k: round(-v / norm, 6) for v, k in ranked}
 
 
 def similarity(a: Mapping[str, float], b: Mapping[str, float]) -> float:
