@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 from watcher.cluster import features, weigh  # noqa: E402
 from watcher.models import Item  # noqa: E402
 from watcher.parse import make_item  # noqa: E402
-from watcher.store import Store, items, metadata  # noqa: E402
+from watcher.store import Store, items  # noqa: E402
 from watcher.story_store import StoryIndex, stories, story_items, term_stats  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000)
@@ -256,8 +256,9 @@ async def two_replicas(url: str, n: int) -> float:
 
 async def _wipe(url: str) -> None:
     engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.drop_all)
+    async with engine.begin() as conn:  # every table, also those an older version left
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
     await engine.dispose()
 
 
