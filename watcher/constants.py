@@ -64,6 +64,8 @@ CLUSTER_INDEX_KEYS = 24
 CLUSTER_LOOKUP_KEYS = 48
 CLUSTER_MAX_CANDIDATES = 20
 CLUSTER_ITEMS_PER_STORY_COMPARED = 20
+# The cluster stage keeps the stories of this many windows back in memory (see story_store).
+CLUSTER_MEMORY_WINDOWS = 2
 CLUSTER_MIN_SHARED_SPECIFICS = 2  # names, amounts or dates two items must share to merge
 
 # store
