@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
+
 from tests.conftest import FakeClock
 from watcher.models import DeliveryState
 from watcher.parse import make_item
-from watcher.store import NewAlert, Store
+from watcher.store import NewAlert, Outcome, Store
 
 
 def item(key: str, source: str = "s1"):
@@ -78,6 +82,34 @@ async def test_claim_send_and_lease_expiry(store: Store, clock: FakeClock) -> No
     assert again.delivery.idempotency_key == next(
         c.delivery.idempotency_key for c in claimed if c.delivery.receiver == "hook"
     )
+
+
+async def test_sqlite_claims_wait_for_another_writer_without_blocking_the_loop(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The outbox's SQLite transactions run on the event loop but never wait there
+    for the write lock: held by another connection, they wait in a thread."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/w.db", clock=clock)
+    await store.open()
+    try:
+        await _alert_with_delivery(store, ["hook"])
+        writer = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        claim = asyncio.create_task(store.claim_deliveries(limit=10, lease_s=60))
+        ticks = 0
+        while ticks < 20:  # the loop runs on while the claim waits for the lock
+            await asyncio.sleep(0)
+            ticks += 1
+        assert not claim.done()
+        writer.execute("COMMIT")
+        writer.close()
+        [c] = await asyncio.wait_for(claim, 30)
+        assert c.delivery.receiver == "hook" and c.delivery.attempts == 1
+        await store.record_outcomes([Outcome(c.delivery.id, "sent")])
+        [d] = await store.list_deliveries()
+        assert d.delivery.state == DeliveryState.SENT
+    finally:
+        await store.close()
 
 
 async def test_retry_later_and_dead_letter(store: Store, clock: FakeClock) -> None:

@@ -31,6 +31,9 @@ OUTBOX_MAX_ATTEMPTS = 10
 OUTBOX_BACKOFF_BASE_S = 5.0
 OUTBOX_BACKOFF_MAX_S = 3600.0
 OUTBOX_CONCURRENCY = 50
+# claimed rows a receiver keeps ready per send slot: claims come in batches big
+# enough that the store's round trips hide behind the sends in flight
+OUTBOX_READY_PER_SLOT = 8
 RECEIVER_CONCURRENCY = 10
 BREAKER_FAILURES = 5
 BREAKER_COOLDOWN_S = 60.0

@@ -42,6 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
@@ -513,9 +514,7 @@ class Grouper:
                 await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
 
 
-async def attach_batches(
-    conn: AsyncConnection, claimed: list[ClaimedDelivery]
-) -> list[ClaimedDelivery]:
+def attach_batches(conn: Connection, claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
     """Give each claimed group or digest its alerts, in the order they came."""
     ids = [c.delivery.id for c in claimed if c.delivery.kind]
     if not ids:
@@ -525,9 +524,9 @@ async def attach_batches(
     d, n = deliveries, notices
     details = {
         int(r.id): json.loads(r.detail) if r.detail else {}
-        for r in await conn.execute(select(d.c.id, d.c.detail).where(d.c.id.in_(ids)))
+        for r in conn.execute(select(d.c.id, d.c.detail).where(d.c.id.in_(ids)))
     }
-    rows = await conn.execute(
+    rows = conn.execute(
         _alert_query()
         .add_columns(n.c.delivery_id, n.c.kind.label("n_kind"), n.c.reply_to)
         .join(n, n.c.alert_id == alerts.c.id)
@@ -541,7 +540,7 @@ async def attach_batches(
             BatchMember(_alert(m), update=m["n_kind"] == "update", reply_to=m["reply_to"])
         )
     every = [b.alert for ms in members.values() for b in ms]
-    sources = await sources_by_key(conn, [a.story_key for a in every])
+    sources = sources_by_key(conn, [a.story_key for a in every])
     for a in every:
         a.sources = sources.get(a.story_key, [])
     out = []

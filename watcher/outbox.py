@@ -1,12 +1,13 @@
 """The outbox worker: claim due deliveries, send them, record the outcome.
 
-Every delivery is a row before it is attempted. A worker leases a batch of due
-rows (a crashed worker's rows become due again when their lease expires),
-sends each through its receiver's notifier, then records every outcome of the
-batch in one transaction: sent; due again after exponential backoff with full
-jitter (or exactly when the receiver's Retry-After says); or dead after
-`max_attempts` or a permanent failure. Delivery is at-least-once: a crash
-between send and record sends again, with the same idempotency key.
+Every delivery is a row before it is attempted. A worker leases batches of due
+rows ahead of its sends (a crashed worker's rows become due again when their
+lease expires), sends each through its receiver's notifier, and records the
+outcomes in groups as the sends complete, each group in one transaction: sent;
+due again after exponential backoff with full jitter (or exactly when the
+receiver's Retry-After says); or dead after `max_attempts` or a permanent
+failure. Delivery is at-least-once: a crash between send and record sends
+again, with the same idempotency key.
 
 A receiver that keeps failing does not hold up the others: each receiver has
 its own concurrency limit and a circuit breaker. After `breaker_failures`
@@ -22,11 +23,13 @@ import contextlib
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Set, Sized
+from collections.abc import Callable, Coroutine, Mapping, Set, Sized
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from watcher.config import OutboxConfig
+from watcher.constants import OUTBOX_READY_PER_SLOT
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.metrics import Metrics
 from watcher.models import Clock
@@ -91,9 +94,44 @@ class CircuitBreaker:
 
 @dataclass
 class _Receiver:
-    limit: int
+    limit: int  # sends in flight
     semaphore: asyncio.Semaphore
     breaker: CircuitBreaker
+
+    @property
+    def buffer(self) -> int:
+        """Claimed rows kept ready behind the sends."""
+        return self.limit * OUTBOX_READY_PER_SLOT
+
+
+class _Sends:
+    """The sends in flight: how many per receiver, and those finished since last collected."""
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        self.busy: Counter[str] = Counter()
+        self._tasks: dict[asyncio.Task[DeliveryOutcome], str] = {}
+        self._finished: list[asyncio.Task[DeliveryOutcome]] = []
+        self._wake = wake
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, receiver: str, send: Coroutine[Any, Any, DeliveryOutcome]) -> None:
+        task = asyncio.create_task(send)
+        task.add_done_callback(self._done)
+        self._tasks[task] = receiver
+        self.busy[receiver] += 1
+
+    def _done(self, task: asyncio.Task[DeliveryOutcome]) -> None:
+        self._finished.append(task)
+        self._wake.set()
+
+    def collect(self) -> list[DeliveryOutcome]:
+        """The outcomes of the sends finished since the last call."""
+        finished, self._finished = self._finished, []
+        for t in finished:
+            self.busy[self._tasks.pop(t)] -= 1
+        return [t.result() for t in finished]
 
 
 class OutboxWorker:
@@ -116,7 +154,8 @@ class OutboxWorker:
         self.clock = clock
         self.rng = rng or random.Random()
         self.on_outcome = on_outcome
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a send or store operation finished, a kick, a stop
+        self._kicked = False  # new work may be due: look at every receiver again
         self._stopping = False
         concurrency = receiver_concurrency or {}
         self._receivers = {
@@ -130,6 +169,7 @@ class OutboxWorker:
 
     def kick(self) -> None:
         """Ask the worker to look for due deliveries now."""
+        self._kicked = True
         self._wake.set()
 
     def breaker_state(self, receiver: str) -> str:
@@ -149,141 +189,147 @@ class OutboxWorker:
         self._stopping = True
         self._wake.set()
 
-    async def _claim(
+    def _store_op(
         self,
-        room: int,
         ready: Mapping[str, Sized],
         record: list[DeliveryOutcome],
         *,
+        claim: bool,
         skip: Set[str] = frozenset(),
-    ) -> list[ClaimedDelivery]:
-        """Record `record`, then lease rows for each receiver's free ready slots:
-        one transaction. Paused receivers get none, nor those in `skip` (found
-        with nothing due a moment ago)."""
+    ) -> asyncio.Task[list[ClaimedDelivery]]:
+        """Start the store operation: record `record`, then (if `claim`) lease rows
+        for each receiver's free buffer slots; one transaction. Paused receivers
+        get none, nor those in `skip` (found with nothing due a moment ago)."""
+        if not claim:
+            rows = [self._row(o) for o in record]
+            return asyncio.create_task(self._record_only(rows))
         now = self.clock()
+        room = self.config.concurrency * OUTBOX_READY_PER_SLOT
         quotas = {
-            name: min(room, r.limit - len(ready.get(name, ())))
+            name: min(room, r.buffer - len(ready.get(name, ())))
             for name, r in self._receivers.items()
             if r.breaker.state(now) != "open" and name not in skip
         }
-        return await self.store.claim_deliveries(
-            limit=max(room, 1),
-            lease_s=self.config.lease_s,
-            exclude_receivers=sorted(self._receivers),
-            record=[self._row(o) for o in record],
-            quotas=quotas,
+        return asyncio.create_task(
+            self.store.claim_deliveries(
+                limit=room,
+                lease_s=self.config.lease_s,
+                exclude_receivers=sorted(self._receivers),
+                record=[self._row(o) for o in record],
+                quotas=quotas,
+            )
         )
 
-    async def _pump(self, *, until_idle: bool) -> None:
-        """The delivery loop: sends in flight, and a buffer of claimed rows ready behind them.
+    async def _record_only(self, rows: list[Outcome]) -> list[ClaimedDelivery]:
+        await self.store.record_outcomes(rows)
+        return []
 
-        Each receiver has at most `limit` sends in flight and `limit` rows ready,
-        so a slow receiver occupies only its own slots and never holds up the
-        others. Claims (a query) refill the buffers while sends are in flight, so
-        the store's round trips overlap with the network's. Outcomes are recorded
-        in the transaction of the next claim, or alone when no claim is due: one
-        write per wave of completions, and little sent-but-unrecorded work for a
-        crash to send again.
+    async def _pump(self, *, until_idle: bool) -> None:
+        """The delivery loop: sends in flight, claimed rows ready behind them, and
+        at most one store operation running beside them.
+
+        Each receiver has at most `limit` sends in flight and a buffer of up to
+        `limit * OUTBOX_READY_PER_SLOT` claimed rows, so a slow receiver occupies
+        only its own slots and never holds up the others. The store operation
+        (record the outcomes finished so far, then lease rows for the buffers
+        down to half) runs as a task: sending never waits for the database, and
+        outcomes are written in one transaction per wave of completions, so
+        little sent-but-unrecorded work is left for a crash to send again.
         """
-        inflight: dict[asyncio.Task[DeliveryOutcome], str] = {}
+        sends = _Sends(self._wake)
         ready: dict[str, deque[ClaimedDelivery]] = {}
         done: list[DeliveryOutcome] = []  # finished or released, not yet recorded
+        op: asyncio.Task[list[ClaimedDelivery]] | None = None  # the store operation
+        recording: list[DeliveryOutcome] = []  # what `op` records
+        op_claims = op_sees_all = False  # does `op` lease rows; for every receiver?
         idle: set[str] = set()  # receivers whose last claim found nothing more due
+        settled = False  # a claim with nothing in flight found nothing: rest until woken
         idle_since = self.clock()
         while True:
             now = self.clock()
             if (now - idle_since).total_seconds() >= self.config.sweep_interval_s:
                 idle, idle_since = set(), now  # look at every receiver again now and then
-            busy = Counter(inflight.values())
-            for name, rows in ready.items():
-                r = self._receivers.get(name)
-                if self._stopping or (r is not None and r.breaker.state(now) == "open"):
-                    # back, uncharged: a paused receiver's rows, or everything on stop
-                    done += [DeliveryOutcome(c, "deferred") for c in rows]
-                    rows.clear()
-                limit = self._limit(name)
-                while rows and busy[name] < limit and len(inflight) < self.config.concurrency:
-                    c = rows.popleft()
-                    busy[name] += 1
-                    inflight[asyncio.create_task(self._attempt(c))] = name
-            # Refill when a receiver that has work is down to half its buffer, or
-            # when nothing is in flight: a claim is a query, so claim in batches.
-            if not self._stopping and (self._hungry(ready, idle, now) or not inflight):
-                try:
-                    batch = await self._claim(
-                        self.config.concurrency, ready, done, skip=idle if inflight else set()
-                    )  # records `done` too
-                except Exception:  # the worker must survive a store hiccup
-                    logger.exception("outbox: claiming deliveries failed")
-                    batch = []
-                else:
-                    self._reported(done)
-                done = []
-                got = Counter(c.delivery.receiver for c in batch)
-                idle |= {name for name in self._receivers if not got[name]}
-                idle -= set(got)
-                for c in batch:
-                    rows = ready.setdefault(c.delivery.receiver, deque())
-                    if len(rows) >= self._limit(c.delivery.receiver):
-                        done.append(DeliveryOutcome(c, "deferred"))  # no room: back, uncharged
-                    else:
-                        rows.append(c)
-                if batch:
-                    continue  # start the new rows at once
-            if not inflight:
-                if done:
-                    await self._record_logged(done)
-                    done = []
-                if any(ready.values()) and not self._stopping:
-                    continue
-                if until_idle or self._stopping:
-                    return
-                self._wake.clear()
+            self._dispatch(ready, sends, done, now)
+            if op is None:
+                claim = not self._stopping and not settled
+                claim = claim and (not sends or self._hungry(ready, idle, now))
+                # outcomes alone are written once there are as many as sends in flight
+                if claim or (done and len(done) >= len(sends)):
+                    op_claims, op_sees_all = claim, not sends
+                    op = self._store_op(ready, done, claim=claim, skip=idle if sends else set())
+                    op.add_done_callback(lambda _: self._wake.set())
+                    recording, done = done, []
+            if op is None and not sends and (until_idle or self._stopping):
+                return
+            # Wait for a send or the store operation to finish, a kick, or a sweep.
+            if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.sweep_interval_s)
-                idle = set()
-                continue
+                    async with asyncio.timeout(self.config.sweep_interval_s):
+                        await self._wake.wait()
+                if not self._wake.is_set():
+                    self._kicked = True  # a sweep: look again as if kicked
             self._wake.clear()
-            waker = asyncio.create_task(self._wake.wait())
-            await asyncio.wait(
-                [*inflight, waker],
-                timeout=self.config.sweep_interval_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if waker.done():
-                idle = set()  # something new was enqueued
-            waker.cancel()
-            for t in [t for t in inflight if t.done()]:
-                del inflight[t]
-                done.append(t.result())
-            # The next claim records them, in its transaction; alone if none is due.
-            if done and (self._stopping or not self._hungry(ready, idle, self.clock())):
-                await self._record_logged(done)
-                done = []
+            if self._kicked:
+                idle, settled, self._kicked = set(), False, False
+            done += sends.collect()
+            if op is None or not op.done():
+                continue
+            try:
+                batch = op.result()
+            except Exception:  # the worker must survive a store hiccup
+                logger.exception("outbox: recording or claiming deliveries failed")
+                batch = []  # unrecorded rows are sent again when their leases expire
+                idle = set(self._receivers)  # no claim again until a sweep or a kick
+            else:
+                self._reported(recording)
+            op, recording = None, []
+            if op_claims:
+                got = Counter(c.delivery.receiver for c in batch)
+                idle = (idle | {name for name in self._receivers if not got[name]}) - set(got)
+                settled = op_sees_all and not batch and not sends
+            for c in batch:
+                rows = ready.setdefault(c.delivery.receiver, deque())
+                if len(rows) >= self._buffer(c.delivery.receiver):
+                    done.append(DeliveryOutcome(c, "deferred"))  # no room: back, uncharged
+                else:
+                    rows.append(c)
+
+    def _dispatch(
+        self,
+        ready: Mapping[str, deque[ClaimedDelivery]],
+        sends: _Sends,
+        done: list[DeliveryOutcome],
+        now: datetime,
+    ) -> None:
+        """Start sends from the buffers into free slots; release rows that must not go now."""
+        # a row claimed so long ago that its lease could lapse mid-send goes back
+        stale_at = now + timedelta(seconds=self.config.lease_s / 2)
+        for name, rows in ready.items():
+            r = self._receivers.get(name)
+            if self._stopping or (r is not None and r.breaker.state(now) == "open"):
+                # back, uncharged: a paused receiver's rows, or everything on stop
+                done += [DeliveryOutcome(c, "deferred") for c in rows]
+                rows.clear()
+            limit = r.limit if r is not None else 1
+            while rows and sends.busy[name] < limit and len(sends) < self.config.concurrency:
+                c = rows.popleft()
+                if c.lease_until is not None and c.lease_until < stale_at:
+                    done.append(DeliveryOutcome(c, "deferred"))
+                else:
+                    sends.start(name, self._attempt(c))
 
     def _hungry(self, ready: Mapping[str, Sized], idle: set[str], now: datetime) -> bool:
         """Does a receiver that has work have half its buffer free or more?"""
         return any(
             name not in idle
             and r.breaker.state(now) != "open"
-            and len(ready.get(name, ())) <= r.limit // 2
+            and len(ready.get(name, ())) <= r.buffer // 2
             for name, r in self._receivers.items()
         )
 
-    def _limit(self, receiver: str) -> int:
+    def _buffer(self, receiver: str) -> int:
         r = self._receivers.get(receiver)
-        return r.limit if r is not None else 1
-
-    async def _record_logged(self, outcomes: list[DeliveryOutcome]) -> None:
-        try:
-            await self._record(outcomes)
-        except Exception:  # the leases expire and the rows are sent again
-            logger.exception("outbox: recording outcomes failed")
-
-    async def _record(self, outcomes: list[DeliveryOutcome]) -> None:
-        if outcomes:
-            await self.store.record_outcomes([self._row(o) for o in outcomes])
-            self._reported(outcomes)
+        return r.buffer if r is not None else 1
 
     def _reported(self, outcomes: list[DeliveryOutcome]) -> None:
         for o in outcomes:

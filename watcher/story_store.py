@@ -71,12 +71,13 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     func,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
@@ -860,29 +861,28 @@ class _Run:
     merges: list[tuple[_Story, _Story]] = field(default_factory=list)
 
 
-async def sources_by_key(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, list[str]]:
+def sources_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, list[str]]:
     """Each story's sources, first reporter first, for many story keys in one query.
 
     A story merged into another reports the sources of the story that absorbed it.
     """
     if not keys:
         return {}
-    named = stories.alias("named")
-    rows = await conn.execute(
-        select(named.c.key, story_items.c.source_id)
-        .join(
-            story_items,
-            story_items.c.story_id == func.coalesce(named.c.merged_into, named.c.id),
-        )
-        .where(named.c.key.in_(sorted(set(keys))))
-        .order_by(named.c.key, story_items.c.at, story_items.c.item_id)
-    )
     out: dict[str, list[str]] = {}
-    for key, source in rows:
+    for key, source in conn.execute(_SOURCES_BY_KEY, {"keys": sorted(set(keys))}):
         sources = out.setdefault(key, [])
         if source not in sources:
             sources.append(source)
     return out
+
+
+_named = stories.alias("named")
+_SOURCES_BY_KEY = (  # built once: the outbox runs it on every claim
+    select(_named.c.key, story_items.c.source_id)
+    .join(story_items, story_items.c.story_id == func.coalesce(_named.c.merged_into, _named.c.id))
+    .where(_named.c.key.in_(bindparam("keys", expanding=True)))
+    .order_by(_named.c.key, story_items.c.at, story_items.c.item_id)
+)
 
 
 async def story_info(conn: AsyncConnection, key: str) -> StoryInfo | None:

@@ -50,8 +50,12 @@ def payload(claimed: ClaimedDelivery) -> dict[str, Any]:
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """The Standard Webhooks `webhook-signature` value ('v1,' + base64 HMAC-SHA256)."""
+    return _sign(Webhook(secret), msg_id, timestamp, body)
+
+
+def _sign(signer: Webhook, msg_id: str, timestamp: int, body: bytes) -> str:
     when = datetime.fromtimestamp(timestamp, tz=UTC)
-    return Webhook(secret).sign(msg_id=msg_id, timestamp=when, data=body.decode())
+    return signer.sign(msg_id=msg_id, timestamp=when, data=body.decode())
 
 
 def classify_status(receiver: str, status: int, retry_after: str | None, clock: Clock) -> None:
@@ -116,6 +120,9 @@ class WebhookNotifier:
         self.receiver_id = config.id
         self.session = session
         self.clock = clock
+        # worked out once, not per delivery
+        self._url = str(config.url)
+        self._signer = Webhook(config.secret.get_secret_value()) if config.secret else None
 
     async def send(self, claimed: ClaimedDelivery) -> None:
         body = json.dumps(payload(claimed), ensure_ascii=False, separators=(",", ":")).encode()
@@ -126,13 +133,11 @@ class WebhookNotifier:
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
         }
-        if self.config.secret is not None:
-            headers["webhook-signature"] = sign(
-                self.config.secret.get_secret_value(), msg_id, timestamp, body
-            )
+        if self._signer is not None:
+            headers["webhook-signature"] = _sign(self._signer, msg_id, timestamp, body)
         await post_json(
             self.session,
-            str(self.config.url),
+            self._url,
             body,
             headers,
             timeout_s=self.config.timeout_s,
