@@ -123,9 +123,10 @@ def main() -> None:
         normalize(item.title)
         normalize(item.text)
     floor = len(corpus) / (time.process_time() - start)
-    for n in RULE_COUNTS:
+    counts = [int(a) for a in sys.argv[1:]] or RULE_COUNTS
+    for n in counts:
         start = time.perf_counter()
-        compiled = rules(rng, vocab, n)
+        compiled = rules(random.Random(n), vocab, n)  # the same rules whatever the order
         parse_s = time.perf_counter() - start
         start = time.perf_counter()
         matcher = Matcher(compiled)
