@@ -1,23 +1,42 @@
 """Cluster benchmark: items/s through the cluster stage with 1k, 10k and 100k stored items.
 
-Prints one JSON object. The issue's floor is flatness: the cost per item must
-not grow with the store (an index lookup for candidates, not a scan), so the
-rate at 100k stored items is compared with the rate at 1k measured in the same
-run (`flat_ratio_100k_vs_1k`, 1.0 = perfectly flat).
+Prints one JSON object. Two floors matter: speed, and flatness (the cost per
+item must not grow with the store: an index lookup for candidates, not a
+scan), so the rate at 100k stored items is compared with the rate at 1k
+measured in the same run (`flat_ratio_100k_vs_1k`, 1.0 = perfectly flat).
 
 Synthetic stories (random names, amounts and terms from a fixed vocabulary,
 several rewrites each) arrive at a steady intake of INTAKE_PER_DAY items a
 day, so a bigger store is an older one and the clustering window (the default
 7 days) holds as many items at 10k as at 100k; the prefill writes the same rows the cluster stage
-writes (vectors computed by the real code) in bulk, then `MEASURED` new items,
-half of them rewrites of stored stories and half new stories, go through the
-real `StoryIndex.assign` on SQLite, one transaction per item as a poll does.
+writes (vectors computed by the real code) in bulk. Then, per size:
+
+- `warmup_s_at_N`: the first assignment of a process, which reads the recent
+  past into memory (once per process start);
+- `items_per_s_at_N` (the headline): `MEASURED` new items, half of them
+  rewrites of stored stories and half new stories, through the real
+  `StoryIndex.assign` on SQLite, one transaction per item as a poll of one
+  new item does; the time inside `assign` only;
+- `poll_items_per_s_at_N`: the same polls timed whole (transaction, item
+  insert, assignment, commit), next to `floor_poll_items_per_s_at_N`, the same
+  polls without the cluster stage: what the store alone costs;
+- `batch_items_per_s_at_N`: polls of BATCH items each (a feed's first poll,
+  a busy source), time inside `assign` only;
+- `cpu_ms_per_item_at_N`, `batch_cpu_ms_per_item_at_N`: the CPU time (this
+  process, all threads, so SQLite's work too) inside `assign` per item, which
+  other load on the machine disturbs less than the wall-clock rates.
+
+With WATCHER_TEST_POSTGRES_DSN set (a database the bench may wipe), the
+same at PG_SIZE stored items on PostgreSQL (`pg_...`), plus
+`pg_two_replicas_items_per_s`: two stores (two replicas) taking turns on one
+database, so every assignment first catches up on the other's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -29,15 +48,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from watcher import constants  # noqa: E402
-from watcher.cluster import features, index_keys, weigh  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from watcher.cluster import features, weigh  # noqa: E402
 from watcher.models import Item  # noqa: E402
 from watcher.parse import make_item  # noqa: E402
 from watcher.store import Store, items  # noqa: E402
-from watcher.story_store import StoryIndex, stories, story_items, story_keys, term_stats  # noqa: E402
+from watcher.story_store import StoryIndex, stories, story_items, term_stats  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000)
+PG_SIZE = 10_000
 MEASURED = 300
+BATCH = 30
 ITEMS_PER_STORY = 4
 START = datetime(2025, 1, 1, tzinfo=UTC)
 INTAKE_PER_DAY = 1_000
@@ -88,40 +112,35 @@ async def prefill(
     item_rows: list[dict[str, object]] = []
     story_rows: list[dict[str, object]] = []
     member_rows: list[dict[str, object]] = []
-    key_rows: list[dict[str, object]] = []
-    vectors: list[tuple[int, int, datetime, dict[str, float], str]] = []
     for s in range(n // ITEMS_PER_STORY):
         story = synth.story()
         at0 = START + timedelta(seconds=synth.rng.uniform(0, span_s))
         story_defs.append((at0, story))
+        story_id = s * ITEMS_PER_STORY + 1  # a story's id is its first item's
         story_rows.append(
-            {"id": s + 1, "key": f"bench-{s + 1}", "title": "", "first_at": at0, "last_at": at0,
+            {"id": story_id, "key": f"bench-{story_id}", "title": "", "first_at": at0,
+             "last_at": at0 + timedelta(hours=ITEMS_PER_STORY - 1),
              "item_count": ITEMS_PER_STORY, "source_count": ITEMS_PER_STORY,
              "created_at": at0, "updated_at": at0}
         )  # fmt: skip
         for k in range(ITEMS_PER_STORY):
-            item_id = s * ITEMS_PER_STORY + k + 1
+            item_id = story_id + k
             at = at0 + timedelta(hours=k)
             item = synth.item(story, f"src{k}", f"g{item_id}", at)
             f = features(item)
+            vector = weigh(f.counts, df, item_id - 1)
             df.update(f.counts.keys())
-            vectors.append((item_id, s + 1, at, weigh(f.counts, df, item_id), item.source_id))
             item_rows.append(
                 {"id": item_id, "source_id": item.source_id, "dedup_key": item.dedup_key,
                  "guid": item.guid, "url": "", "title": item.title, "text": item.text,
                  "published": at, "language": "", "content_hash": item.content_hash,
                  "fetched_at": at}
             )  # fmt: skip
-    for item_id, story_id, at, vector, source in vectors:
-        member_rows.append(
-            {"item_id": item_id, "story_id": story_id, "source_id": source, "at": at,
-             "similarity": 1.0, "polarity": "", "countries": "", "amounts": "",
-             "vector": json.dumps(vector, separators=(",", ":"))}
-        )  # fmt: skip
-        key_rows.extend(
-            {"key": key, "at": at, "story_id": story_id}
-            for key in index_keys(vector, constants.CLUSTER_INDEX_KEYS)
-        )
+            member_rows.append(
+                {"item_id": item_id, "story_id": story_id, "source_id": item.source_id,
+                 "at": at, "similarity": 1.0, "polarity": "", "countries": "", "amounts": "",
+                 "vector": json.dumps(vector, separators=(",", ":")), "version": item_id}
+            )  # fmt: skip
     term_rows = [{"term": t, "df": c} for t, c in df.items()]
     term_rows.append({"term": "", "df": len(item_rows)})
     async with store.transaction() as tx:
@@ -129,61 +148,143 @@ async def prefill(
             (items, item_rows),
             (stories, story_rows),
             (story_items, member_rows),
-            (story_keys, key_rows),
             (term_stats, term_rows),
         ):
             for i in range(0, len(rows), 5000):
                 await tx.conn.execute(table.insert(), rows[i : i + 5000])
+        if tx.conn.dialect.name == "postgresql":  # ids were given: move the sequence past them
+            await tx.conn.execute(
+                text("SELECT setval(pg_get_serial_sequence('items', 'id'), max(id)) FROM items")
+            )
+    if store.engine.dialect.name == "postgresql":  # statistics, as autovacuum would gather
+        async with store.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("ANALYZE"))
     return story_defs
 
 
-async def measure(n: int, tmp: Path) -> dict[str, float]:
+def _new_items(
+    synth: Synth, story_defs: list[tuple[datetime, dict[str, list[str]]]], now: datetime, tag: str
+) -> list[Item]:
+    """Half rewrites of stories of the last six days, half new stories."""
+    recent = [s for at, s in story_defs if at > now - timedelta(days=6)]
+    return [
+        synth.item(
+            synth.rng.choice(recent) if i % 2 == 0 else synth.story(), "late", f"{tag}{i}", now
+        )
+        for i in range(MEASURED)
+    ]
+
+
+async def _polls(
+    store: Store, index: StoryIndex | None, batches: list[list[Item]]
+) -> tuple[float, float, int, float]:
+    """Run one transaction per batch; returns seconds in assign, seconds in all, how many
+    joined a story, and the CPU seconds (this process, all threads) in assign."""
+    in_assign = cpu = 0.0
+    joined = 0
+    start = time.perf_counter()
+    for batch in batches:
+        async with store.transaction() as tx:
+            new = await tx.insert_new_items(batch)
+            if index is not None:
+                t0, c0 = time.perf_counter(), time.process_time()
+                got = await index.assign(tx.conn, new, tx.now)
+                in_assign += time.perf_counter() - t0
+                cpu += time.process_time() - c0
+                joined += sum(not a.new_story for a in got.values())
+    return in_assign, time.perf_counter() - start, joined, cpu
+
+
+async def measure(url: str, n: int) -> dict[str, float]:
     synth = Synth()
     clock_now = START + timedelta(days=n / INTAKE_PER_DAY)
-    store = Store(f"sqlite+aiosqlite:///{tmp}/c{n}.db", clock=lambda: clock_now)
+    store = Store(url, clock=lambda: clock_now)
     await store.open()
     try:
         t0 = time.perf_counter()
         story_defs = await prefill(store, synth, n)
         prefill_s = time.perf_counter() - t0
         index = StoryIndex()  # the default window
-        recent = [s for at, s in story_defs if at > clock_now - timedelta(days=6)]
-        new_items = []
-        for i in range(MEASURED):
-            story = synth.rng.choice(recent) if i % 2 == 0 else synth.story()
-            new_items.append(synth.item(story, "late", f"new{i}", clock_now))
-        start = time.perf_counter()
-        joined = 0
-        for item in new_items:
-            async with store.transaction() as tx:
-                new = await tx.insert_new_items([item])
-                got = await index.assign(tx.conn, new, tx.now)
-                joined += sum(not a.new_story for a in got.values())
-        rate = MEASURED / (time.perf_counter() - start)
+        warm = [synth.item(synth.story(), "late", "warm", clock_now)]
+        warmup_s, _, _, _ = await _polls(store, index, [warm])
+        singles = _new_items(synth, story_defs, clock_now, "one")
+        in_assign, whole, joined, cpu = await _polls(store, index, [[i] for i in singles])
+        floor = _new_items(synth, story_defs, clock_now, "floor")
+        _, floor_s, _, _ = await _polls(store, None, [[i] for i in floor])
+        batched = _new_items(synth, story_defs, clock_now, "batch")
+        batch_s, _, _, batch_cpu = await _polls(
+            store, index, [batched[i : i + BATCH] for i in range(0, len(batched), BATCH)]
+        )
     finally:
         await store.close()
     return {
-        "items_per_s": round(rate, 1),
+        "items_per_s": round(MEASURED / in_assign, 1),
+        "poll_items_per_s": round(MEASURED / whole, 1),
+        "floor_poll_items_per_s": round(MEASURED / floor_s, 1),
+        "batch_items_per_s": round(MEASURED / batch_s, 1),
+        "cpu_ms_per_item": round(cpu / MEASURED * 1000, 2),
+        "batch_cpu_ms_per_item": round(batch_cpu / MEASURED * 1000, 2),
+        "warmup_s": round(warmup_s, 2),
         "joined_existing": joined,
         "prefill_s": round(prefill_s, 1),
     }
 
 
+async def two_replicas(url: str, n: int) -> float:
+    """Two stores on one database taking turns, one item per poll: items/s in assign."""
+    synth = Synth(11)
+    clock_now = START + timedelta(days=n / INTAKE_PER_DAY)
+    replicas = [Store(url, clock=lambda: clock_now) for _ in range(2)]
+    for s in replicas:
+        await s.open()
+    try:
+        story_defs = await prefill(replicas[0], synth, n)
+        indexes = [StoryIndex(), StoryIndex()]
+        for k in range(2):
+            warm = [synth.item(synth.story(), "late", f"warm{k}", clock_now)]
+            await _polls(replicas[k], indexes[k], [warm])
+        spent = 0.0
+        for i, item in enumerate(_new_items(synth, story_defs, clock_now, "two")):
+            took, _, _, _ = await _polls(replicas[i % 2], indexes[i % 2], [[item]])
+            spent += took
+    finally:
+        for s in replicas:
+            await s.close()
+    return round(MEASURED / spent, 1)
+
+
+async def _wipe(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:  # every table, also those an older version left
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
 async def main() -> dict[str, object]:
-    out: dict[str, object] = {"bench": "cluster", "measured_items": MEASURED}
+    out: dict[str, object] = {"bench": "cluster", "measured_items": MEASURED, "batch": BATCH}
     with tempfile.TemporaryDirectory() as tmp:
         for n in SIZES:
-            r = await measure(n, Path(tmp))
-            out[f"items_per_s_at_{n}"] = r["items_per_s"]
-            out[f"joined_existing_at_{n}"] = r["joined_existing"]
-            out[f"prefill_s_at_{n}"] = r["prefill_s"]
-    first, last = out[f"items_per_s_at_{SIZES[0]}"], out[f"items_per_s_at_{SIZES[-1]}"]
-    assert isinstance(first, float) and isinstance(last, float)
-    out["flat_ratio_100k_vs_1k"] = round(last / first, 2)
-    # From 10k on, the window holds the same number of items: the pure store-size effect.
-    mid = out[f"items_per_s_at_{SIZES[1]}"]
-    assert isinstance(mid, float)
-    out["flat_ratio_100k_vs_10k"] = round(last / mid, 2)
+            r = await measure(f"sqlite+aiosqlite:///{tmp}/c{n}.db", n)
+            for name, value in r.items():
+                out[f"{name}_at_{n}"] = value
+    for name in ("items_per_s", "batch_items_per_s"):
+        first, mid, last = (out[f"{name}_at_{n}"] for n in SIZES)
+        assert isinstance(first, float) and isinstance(mid, float) and isinstance(last, float)
+        prefix = "" if name == "items_per_s" else "batch_"
+        out[f"{prefix}flat_ratio_100k_vs_1k"] = round(last / first, 2)
+        # From 10k on, the window holds the same number of items: the pure store-size effect.
+        out[f"{prefix}flat_ratio_100k_vs_10k"] = round(last / mid, 2)
+    dsn = os.environ.get("WATCHER_TEST_POSTGRES_DSN")
+    if dsn:
+        url = str(make_url(dsn).set(drivername="postgresql+asyncpg"))
+        await _wipe(url)
+        for name, value in (await measure(url, PG_SIZE)).items():
+            out[f"pg_{name}_at_{PG_SIZE}"] = value
+        await _wipe(url)
+        out[f"pg_two_replicas_items_per_s_at_{PG_SIZE}"] = await two_replicas(url, PG_SIZE)
+        await _wipe(url)
     return out
 
 

@@ -278,3 +278,126 @@ async def test_two_replicas_ingesting_copies_at_once_make_one_story(
     finally:
         for s in stores:
             await s.close()
+
+
+# The in-memory index: whatever a process remembers, it must agree with the store.
+
+EASING_TEXT = (
+    "China's Ministry of Commerce said on Tuesday it will suspend the licence requirement for"
+    " gallium and germanium exports to the United States until November 27, after talks in"
+    " Kuala Lumpur. Gallium and Germanium shipments had fallen 90% since the curbs."
+)
+
+
+def _copies(t: datetime) -> tuple[Item, Item, Item]:
+    """Two copies of one curb, and its easing (a different story)."""
+    a = _item("wire", "a", "China curbs gallium and germanium exports", CURB_TEXT, t)
+    b = _item("blog", "b", "Beijing restricts gallium, germanium exports", CURB_TEXT, t)
+    c = _item("news", "c", "China eases gallium and germanium export ban", EASING_TEXT, t)
+    return a, b, c
+
+
+async def test_a_restarted_process_finds_stories_stored_before_it(
+    store: Store, clock: FakeClock
+) -> None:
+    a, b, c = _copies(clock.now - timedelta(hours=2))
+    [first] = await assign_all(store, [a], StoryIndex())
+    [second, other] = await assign_all(store, [b, c], StoryIndex())  # a new process
+    assert second == first and other != first
+
+
+async def test_replicas_taking_turns_see_each_others_stories_and_merges(
+    store: Store, clock: FakeClock
+) -> None:
+    """Each replica remembers; each catches up on what the other stored meanwhile,
+    including a bridge that folded two stories into one."""
+    seeds = [item for _, item in _seed_items()] if (SHARED / "seeds").is_dir() else []
+    one, two = StoryIndex(), StoryIndex()
+    a, b, c = _copies(clock.now - timedelta(hours=2))
+    [on_one] = await assign_all(store, [c], one)  # both replicas load their memory
+    await assign_all(
+        store, [_item("x", "x", "Unrelated", "Codelco output 1.4 million.", clock.now)], two
+    )
+    [first] = await assign_all(store, [a], one)
+    [copy] = await assign_all(store, [b], two)  # `two` must catch up on `a`
+    assert copy == first != on_one
+    if len(seeds) == 5:  # 002, 004 and 001 start two stories; 003 bridges them
+        by_name = {ident[:3]: item for ident, item in _seed_items()}
+        keys = [await assign_all(store, [by_name[n]], r) for n, r in
+                (("002", one), ("004", two), ("001", one), ("000", two), ("003", one))]  # fmt: skip
+        [late] = await assign_all(
+            store, [by_name["000"].model_copy(update={"guid": "again", "source_id": "late"})], two
+        )
+        async with store.engine.connect() as conn:
+            info = await story_info(conn, keys[0][0])
+        assert info is not None and late == info.key and info.item_count == 6
+
+
+async def test_a_rolled_back_assignment_is_forgotten(store: Store, clock: FakeClock) -> None:
+    index = StoryIndex()
+    a, b, c = _copies(clock.now - timedelta(hours=2))
+    await assign_all(store, [c], index)
+
+    class Abort(Exception):
+        pass
+
+    async def assign_then_fail() -> None:
+        async with store.transaction() as tx:
+            new = await tx.insert_new_items([a])
+            await index.assign(tx.conn, new, tx.now)
+            raise Abort
+
+    with pytest.raises(Abort):
+        await assign_then_fail()
+    [second] = await assign_all(store, [b], index)  # a's story never existed
+    [third] = await assign_all(store, [a], index)
+    async with store.engine.connect() as conn:
+        info = await story_info(conn, second)
+    assert third == second and info is not None and info.item_count == 2
+
+
+async def test_an_item_older_than_the_memory_reaches_still_finds_its_story(
+    store: Store, clock: FakeClock
+) -> None:
+    """A late copy, published a month ago, arrives after the process forgot that month:
+    the window around its own time is read back from the store."""
+    index = StoryIndex()
+    month_ago = clock.now - timedelta(days=30)
+    a, b, _ = _copies(month_ago)
+    [first] = await assign_all(store, [a], index)
+    for day in range(1, 30, 3):  # time passes; the memory moves on
+        clock.advance(3 * 86400)
+        await assign_all(
+            store, [_item("x", f"x{day}", f"Note {day}", f"Filler {day}.", clock.now)], index
+        )
+    [late] = await assign_all(store, [b], index)
+    [fresh_process] = await assign_all(
+        store, [b.model_copy(update={"guid": "b2", "source_id": "other"})], StoryIndex()
+    )
+    assert late == first == fresh_process
+
+
+async def test_a_store_from_before_the_memory_is_upgraded_and_its_stories_found(
+    store_url: str, clock: FakeClock
+) -> None:
+    """A store whose story_items have no version and whose term_stats no tokens (as the
+    first clustering release wrote them) is upgraded at open; a later copy still joins."""
+    from sqlalchemy import text
+
+    a, b, _ = _copies(clock.now - timedelta(hours=2))
+    store = Store(store_url, clock=clock)
+    await store.open()
+    [first] = await assign_all(store, [a], StoryIndex())
+    async with store.engine.begin() as conn:  # back to the old schema, rows kept
+        await conn.execute(text("DROP INDEX ix_story_items_version"))
+        for table, column in (("story_items", "version"), ("term_stats", "token"),
+                              ("term_stats", "prev_token")):  # fmt: skip
+            await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    await store.close()
+    store = Store(store_url, clock=clock)
+    await store.open()
+    try:
+        [copy] = await assign_all(store, [b], StoryIndex())
+    finally:
+        await store.close()
+    assert copy == first

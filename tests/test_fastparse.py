@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.feeds import CURB, NOISE, rss
 from tests.test_corpus import corpus_files
 from watcher.errors import ParseError
-from watcher.fastparse import fast_parse
+from watcher.fastparse import _date, fast_parse
 from watcher.parse import _parse_with_feedparser, parse_document, refuse_entities
 
 BASE = "https://feeds.example.org/dir/feed.xml"
@@ -30,7 +32,7 @@ def _both(body: bytes, content_type: str, base: str) -> tuple[object, object] | 
 @pytest.mark.parametrize(
     # (corpus, files the fast path must at least accept)
     ("corpus", "min_fast"),
-    [("real-feeds", 23), ("feedparser-tests", 700)],
+    [("real-feeds", 26), ("feedparser-tests", 750)],
 )
 def test_fast_path_yields_feedparsers_items(corpus: str, min_fast: int) -> None:
     accepted = 0
@@ -53,8 +55,8 @@ def test_fast_path_reads_a_plain_feed_and_gives_up_on_odd_ones() -> None:
     assert fast_parse(plain, source_id="s", content_type="", base_url="", language="", tags=())
     odd = [
         plain.replace(b"<channel>", b'<channel xml:base="https://x.example/">'),
-        plain.replace(b"</description>", b"</description><media:description "
-                      b'xmlns:media="http://search.yahoo.com/mrss/">x</media:description>', 1),
+        plain.replace(b"</description>", b"</description><media:title "
+                      b'xmlns:media="http://search.yahoo.com/mrss/">x</media:title>', 1),
         plain.replace(b"<title>Test feed</title>", b"<title>Test feed</title>") + b"<junk",
         plain.replace(b"</item>", b"<title>again</title></item>", 1),
     ]  # fmt: skip
@@ -71,3 +73,106 @@ def test_fast_path_reads_a_plain_feed_and_gives_up_on_odd_ones() -> None:
     # and parse_document still reads all of them the slow way (or reports a bad feed)
     for body in odd[:2]:
         assert parse_document(body, source_id="s").items
+
+
+MEDIA = b'xmlns:media="http://search.yahoo.com/mrss/"'
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # feedparser: a media:description after the description is the entry's content
+        (b"</description>", b"</description><media:description " + MEDIA + b">caption"
+         b"</media:description>"),
+        (b"</description>", b"</description><media:content " + MEDIA + b' url="x">'
+         b"<media:credit>c</media:credit><media:description>caption</media:description>"
+         b"</media:content>"),
+        # ... and before it, the summary, the description then being the content
+        (b"<description>", b"<media:description " + MEDIA + b">caption</media:description>"
+         b"<description>"),
+        # an empty <link/> is an empty link, with or without a base
+        (b"<link>https://example.org/news/curb-1</link>", b"<link/>"),
+    ],
+)  # fmt: skip
+def test_fast_path_reads_feedparsers_quirks_alike(change: tuple[bytes, bytes]) -> None:
+    body = rss(CURB, NOISE).replace(*change, 1)
+    for base in ("", BASE):
+        pair = _both(body, "", base)
+        assert pair is not None, change
+        assert pair[0] == pair[1]
+
+
+DATE_PARTS = [
+    "Fri, ", "sun, ", "Mon ", "24", "1", "31", "00", " ", "  ", "Jan", "feb", "FEB", "Foo",
+    "2025", "1899", "99", "11:00:00", "23:59:60", "24:00:00", "9:0", " -0500", " +0000",
+    " GMT", " gmt+1", " EST", " UT", " Z", " CEST", " etc/GMT", " (EST)", "-", "T", "t",
+    "12", "2024-02-29", "2025-02-29", "T16:00:43", ".123", "Z", "z", "+05:30", "-05:00",
+    "+0530", "2025-13-01",
+]  # fmt: skip
+
+
+def _feedparser_date(value: str) -> object:
+    import calendar
+    from datetime import UTC, datetime
+
+    from feedparser.datetimes import _parse_date
+
+    parsed = _parse_date(value)
+    if parsed is None:
+        return None
+    try:
+        return datetime.fromtimestamp(calendar.timegm(parsed), tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(DATE_PARTS), min_size=1, max_size=9))
+def test_fast_dates_are_feedparsers(parts: list[str]) -> None:
+    value = "".join(parts)
+    assert _date(value) == _feedparser_date(value), value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Fri, 24 Jan 2025 11:00:00 -0500", "Thu, 05 Feb 2026 10:00:00 GMT",
+        "Sat, 31 Feb 2026 10:00:00 GMT", "Sun, 1 Mar 2026 00:00:00 EST",
+        "2025-01-24T16:00:43-05:00", "2025-01-24T16:00:43.5Z", "2026-08-20T03:13:00+09:00",
+    ],
+)  # fmt: skip
+def test_common_dates_are_feedparsers(value: str) -> None:
+    assert _date(value) == _feedparser_date(value)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from(["Fri, ", "sun, ", "Sat,", "Xyz, ", ""]),
+    st.integers(0, 32),
+    st.sampled_from(["Jan", "feb", "DEC", "Foo", "June"]),
+    st.integers(1898, 2202),
+    st.tuples(st.integers(0, 61), st.integers(0, 61), st.integers(0, 61)),
+    st.sampled_from(["-0500", "+0930", "+2599", "GMT", "gmt+1", "EST", "Z", "CEST", "a", ""]),
+)
+def test_fast_rfc822_dates_are_feedparsers(
+    dayname: str, day: int, month: str, year: int, hms: tuple[int, int, int], zone: str
+) -> None:
+    value = f"{dayname}{day:02d} {month} {year} {hms[0]:02d}:{hms[1]:02d}:{hms[2]:02d} {zone}"
+    assert _date(value) == _feedparser_date(value), value
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.integers(1898, 2202),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.tuples(st.integers(0, 61), st.integers(0, 61), st.integers(0, 61)),
+    st.sampled_from(["", ".5", ".123456"]),
+    st.sampled_from(["Z", "z", "+05:30", "-05:00", "+25:99", "+0530", ""]),
+    st.sampled_from(["T", "t", " "]),
+)
+def test_fast_w3dtf_dates_are_feedparsers(
+    year: int, month: int, day: int, hms: tuple[int, int, int], frac: str, zone: str, sep: str
+) -> None:
+    value = f"{year}-{month:02d}-{day:02d}{sep}{hms[0]:02d}:{hms[1]:02d}:{hms[2]:02d}{frac}{zone}"
+    assert _date(value) == _feedparser_date(value), value

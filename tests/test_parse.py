@@ -3,6 +3,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.feeds import CURB, NOISE, rss
 from watcher.errors import ParseError
@@ -90,3 +92,43 @@ def test_atom_and_json_feed() -> None:
     "items": [{"id": "1", "content_html": "<p>Gallium export ban</p>", "url": "https://j.example/1"}]}"""
     [j] = parse_feed(jf, source_id="j")
     assert j.text == "Gallium export ban"
+
+
+def _canonical_url_reference(url: str, base: str = "") -> str:
+    """canonical_url as first written: urljoin first, always."""
+    from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+    url = url.strip()
+    if not url:
+        return ""
+    try:
+        if base:
+            url = urljoin(base, url)
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return ""
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.lower().startswith("utm_") and k.lower() not in {"fbclid", "gclid"}
+    ]
+    return urlunsplit(
+        (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
+    )
+
+
+URL_PARTS = [
+    "http://", "HTTPS://", "https:", "http:", "ftp://", "//", "/", "a.example", "B.Example:81",
+    "[::1]", "/x", "/./y", "/../z", ";p", ";", "?", "?a=1", "&b=2", "&utm_x=3", "#f", " ", "\t",
+    "%20", "é", "@", "..", "x y",
+]  # fmt: skip
+BASES = ["", "https://base.example/dir/feed.xml", "http://base.example", "feed://x", "https:/x"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(URL_PARTS), max_size=8), st.sampled_from(BASES))
+def test_canonical_url_is_its_reference(parts: list[str], base: str) -> None:
+    url = "".join(parts)
+    assert canonical_url(url, base) == _canonical_url_reference(url, base), (url, base)

@@ -43,8 +43,9 @@ def make_config(store_url: str, sources: dict[str, str], smtp_port: int, hook_ur
             "sources": [{"id": k, "url": v, "tags": ["test"]} for k, v in sources.items()],
             "receivers": [
                 {"type": "email", "id": "mail", "host": "127.0.0.1", "port": smtp_port,
-                 "to": ["analyst@example.org"], "from": "watcher@example.org", "timeout_s": 2},
-                {"type": "webhook", "id": "hook", "url": hook_url},
+                 "to": ["analyst@example.org"], "from": "watcher@example.org", "timeout_s": 2,
+                 "group_wait_s": 0},
+                {"type": "webhook", "id": "hook", "url": hook_url, "group_wait_s": 0},
             ],
             "subscriptions": [{"receivers": ["mail", "hook"]}],
         }

@@ -30,7 +30,9 @@ def write_config(tmp_path: Path, api_port: int, sources: dict[str, str], hook_ur
     ]
     for source_id, url in sources.items():
         lines.append(f'[[sources]]\nid = "{source_id}"\nurl = "{url}"\ninterval_s = 10\n')
-    lines.append(f'[[receivers]]\ntype = "webhook"\nid = "hook"\nurl = "{hook_url}"\n')
+    lines.append(
+        f'[[receivers]]\ntype = "webhook"\nid = "hook"\nurl = "{hook_url}"\ngroup_wait_s = 0\n'
+    )
     lines.append('[[subscriptions]]\nreceivers = ["hook"]\n')
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines))
@@ -76,8 +78,8 @@ async def test_run_polls_delivers_serves_health_and_stops_on_sigterm(
             assert health["sources"]["offline"]["error_count"] >= 1
             async with http.get(f"http://127.0.0.1:{api_port}/metrics") as resp:
                 metrics = await resp.text()
-        assert 'watcher_polls_total{outcome="new",source="good"} 1.0' in metrics
-        assert 'watcher_polls_total{outcome="error",source="offline"} 1.0' in metrics
+        assert 'watcher_polls_total{outcome="new"} 1.0' in metrics
+        assert 'watcher_polls_total{outcome="error"} ' in metrics
         assert (
             'watcher_alerts_total{event_type="export_restriction",rule="ree-export-curb"} 1.0'
             in metrics

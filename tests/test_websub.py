@@ -142,10 +142,30 @@ async def test_subscribe_verify_push_and_renew(
             assert r.status == 202
         assert await store.count_items() == 2
 
+        # the subscription is stored without its secret, which no repr shows
+        [row] = await store.websub_subscriptions()
+        assert (row.hub, row.topic, row.state) == (f"{hub_base}/hub", topic, "active")
+        assert secret not in repr(row) and secret not in repr(websub.subs["gov"])
+
+        # a restart: a new WebSub, before any poll, accepts pushes signed for the subscription
+        pipeline = build_pipeline(
+            config, store=store, session=session, matcher=lambda: matcher, metrics=Metrics(),
+            clock=clock,
+        )  # fmt: skip
+        websub = holder["w"] = WebSub(
+            config=config, pipeline=pipeline, session=session, clock=clock, rng=random.Random(7)
+        )
+        pushed = atom(f"{hub_base}/hub", topic, ("a4", "Rare earth export licence rules"))
+        sig = "sha256=" + hmac.new(secret.encode(), pushed, hashlib.sha256).hexdigest()
+        headers = {"X-Hub-Signature": sig, "Content-Type": "application/atom+xml"}
+        async with session.post(callback, data=pushed, headers=headers) as r:
+            assert r.status == 200 and (await r.json()) == {"items": 1, "new": 1}
+
         # lease renewal: nothing due yet, then due within renew_before_s of the end
         assert await websub.renew() == 0
         clock.advance(7200 - 300)
         assert await websub.renew() == 1 and len(hub_requests) == 2
+        assert hub_requests[1]["hub.secret"] == secret  # the same subscription, renewed
     finally:
         await hub_runner.stop()
         await callback_runner.stop()

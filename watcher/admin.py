@@ -37,6 +37,12 @@ async def deliveries_list(
     for c in rows:
         d, a = c.delivery, c.alert
         when = d.sent_at if d.state == DeliveryState.SENT else d.next_attempt_at
+        title = (a.title[:40] + "…") if len(a.title) > 40 else a.title
+        if c.batch is not None and not c.batch.single:
+            n = len(c.batch.members)
+            title = f"({c.batch.kind} of {n} alert{'' if n == 1 else 's'}) {title}"
+        elif c.batch is not None:
+            title = f"(update) {title}"
         out.append(
             [
                 str(d.id),
@@ -45,7 +51,7 @@ async def deliveries_list(
                 str(d.attempts),
                 when.strftime("%Y-%m-%d %H:%M:%S") if when else "",
                 a.rule_id,
-                (a.title[:40] + "…") if len(a.title) > 40 else a.title,
+                title,
                 d.last_error[:80],
             ]
         )

@@ -23,6 +23,7 @@ is pure and has no I/O.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -131,9 +132,16 @@ _AMOUNT = re.compile(
     r"mn|tonnes|tons|metric tons|kilograms|kg)?(?![\w])",
     re.IGNORECASE,
 )
+# Month names as a trie (jan(?:uary)?...): the same matches as "jan|january|...", since at
+# most one name fits where a match can end, but far fewer attempts per position; the
+# lookahead skips every position that cannot start a date.
+_MONTH_NAMES = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
 _DATE = re.compile(
-    r"\b(?:(\d{1,2})(?:st|nd|rd|th)?\s+(" + "|".join(_MONTHS) + r")\b|(" + "|".join(_MONTHS)
-    + r")\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b)",
+    r"\b(?=[\djfmasond])(?:(\d{1,2})(?:st|nd|rd|th)?\s+(" + _MONTH_NAMES + r")\b|("
+    + _MONTH_NAMES + r")\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b)",
     re.IGNORECASE,
 )  # fmt: skip
 _SENTENCE_START = re.compile(r"(^|[.!?:\"“”]\s+|\n)$")
@@ -220,7 +228,10 @@ def _amount_key(number: str, unit: str | None) -> str | None:
 
 
 def _title_case(line: str) -> bool:
-    words = [w for w in line.split() if w[:1].isalpha() and w.lower() not in _STOPWORDS]
+    split = line.split()
+    if len(split) < 3:
+        return False
+    words = [w for w in split if w[:1].isalpha() and w.lower() not in _STOPWORDS]
     return len(words) >= 3 and sum(w[0].isupper() for w in words) >= 0.75 * len(words)
 
 
@@ -235,17 +246,19 @@ def features(item: Item) -> Features:
     body = clean_text(item.text[: constants.CLUSTER_TEXT_MAX_CHARS])
     counts: Counter[str] = Counter()
     for part, weight in ((head, 2), (body, 1)):
+        names: Counter[str] = Counter()
         for m in _CAPITAL.finditer(_without_title_case_lines(part)):
             start = m.start()
             words = m.group(0).split()
-            sentence_start = start == 0 or _SENTENCE_START.search(part[max(0, start - 3) : start])
-            if sentence_start and len(words) == 1:
+            if len(words) == 1 and (
+                start == 0 or _SENTENCE_START.search(part[max(0, start - 3) : start])
+            ):
                 continue  # a sentence-initial capital counts only inside a longer name
-            for w in words:
-                w = normalize(w).strip(".'’")
-                w = w.removesuffix("'s").removesuffix("’s")
-                if len(w) > 1 and w not in _STOPWORDS and not w.isdigit():
-                    counts["e:" + w] += weight
+            names.update(words)
+        for word, n in names.items():
+            key = _entity_key(word)
+            if key:
+                counts[key] += weight * n
         for m in _AMOUNT.finditer(part):
             key = _amount_key(m.group(1), m.group(2))
             if key:
@@ -253,17 +266,36 @@ def features(item: Item) -> Features:
         for m in _DATE.finditer(part):
             day, month = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
             counts[f"d:{_MONTHS[month.lower()]}-{int(day)}"] += weight
-        for w in _WORD.findall(normalize(part).replace("’", "'")):
-            w = w.strip("'-").removesuffix("'s").removesuffix("'")
-            if len(w) < 3 or w in _STOPWORDS or w[0].isdigit():
-                continue
-            counts[("h:" if weight == 2 else "t:") + _stem(w)] += 1
+        prefix = "h:" if weight == 2 else "t:"
+        for word, n in Counter(_WORD.findall(normalize(part).replace("’", "'"))).items():
+            key = _term_key(word)
+            if key:
+                counts[prefix + key] += n
     return Features(
         counts={k: c for k, c in counts.items() if len(k) <= _KEY_MAX_CHARS},
         polarity=_polarity(head),
         countries=_countries(head),
         amounts=_headline_amounts(head),
     )
+
+
+@functools.lru_cache(maxsize=65536)
+def _entity_key(word: str) -> str | None:
+    """The key of one word of a name ("e:vance"), or None for stopwords, digits, initials."""
+    w = normalize(word).strip(".'’")
+    w = w.removesuffix("'s").removesuffix("’s")
+    if len(w) > 1 and w not in _STOPWORDS and not w.isdigit():
+        return "e:" + w
+    return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _term_key(word: str) -> str | None:
+    """A normalised word's stem, or None for short words, stopwords and numbers."""
+    w = word.strip("'-").removesuffix("'s").removesuffix("'")
+    if len(w) < 3 or w in _STOPWORDS or w[0].isdigit():
+        return None
+    return _stem(w)
 
 
 def _headline_amounts(head: str) -> frozenset[str]:
@@ -283,20 +315,20 @@ def idf(df: int, docs: int) -> float:
 
 def weigh(counts: Mapping[str, int], df: Mapping[str, int], docs: int) -> dict[str, float]:
     """Unit-length TF-IDF vector (sublinear tf, boosted key kinds), cut to its top keys."""
-    raw = {
-        k: (1.0 + math.log(c)) * idf(df.get(k, 0), docs) * _BOOST[k[0]]
+    log, total, boost = math.log, docs + constants.CLUSTER_IDF_PRIOR_DOCS, _BOOST
+    # (-weight, key): sorting these puts the heaviest first, ties by key (as `idf` would).
+    ranked = sorted(
+        (-((1.0 + log(c)) * log(total / (df.get(k, 0) + 1.0)) * boost[k[0]]), k)
         for k, c in counts.items()
         if c > 0
-    }
-    top = sorted(raw.items(), key=lambda kv: (-kv[1], kv[0]))[: constants.CLUSTER_VECTOR_KEYS]
-    norm = math.sqrt(sum(v * v for _, v in top)) or 1.0
-    return {k: round(v / norm, 6) for k, v in top}
+    )[: constants.CLUSTER_VECTOR_KEYS]
+    norm = math.sqrt(sum(v * v for v, _ in ranked)) or 1.0
+    return {k: round(-v / norm, 6) for v, k in ranked}
 
 
 def similarity(a: Mapping[str, float], b: Mapping[str, float]) -> float:
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(v * b.get(k, 0.0) for k, v in a.items())
+    """Cosine of two unit-length vectors: a sum over the keys they share."""
+    return sum(a[k] * b[k] for k in a.keys() & b.keys())
 
 
 def shared_specifics(a: Mapping[str, float], b: Mapping[str, float]) -> int:

@@ -13,7 +13,9 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -23,6 +25,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -145,6 +148,18 @@ class _ReceiverBase(_Strict):
     concurrency: int = Field(
         default=constants.RECEIVER_CONCURRENCY, ge=1, description="sends in flight at once"
     )
+    group_wait_s: float = Field(
+        default=constants.GROUP_WAIT_S,
+        ge=0,
+        description="alerts for this receiver arriving within this long of the first go out "
+        "in one notification; 0 sends each alert at once",
+    )
+    max_per_hour: int | None = Field(
+        default=None,
+        ge=1,
+        description="at most this many notifications in any hour; alerts beyond it are folded "
+        "into the next notification allowed; none: no cap",
+    )
 
 
 class EmailReceiverConfig(_ReceiverBase):
@@ -227,15 +242,74 @@ ReceiverConfig = Annotated[
 AnyReceiverConfig = EmailReceiverConfig | WebhookReceiverConfig | SlackReceiverConfig
 
 
-class SubscriptionConfig(_Strict):
-    """Which alerts go to which receivers. Empty filters match everything."""
+def cron_trigger(schedule: str, timezone: str) -> CronTrigger:
+    """The APScheduler trigger of a crontab line (5 fields) in an IANA time zone."""
+    return CronTrigger.from_crontab(schedule, timezone=ZoneInfo(timezone))
 
+
+class SubscriptionConfig(_Strict):
+    """Which alerts go to which receivers, and how. Empty filters match everything.
+
+    `mode = "immediate"` sends alerts as they come (grouped per receiver by its
+    `group_wait_s`); `mode = "digest"` lists the alerts of each period in one
+    notification per receiver when `schedule` (cron, in `timezone`) fires.
+    """
+
+    id: Slug | None = Field(default=None, description="names the subscription; digests need one")
     receivers: list[str] = Field(min_length=1)
     rules: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch patterns")
     event_types: list[EventType] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)
     min_severity: Severity = Severity.LOW
+    mode: Literal["immediate", "digest"] = "immediate"
+    schedule: str | None = Field(
+        default=None, description="digests: a crontab line, e.g. '0 8 * * *' (daily at 08:00)"
+    )
+    timezone: str = Field(default="UTC", description="IANA time zone of the schedule")
+    notify_updates: bool = Field(
+        default=False,
+        description="send an update when an alert's story is reported by more sources",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone '{value}' (give an IANA name such as Europe/Paris)"
+            ) from None
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                cron_trigger(value, "UTC")
+            except ValueError as exc:
+                raise ValueError(
+                    f"not a crontab line (minute hour day month weekday): {exc}"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> SubscriptionConfig:
+        if self.mode == "digest":
+            if self.schedule is None:
+                raise ValueError('a digest needs a schedule, e.g. schedule = "0 8 * * *"')
+            if self.id is None:
+                raise ValueError("a digest needs an id: it names the digest's state in the store")
+        elif self.schedule is not None:
+            raise ValueError('schedule is only used with mode = "digest"')
+        return self
+
+    def trigger(self) -> CronTrigger:
+        if self.schedule is None:
+            raise ValueError(f"subscription {self.id}: no schedule")
+        return cron_trigger(self.schedule, self.timezone)
 
 
 class StoriesConfig(_Strict):
@@ -294,6 +368,7 @@ class Config(BaseSettings):
         for kind, ids in (
             ("source", [s.id for s in self.sources]),
             ("receiver", [r.id for r in self.receivers]),
+            ("subscription", [s.id for s in self.subscriptions if s.id is not None]),
         ):
             seen: set[str] = set()
             for ident in ids:

@@ -35,6 +35,14 @@ RECEIVER_CONCURRENCY = 10
 BREAKER_FAILURES = 5
 BREAKER_COOLDOWN_S = 60.0
 
+# noise control (watcher/group.py, watcher/digest.py)
+GROUP_WAIT_S = 30.0  # alerts for one receiver within this long go out in one notification
+THROTTLE_WINDOW_S = 3600.0  # max_per_hour counts the notifications of this sliding window
+DIGEST_MISFIRE_GRACE_S = 24 * 3600  # the scheduler still runs a late digest job this late
+DIGEST_MAX_FIRE_STEPS = 100_000  # fire times walked to catch up after downtime (bounds the loop)
+GROUP_MIN_WAIT_S = 0.05  # the grouper never waits less (no busy loop on a past due time)
+GROUP_MAX_ALERTS_SHOWN = 20  # a Slack message lists at most this many alerts of a group or digest
+
 # notifiers
 WEBHOOK_TIMEOUT_S = 15.0
 SMTP_TIMEOUT_S = 30.0
@@ -53,7 +61,12 @@ CLUSTER_INDEX_KEYS = 24
 CLUSTER_LOOKUP_KEYS = 48
 CLUSTER_MAX_CANDIDATES = 20
 CLUSTER_ITEMS_PER_STORY_COMPARED = 20
+# The cluster stage keeps the stories of this many windows back in memory (see story_store).
+CLUSTER_MEMORY_WINDOWS = 2
 CLUSTER_MIN_SHARED_SPECIFICS = 2  # names, amounts or dates two items must share to merge
+
+# store
+SQLITE_TRANSACTIONS_IN_FLIGHT = 2  # Store.transaction()s at once on SQLite (one writes)
 
 # rules
 RULES_RELOAD_INTERVAL_S = 5.0

@@ -155,10 +155,11 @@ async def run_demo(*, rules: Path = Path("rules")) -> int:
                         for name in feeds
                     ],
                     "receivers": [
+                        # group_wait_s 0: one notification per alert, sent at once
                         {"type": "email", "id": "analyst-email", "host": "127.0.0.1",
                          "port": smtp_port, "to": ["analyst@example.org"],
-                         "from": "watcher@example.org"},
-                        {"type": "webhook", "id": "ops-webhook",
+                         "from": "watcher@example.org", "group_wait_s": 0},
+                        {"type": "webhook", "id": "ops-webhook", "group_wait_s": 0,
                          "url": f"http://127.0.0.1:{hook_port}/hook"},
                     ],
                     "subscriptions": [{"receivers": ["analyst-email", "ops-webhook"]}],

@@ -6,7 +6,8 @@
     │   └── QuerySyntaxError a rule query does not parse (names the column too)
     ├── FetchError           a source could not be fetched (names the source, a fixed reason)
     ├── ParseError           fetched bytes are not a feed (names the source)
-    └── DeliveryError        a notifier could not deliver (names the receiver, retryable or not)
+    ├── DeliveryError        a notifier could not deliver (names the receiver, retryable or not)
+    └── StoreError           the database cannot be used as it is (names the table and column)
 
 Errors never log themselves: one top-level handler (the CLI, a scheduler job,
 the outbox worker) does.
@@ -130,3 +131,7 @@ class DeliveryError(WatcherError):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         super().__init__(f"receiver '{receiver}': {reason.value}: {detail}")
+
+
+class StoreError(WatcherError):
+    """The database's schema cannot be brought up to date without a manual step."""

@@ -15,11 +15,18 @@ functions are used, so the two paths cannot drift apart.
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from feedparser.api import StrictFeedParser as _FeedParser
 from feedparser.datetimes import _parse_date
+from feedparser.datetimes.rfc822 import _parse_date_rfc822
+from feedparser.datetimes.rfc822 import months as _MONTHS
+from feedparser.datetimes.rfc822 import timezone_names as rfc822_zones
+from feedparser.datetimes.w3dtf import _parse_date_w3dtf
 from feedparser.mixin import _FeedParserMixin
 from feedparser.urls import _urljoin, make_safe_absolute_uri
 from lxml import etree
@@ -53,7 +60,9 @@ _IGNORED: frozenset[tuple[str, str]] = frozenset(
 _HARMLESS_CHILDREN: dict[tuple[str, str], frozenset[tuple[str, str]]] = {
     (ATOM, "author"): frozenset({(ATOM, "name"), (ATOM, "email"), (ATOM, "uri")}),
     (ATOM, "contributor"): frozenset({(ATOM, "name"), (ATOM, "email"), (ATOM, "uri")}),
-    (MEDIA, "content"): frozenset({(MEDIA, "credit"), (MEDIA, "thumbnail"), (MEDIA, "keywords")}),
+    (MEDIA, "content"): frozenset(
+        {(MEDIA, "credit"), (MEDIA, "thumbnail"), (MEDIA, "keywords"), (MEDIA, "description")}
+    ),
 }
 _FIELDS: dict[tuple[str, str], str] = {
     ("", "title"): "title",
@@ -65,6 +74,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     (DC, "language"): "language",
     (CONTENT, "encoded"): "content",
     (ATOM, "link"): "atomlink",
+    (MEDIA, "description"): "description",
 }
 _ATOM_FIELDS: dict[tuple[str, str], str] = {
     (ATOM, "title"): "title",
@@ -84,14 +94,17 @@ _RISKY_WORDS = (b"noscript", b"template", b"object", b"svg", b"math", b"applet",
 _RISKY_TAG = re.compile(
     rb"<\s*/?\s*(noscript|template|object|svg|math|applet|embed|frame|xmp|plaintext|listing)\b"
 )
-_BASE_ATTR = re.compile(rb"\sbase\s*=")
+# a plain `base` attribute (`\sbase\s*=`), which feedparser reads as xml:base; searched for
+# from its literal start, which is much faster than from the leading \s
+_BASE_ATTR = re.compile(rb"base\s*=")
 
 
 def _risky_markup(body: bytes) -> bool:
     """Markup the fast path does not reproduce; the regexes run only when a word is there."""
     low = body.lower()  # ASCII-only, as a bytes pattern's IGNORECASE would be
-    if b"base" in low and _BASE_ATTR.search(low):
-        return True
+    for m in _BASE_ATTR.finditer(low):
+        if low[m.start() - 1 : m.start()].isspace():
+            return True
     return any(w in low for w in _RISKY_WORDS) and _RISKY_TAG.search(low) is not None
 
 
@@ -121,13 +134,24 @@ class _GiveUp(Exception):
     """Not a document the fast path reproduces exactly: use feedparser."""
 
 
+_KEYS: dict[str, tuple[str, str]] = {}  # tag -> (namespace, lower-case local name)
+_KEYS_MAX = 4096  # a hostile feed's made-up tags cannot grow it past this
+
+
 def _split(tag: Any) -> tuple[str, str]:
     if not isinstance(tag, str):
         return ("#", "")  # a comment or processing instruction
+    key = _KEYS.get(tag)
+    if key is not None:
+        return key
     if tag[0] == "{":
         ns, _, local = tag[1:].partition("}")
-        return ns, local.lower()
-    return "", tag.lower()
+        key = (ns, local.lower())
+    else:
+        key = ("", tag.lower())
+    if len(_KEYS) < _KEYS_MAX:
+        _KEYS[tag] = key
+    return key
 
 
 def _text(el: Any) -> str:
@@ -178,7 +202,7 @@ def fast_parse(
 def _read(
     root: Any, source_id: str, base_url: str, language: str, tags: tuple[str, ...]
 ) -> tuple[list[Item], Any]:
-    from watcher.parse import _language, _published, canonical_url, entry_item  # one implementation
+    from watcher.parse import _language, canonical_url, entry_item  # one implementation
     from watcher.text import html_to_text
 
     ns, local = _split(root.tag)
@@ -230,11 +254,13 @@ def _read(
         if ns == RDF and el.get(f"{{{RDF}}}about") and "id" not in entry:
             entry["id"] = el.get(f"{{{RDF}}}about")
         title = html_to_text(entry.get("title", ""))
-        bodies = entry.get("content") or entry.get("summary") or ""
-        text = html_to_text(bodies)
+        # parse._entry_text's choice: the longest content, else the summary
+        body = max(entry.get("contents", ()), key=len, default="") or entry.get("summary") or ""
+        text = html_to_text(body)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
-        published = _published(entry)
+        # parse._published's choice: the first date that reads
+        published = entry.get("published_parsed") or entry.get("updated_parsed")
         item = entry_item(
             source_id=source_id,
             guid=guid,
@@ -288,6 +314,67 @@ def _atom_link(child: Any, out: dict[str, Any], base: str) -> None:
         out["link"] = _urljoin(base, href.strip())
 
 
+def _join(base: str, uri: str) -> str:
+    """feedparser's _urljoin: with no base, only its extra-slash fix, and that only on ":///"."""
+    if not base and ":///" not in uri:
+        return uri
+    return str(_urljoin(base, uri))
+
+
+def _markup(el: Any, *, atom: bool) -> str:
+    """The text of a title, summary or content element, if both paths read it alike."""
+    value = _text(el)
+    if atom:
+        ctype = el.get("type", "text").lower()
+        if ctype not in ("text", "html", "text/html", "text/plain") or el.get("src"):
+            raise _GiveUp
+    elif el.keys():
+        raise _GiveUp  # e.g. media:description type="html" mode="base64"
+    if not value.isascii() and _C1.search(value):
+        raise _GiveUp
+    if _RISKY_TEXT.search(value) and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value)):
+        raise _GiveUp
+    return value
+
+
+def _xml_content(el: Any) -> str | None:
+    """'' for an Atom content of XML records feedparser keeps apart (SEC EDGAR's filings:
+    `<content type="text/xml"><filing-date>...`), else None.
+
+    Such content is no markup to feedparser: each child element is its own entry key
+    (handled by no method of its own, holding only text), the content's value is the
+    whitespace between them, stripped: ''. Anything else about it: feedparser decides.
+    """
+    if el.get("type", "").lower() not in ("text/xml", "application/xml") or len(el.keys()) != 1:
+        return None
+    if not len(el) or (el.text or "").strip():
+        return None
+    for child in el:
+        ns, local = _split(child.tag)
+        if (
+            ns != ATOM
+            or len(child)
+            or child.keys()
+            or (child.tail or "").strip()
+            or local.endswith("_parsed")
+            or hasattr(_FeedParser, "_start_" + local)
+            or hasattr(_FeedParser, "_end_" + local)
+        ):
+            return None
+    return ""
+
+
+def _description(out: dict[str, Any], value: str) -> None:
+    """An RSS description or media:description, by feedparser's rule: the first is the
+    summary; one after it, while the entry has no content yet, is content."""
+    if "summary" not in out:
+        out["summary"] = value
+    elif not out.get("contents"):
+        out["contents"] = [value]
+    else:
+        raise _GiveUp  # a third one replaces the summary: order-dependent
+
+
 def _fields(
     el: Any, fields: dict[tuple[str, str], str], base: str, *, atom: bool
 ) -> dict[str, Any]:
@@ -302,8 +389,12 @@ def _fields(
         if name is None:
             if key in _IGNORED:
                 allowed = _HARMLESS_CHILDREN.get(key, frozenset())
-                if any(_split(c.tag) not in allowed for c in child.iterdescendants()):
-                    raise _GiveUp  # e.g. an <image> inside a <category>: feedparser reads it
+                for c in child.iterdescendants():
+                    inner = _split(c.tag)
+                    if inner not in allowed:
+                        raise _GiveUp  # e.g. an <image> inside a <category>: feedparser reads it
+                    if inner == (MEDIA, "description") and not atom:
+                        _description(out, _markup(c, atom=False))
                 continue
             if key[0] == "" or key[0].lower() in _KNOWN_NS or key[0] == RSS1:
                 raise _GiveUp  # feedparser may map it onto a field we read
@@ -311,33 +402,106 @@ def _fields(
         if name == "atomlink":
             _atom_link(child, out, base)
             continue
+        if name == "description" or (name == "summary" and not atom):
+            _description(out, _markup(child, atom=False))
+            continue
         if name in seen:
             raise _GiveUp  # feedparser's handling of duplicates is order-dependent
         seen.add(name)
-        value = _text(child)
         if name in ("title", "summary", "content"):
-            if atom:
-                ctype = child.get("type", "text").lower()
-                if ctype not in ("text", "html", "text/html", "text/plain") or child.get("src"):
-                    raise _GiveUp
-            if _C1.search(value):
-                raise _GiveUp
-            if _RISKY_TEXT.search(value) and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value)):
-                raise _GiveUp
-            out[name] = value
-        elif name == "link":
-            if not value:
-                raise _GiveUp
-            out["link"] = _urljoin(base, value)
+            value = _xml_content(child) if atom and name == "content" else None
+            value = _markup(child, atom=atom) if value is None else value
+            if name == "content":
+                out.setdefault("contents", []).append(value)
+            else:
+                out[name] = value
+            continue
+        value = _text(child)
+        if name == "link":
+            # an empty <link/> is an empty link to feedparser, whatever the base
+            out["link"] = _join(base, value) if value else ""
         elif name == "id":
             is_link = atom or child.get("isPermaLink", child.get("ispermalink", "true")) == "true"
             if is_link and value:
-                value = _urljoin(base, value)
+                value = _join(base, value)
             out["id"] = value
             if is_link:
                 out.setdefault("link", value)
         elif name in ("published", "updated"):
-            out[name + "_parsed"] = _parse_date(value) if value else None
+            out[name + "_parsed"] = _date(value) if value else None
         elif name == "language":
             out["language"] = value
     return out
+
+
+_DATE_ERRORS = (KeyError, OverflowError, ValueError, AttributeError)  # what _parse_date skips
+# The common shapes, read here as feedparser's RFC 822 and W3DTF handlers read them: a
+# day name, day, month, four-digit year, time with seconds, and a numeric or named zone;
+# W3DTF with seconds (a fraction is dropped) and Z or a +hh:mm offset.
+_RFC822 = re.compile(
+    r"(?:mon|tue|wed|thu|fri|sat|sun), (\d\d?) ([a-z]{3}) (\d{4}) (\d\d):(\d\d):(\d\d)"
+    r" (?:([+-])(\d\d)(\d\d)|([a-z]{1,4}))",
+    re.IGNORECASE,
+)
+_W3DTF = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)t(\d\d):(\d\d):(\d\d)(?:\.\d+)?(?:z|([+-])(\d\d):(\d\d))",
+    re.IGNORECASE,
+)
+
+_ZONES: dict[str, int] = dict(rfc822_zones)  # hours east of UTC; unknown names are UTC
+
+
+def _date(value: str) -> datetime | None:
+    """What parse._published makes of feedparser's `_parse_date(value)`, faster.
+
+    The common shapes are read by one regex each; anything else goes to feedparser's
+    own handlers. Its first is W3DTF, which reads no date that starts with a letter,
+    and RFC 822 its second: so one of the two gives _parse_date's answer, or it is
+    asked itself. A test holds both ways to the same instants.
+    """
+    m = _RFC822.fullmatch(value)
+    if m is not None:
+        month = _MONTHS.get(m[2].lower())
+        zone = (m[10] or "").lower()
+        if month is not None and not (zone.startswith("gmt") and zone != "gmt"):
+            if m[7]:
+                offset = timedelta(hours=int(m[8]), minutes=int(m[9]))
+                offset = -offset if m[7] == "-" else offset
+            else:
+                offset = timedelta(hours=_ZONES.get(zone, 0))
+            fields = [int(m[3]), month, int(m[1]), int(m[4]), int(m[5]), int(m[6])]
+            return _utc(fields, offset, value)
+    m = _W3DTF.fullmatch(value)
+    if m is not None:
+        offset = timedelta()
+        if m[7]:
+            offset = timedelta(hours=int(m[8]), minutes=int(m[9]))
+            offset = -offset if m[7] == "-" else offset
+        return _utc([int(m[i]) for i in range(1, 7)], offset, value)
+    return _slow_date(value)
+
+
+def _utc(fields: list[int], offset: timedelta, value: str) -> datetime | None:
+    year, month, day, hour, minute, second = fields
+    if not 1900 <= year <= 2200:
+        return _slow_date(value)  # near the ends of time, feedparser's own arithmetic decides
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC) - offset
+    except ValueError:  # no such date (a 31 February, a 25th hour): feedparser decides
+        return _slow_date(value)
+
+
+def _slow_date(value: str) -> datetime | None:
+    handler = _parse_date_rfc822 if value[:1].isalpha() else _parse_date_w3dtf
+    try:
+        parsed = handler(value)
+    except _DATE_ERRORS:
+        parsed = None
+    if not (parsed and len(parsed) == 9):
+        parsed = _parse_date(value)
+    if parsed is None:
+        return None
+    try:  # as parse._published converts it
+        return datetime.fromtimestamp(calendar.timegm(parsed), tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return None

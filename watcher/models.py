@@ -92,6 +92,10 @@ class Alert(BaseModel):
     facets: dict[str, list[str]] = Field(
         default_factory=dict, description="e.g. minerals, countries named in the text"
     )
+    source_count: int = Field(default=1, description="sources reporting the story, kept current")
+    updated_at: datetime | None = Field(
+        default=None, description="when a later copy last grew the story's sources"
+    )
 
     @property
     def all_sources(self) -> list[str]:
@@ -117,3 +121,6 @@ class Delivery(BaseModel):
     last_error: str = ""
     created_at: datetime
     sent_at: datetime | None = None
+    kind: str | None = Field(
+        default=None, description='None: one alert; "group" or "digest": see its batch'
+    )

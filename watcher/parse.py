@@ -34,25 +34,37 @@ def canonical_url(url: str, base: str = "") -> str:
     if not url:
         return ""
     try:
-        if base:
+        # urljoin leaves an absolute http(s) URL as it is, up to what the canonical form
+        # rebuilds anyway (a ";" is where its round trip could differ): skip it then
+        absolute = url[:8].lower().startswith(("http://", "https://")) and ";" not in url
+        if base and not absolute:
             url = urljoin(base, url)
         parts = urlsplit(url)
+        if base and absolute and not parts.netloc:  # "http:path": relative after all
+            parts = urlsplit(urljoin(base, url))
     except ValueError:
         return ""
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return ""
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
-    ]
-    return urlunsplit(
-        (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
-    )
+    query = ""
+    if parts.query:  # most links have none: no parse_qsl/urlencode round trip then
+        query = urlencode(
+            [
+                (k, v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
+            ]
+        )
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
+
+
+def _fold(text: str) -> str:
+    """`normalize`, with its ASCII case (NFKC changes no ASCII text) short-cut first."""
+    return text.lower() if text.isascii() else normalize(text)
 
 
 def content_hash(title: str, text: str) -> str:
-    digest = hashlib.sha256(f"{normalize(title)}\n{normalize(text)}".encode())
+    digest = hashlib.sha256(f"{_fold(title)}\n{_fold(text)}".encode())
     return digest.hexdigest()[:32]
 
 

@@ -1,6 +1,6 @@
 """The pipeline, wired in one place.
 
-    fetch -> parse -> dedup -> cluster -> match -> alert -> route -> outbox
+    fetch -> parse -> dedup -> cluster -> match -> alert -> route -> group -> outbox
 
 `build_pipeline()` is the only function that wires the stages; reading
 `Pipeline.poll` top to bottom shows what one poll of one source does.
@@ -23,11 +23,12 @@ from watcher.batching import Batcher
 from watcher.config import Config, SourceConfig
 from watcher.errors import FetchError, FetchReason, ParseError
 from watcher.fetch import Fetcher, FetchResult, limits_from_config
+from watcher.group import Dispatcher, Routed, receiver_policies
 from watcher.metrics import Metrics
 from watcher.models import Clock, Hit, Item
 from watcher.parse import ParsedFeed, parse_document
 from watcher.polite import PollPolicy
-from watcher.route import Router
+from watcher.route import Route, Router
 from watcher.rules import Matcher
 from watcher.silence import list_silences, silenced
 from watcher.store import NewAlert, SourceState, Store
@@ -51,12 +52,14 @@ class PollOutcome:
     items: int = 0
     new_items: int = 0
     alerts: list[RaisedAlert] = field(default_factory=list)
-    deliveries: int = 0
+    deliveries: int = 0  # sent at once (receivers with no group_wait and no throttle)
+    staged: int = 0  # notices for groups, throttled receivers, digests and updates
     error: FetchError | ParseError | None = None
     error_count: int = 0
     next_poll_in_s: float | None = None
     # Items that joined an existing story: its alerts now read "reported by N sources".
     stories_grown: list[StoryAssignment] = field(default_factory=list)
+    alerts_updated: list[int] = field(default_factory=list)  # alert rows counting more sources
     broken: bool = False  # errors past the limit: flagged, polled rarely
     moved_to: str | None = None  # a 301/308 moved the feed here
 
@@ -86,8 +89,12 @@ class Pipeline:
         on_enqueued: Callable[[], None] = lambda: None,
         stories: StoryIndex | None = None,
         policy: PollPolicy | None = None,
+        dispatcher: Dispatcher | None = None,
+        on_staged: Callable[[], None] = lambda: None,
     ) -> None:
         self.stories = stories or StoryIndex()
+        self.dispatcher = dispatcher or Dispatcher()
+        self.on_staged = on_staged
         self.policy = policy or PollPolicy()
         # group commit for the common, cheap case: many polls share one round trip
         self._states: Batcher[str, SourceState | None] = Batcher(store.source_states)
@@ -101,6 +108,7 @@ class Pipeline:
         self.matcher = matcher
         self.router = router
         self.metrics = metrics
+        self._polled = {o: metrics.polls.labels(o) for o in ("new", "unchanged", "error")}
         self.clock = clock
         self.on_enqueued = on_enqueued
 
@@ -129,7 +137,7 @@ class Pipeline:
             if result.not_modified or (state and body_hash == state.body_hash):
                 delay = self.policy.next_check_s(source.interval_s, fresh_for_s=result.fresh_for_s)
                 await self._unchanged.run((source.id, self.clock() + timedelta(seconds=delay)))
-                self.metrics.polls.labels(source.id, "unchanged").inc()
+                self._polled["unchanged"].inc()
                 return PollOutcome(
                     source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to
                 )
@@ -150,7 +158,7 @@ class Pipeline:
             next_poll_at=self.clock() + timedelta(seconds=delay),
         )
         outcome.moved_to = result.moved_to
-        self.metrics.polls.labels(source.id, "new").inc()
+        self._polled["new"].inc()
         return outcome
 
     async def _failed(
@@ -158,7 +166,7 @@ class Pipeline:
     ) -> PollOutcome:
         if isinstance(exc, FetchError) and exc.reason is FetchReason.GONE:
             await self.store.deactivate_source(source.id, str(exc))
-            self.metrics.polls.labels(source.id, "error").inc()
+            self._polled["error"].inc()
             return PollOutcome(source.id, "gone", error=exc, error_count=previous_errors + 1)
         retry_after = exc.retry_after_s if isinstance(exc, FetchError) else None
         errors = previous_errors + 1
@@ -169,7 +177,7 @@ class Pipeline:
             error=str(exc),
             next_poll_at=self.clock() + timedelta(seconds=delay),
         )
-        self.metrics.polls.labels(source.id, "error").inc()
+        self._polled["error"].inc()
         return PollOutcome(
             source.id,
             "error",
@@ -193,11 +201,12 @@ class Pipeline:
         """Dedup, cluster, match, alert, route and enqueue deliveries: one transaction.
 
         A later copy of a story joins it (its items and sources grow) and raises
-        no second alert for a rule that already alerted on the story.
+        no second alert for a rule that already alerted on the story; the
+        story's alerts count its new sources (and, for subscriptions that asked,
+        an update notification follows).
         """
         matcher = self.matcher()
         raised: list[RaisedAlert] = []
-        deliveries = 0
         async with self.store.transaction() as tx:
             new = await tx.insert_new_items(items)
             # Cluster: each new item joins a story; alerts are per (rule, story).
@@ -215,6 +224,7 @@ class Pipeline:
                                 story_key=story_of[item_id].story_key,
                                 item_id=item_id,
                                 facets=hit_facets(hit),
+                                source_count=story_of[item_id].source_count,
                             ),
                             hit,
                             item,
@@ -223,19 +233,29 @@ class Pipeline:
             # One alert per (rule, story): insert one at a time to know which rows are new.
             # A silenced alert is stored but routed nowhere.
             active_silences = await list_silences(tx.conn, now=tx.now) if pending else []
-            pairs: list[tuple[int, str]] = []
+            routed: list[Routed] = []
             for new_alert, hit, item in pending:
                 ids = await tx.insert_alerts([new_alert])
                 if not ids:
                     continue
-                receivers = (
-                    ()
+                routes: list[Route] = (
+                    []
                     if silenced(hit.rule_id, active_silences, tx.now)
-                    else tuple(self.router.receivers_for(hit, item))
+                    else self.router.routes_for(hit, item)
                 )
+                receivers = tuple(sorted({r.receiver for r in routes}))
                 raised.append(RaisedAlert(ids[0], hit, item, receivers))
-                pairs.extend((ids[0], r) for r in receivers)
-            deliveries = await tx.enqueue(pairs)
+                routed.extend(Routed(ids[0], new_alert.source_count, r) for r in routes)
+            dispatched = await self.dispatcher.dispatch(tx, routed)
+            # Stories that gained sources: their alerts say so (a hook, after clustering).
+            grown: dict[str, int] = {}
+            for joined in story_of.values():
+                if not joined.new_story:
+                    key = joined.story_key
+                    grown[key] = max(grown.get(key, 0), joined.source_count)
+            updates = await self.dispatcher.stories_grown(
+                tx, grown, updates=self.router.wants_updates
+            )
             if record_source:
                 await tx.record_poll(
                     source_id,
@@ -246,18 +266,22 @@ class Pipeline:
                     next_poll_at=next_poll_at,
                 )
         if new:
-            self.metrics.items.labels(source_id).inc(len(new))
+            self.metrics.items.inc(len(new))
         for a in raised:
             self.metrics.alerts.labels(a.hit.rule_id, a.hit.event_type.value).inc()
-        if deliveries:
+        if dispatched.deliveries:
             self.on_enqueued()
+        if dispatched.staged or updates.staged:
+            self.on_staged()
         return PollOutcome(
             source_id,
             "new",
             items=len(items),
             new_items=len(new),
             alerts=raised,
-            deliveries=deliveries,
+            deliveries=dispatched.deliveries,
+            staged=dispatched.staged + updates.staged,
+            alerts_updated=updates.alert_ids,
             next_poll_in_s=(next_poll_at - self.clock()).total_seconds() if next_poll_at else None,
             stories_grown=[a for a in story_of.values() if not a.new_story],
         )
@@ -278,6 +302,7 @@ def build_pipeline(
     metrics: Metrics,
     clock: Clock,
     on_enqueued: Callable[[], None] = lambda: None,
+    on_staged: Callable[[], None] = lambda: None,
 ) -> Pipeline:
     p = config.polling
     fetcher = Fetcher(
@@ -290,9 +315,11 @@ def build_pipeline(
         fetcher=fetcher,
         matcher=matcher,
         router=Router(config.subscriptions),
+        dispatcher=Dispatcher(receiver_policies(config)),
         metrics=metrics,
         clock=clock,
         on_enqueued=on_enqueued,
+        on_staged=on_staged,
         stories=StoryIndex(
             window_s=config.stories.window_days * 86400, threshold=config.stories.threshold
         ),

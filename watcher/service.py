@@ -23,7 +23,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from watcher import constants
 from watcher.config import Config
+from watcher.digest import Digester
 from watcher.fetch import fetch_session, limits_from_config
+from watcher.group import Dispatcher, Grouper, receiver_policies
 from watcher.health import HealthMonitor
 from watcher.metrics import Metrics
 from watcher.models import Clock, utc_now
@@ -49,6 +51,8 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 FETCH_SESSION = web.AppKey("fetch_session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", OutboxWorker)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+GROUPER = web.AppKey("grouper", Grouper)
+DIGESTER = web.AppKey("digester", Digester)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 UNSUBSCRIBE_KEY = web.AppKey("unsubscribe_key", bytes)
 
@@ -183,6 +187,16 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         receiver_concurrency={r.id: r.concurrency for r in config.receivers},
     )
+    grouper = Grouper(
+        store=store,
+        dispatcher=Dispatcher(receiver_policies(config)),
+        clock=clock,
+        on_sealed=worker.kick,
+        idle_check_s=config.outbox.sweep_interval_s,
+    )
+    digester = Digester(
+        store=store, subscriptions=config.subscriptions, clock=clock, on_sealed=worker.kick
+    )
     pipeline = build_pipeline(
         config,
         store=app[STORE],
@@ -191,9 +205,12 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         clock=clock,
         on_enqueued=worker.kick,
+        on_staged=grouper.kick,
     )
     app[WORKER] = worker
     app[PIPELINE] = pipeline
+    app[GROUPER] = grouper
+    app[DIGESTER] = digester
     if config.websub.callback_base_url is not None:
         app[WEBSUB] = WebSub(
             config=config,
@@ -203,7 +220,11 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             rng=random.Random(),
         )
     task = asyncio.create_task(worker.run_forever(), name="outbox-worker")
+    grouping = asyncio.create_task(grouper.run_forever(), name="grouper")
     yield
+    grouper.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(grouping, timeout=5.0)
     worker.stop()  # let the batch in flight be sent and recorded
     try:
         await asyncio.wait_for(task, timeout=min(config.outbox.lease_s, 10.0))
@@ -220,6 +241,7 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     poller.schedule_all(random.Random())
     if config.rules.reload_interval_s > 0:
         schedule_rule_reload(scheduler, app[MATCHER], config.rules.reload_interval_s)
+    schedule_digests(scheduler, app[DIGESTER])
     websub = app.get(WEBSUB)
     if websub is not None:
 
@@ -274,6 +296,35 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
             break
         await asyncio.sleep(0.1)
     scheduler.shutdown(wait=False)
+
+
+def schedule_digests(scheduler: AsyncIOScheduler, digester: Digester) -> None:
+    """A cron job per digest subscription, and one catch-up run at start-up.
+
+    The jobs are only triggers: the digester reads from the store what is due,
+    so a fire time missed while the service was down is sent now, once.
+    """
+
+    async def fire(only: str | None = None) -> None:
+        try:
+            await digester.fire_due(only)
+        except Exception:  # a store outage must not kill the job; the next run catches up
+            logger.exception("digest %s: sealing failed", only or "(catch-up)")
+
+    for name, sub in sorted(digester.subscriptions.items()):
+        scheduler.add_job(
+            fire,
+            sub.trigger(),
+            args=[name],
+            id=f"digest:{name}",
+            name=f"digest {name}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=constants.DIGEST_MISFIRE_GRACE_S,
+            replace_existing=True,
+        )
+    if digester.subscriptions:
+        scheduler.add_job(fire, id="digest-catch-up", name="digests missed while down")
 
 
 def schedule_rule_reload(scheduler: AsyncIOScheduler, rules: RuleSet, interval_s: float) -> None:

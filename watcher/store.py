@@ -8,6 +8,7 @@ and outbox claims use leases with FOR UPDATE SKIP LOCKED where the database has 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -45,6 +46,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from watcher.constants import SQLITE_TRANSACTIONS_IN_FLIGHT
+from watcher.migrate import upgrade
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
 
@@ -122,7 +125,11 @@ alerts = Table(
     Column("item_id", _Id, ForeignKey("items.id"), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("facets", Text, nullable=False, server_default="{}"),  # JSON: minerals, countries
+    # issue 4 (noise control): the story's source count, kept current as the story grows
+    Column("source_count", Integer, nullable=False, server_default="1"),
+    Column("updated_at", UTCDateTime),
     UniqueConstraint("rule_id", "story_key", name="uq_alerts_rule_story"),
+    Index("ix_alerts_story", "story_key"),
 )
 
 deliveries = Table(
@@ -140,7 +147,14 @@ deliveries = Table(
     Column("last_reason", String(32)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
-    UniqueConstraint("alert_id", "receiver", name="uq_deliveries_alert_receiver"),
+    # issue 4 (noise control): NULL for one alert; "group" or "digest" for a notification
+    # that carries several alerts (or an update), its members in `notices` (watcher/group.py);
+    # `detail` is JSON (a digest's period). Such a row's alert_id is its first alert's.
+    Column("kind", String(16)),
+    Column("detail", Text),
+    # One delivery per (alert, receiver) holds through the idempotency key (`wd_<alert>_
+    # <receiver>`, unique); an alert may also be in a digest or an update for that receiver.
+    Index("ix_deliveries_alert", "alert_id", "receiver"),
     Index("ix_deliveries_due", "state", "next_attempt_at"),
 )
 
@@ -150,6 +164,19 @@ settings = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# issue 6: WebSub subscriptions survive a restart. The secret itself is in `settings`
+# (as every generated secret is); a row names it, so a row can be shown or logged.
+websub_subscriptions = Table(
+    "websub_subscriptions",
+    metadata,
+    Column("source_id", String(64), primary_key=True),
+    Column("hub", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("secret_ref", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # wanted, requested, active, denied
+    Column("lease_until", UTCDateTime),
 )
 
 email_suppressions = Table(
@@ -185,6 +212,18 @@ class SourceState:
 
 
 @dataclass(frozen=True)
+class WebSubRow:
+    """A stored WebSub subscription: `secret_ref` names its secret (`Store.secret`)."""
+
+    source_id: str
+    hub: str
+    topic: str
+    secret_ref: str
+    state: str
+    lease_until: datetime | None
+
+
+@dataclass(frozen=True)
 class NewAlert:
     rule_id: str
     rule_title: str
@@ -193,6 +232,7 @@ class NewAlert:
     story_key: str
     item_id: int
     facets: dict[str, list[str]] = field(default_factory=dict)
+    source_count: int = 1  # the story's, when the alert is raised
 
 
 @dataclass(frozen=True)
@@ -207,9 +247,32 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class BatchMember:
+    """One alert of a grouped notification or digest; an update repeats an alert already sent."""
+
+    alert: Alert
+    update: bool = False
+    reply_to: str | None = None  # updates: idempotency key of the notification first sent
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a notification carrying several alerts (or an update) holds, in order."""
+
+    kind: str  # "group" or "digest"
+    members: tuple[BatchMember, ...]
+    detail: dict[str, Any] = field(default_factory=dict)  # digests: subscription, period, zone
+
+    @property
+    def single(self) -> bool:
+        return len(self.members) == 1 and self.kind == "group"
+
+
+@dataclass(frozen=True)
 class ClaimedDelivery:
     delivery: Delivery
     alert: Alert
+    batch: Batch | None = None  # None: the one alert above, as a plain alert notification
 
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:
@@ -271,6 +334,7 @@ class Tx:
                 "item_id": a.item_id,
                 "created_at": self.now,
                 "facets": json.dumps(a.facets, ensure_ascii=False, sort_keys=True),
+                "source_count": a.source_count,
             }
             for a in batch
         ]
@@ -298,11 +362,9 @@ class Tx:
         ]
         if not rows:
             return 0
-        stmt = (
-            _insert(self.conn, deliveries)
-            .on_conflict_do_nothing(index_elements=["alert_id", "receiver"])
-            .returning(deliveries.c.id)
-        )
+        # No conflict target: the key is unique (and so is (alert, receiver) on stores
+        # created before digests and updates), and any of them means "already there".
+        stmt = _insert(self.conn, deliveries).on_conflict_do_nothing().returning(deliveries.c.id)
         return len((await self.conn.execute(stmt, rows)).all())
 
     async def record_poll(
@@ -345,6 +407,11 @@ class Store:
         self.url = url
         self.clock = clock
         self._engine: AsyncEngine | None = None
+        # SQLite has one writer at a time: more write transactions in flight would only
+        # wait in its busy loop (unfairly), each holding a pooled connection and its buffers
+        self._tx_slots = asyncio.Semaphore(
+            SQLITE_TRANSACTIONS_IN_FLIGHT if _is_sqlite(url) else 1000
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -372,11 +439,14 @@ class Store:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=30000")
+                # 512 KiB of page cache per pooled connection (SQLite's default is 2 MiB):
+                # pages are re-read from the OS cache cheaply, and RSS stays small
+                cur.execute("PRAGMA cache_size=-512")
                 cur.close()
 
         self._engine = engine
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(upgrade, metadata)
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -389,7 +459,7 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self.engine.begin() as conn:
+        async with self._tx_slots, self.engine.begin() as conn:
             yield Tx(conn, self.clock())
 
     # ------------------------------------------------------------ sources
@@ -496,6 +566,27 @@ class Store:
             )
             return {r[0] for r in rows}
 
+    async def save_websub(self, sub: WebSubRow) -> None:
+        """Create or replace the WebSub subscription of a source."""
+        values = {
+            "hub": sub.hub,
+            "topic": sub.topic,
+            "secret_ref": sub.secret_ref,
+            "state": sub.state,
+            "lease_until": sub.lease_until,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _insert(conn, websub_subscriptions)
+                .values(source_id=sub.source_id, **values)
+                .on_conflict_do_update(index_elements=["source_id"], set_=values)
+            )
+
+    async def websub_subscriptions(self) -> list[WebSubRow]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(websub_subscriptions))
+            return [WebSubRow(**r._asdict()) for r in rows]
+
     async def source_states(self, source_ids: Sequence[str]) -> list[SourceState | None]:
         """Many sources' state in one query, aligned with `source_ids`."""
         async with self.engine.connect() as conn:
@@ -588,6 +679,8 @@ class Store:
             sources = await _story_store.sources_by_key(conn, [c.alert.story_key for c in out])
             for c in out:
                 c.alert.sources = sources.get(c.alert.story_key, [])
+            if any(c.delivery.kind for c in out):  # groups and digests: their alerts too
+                out = await _group.attach_batches(conn, out)
             return out
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
@@ -628,7 +721,8 @@ class Store:
             q = q.where(deliveries.c.receiver == receiver)
         async with self.engine.connect() as conn:
             rows = await conn.execute(q.order_by(deliveries.c.id).limit(limit))
-            return [_claimed(r._mapping) for r in rows]
+            out = [_claimed(r._mapping) for r in rows]
+            return await _group.attach_batches(conn, out)
 
     async def delivery_counts(self) -> dict[tuple[str, str, str], int]:
         """(receiver, state, last failure reason or '') -> count."""
@@ -734,6 +828,8 @@ def _alert_query() -> Any:
         alerts.c.item_id,
         alerts.c.created_at.label("a_created_at"),
         alerts.c.facets,
+        alerts.c.source_count,
+        alerts.c.updated_at,
         items.c.source_id,
         items.c.title,
         items.c.url,
@@ -757,6 +853,7 @@ def _delivery_query() -> Any:
             d.c.last_error,
             d.c.created_at.label("d_created_at"),
             d.c.sent_at,
+            d.c.kind,
         )
         .join(d, d.c.alert_id == alerts.c.id)
     )
@@ -778,6 +875,8 @@ def _alert(m: Any) -> Alert:
         published=m["published"],
         created_at=m["a_created_at"],
         facets=json.loads(m["facets"] or "{}"),
+        source_count=m["source_count"],
+        updated_at=m["updated_at"],
     )
 
 
@@ -793,10 +892,14 @@ def _claimed(m: Any) -> ClaimedDelivery:
         last_error=m["last_error"],
         created_at=m["d_created_at"],
         sent_at=m["sent_at"],
+        kind=m["kind"],
     )
     return ClaimedDelivery(delivery, _alert(m))
 
 
-# The story and silence tables live with their stages; importing registers them on `metadata`.
+# The story, silence and grouping tables live with their stages; importing registers them
+# on `metadata`.
+from watcher import digest as _digest  # noqa: E402, F401
+from watcher import group as _group  # noqa: E402
 from watcher import silence as _silence  # noqa: E402, F401
 from watcher import story_store as _story_store  # noqa: E402

@@ -1,15 +1,40 @@
-"""Stories in the store: the cluster stage's tables and its candidate index.
+"""Stories in the store: the cluster stage's tables and its in-memory candidate index.
 
 Tables (created with the rest of the schema, on SQLite and PostgreSQL alike):
 
-- ``stories``: one row per story (key, first/last time, item and source counts);
+- ``stories``: one row per story (key, first/last time, item and source
+  counts); a story's id is the id of the item that started it, so ids follow
+  the order items were stored and a new story needs no round trip for its id;
 - ``story_items``: which story each item joined, with its TF-IDF vector and
-  headline cues, so later items are compared against it;
-- ``story_keys``: the inverted index, (distinctive key, time) -> story, so
-  finding candidate stories is an index lookup whose cost does not grow with
-  the store (the time window bounds each posting list);
-- ``term_stats``: document frequencies learned from the stream (the row with
-  the empty term counts documents).
+  headline cues, and the ``version`` (see below) of the assignment that last
+  wrote the row;
+- ``term_stats``: document frequencies learned from the stream. The row with
+  the empty term counts documents, and is the cluster stage's lock and clock.
+
+Finding candidates is an index lookup, not a scan: each process keeps the
+stories of the recent past (every story with an item at or after a moving
+low-water mark, ``2 x window`` back by default) in memory, with an inverted
+index from each item's most distinctive keys to the items, kept sorted by
+time so a lookup touches only the time window around the new item. Nothing
+is read from the store per item; an assignment is three statements whatever
+the batch size (the document counts, the stories, the items; four when a
+batch both starts stories and grows others).
+
+Keeping that memory right, across restarts and replicas, rests on the
+document-count row. Every assignment first upserts its terms' counts together
+with that row, which (1) takes the row's lock, so assignments take turns and
+each sees what the previous one committed (on PostgreSQL the lock is held to
+the end of the poll's transaction; on SQLite writers take turns anyway),
+(2) returns the document count, which grows with every committed assignment
+and so serves as a version, stamped on the ``story_items`` rows each
+assignment writes, and (3) swaps in a random token and returns the previous
+one. If the previous token is the one this process wrote last, nothing
+happened in between and the memory is exact; otherwise (another replica
+wrote, or this process's last transaction rolled back) the stories that
+changed since the version the memory holds are read back, in one query. A
+process that starts, or meets an item older than its memory reaches, loads
+what it lacks the same way. All of it happens after the features, which cost
+most, are computed, so the time the lock is held is a few statements.
 
 `StoryIndex.assign()` runs inside the pipeline's transaction, so an item, its
 story and its alerts are stored together or not at all. An item that matches
@@ -20,15 +45,24 @@ absorber already alerted for that rule).
 
 from __future__ import annotations
 
+import heapq
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import secrets
+import sys
+import weakref
+from bisect import bisect_left, bisect_right, insort
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import chain
+from operator import itemgetter, neg
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
@@ -36,24 +70,17 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    case,
+    and_,
     func,
-    literal,
+    or_,
     select,
     update,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
-from watcher.cluster import (
-    Features,
-    features,
-    index_keys,
-    shared_specifics,
-    similarity,
-    vetoed,
-    weigh,
-)
+from watcher.cluster import Features, features, similarity, vetoed, weigh
 from watcher.models import Item
 from watcher.store import UTCDateTime, _Id, _insert, alerts, items, metadata
 
@@ -62,7 +89,7 @@ _DOCS = ""  # the term_stats row that counts documents
 stories = Table(
     "stories",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", _Id, primary_key=True, autoincrement=False),  # the first item's id
     Column("key", String(64), nullable=False, unique=True),
     Column("title", Text, nullable=False),
     Column("first_at", UTCDateTime, nullable=False),
@@ -86,17 +113,11 @@ story_items = Table(
     Column("countries", String(200), nullable=False),
     Column("amounts", String(200), nullable=False),
     Column("vector", Text, nullable=False),
+    # the document count after the assignment that last wrote this row
+    Column("version", BigInteger, nullable=False, server_default="0"),
     Index("ix_story_items_story", "story_id", "at"),
-)
-
-story_keys = Table(
-    "story_keys",
-    metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("key", String(160), nullable=False),
-    Column("at", UTCDateTime, nullable=False),
-    Column("story_id", _Id, ForeignKey("stories.id"), nullable=False),
-    Index("ix_story_keys_key_at", "key", "at"),
+    Index("ix_story_items_at", "at"),
+    Index("ix_story_items_version", "version"),
 )
 
 term_stats = Table(
@@ -104,6 +125,9 @@ term_stats = Table(
     metadata,
     Column("term", String(160), primary_key=True),
     Column("df", BigInteger, nullable=False),
+    # On the document-count row only: who assigned last, and who before them.
+    Column("token", String(32)),
+    Column("prev_token", String(32)),
 )
 
 
@@ -133,12 +157,323 @@ class StoryInfo:
     sources: tuple[str, ...]
 
 
-def _chunks(seq: Sequence[str], n: int = 500) -> list[Sequence[str]]:
+def _chunks(seq: Sequence[Any], n: int = 500) -> list[Sequence[Any]]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
 
 
+@dataclass(eq=False)
+class _Member:
+    """A stored item as the cluster stage compares it."""
+
+    item_id: int
+    story_id: int
+    at: float  # POSIX seconds
+    source_id: str
+    content_hash: str
+    cues: Features  # headline cues only (no counts)
+    vector: dict[str, float]
+    specifics: frozenset[str]  # the vector's names, amounts and dates
+    keys: tuple[str, ...]  # its most distinctive keys: what the inverted index holds
+
+
+@dataclass(eq=False)
+class _Story:
+    id: int
+    key: str
+    title: str
+    first_at: datetime
+    last_at: datetime
+    created_at: datetime
+    members: list[tuple[float, int]] = field(default_factory=list)  # (at, item id), sorted
+    sources: Counter[str] = field(default_factory=Counter)
+    merged_into: int | None = None
+
+
+@dataclass
+class _Pending:
+    """An assignment this process made whose transaction was not yet known to commit."""
+
+    token: str
+    version: int
+    touched: set[int] = field(default_factory=set)  # stories it changed or created
+
+
+class _Memory:
+    """The recent past of one database: stories, their items, and the inverted index.
+
+    Holds every story that has an item at or after `low` (whole stories, so
+    counts, sources and the most recent items are exact), as of `version`.
+    """
+
+    def __init__(self) -> None:
+        self.members: dict[int, _Member] = {}
+        self.stories: dict[int, _Story] = {}
+        self.postings: dict[str, _Posting] = {}
+        self.by_hash: dict[str, list[int]] = {}
+        self.loaded = False
+        self.low = float("inf")
+        self.version = 0
+        self.head: str | None = None  # the token of the last assignment `version` includes
+        self.pending: _Pending | None = None
+        self.evicted_at = float("-inf")
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    # -- members
+
+    def add(self, m: _Member, story: _Story) -> None:
+        self.members[m.item_id] = m
+        insort(story.members, (m.at, m.item_id))
+        story.sources[m.source_id] += 1
+        for k in m.keys:
+            posting = self.postings.get(k)
+            if posting is None:
+                posting = self.postings[k] = _Posting()
+            i = bisect_right(posting.times, m.at)
+            posting.times.insert(i, m.at)
+            posting.items.insert(i, m.item_id)
+            posting.stories.insert(i, m.story_id)
+        self.by_hash.setdefault(m.content_hash, []).append(m.item_id)
+
+    def add_many(self, loaded: Sequence[tuple[_Member, _Story]]) -> None:
+        """`add` for many members at once (a load): each posting list is sorted once."""
+        new: dict[str, list[tuple[float, int, int]]] = {}
+        for m, story in loaded:
+            self.members[m.item_id] = m
+            story.members.append((m.at, m.item_id))
+            story.sources[m.source_id] += 1
+            for k in m.keys:
+                entry = (m.at, m.item_id, m.story_id)
+                got = new.get(k)
+                if got is None:
+                    new[k] = [entry]
+                else:
+                    got.append(entry)
+            self.by_hash.setdefault(m.content_hash, []).append(m.item_id)
+        for story in {id(story): story for _, story in loaded}.values():
+            story.members.sort()
+        for k, entries in new.items():
+            posting = self.postings.get(k)
+            if posting is None:
+                posting = self.postings[k] = _Posting()
+            elif len(entries) < _MERGE_POSTINGS_FROM:  # a few: insert them where they go
+                for at, item_id, story_id in entries:
+                    i = bisect_right(posting.times, at)
+                    posting.times.insert(i, at)
+                    posting.items.insert(i, item_id)
+                    posting.stories.insert(i, story_id)
+                continue
+            else:
+                entries.extend(zip(posting.times, posting.items, posting.stories, strict=True))
+            entries.sort()
+            posting.times = [e[0] for e in entries]
+            posting.items = [e[1] for e in entries]
+            posting.stories = [e[2] for e in entries]
+
+    def remove(self, item_id: int) -> None:
+        m = self.members.pop(item_id)
+        story = self.stories.get(m.story_id)
+        if story is not None:
+            self._leave(m, story)
+        for k in m.keys:
+            posting = self.postings[k]
+            i = posting.find(m)
+            del posting.times[i], posting.items[i], posting.stories[i]
+            if not posting.times:
+                del self.postings[k]
+        same = self.by_hash[m.content_hash]
+        same.remove(item_id)
+        if not same:
+            del self.by_hash[m.content_hash]
+
+    def _leave(self, m: _Member, story: _Story) -> None:
+        story.members.remove((m.at, m.item_id))
+        story.sources[m.source_id] -= 1
+        if not story.sources[m.source_id]:
+            del story.sources[m.source_id]
+
+    def move(self, m: _Member, to: _Story) -> None:
+        old = self.stories.get(m.story_id)
+        if old is not None:
+            self._leave(m, old)
+        m.story_id = to.id
+        for k in m.keys:
+            posting = self.postings[k]
+            posting.stories[posting.find(m)] = to.id
+        insort(to.members, (m.at, m.item_id))
+        to.sources[m.source_id] += 1
+
+    def drop_story(self, story_id: int) -> None:
+        story = self.stories.get(story_id)
+        if story is None:
+            return
+        for _, item_id in list(story.members):
+            self.remove(item_id)
+        del self.stories[story_id]
+
+    # -- lookups
+
+    def candidates(self, keys: Sequence[str], lo: float, hi: float) -> list[int]:
+        """The stories with most index hits among `keys` in [lo, hi] (then the newest)."""
+        found = []
+        for k in keys:
+            posting = self.postings.get(k)
+            if posting is not None:
+                times = posting.times
+                found.append(posting.stories[bisect_left(times, lo) : bisect_right(times, hi)])
+        hits = Counter(chain.from_iterable(found))
+        n = constants.CLUSTER_MAX_CANDIDATES
+        if len(hits) <= n:
+            return list(hits)
+        # Most hits first; among the stories tied at the n-th count, the newest.
+        ranked = sorted(hits.items(), key=itemgetter(1), reverse=True)
+        least = ranked[n - 1][1]
+        counts = list(map(neg, map(itemgetter(1), ranked)))
+        above = bisect_left(counts, -least)  # stories with more hits than the n-th
+        tied = ranked[above : bisect_right(counts, -least)]
+        return [s for s, _ in ranked[:above]] + heapq.nlargest(n - above, map(itemgetter(0), tied))
+
+    def same_content(self, content_hash: str, item_id: int, lo: float, hi: float) -> int | None:
+        """The oldest story holding an item with this content in [lo, hi]."""
+        found = [
+            self.members[x].story_id
+            for x in self.by_hash.get(content_hash, ())
+            if x != item_id and lo <= self.members[x].at <= hi
+        ]
+        return min(found, default=None)
+
+    def evict(self, cutoff: float) -> None:
+        """Forget stories that ended before `cutoff`; the memory then starts there."""
+        if cutoff <= self.low:
+            return
+        for story in list(self.stories.values()):
+            if story.members and story.members[-1][0] < cutoff:
+                self.drop_story(story.id)
+        self.low = cutoff
+
+
+_MERGE_POSTINGS_FROM = 16  # new entries for one key from which a load re-sorts its list
+
+
+class _Posting:
+    """The items indexed under one key, in time order, with their stories."""
+
+    __slots__ = ("items", "stories", "times")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.items: list[int] = []
+        self.stories: list[int] = []
+
+    def find(self, m: _Member) -> int:
+        i = bisect_left(self.times, m.at)
+        while self.items[i] != m.item_id:
+            i += 1
+        return i
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The statements every assignment runs, built once per dialect."""
+
+    count_terms: Any
+    insert_stories: Any
+    upsert_stories: Any
+    insert_items: Any
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _statements(conn: AsyncConnection) -> _Statements:
+    built = _STATEMENTS.get(conn.dialect.name)
+    if built is None:
+        terms = _insert(conn, term_stats)
+        count_terms = terms.on_conflict_do_update(
+            index_elements=["term"],
+            set_={
+                "df": term_stats.c.df + terms.excluded.df,
+                "prev_token": term_stats.c.token,
+                "token": terms.excluded.token,
+            },
+        ).returning(term_stats.c.term, term_stats.c.df, term_stats.c.prev_token)
+        upsert = _insert(conn, stories)
+        changing = [
+            "first_at",
+            "last_at",
+            "item_count",
+            "source_count",
+            "updated_at",
+            "merged_into",
+        ]
+        upsert_stories = upsert.on_conflict_do_update(
+            index_elements=["id"], set_={c: upsert.excluded[c] for c in changing}
+        )
+        built = _STATEMENTS[conn.dialect.name] = _Statements(
+            count_terms=count_terms,
+            insert_stories=_insert(conn, stories),
+            upsert_stories=upsert_stories,
+            insert_items=_insert(conn, story_items),
+        )
+    return built
+
+
+def _at(posix_s: float) -> datetime:
+    return datetime.fromtimestamp(posix_s, tz=UTC)
+
+
+def _member(row: Any) -> _Member:
+    stored = json.loads(row.vector)
+    vector = dict(zip(map(sys.intern, stored), map(float, stored.values()), strict=True))
+    return _Member(
+        item_id=int(row.item_id),
+        story_id=int(row.story_id),
+        at=row.at.timestamp(),
+        source_id=row.source_id,
+        content_hash=row.content_hash,
+        cues=_cues(row.polarity, row.countries, row.amounts),
+        vector=vector,
+        specifics=_specifics(vector),
+        keys=tuple(_ranked(vector)[: constants.CLUSTER_INDEX_KEYS]),
+    )
+
+
+_CUES: dict[tuple[str, str, str], Features] = {}
+
+
+def _cues(polarity: str, countries: str, amounts: str) -> Features:
+    """Headline cues as stored; shared, since most items have the same few."""
+    key = (polarity, countries, amounts)
+    cues = _CUES.get(key)
+    if cues is None:
+        cues = Features(
+            counts={},
+            polarity=polarity,
+            countries=frozenset(c for c in countries.split(",") if c),
+            amounts=frozenset(a for a in amounts.split(",") if a),
+        )
+        if len(_CUES) < 100_000:
+            _CUES[key] = cues
+    return cues
+
+
+def _specifics(vector: dict[str, float]) -> frozenset[str]:
+    return frozenset(k for k in vector if k[0] in "end")
+
+
+def _ranked(vector: dict[str, float]) -> list[str]:
+    """The vector's keys, most distinctive first (what `cluster.index_keys` orders by)."""
+    return [k for _, k in sorted(zip(map(neg, vector.values()), vector, strict=True))]
+
+
 class StoryIndex:
-    """Assigns items to stories. Keyword-only options, all with defaults from constants."""
+    """Assigns items to stories. Keyword-only options, all with defaults from constants.
+
+    One instance keeps the recent past of each database it is used with in
+    memory (see the module docstring); it is safe to share between concurrent
+    polls of one process and between processes on one database.
+    """
 
     def __init__(
         self,
@@ -147,260 +482,382 @@ class StoryIndex:
         threshold: float = constants.CLUSTER_THRESHOLD,
     ) -> None:
         self.window = timedelta(seconds=window_s)
+        self.window_s = float(window_s)
         self.threshold = threshold
+        self._memories: weakref.WeakKeyDictionary[Engine, _Memory] = weakref.WeakKeyDictionary()
 
     async def assign(
         self, conn: AsyncConnection, batch: Sequence[tuple[int, Item]], now: datetime
     ) -> dict[int, StoryAssignment]:
-        """Put each new item into a story (existing or new); returns item id -> assignment."""
-        out: dict[int, StoryAssignment] = {}
-        for item_id, item in batch:
-            out[item_id] = await self._assign_one(conn, item_id, item, now)
+        """Put each new item into a story (existing or new); returns item id -> assignment.
+
+        Items are assigned in order, each seeing the ones before it.
+        """
+        if not batch:
+            return {}
+        feats = [features(item) for _, item in batch]  # the costly part, before the lock
+        ats = [
+            item.published if item.published is not None and item.published <= now else now
+            for _, item in batch
+        ]
+        token = secrets.token_hex(8)
+        df, docs, previous = await self._count_documents(conn, feats, token)
+        memory = self._memories.setdefault(conn.sync_engine, _Memory())
+        earliest = min(at.timestamp() for at in ats) - self.window_s
+        try:
+            await self._catch_up(conn, memory, previous, docs - len(batch), earliest, now)
+            # Known only when the next assignment sees whose token it replaced.
+            pending = memory.pending = _Pending(token=token, version=docs)
+            run = _Run(memory=memory, pending=pending, now=now)
+            out: dict[int, StoryAssignment] = {}
+            for n, ((item_id, item), feat, at) in enumerate(zip(batch, feats, ats, strict=True)):
+                vector = weigh(feat.counts, df, docs - len(batch) + n)
+                df.update({k: df.get(k, 0) + 1 for k in feat.counts})
+                out[item_id] = self._assign_one(run, item_id, item, feat, vector, at)
+            await self._write(conn, run, docs)
+        except BaseException:
+            memory.reset()  # half-done: the next assignment reads the store afresh
+            raise
         return out
 
-    async def _assign_one(
-        self, conn: AsyncConnection, item_id: int, item: Item, now: datetime
+    def _assign_one(
+        self,
+        run: _Run,
+        item_id: int,
+        item: Item,
+        feats: Features,
+        vector: dict[str, float],
+        at: datetime,
     ) -> StoryAssignment:
-        feats = features(item)
-        # Frequencies before this document: the upsert returns them counted in.
-        df = {t: n - 1 for t, n in (await self._count_document(conn, sorted(feats.counts))).items()}
-        docs = df.pop(_DOCS, 0)
-        vector = weigh(feats.counts, df, docs)
-        at = item.published if item.published is not None and item.published <= now else now
-
-        matches = await self._matching_stories(conn, vector, feats, at)
+        memory = run.memory
+        at_s = at.timestamp()
+        lo, hi = at_s - self.window_s, at_s + self.window_s
+        ranked = _ranked(vector)
+        matches = self._matching_stories(memory, vector, feats, ranked, lo, hi)
         # The same content within the window (a syndicated copy, or a Federal
         # Register document and its Public Inspection filing, which share an
         # identity) is the same story, whatever the similarity says.
-        same = await conn.scalar(
-            select(story_items.c.story_id)
-            .join(items, items.c.id == story_items.c.item_id)
-            .where(
-                items.c.content_hash == item.content_hash,
-                items.c.id != item_id,
-                story_items.c.at >= at - self.window,
-                story_items.c.at <= at + self.window,
-            )
-            .order_by(story_items.c.story_id)
-            .limit(1)
-        )
+        same = memory.same_content(item.content_hash, item_id, lo, hi)
         if same is not None:
-            matches.setdefault(int(same), 1.0)
-        merged: tuple[str, ...] = ()
+            matches.setdefault(same, 1.0)
         best_sim = max(matches.values(), default=0.0)
+        merged: tuple[str, ...] = ()
         if not matches:
-            story_id = await self._new_story(conn, item_id, item, at, now)
+            story = _Story(
+                id=item_id,
+                key=f"{item.content_hash[:16]}-{item_id}",
+                title=item.title[:1000],
+                first_at=at,
+                last_at=at,
+                created_at=run.now,
+            )
+            memory.stories[story.id] = story
+            run.created.add(story.id)
             new_story = True
         else:
             # The oldest matching story absorbs the others this item bridges.
-            story_id, new_story = min(matches), False
+            story, new_story = memory.stories[min(matches)], False
             if len(matches) > 1:
-                merged = await self._merge(conn, story_id, sorted(matches)[1:], now)
-        await conn.execute(
-            _insert(conn, story_items).values(
-                item_id=item_id,
-                story_id=story_id,
-                source_id=item.source_id,
-                at=at,
-                similarity=best_sim,
-                polarity=feats.polarity,
-                countries=",".join(sorted(feats.countries))[:200],
-                amounts=",".join(sorted(feats.amounts))[:200],
-                vector=json.dumps(vector, separators=(",", ":")),
-            )
+                merged = self._merge(run, story, sorted(matches)[1:])
+        run.pending.touched.add(story.id)
+        story.last_at = max(story.last_at, at)
+        cues = (
+            feats.polarity,
+            ",".join(sorted(feats.countries))[:200],
+            ",".join(sorted(feats.amounts))[:200],
         )
-        keys = index_keys(vector, constants.CLUSTER_INDEX_KEYS)
-        if keys:
-            await conn.execute(
-                _insert(conn, story_keys),
-                [{"key": k, "at": at, "story_id": story_id} for k in keys],
-            )
-        sources_in_story = (
-            select(func.count(story_items.c.source_id.distinct()))
-            .where(story_items.c.story_id == story_id)
-            .scalar_subquery()
+        member = _Member(
+            item_id=item_id,
+            story_id=story.id,
+            at=at_s,
+            source_id=item.source_id,
+            content_hash=item.content_hash,
+            cues=_cues(*cues),  # as stored, and as read back
+            vector=vector,
+            specifics=_specifics(vector),
+            keys=tuple(ranked[: constants.CLUSTER_INDEX_KEYS]),
         )
-        row = (
-            await conn.execute(
-                update(stories)
-                .where(stories.c.id == story_id)
-                .values(
-                    item_count=select(func.count())
-                    .where(story_items.c.story_id == story_id)
-                    .scalar_subquery(),
-                    source_count=sources_in_story,
-                    last_at=case(
-                        (stories.c.last_at < at, literal(at, UTCDateTime())),
-                        else_=stories.c.last_at,
-                    ),
-                    updated_at=now,
-                )
-                .returning(stories.c.key, stories.c.item_count, stories.c.source_count)
-            )
-        ).one()
+        memory.add(member, story)
+        run.items.append((member, best_sim, at, cues))
         return StoryAssignment(
-            story_id=story_id,
-            story_key=row.key,
+            story_id=story.id,
+            story_key=story.key,
             new_story=new_story,
             similarity=best_sim,
-            item_count=int(row.item_count),
-            source_count=int(row.source_count),
+            item_count=len(story.members),
+            source_count=len(story.sources),
             merged=merged,
         )
 
-    async def _count_document(self, conn: AsyncConnection, terms: list[str]) -> dict[str, int]:
-        """Count one more document for each term; returns the new document frequencies.
-
-        Every ingest locks the document-count row first, so on PostgreSQL concurrent
-        ingests (several replicas) take their turns here and never deadlock, and a
-        copy arriving on another replica sees the story the first one created.
-        """
-        stmt = _insert(conn, term_stats)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["term"], set_={"df": term_stats.c.df + 1}
-        ).returning(term_stats.c.term, term_stats.c.df)
-        out: dict[str, int] = {}
-        for chunk in _chunks([_DOCS, *terms]):
-            rows = await conn.execute(stmt, [{"term": t, "df": 1} for t in chunk])
-            out.update({r.term: int(r.df) for r in rows})
-        return out
-
-    async def _matching_stories(
-        self, conn: AsyncConnection, vector: dict[str, float], feats: Features, at: datetime
+    def _matching_stories(
+        self,
+        memory: _Memory,
+        vector: dict[str, float],
+        feats: Features,
+        ranked: list[str],
+        lo: float,
+        hi: float,
     ) -> dict[int, float]:
         """Candidate stories this item belongs to: story id -> best similarity.
 
         A story with an item whose headline vetoes this one (a different event)
         is never a match, however close its other items are.
         """
-        lookup = index_keys(vector, constants.CLUSTER_LOOKUP_KEYS)
+        lookup = ranked[: constants.CLUSTER_LOOKUP_KEYS]
         if not lookup:
             return {}
-        candidates = (
-            select(story_keys.c.story_id)
-            .where(
-                story_keys.c.key.in_(lookup),
-                story_keys.c.at >= at - self.window,
-                story_keys.c.at <= at + self.window,
+        specifics = _specifics(vector)
+        best: dict[int, float] = {}
+        for story_id in memory.candidates(lookup, lo, hi):
+            story = memory.stories[story_id]
+            sim_best = 0.0
+            for _, item_id in reversed(
+                story.members[-constants.CLUSTER_ITEMS_PER_STORY_COMPARED :]
+            ):
+                other = memory.members[item_id]
+                if vetoed(feats, other.cues):
+                    sim_best = 0.0
+                    break
+                if len(specifics & other.specifics) < constants.CLUSTER_MIN_SHARED_SPECIFICS:
+                    continue  # vocabulary alone never merges: no need to weigh it
+                sim = similarity(vector, other.vector)
+                if sim >= self.threshold and sim > sim_best:
+                    sim_best = sim
+            if sim_best:
+                best[story_id] = sim_best
+        return best
+
+    def _merge(self, run: _Run, target: _Story, others: list[int]) -> tuple[str, ...]:
+        """Fold `others` into `target` in memory; the store follows in `_write`."""
+        memory = run.memory
+        keys = []
+        for other_id in others:
+            other = memory.stories[other_id]
+            for _, item_id in list(other.members):
+                memory.move(memory.members[item_id], target)
+            target.first_at = min(target.first_at, other.first_at)
+            target.last_at = max(target.last_at, other.last_at)
+            other.merged_into = target.id
+            del memory.stories[other_id]
+            run.absorbed[other_id] = other
+            run.merges.append((target, other))
+            run.pending.touched.add(other_id)
+            keys.append(other.key)
+        return tuple(keys)
+
+    async def _count_documents(
+        self, conn: AsyncConnection, feats: Sequence[Features], token: str
+    ) -> tuple[dict[str, int], int, str | None]:
+        """Count the batch's documents in; returns the frequencies before the batch, the
+        document count after it, and the token of the previous assignment.
+
+        The document-count row comes first, so on PostgreSQL concurrent
+        assignments (several replicas) take their turns here and never deadlock.
+        """
+        counted: Counter[str] = Counter()
+        for f in feats:
+            counted.update(f.counts.keys())
+        stmt = _statements(conn).count_terms
+        rows: list[dict[str, Any]] = [{"term": _DOCS, "df": len(feats), "token": token}]
+        rows += [{"term": t, "df": n, "token": None} for t, n in sorted(counted.items())]
+        df: dict[str, int] = {}
+        previous: str | None = None
+        for chunk in _chunks(rows):
+            for r in await conn.execute(stmt, list(chunk)):
+                df[r.term] = int(r.df)
+                if r.term == _DOCS:
+                    previous = r.prev_token
+        docs = df.pop(_DOCS)
+        return {t: n - counted[t] for t, n in df.items()}, docs, previous
+
+    async def _catch_up(
+        self,
+        conn: AsyncConnection,
+        memory: _Memory,
+        previous: str | None,
+        version: int,
+        earliest: float,
+        now: datetime,
+    ) -> None:
+        """Make the memory what the store holds at `version` (holding the lock)."""
+        pending = memory.pending
+        if pending is not None and previous == pending.token:
+            memory.version, memory.head, memory.pending = pending.version, pending.token, None
+        now_s = now.timestamp()
+        reach_s = now_s - constants.CLUSTER_MEMORY_WINDOWS * self.window_s
+        if not memory.loaded or version < memory.version:
+            memory.reset()  # first use, or not the history we knew
+            low = _at(reach_s)
+            await self._load(conn, memory, lambda t: t.at >= low)
+            memory.loaded, memory.low, memory.evicted_at = True, reach_s, now_s
+        elif memory.pending is not None or previous != memory.head:
+            # Another process assigned, or our last transaction rolled back: read back
+            # every story changed since our version, and the ones we last touched.
+            touched = sorted(memory.pending.touched) if memory.pending is not None else []
+            for story_id in touched:
+                memory.drop_story(story_id)
+            since = memory.version
+            await self._load(
+                conn,
+                memory,
+                lambda t: (
+                    or_(t.version > since, t.story_id.in_(touched))
+                    if touched
+                    else t.version > since
+                ),
             )
-            .group_by(story_keys.c.story_id)
-            .order_by(func.count().desc(), story_keys.c.story_id.desc())
-            .limit(constants.CLUSTER_MAX_CANDIDATES)
-        )
-        rank = (
-            func.row_number()
-            .over(partition_by=story_items.c.story_id, order_by=story_items.c.at.desc())
-            .label("rank")
-        )
-        inner = (
+        memory.version, memory.head, memory.pending = version, previous, None
+        if now_s - memory.evicted_at > self.window_s:
+            memory.evict(reach_s)
+            memory.evicted_at = now_s
+        if earliest < memory.low:  # an item older than the memory reaches
+            low, high = _at(earliest), _at(memory.low)
+            await self._load(conn, memory, lambda t: and_(t.at >= low, t.at < high))
+            memory.low = earliest
+
+    async def _load(
+        self, conn: AsyncConnection, memory: _Memory, where: Callable[[Any], ColumnElement[bool]]
+    ) -> None:
+        """Read into memory, whole, every story with an item for which `where(table)` holds."""
+        inner = story_items.alias("wanted")
+        wanted = select(inner.c.story_id).where(where(inner.c))
+        rows = await conn.execute(
             select(
+                story_items.c.item_id,
                 story_items.c.story_id,
+                story_items.c.source_id,
+                story_items.c.at,
                 story_items.c.polarity,
                 story_items.c.countries,
                 story_items.c.amounts,
                 story_items.c.vector,
-                rank,
+                items.c.content_hash,
+                stories.c.key,
+                stories.c.title,
+                stories.c.first_at,
+                stories.c.last_at,
+                stories.c.created_at,
             )
-            .where(story_items.c.story_id.in_(candidates.scalar_subquery()))
-            .subquery()
+            .join(items, items.c.id == story_items.c.item_id)
+            .join(stories, stories.c.id == story_items.c.story_id)
+            .where(story_items.c.story_id.in_(wanted.scalar_subquery()))
         )
-        rows = await conn.execute(
-            select(inner).where(inner.c.rank <= constants.CLUSTER_ITEMS_PER_STORY_COMPARED)
-        )
-        best: dict[int, float] = {}
-        vetoing: set[int] = set()
+        emptied: set[int] = set()
+        loaded: list[tuple[_Member, _Story]] = []
         for r in rows:
-            other = Features(
-                counts={},
-                polarity=r.polarity,
-                countries=frozenset(c for c in r.countries.split(",") if c),
-                amounts=frozenset(a for a in r.amounts.split(",") if a),
-            )
-            if vetoed(feats, other):
-                vetoing.add(int(r.story_id))
-                continue
-            other_vector = json.loads(r.vector)
-            sim = similarity(vector, other_vector)
-            if (
-                sim >= self.threshold
-                and sim > best.get(int(r.story_id), 0.0)
-                and shared_specifics(vector, other_vector) >= constants.CLUSTER_MIN_SHARED_SPECIFICS
-            ):
-                best[int(r.story_id)] = sim
-        return {k: v for k, v in best.items() if k not in vetoing}
+            story = memory.stories.get(int(r.story_id))
+            if story is None:
+                story = memory.stories[int(r.story_id)] = _Story(
+                    id=int(r.story_id),
+                    key=r.key,
+                    title=r.title,
+                    first_at=r.first_at,
+                    last_at=r.last_at,
+                    created_at=r.created_at,
+                )
+            else:
+                story.first_at, story.last_at = r.first_at, r.last_at
+            known = memory.members.get(int(r.item_id))
+            if known is None:
+                loaded.append((_member(r), story))
+            elif known.story_id != story.id:
+                emptied.add(known.story_id)
+                memory.move(known, story)
+        memory.add_many(loaded)
+        for story_id in emptied:
+            story = memory.stories.get(story_id)
+            if story is not None and not story.members:
+                del memory.stories[story_id]
 
-    async def _merge(
-        self, conn: AsyncConnection, target: int, others: list[int], now: datetime
-    ) -> tuple[str, ...]:
-        """Fold `others` into `target`: items, index keys and alerts move; returns their keys.
+    async def _write(self, conn: AsyncConnection, run: _Run, version: int) -> None:
+        """Store what the batch changed: the stories, merges, then the new items."""
+        memory, now = run.memory, run.now
+        rows: dict[bool, list[dict[str, Any]]] = {True: [], False: []}  # new?
+        for story_id in sorted(run.pending.touched):
+            story = memory.stories.get(story_id) or run.absorbed[story_id]
+            merged = story.merged_into is not None
+            rows[story_id in run.created].append(
+                {
+                    "id": story.id,
+                    "key": story.key,
+                    "title": story.title,
+                    "first_at": story.first_at,
+                    "last_at": story.last_at,
+                    "item_count": 0 if merged else len(story.members),
+                    "source_count": 0 if merged else len(story.sources),
+                    "created_at": story.created_at,
+                    "updated_at": now,
+                    "merged_into": story.merged_into,
+                }
+            )
+        # New stories by plain INSERT: an id taken by a story of an older store fails loudly.
+        if rows[True]:
+            await conn.execute(_statements(conn).insert_stories, rows[True])
+        if rows[False]:
+            await conn.execute(_statements(conn).upsert_stories, rows[False])
+        for target, other in run.merges:
+            await self._merge_stored(conn, target, other, version)
+        await conn.execute(
+            _statements(conn).insert_items,
+            [
+                {
+                    "item_id": m.item_id,
+                    "story_id": m.story_id,
+                    "source_id": m.source_id,
+                    "at": at,
+                    "similarity": sim,
+                    "polarity": cues[0],
+                    "countries": cues[1],
+                    "amounts": cues[2],
+                    "vector": json.dumps(m.vector, separators=(",", ":")),
+                    "version": version,
+                }
+                for m, sim, at, cues in run.items
+            ],
+        )
+
+    async def _merge_stored(
+        self, conn: AsyncConnection, target: _Story, other: _Story, version: int
+    ) -> None:
+        """Move an absorbed story's stored items and alerts to its absorber.
 
         An alert of an absorbed story moves to the target unless the target
         already has one for that rule (both were sent; the older one stays).
         """
-        rows = await conn.execute(
-            select(stories.c.id, stories.c.key).where(stories.c.id.in_([target, *others]))
-        )
-        keys = {int(r.id): str(r.key) for r in rows}
         await conn.execute(
-            update(story_items).where(story_items.c.story_id.in_(others)).values(story_id=target)
-        )
-        await conn.execute(
-            update(story_keys).where(story_keys.c.story_id.in_(others)).values(story_id=target)
+            update(story_items)
+            .where(story_items.c.story_id == other.id)
+            .values(story_id=target.id, version=version)
         )
         taken = set(
-            (
-                await conn.execute(
-                    select(alerts.c.rule_id).where(alerts.c.story_key == keys[target])
-                )
-            ).scalars()
+            (await conn.execute(select(alerts.c.rule_id).where(alerts.c.story_key == target.key)))
+            .scalars()
+            .all()
         )
         moving = await conn.execute(
             select(alerts.c.id, alerts.c.rule_id)
-            .where(alerts.c.story_key.in_([keys[o] for o in others]))
+            .where(alerts.c.story_key == other.key)
             .order_by(alerts.c.id)
         )
         for alert in moving.all():
             if alert.rule_id not in taken:
                 taken.add(alert.rule_id)
                 await conn.execute(
-                    update(alerts).where(alerts.c.id == alert.id).values(story_key=keys[target])
+                    update(alerts).where(alerts.c.id == alert.id).values(story_key=target.key)
                 )
-        both = stories.alias("merging")  # an alias, so the subqueries do not correlate
-        together = both.c.id.in_([target, *others])
-        first = select(func.min(both.c.first_at)).where(together).scalar_subquery()
-        last = select(func.max(both.c.last_at)).where(together).scalar_subquery()
-        await conn.execute(
-            update(stories)
-            .where(stories.c.id == target)
-            .values(first_at=first, last_at=last, updated_at=now)
-        )
-        await conn.execute(
-            update(stories)
-            .where(stories.c.id.in_(others))
-            .values(merged_into=target, item_count=0, source_count=0, updated_at=now)
-        )
-        return tuple(keys[o] for o in others)
 
-    async def _new_story(
-        self, conn: AsyncConnection, item_id: int, item: Item, at: datetime, now: datetime
-    ) -> int:
-        row = (
-            await conn.execute(
-                _insert(conn, stories)
-                .values(
-                    key=f"{item.content_hash[:16]}-{item_id}",
-                    title=item.title[:1000],
-                    first_at=at,
-                    last_at=at,
-                    item_count=0,
-                    source_count=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(stories.c.id)
-            )
-        ).one()
-        return int(row.id)
+
+@dataclass
+class _Run:
+    """One batch's assignment: what it changed, to be written at the end."""
+
+    memory: _Memory
+    pending: _Pending
+    now: datetime
+    items: list[tuple[_Member, float, datetime, tuple[str, str, str]]] = field(default_factory=list)
+    created: set[int] = field(default_factory=set)
+    absorbed: dict[int, _Story] = field(default_factory=dict)
+    merges: list[tuple[_Story, _Story]] = field(default_factory=list)
 
 
 async def sources_by_key(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, list[str]]:

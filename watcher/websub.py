@@ -5,8 +5,10 @@
     hub ──POST /websub/{source} (X-Hub-Signature)──> parse ──> Pipeline.ingest, at once
 
 Polling goes on as before (a hub can fail silently); a pushed item and a polled
-one dedup as usual. Subscriptions live in memory: after a restart the next poll
-rediscovers the hub and subscribes again (with a new secret).
+one dedup as usual. Subscriptions are kept in the store (hub, topic, state, lease
+end, and the name of their secret, which the store keeps with its other secrets),
+so after a restart leases are still renewed and signed pushes still accepted.
+The secret goes to the hub and into HMACs, never into a log line or an error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import hmac
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -26,6 +28,7 @@ from watcher.errors import FetchError, ParseError
 from watcher.models import Clock
 from watcher.parse import parse_document
 from watcher.pipeline import Pipeline
+from watcher.store import WebSubRow
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +41,15 @@ class Subscription:
     source_id: str
     hub: str
     topic: str
-    secret: str
+    secret_ref: str  # its name in the store
+    secret: str = field(default="", repr=False)  # "" until read from (or made by) the store
     state: str = "wanted"  # wanted -> requested -> active (or denied)
     lease_until: datetime | None = None
+
+    def row(self) -> WebSubRow:
+        return WebSubRow(
+            self.source_id, self.hub, self.topic, self.secret_ref, self.state, self.lease_until
+        )
 
 
 class WebSub:
@@ -61,9 +70,25 @@ class WebSub:
         self.session = session
         self.clock = clock
         self.rng = rng
+        self.store = pipeline.store
         self.subs: dict[str, Subscription] = {}
+        self._loaded = False
         self.sources = {s.id: s for s in config.sources if s.enabled}
         pipeline.on_hub = self.discovered
+
+    async def load(self) -> None:
+        """Read the stored subscriptions (once; a later discovery wins over a stored one)."""
+        if self._loaded:
+            return
+        for row in await self.store.websub_subscriptions():
+            if row.source_id in self.sources and row.source_id not in self.subs:
+                sub = Subscription(
+                    row.source_id, row.hub, row.topic, row.secret_ref,
+                    state=row.state, lease_until=row.lease_until,
+                )  # fmt: skip
+                sub.secret = (await self.store.secret(row.secret_ref)).decode()
+                self.subs.setdefault(row.source_id, sub)
+        self._loaded = True
 
     def callback(self, source_id: str) -> str:
         return f"{self.base}/websub/{source_id}"
@@ -71,12 +96,13 @@ class WebSub:
     def discovered(self, source_id: str, hub: str, topic: str) -> None:
         sub = self.subs.get(source_id)
         if sub is None or sub.hub != hub or sub.topic != topic:
-            self.subs[source_id] = Subscription(
-                source_id, hub, topic, secret=f"{self.rng.getrandbits(192):048x}"
-            )
+            # a new subscription gets a new secret: its name is new
+            ref = f"websub:{source_id}:{self.rng.getrandbits(64):016x}"
+            self.subs[source_id] = Subscription(source_id, hub, topic, ref)
 
     async def renew(self) -> int:
         """Subscribe where wanted, and again where a lease is about to end; returns requests."""
+        await self.load()
         now = self.clock()
         soon = now + timedelta(seconds=self.config.websub.renew_before_s)
         sent = 0
@@ -89,6 +115,10 @@ class WebSub:
         return sent
 
     async def _subscribe(self, sub: Subscription) -> bool:
+        if not sub.secret:
+            sub.secret = (await self.store.secret(sub.secret_ref)).decode()
+            # stored before the hub is asked: it may verify and push before it answers
+            await self.store.save_websub(sub.row())
         try:
             await self.pipeline.fetcher.check_url(sub.source_id, sub.hub)
             async with self.session.post(
@@ -111,12 +141,15 @@ class WebSub:
         except (FetchError, aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("source %s: WebSub hub unreachable: %s", sub.source_id, exc)
             return False
-        sub.state = "requested" if sub.state == "wanted" else sub.state
+        if sub.state == "wanted":
+            sub.state = "requested"
+            await self.store.save_websub(sub.row())
         return True
 
     # ------------------------------------------------------------ HTTP side
 
     async def verify(self, request: web.Request) -> web.Response:
+        await self.load()
         sub = self.subs.get(request.match_info["source_id"])
         q = request.query
         if sub is None or q.get("hub.topic") != sub.topic:
@@ -124,6 +157,7 @@ class WebSub:
         mode = q.get("hub.mode")
         if mode == "denied":
             sub.state = "denied"
+            await self.store.save_websub(sub.row())
             logger.warning("source %s: WebSub hub denied: %s", sub.source_id, q.get("hub.reason"))
             return web.Response(text="")
         challenge = q.get("hub.challenge")
@@ -135,9 +169,11 @@ class WebSub:
             lease = self.config.websub.lease_s
         sub.state = "active"
         sub.lease_until = self.clock() + timedelta(seconds=lease)
+        await self.store.save_websub(sub.row())
         return web.Response(text=challenge, content_type="text/plain")
 
     async def push(self, request: web.Request) -> web.Response:
+        await self.load()
         source_id = request.match_info["source_id"]
         sub = self.subs.get(source_id)
         source = self.sources.get(source_id)

@@ -4,7 +4,9 @@ Connections are kept and reused (up to the receiver's `concurrency`), so a
 batch of alerts costs one SMTP handshake, not one per message. Each recipient
 gets a personal copy carrying a signed one-click unsubscribe link (RFC 8058);
 an unsubscribed address is skipped. Every alert about the same story carries
-the same `References`, so mail clients thread follow-ups together.
+the same `References`, so mail clients thread follow-ups together; an update
+replies to the notification it follows (In-Reply-To). A group or a digest is
+one email listing its alerts.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import hashlib
 import hmac
 import quopri
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import aiosmtplib
 
@@ -26,7 +30,7 @@ from watcher.config import EmailReceiverConfig
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.models import Alert, Clock
 from watcher.notify.base import excerpt, render
-from watcher.store import ClaimedDelivery
+from watcher.store import Batch, BatchMember, ClaimedDelivery
 
 MESSAGE_ID_DOMAIN = "watcher.invalid"
 
@@ -87,28 +91,130 @@ def build_message(
     clock: Clock,
     unsubscribe: str = "",
 ) -> bytes:
-    """The alert email as wire bytes: multipart/alternative, text then HTML.
+    """The notification email as wire bytes: multipart/alternative, text then HTML.
 
-    Written directly rather than through the email package's generator, which
-    costs as much as the SMTP send itself (measured in bench/deliver.py); every
-    header here is ours and ASCII (RFC 2047 for the subject), so no folding
-    logic is needed. Tests parse the result back with the email package.
+    One alert (or an update to one) reads as an alert; a group or a digest
+    lists its alerts. Written directly rather than through the email package's
+    generator, which costs as much as the SMTP send itself (measured in
+    bench/deliver.py); every header here is ours and ASCII (RFC 2047 for the
+    subject), so no folding logic is needed. Tests parse the result back with
+    the email package.
     """
-    a, d = claimed.alert, claimed.delivery
-    context = _context(a) | {"unsubscribe": unsubscribe}
+    key = claimed.delivery.idempotency_key
+    batch = claimed.batch
+    if batch is None:
+        return _alert_message(claimed.alert, key, sender, to, clock, unsubscribe, None)
+    if batch.single:
+        member = batch.members[0]
+        return _alert_message(member.alert, key, sender, to, clock, unsubscribe, member)
+    return _list_message(batch, key, sender, to, clock, unsubscribe)
+
+
+def _alert_subject(a: Alert) -> str:
     title = " ".join(a.title.split())[:150] or "(untitled)"
-    boundary = f"=_watcher_{d.idempotency_key}"
+    return f"[{a.severity.value.upper()}] {a.rule_title}: {title}"
+
+
+def _alert_message(
+    a: Alert,
+    key: str,
+    sender: str,
+    to: str,
+    clock: Clock,
+    unsubscribe: str,
+    update: BatchMember | None,
+) -> bytes:
+    context = _context(a) | {"unsubscribe": unsubscribe, "update": update is not None}
+    thread = story_thread_id(a)
+    subject = _alert_subject(a)
+    in_reply_to = references = thread
+    if update is not None:
+        subject = f"Re: {subject}"  # mail clients thread it with the alert it updates
+        if update.reply_to:
+            in_reply_to = _message_id(update.reply_to)
+            references = f"{thread} {in_reply_to}"
     headers = [
-        ("Subject", _header(f"[{a.severity.value.upper()}] {a.rule_title}: {title}")),
+        ("Subject", _header(subject)),
         ("From", _address(sender)),
         ("To", _address(to)),
         ("Date", format_datetime(clock())),
-        ("Message-ID", f"<{d.idempotency_key}@{MESSAGE_ID_DOMAIN}>"),
-        ("In-Reply-To", story_thread_id(a)),
-        ("References", story_thread_id(a)),
+        ("Message-ID", _message_id(key)),
+        ("In-Reply-To", in_reply_to),
+        ("References", references),
         ("X-Watcher-Rule", a.rule_id),
         ("X-Watcher-Event-Type", a.event_type.value),
     ]
+    if update is not None:
+        headers.append(("X-Watcher-Update", "true"))
+    return _wire(headers, key, unsubscribe, ("alert.txt.j2", "alert.html.j2"), context)
+
+
+def _message_id(key: str) -> str:
+    return f"<{key}@{MESSAGE_ID_DOMAIN}>"
+
+
+def period_text(detail: dict[str, Any]) -> str:
+    """A digest's period in its subscriber's time zone: '5 Feb 2026 08:00 – 6 Feb ... (tz)'."""
+    zone = ZoneInfo(str(detail.get("timezone") or "UTC"))
+    ends = [
+        datetime.fromisoformat(str(detail[k])).astimezone(zone)
+        for k in ("period_start", "period_end")
+        if detail.get(k)
+    ]
+    if len(ends) != 2:
+        return ""
+    start, end = (f"{t.day} {t:%b %Y %H:%M}" for t in ends)
+    return f"{start} – {end} ({zone.key})"
+
+
+def _list_message(
+    batch: Batch, key: str, sender: str, to: str, clock: Clock, unsubscribe: str
+) -> bytes:
+    alerts = [m.alert for m in batch.members]
+    n = len(alerts)
+    top = max((a.severity for a in alerts), key=lambda s: s.rank).value.upper()
+    context = {
+        "alerts": alerts,
+        "updates": [m.alert.id for m in batch.members if m.update],
+        "unsubscribe": unsubscribe,
+        "period": "",
+        "heading": "watcher",
+        "excerpts": {a.id: excerpt(a.text, 300) for a in alerts},
+    }
+    first = (" ".join(alerts[0].title.split())[:120] or "(untitled)") if alerts else ""
+    if batch.kind == "digest":
+        context |= {"period": period_text(batch.detail), "heading": "watcher digest",
+                    "excerpts": {}}  # fmt: skip
+        subject = f"[watcher] Digest: {n} alert{'' if n == 1 else 's'}"
+        if context["period"]:
+            subject += f", {context['period']}"
+    else:
+        more = f" and {n - 1} more" if n > 1 else ""
+        subject = f"[{top}] {n} alert{'' if n == 1 else 's'}: {first}{more}"
+    replies = [_message_id(m.reply_to) for m in batch.members if m.update and m.reply_to]
+    threads = list(dict.fromkeys([*replies, *(story_thread_id(a) for a in alerts)]))
+    headers = [
+        ("Subject", _header(subject)),
+        ("From", _address(sender)),
+        ("To", _address(to)),
+        ("Date", format_datetime(clock())),
+        ("Message-ID", _message_id(key)),
+    ]
+    if batch.kind != "digest" and threads:
+        headers.append(("In-Reply-To", threads[0]))
+        headers.append(("References", " ".join(threads[:20])))
+    headers.append(("X-Watcher-Kind", batch.kind))
+    return _wire(headers, key, unsubscribe, ("digest.txt.j2", "digest.html.j2"), context)
+
+
+def _wire(
+    headers: list[tuple[str, str]],
+    key: str,
+    unsubscribe: str,
+    templates: tuple[str, str],
+    context: dict[str, Any],
+) -> bytes:
+    boundary = f"=_watcher_{key}"
     if unsubscribe:
         headers.append(("List-Unsubscribe", f"<{unsubscribe}>"))
         headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
@@ -118,7 +224,7 @@ def build_message(
     ]
     out = [f"{k}: {v}".encode() for k, v in headers]
     out.append(b"")
-    for subtype, template in (("plain", "alert.txt.j2"), ("html", "alert.html.j2")):
+    for subtype, template in zip(("plain", "html"), templates, strict=True):
         out += [
             f"--{boundary}".encode(),
             f'Content-Type: text/{subtype}; charset="utf-8"'.encode(),

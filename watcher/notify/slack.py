@@ -12,9 +12,11 @@ from typing import Any
 
 import aiohttp
 
+from watcher import constants
 from watcher.config import SlackReceiverConfig
 from watcher.models import Alert, Clock
 from watcher.notify.base import excerpt
+from watcher.notify.email import period_text
 from watcher.notify.webhook import post_json
 from watcher.store import ClaimedDelivery
 
@@ -122,6 +124,68 @@ def blocks(alert: Alert) -> dict[str, Any]:
     return {"text": _escaped(fallback, SECTION_MAX_CHARS), "blocks": out}
 
 
+def message(claimed: ClaimedDelivery) -> dict[str, Any]:
+    """The Slack message for a claimed notification: one alert, an update, a group or a digest."""
+    batch = claimed.batch
+    if batch is None:
+        return blocks(claimed.alert)
+    if batch.single:
+        member = batch.members[0]
+        out = blocks(member.alert)
+        if member.update:
+            n = len(member.alert.all_sources)
+            note = f"Update: now reported by {n} source{'' if n == 1 else 's'}"
+            out["text"] = f"{note}. {out['text']}"
+            out["blocks"].insert(1, _context_block(f"*{note}*"))
+        return out
+    return list_blocks(
+        [m.alert for m in batch.members],
+        updates={m.alert.id for m in batch.members if m.update},
+        period=period_text(batch.detail) if batch.kind == "digest" else "",
+        digest=batch.kind == "digest",
+    )
+
+
+def _context_block(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def list_blocks(
+    alerts: list[Alert], *, updates: set[int], period: str = "", digest: bool = False
+) -> dict[str, Any]:
+    """One message listing several alerts (a group or a digest), within Slack's limits."""
+    n = len(alerts)
+    title = f"watcher {'digest' if digest else 'alerts'}: {n} alert{'' if n == 1 else 's'}"
+    out: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title, "emoji": True}}
+    ]
+    if period:
+        out.append(_context_block(_escaped(period, CONTEXT_MAX_CHARS)))
+    shown = alerts[: constants.GROUP_MAX_ALERTS_SHOWN]
+    for alert in shown:
+        mark = SEVERITY_MARK.get(alert.severity.value, "")
+        name = " ".join(alert.title.split()) or "(untitled)"
+        headline = (
+            f"<{_link_url(alert.url)}|{_escaped(name, 300)}>" if alert.url else _escaped(name, 300)
+        )
+        sources = alert.all_sources
+        lines = [
+            f"{mark} *{_escaped(alert.rule_title, 200)}* · {alert.severity.value}",
+            headline,
+            f"{_escaped(', '.join(sources), 600)}",
+        ]
+        if alert.id in updates:
+            lines.insert(0, f"*Update: now reported by {len(sources)} sources*")
+        out.append({"type": "divider"})
+        out.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": truncate(
+                "\n".join(lines), SECTION_MAX_CHARS)}}
+        )  # fmt: skip
+    if n > len(shown):
+        out.append(_context_block(f"…and {n - len(shown)} more"))
+    return {"text": _escaped(title, SECTION_MAX_CHARS), "blocks": out}
+
+
 class SlackNotifier:
     def __init__(
         self, config: SlackReceiverConfig, *, session: aiohttp.ClientSession, clock: Clock
@@ -132,7 +196,7 @@ class SlackNotifier:
         self.clock = clock
 
     async def send(self, claimed: ClaimedDelivery) -> None:
-        body = json.dumps(blocks(claimed.alert), ensure_ascii=False).encode()
+        body = json.dumps(message(claimed), ensure_ascii=False).encode()
         await post_json(
             self.session,
             self.config.url,

@@ -14,12 +14,15 @@ from watcher.errors import DeliveryError, DeliveryReason
 from watcher.fetch import parse_retry_after
 from watcher.models import Clock
 from watcher.notify.base import excerpt
+from watcher.notify.batch import batch_payload
 from watcher.store import ClaimedDelivery
 
 PAYLOAD_VERSION = "1"
 
 
 def payload(claimed: ClaimedDelivery) -> dict[str, Any]:
+    if claimed.batch is not None:  # a group, a digest or an update: watcher/notify/batch.py
+        return batch_payload(claimed, payload)
     a, d = claimed.alert, claimed.delivery
     return {
         "version": PAYLOAD_VERSION,
