@@ -147,6 +147,9 @@ class Prefilter:
             if k.startswith(" "):
                 by_length.setdefault(len(k) - 1, {})[k[1:]] = v
         self._prefixes = sorted(by_length.items())
+        # The shortest prefix's length, and every prefix cut to it: most words fail this test.
+        self._head = min(by_length, default=0)
+        self._heads = frozenset(p[: self._head] for table in by_length.values() for p in table)
         self._memo = _Memo(self._word_postings)
         for word in self._words:  # the words known now; others are worked out when first seen
             self._memo[word] = self._word_postings(word)
@@ -166,6 +169,8 @@ class Prefilter:
         if exact is not None:
             found.append(exact)
         size = len(word)
+        if size < self._head or word[: self._head] not in self._heads:
+            return found[0] if found else _EMPTY
         for length, table in self._prefixes:
             if length > size:
                 break
