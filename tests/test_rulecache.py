@@ -50,4 +50,4 @@ def test_broken_files_are_not_cached_and_a_corrupt_cache_is_ignored(tmp_path: Pa
     [pickle_file] = (tmp_path / "cache").glob("*.pickle")
     pickle_file.write_bytes(b"not a pickle")
     rules, errors = load_rules([good], cache=cache)
-    assert errors == [] and len(rules) == 4 and cache.hits == 0
+    assert errors == [] and len(rules) == len(load_rules([good])[0]) and cache.hits == 0

@@ -1,24 +1,27 @@
 """The prefilter that makes thousands of rules cost little more than a few.
 
 Every rule query is reduced to literal *triggers*: a whole word, a word prefix,
-a CJK substring. One pass over a document finds every trigger of every rule:
-whole words by intersecting the document's word set with the index, prefixes
-by their first PREFIX_CUT_CHARS characters the same way, and CJK substrings
-and shorter prefixes by one Aho-Corasick pass (pyahocorasick) over its words
-(skipped on ASCII text when there are no short prefixes). A query
-needs one literal from each of its *requirement* sets (``(a OR b) AND c NEAR/5
-d`` needs one of {a, b}, and c, and d; a rule is indexed under its two most
-selective sets); only the rules whose indexed requirements are all met, plus
-the rules that need no literal at all (``NOT rice``, ``lang:zh``), are evaluated.
-The prefilter only ever drops rules that cannot match, so results are those of
-evaluating every rule (tests/test_engine.py checks this on random rules).
+a CJK substring. A query needs one literal from each of its *requirement* sets
+(``(a OR b) AND c NEAR/5 d`` needs one of {a, b}, and c, and d); a rule is
+indexed under its two most selective sets, and is a *candidate* for a document
+when both have a literal in it. Only candidates, plus the rules that need no
+literal at all (``NOT rice``, ``lang:zh``), are evaluated. The prefilter only
+ever drops rules that cannot match, so results are those of evaluating every
+rule (tests/test_engine.py checks this on random rules).
+
+The cost per document is one dictionary lookup per word, whatever the number
+of rules: a memo maps each word seen to the rules whose word and prefix
+literals it satisfies (computed the first time the word is seen, so prefixes
+cost nothing after that), and the candidates are the intersection of two small
+sets built in C from the postings of the words found. CJK substrings are found
+by one Aho-Corasick pass (pyahocorasick) over text that is not plain ASCII.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from functools import reduce
-from operator import itemgetter, or_
+from collections.abc import Callable, Sequence
+from itertools import repeat
+from operator import sub
 
 import ahocorasick
 
@@ -40,33 +43,15 @@ from watcher.text import is_cjk, normalize
 
 Triggers = frozenset[str] | None  # None: the query can be true without any literal
 Requirements = list[frozenset[str]]  # every set must have a literal in the text
+# The rules a literal serves: rule i as i when it is the rule's first requirement,
+# as i + n (n rules) when it is its second.
+Postings = frozenset[int]
+_EMPTY: Postings = frozenset()
 
-
-MAX_REQUIREMENTS = (
-    2  # a rule is indexed under its two most selective sets; evaluation does the rest
-)
-
-
-PREFIX_CUT_CHARS = 4  # prefix literals longer than this are looked up by their first 4 chars
-_CUT = itemgetter(slice(0, PREFIX_CUT_CHARS))
-
-
-def _bits(rules: Iterable[int]) -> int:
-    out = 0
-    for rule in rules:
-        out |= 1 << rule
-    return out
-
-
-def _index(
-    table: dict[str, list[int]], keep: set[str], key: Callable[[str], str]
-) -> tuple[dict[str, int], frozenset[str]]:
-    """Literal -> the rules it serves, as a bit set (bit i: rule i)."""
-    out: dict[str, int] = {}
-    for k, rules in table.items():
-        if k in keep:
-            out[key(k)] = out.get(key(k), 0) | _bits(rules)
-    return out, frozenset(out)
+# A rule is indexed under its two most selective sets; evaluation does the rest.
+MAX_REQUIREMENTS = 2
+# The word memo is cleared when it grows past this many words (~100 bytes each).
+MEMO_MAX_WORDS = 200_000
 
 
 def term_trigger(term: Term) -> str:
@@ -118,75 +103,90 @@ def requirements(node: Node) -> Requirements:
     return [] if t is None else [t]
 
 
-def joined_words(doc: Document) -> str:
-    """The document's words with a space before each: what prefixes are searched in."""
-    return " " + " ".join(doc.words)
+def _postings(nodes: Sequence[Node]) -> tuple[dict[str, Postings], tuple[int, ...]]:
+    """Each literal's postings, and the rules that need no literal."""
+    n = len(nodes)
+    table: dict[str, set[int]] = {}
+    always: list[int] = []
+    for index, node in enumerate(nodes):
+        reqs = sorted(dict.fromkeys(requirements(node)), key=_selectivity)[:MAX_REQUIREMENTS]
+        if not reqs:
+            always.append(index)
+            continue
+        for literal in reqs[0]:
+            table.setdefault(literal, set()).add(index)
+        for literal in reqs[-1]:  # a single set serves as both
+            table.setdefault(literal, set()).add(index + n)
+    return {k: frozenset(v) for k, v in table.items()}, tuple(always)
+
+
+class _Memo(dict[str, Postings]):
+    """Word -> postings, worked out the first time a word is seen; cleared when too big."""
+
+    def __init__(self, work_out: Callable[[str], Postings]) -> None:
+        super().__init__()
+        self._work_out = work_out
+
+    def __missing__(self, word: str) -> Postings:
+        if len(self) >= MEMO_MAX_WORDS:
+            self.clear()
+        value = self[word] = self._work_out(word)
+        return value
 
 
 class Prefilter:
-    """Finds, in one pass, the rules (by index) that may match a document.
-
-    Each rule is indexed under its (at most) two most selective requirement
-    sets: a rule is a candidate when a literal of its first set occurs and, if
-    it has a second, a literal of that one too. Each literal maps to a bit set
-    of rules (a Python int), so the lookups, ORs and the final AND run in C and
-    the cost per document grows with the literals it contains, not with the
-    number of rules.
-    """
+    """Finds, in one pass over a document's words, the rules (by index) that may match it."""
 
     def __init__(self, nodes: Sequence[Node]) -> None:
-        first: dict[str, list[int]] = {}
-        second: dict[str, list[int]] = {}
-        always: list[int] = []
-        single: list[int] = []
-        for index, node in enumerate(nodes):
-            reqs = sorted(dict.fromkeys(requirements(node)), key=_selectivity)[:MAX_REQUIREMENTS]
-            if not reqs:
-                always.append(index)
-                continue
-            if len(reqs) == 1:
-                single.append(index)
-            for table, req in zip((first, second), reqs, strict=False):
-                for key in req:
-                    table.setdefault(key, []).append(index)
-        self.always = tuple(always)
-        self.keys = len(first.keys() | second.keys())
-        keys = first.keys() | second.keys()
-        words = {k for k in keys if not k.startswith(" ") and not is_cjk(k)}
-        heads = {k for k in keys if k.startswith(" ") and len(k) > PREFIX_CUT_CHARS}
-        others = keys - words - heads  # CJK substrings and short prefixes
-        self._tables = tuple(_index(t, words, lambda k: k) for t in (first, second))
-        self._heads = tuple(
-            _index(t, heads, lambda k: k[1 : PREFIX_CUT_CHARS + 1]) for t in (first, second)
-        )
-        self._short_prefixes = any(k.startswith(" ") for k in others)
+        literals, self.always = _postings(nodes)
+        self.keys = len(literals)
+        self._second = len(nodes)  # rule i's second requirement is posted as i + this
+        self._words = {k: v for k, v in literals.items() if not k.startswith(" ") and not is_cjk(k)}
+        by_length: dict[int, dict[str, Postings]] = {}
+        for k, v in literals.items():
+            if k.startswith(" "):
+                by_length.setdefault(len(k) - 1, {})[k[1:]] = v
+        self._prefixes = sorted(by_length.items())
+        # The shortest prefix's length, and every prefix cut to it: most words fail this test.
+        self._head = min(by_length, default=0)
+        self._heads = frozenset(p[: self._head] for table in by_length.values() for p in table)
+        self._memo = _Memo(self._word_postings)
+        for word in self._words:  # the words known now; others are worked out when first seen
+            self._memo[word] = self._word_postings(word)
+        cjk = sorted(k for k in literals if not k.startswith(" ") and is_cjk(k))
         self._automaton: ahocorasick.Automaton | None = None
-        if others:
+        if cjk:
             automaton = ahocorasick.Automaton()
-            for key in others:
-                automaton.add_word(key, (_bits(first.get(key, ())), _bits(second.get(key, ()))))
+            for key in cjk:
+                automaton.add_word(key, literals[key])
             automaton.make_automaton()
             self._automaton = automaton
-        self._single_bits = _bits(single)
+
+    def _word_postings(self, word: str) -> Postings:
+        """The postings of every word and prefix literal that `word` satisfies."""
+        found = []
+        exact = self._words.get(word)
+        if exact is not None:
+            found.append(exact)
+        size = len(word)
+        if size < self._head or word[: self._head] not in self._heads:
+            return found[0] if found else _EMPTY
+        for length, table in self._prefixes:
+            if length > size:
+                break
+            hit = table.get(word[:length])
+            if hit is not None:
+                found.append(hit)
+        if len(found) <= 1:
+            return found[0] if found else _EMPTY
+        return _EMPTY.union(*found)
 
     def candidates(self, doc: Document) -> list[int]:
-        words = doc.word_set
-        heads = set(map(_CUT, words))
-        met = [
-            reduce(or_, map(htable.__getitem__, heads & hkeys), 0)
-            | reduce(or_, map(table.__getitem__, words & keys), 0)
-            for (table, keys), (htable, hkeys) in zip(self._tables, self._heads, strict=True)
-        ]
-        if self._automaton is not None and (self._short_prefixes or not doc.normalized.isascii()):
-            for _end, (bits0, bits1) in self._automaton.iter(joined_words(doc)):
-                met[0] |= bits0
-                met[1] |= bits1
-        hits = met[0] & (met[1] | self._single_bits)
-        found = list(self.always)
-        while hits:
-            low = hits & -hits
-            found.append(low.bit_length() - 1)
-            hits ^= low
-        if self.always:
-            found.sort()
-        return found
+        posted = _EMPTY.union(*map(self._memo.__getitem__, doc.words))
+        if self._automaton is not None and not doc.normalized.isascii():
+            posted = posted.union(*(value for _end, value in self._automaton.iter(doc.normalized)))
+        if not posted:
+            return list(self.always)
+        # Rules with both requirements met: i and i + n both posted.
+        found = posted.intersection(map(sub, posted, repeat(self._second)))
+        return sorted(found.union(self.always)) if self.always else sorted(found)

@@ -7,13 +7,15 @@ with pycountry), plus demonyms and capitals that news uses for governments
 words, accents and case folded, CJK substrings). "US" and "U.S." are matched
 case-sensitively on the raw text, so the pronoun "us" is not the United States.
 Results are ISO alpha-2 codes (plus "EU") and canonical mineral names. The
-tables are compiled once and searched with the rules' prefilter (watcher.engine).
+tables are compiled once and indexed with the rules, in the same prefilter
+(watcher.engine), so one pass over an item serves both.
 """
 
 from __future__ import annotations
 
 import gettext
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,7 +23,7 @@ import pycountry
 
 from watcher.engine import Prefilter
 from watcher.errors import QuerySyntaxError
-from watcher.query import Document, Or, Term, make_term
+from watcher.query import Document, Node, Or, Term, make_term
 
 MINERALS: dict[str, tuple[str, ...]] = {
     "rare earths": ("rare earth*", "rare-earth*", "REE", "稀土", "レアアース", "希土類",
@@ -78,7 +80,11 @@ EXTRA_COUNTRY_TERMS: dict[str, tuple[str, ...]] = {
 
 _TRANSLATIONS = ("zh_CN", "ja", "de", "fr", "es")
 # Abbreviations that are also words ("us", French "eu"): matched with their case.
-_CASED = (("US", re.compile(r"\bU\.S\.(?:A\.)?|\bUS\b")), ("EU", re.compile(r"\bEU\b")))
+# Each with substrings that any match holds, so most texts skip the regex.
+_CASED = (
+    ("US", ("US", "U.S."), re.compile(r"\bU\.S\.(?:A\.)?|\bUS\b")),
+    ("EU", ("EU",), re.compile(r"\bEU\b")),
+)
 _AMBIGUOUS = {"CG": {"Congo"}}  # news says "Congo" for the DRC (CD)
 
 
@@ -103,7 +109,6 @@ def _terms(names: list[str]) -> tuple[Term, ...]:
 class _Table:
     names: tuple[str, ...]
     nodes: tuple[Or, ...]
-    prefilter: Prefilter
 
     @classmethod
     def build(cls, entries: dict[str, list[str]]) -> _Table:
@@ -113,11 +118,7 @@ class _Table:
             if compiled:
                 names.append(name)
                 nodes.append(Or(compiled))
-        return cls(tuple(names), tuple(nodes), Prefilter(nodes))
-
-    def find(self, doc: Document) -> list[str]:
-        nodes = self.nodes
-        return [self.names[i] for i in self.prefilter.candidates(doc) if nodes[i].matches(doc)]
+        return cls(tuple(names), tuple(nodes))
 
 
 @lru_cache(maxsize=1)
@@ -141,16 +142,48 @@ def _tables() -> tuple[_Table, _Table]:
     return _Table.build(minerals), _Table.build(countries)
 
 
+@lru_cache(maxsize=1)
+def facet_nodes() -> tuple[Node, ...]:
+    """The queries of every mineral, then every jurisdiction: a matcher indexes them with
+    its rules, so that one pass over an item finds both (see `extract`'s `candidates`)."""
+    minerals, countries = _tables()
+    return minerals.nodes + countries.nodes
+
+
+@lru_cache(maxsize=1)
+def _prefilter() -> Prefilter:
+    return Prefilter(facet_nodes())
+
+
 def prepare() -> None:
     """Build the country and mineral tables now, not on the first hit (~0.1 s)."""
     _tables()
 
 
-def extract(doc: Document, raw_text: str) -> Facets:
-    """The minerals and jurisdictions named in a document (raw_text: for "US" and "EU")."""
+def extract(doc: Document, raw_text: str, candidates: Iterable[int] | None = None) -> Facets:
+    """The minerals and jurisdictions named in a document (raw_text: for "US" and "EU").
+
+    `candidates`: indexes into `facet_nodes()` that a prefilter found may match, in
+    order; by default this module's own prefilter finds them.
+    """
     minerals, countries = _tables()
-    found = countries.find(doc)
-    for code, pattern in _CASED:
-        if code not in found and pattern.search(raw_text):
+    if candidates is None:
+        candidates = _prefilter().candidates(doc)
+    nodes = facet_nodes()
+    n = len(minerals.names)
+    found_minerals: list[str] = []
+    found: list[str] = []
+    for i in candidates:
+        if nodes[i].matches(doc):
+            if i < n:
+                found_minerals.append(minerals.names[i])
+            else:
+                found.append(countries.names[i - n])
+    for code, needles, pattern in _CASED:
+        if (
+            code not in found
+            and any(needle in raw_text for needle in needles)
+            and pattern.search(raw_text)
+        ):
             found.append(code)
-    return Facets(tuple(minerals.find(doc)), tuple(found))
+    return Facets(tuple(found_minerals), tuple(found))

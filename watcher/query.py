@@ -29,9 +29,10 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from watcher.errors import QuerySyntaxError
 from watcher.text import is_cjk, normalize, normalize_keep_case
@@ -43,6 +44,10 @@ _TOKEN_RE = re.compile(rf"[{_CJK_RANGES}]+|[^\W{_CJK_RANGES}]+")
 _CJK_RUN = re.compile(rf"[{_CJK_RANGES}]+")
 _WORD_RE = re.compile(rf"[^\W{_CJK_RANGES}]+")
 _ASCII_TOKEN_RE = re.compile(r"\w+", re.ASCII)  # the same tokens, faster, on ASCII text
+# ASCII bytes that are not word characters, as spaces: translate + split is \w+ without a regex.
+_ASCII_SPACES = bytes(
+    c if chr(c).isascii() and (chr(c).isalnum() or c == ord("_")) else ord(" ") for c in range(256)
+)
 
 TEXT_FIELDS = ("title", "text")
 META_FIELDS = ("source", "lang", "tag")
@@ -55,7 +60,32 @@ def query_words(normalized: str) -> list[str]:
     return _WORD_RE.findall(normalized)
 
 
+def ascii_words(text: str) -> list[str]:
+    """The tokens of ASCII text, as ``\\w+`` finds them, in half the time."""
+    return text.encode("ascii").translate(_ASCII_SPACES).decode("ascii").split()
+
+
 # ---------------------------------------------------------------- documents
+
+if TYPE_CHECKING:
+    _lazy = cached_property
+else:
+
+    class _lazy:
+        """functools.cached_property without the lock that Python 3.11 takes on each use."""
+
+        def __init__(self, func):
+            self.func = func
+            self.__doc__ = func.__doc__
+
+        def __set_name__(self, owner, name):
+            self.name = name
+
+        def __get__(self, obj, owner=None):
+            if obj is None:
+                return self
+            value = obj.__dict__[self.name] = self.func(obj)
+            return value
 
 
 @dataclass(frozen=True)
@@ -88,8 +118,12 @@ class Document:
         self.meta = meta
         self.offset = offset
         self._title_end = title_end  # chars of `normalized` that belong to the title
-        self._token_re = _ASCII_TOKEN_RE if normalized.isascii() else _TOKEN_RE
-        self.words: tuple[str, ...] = tuple(self._token_re.findall(normalized))
+        if normalized.isascii():
+            self._token_re = _ASCII_TOKEN_RE
+            self.words: tuple[str, ...] = tuple(ascii_words(normalized))
+        else:
+            self._token_re = _TOKEN_RE
+            self.words = tuple(_TOKEN_RE.findall(normalized))
         self._fields: dict[str, Document] = {}
 
     @classmethod
@@ -137,11 +171,11 @@ class Document:
             self._fields[name] = view
         return view
 
-    @cached_property
+    @_lazy
     def starts(self) -> tuple[int, ...]:
         return tuple(m.start() for m in self._token_re.finditer(self.normalized))
 
-    @cached_property
+    @_lazy
     def cased_words(self) -> tuple[str, ...]:
         """Words with their case kept (NFKC, accents folded): for ``case:`` terms."""
         if self._raw is None:
@@ -149,15 +183,15 @@ class Document:
         text = "\n".join(part for part in self._raw if part)
         return tuple(_TOKEN_RE.findall(normalize_keep_case(text)))
 
-    @cached_property
+    @_lazy
     def cased_word_set(self) -> frozenset[str]:
         return frozenset(self.cased_words)
 
-    @cached_property
+    @_lazy
     def word_set(self) -> frozenset[str]:
         return frozenset(self.words)
 
-    @cached_property
+    @_lazy
     def sorted_words(self) -> tuple[str, ...]:
         return tuple(sorted(self.word_set))
 
@@ -209,6 +243,8 @@ class Term:
                 start = doc.normalized.find(self.cjk, start + len(self.cjk))
             return out
         word, prefix = self.parts[0]
+        if not (doc.has_prefix(word) if prefix else word in doc.word_set):
+            return out
         words = doc.words
         if prefix:
             starts = [i for i, w in enumerate(words) if w.startswith(word)]
@@ -380,6 +416,42 @@ def spans_of(node: Node, doc: Document) -> list[Span]:
     if isinstance(node, Or):
         return sorted({s for c in node.children for s in spans_of(c, doc)})
     raise TypeError(f"not a positional node: {node}")  # pragma: no cover - the parser checks
+
+
+Test = Callable[[Document], bool]
+
+
+def compile_test(node: Node) -> Test:
+    """`node.matches` as a closure: an OR of plain words is one set test in C, an AND
+    of tests runs without walking the tree, and the rest is the node's own method."""
+    if isinstance(node, Term) and not node.cjk and len(node.parts) == 1:
+        word, prefix = node.parts[0]
+        if prefix:
+            return lambda doc: doc.has_prefix(word)
+        return lambda doc: word in doc.word_set
+    if isinstance(node, Or):
+        plain = [c for c in node.children if _plain_word(c)]
+        words = frozenset(c.parts[0][0] for c in plain if isinstance(c, Term))
+        rest = [compile_test(c) for c in node.children if not _plain_word(c)]
+        if not rest:
+            return lambda doc: not words.isdisjoint(doc.word_set)
+        if not words:
+            return lambda doc: any(test(doc) for test in rest)
+        return lambda doc: not words.isdisjoint(doc.word_set) or any(test(doc) for test in rest)
+    if isinstance(node, And):
+        tests = [compile_test(c) for c in node.children]
+        if len(tests) == 2:
+            first, second = tests
+            return lambda doc: first(doc) and second(doc)
+        return lambda doc: all(test(doc) for test in tests)
+    if isinstance(node, Not):
+        inner = compile_test(node.child)
+        return lambda doc: not inner(doc)
+    return node.matches
+
+
+def _plain_word(node: Node) -> bool:
+    return isinstance(node, Term) and not node.cjk and len(node.parts) == 1 and not node.parts[0][1]
 
 
 # ---------------------------------------------------------------- lexer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from watcher.engine import Prefilter
 from watcher.errors import QuerySyntaxError, RuleError
-from watcher.facets import Facets
+from watcher.facets import Facets, facet_nodes
 from watcher.facets import extract as extract_facets
-from watcher.facets import prepare as prepare_facets
 from watcher.models import EventType, Hit, Item, Severity
-from watcher.query import LIST_NAME, Document, Node, parse_query
+from watcher.query import LIST_NAME, Document, Node, compile_test, parse_query
 from watcher.rulecache import RuleCache
 
 
@@ -128,35 +128,37 @@ def item_document(item: Item) -> Document:
 class Matcher:
     """All loaded rules, evaluated together against each item.
 
-    A prefilter (watcher.engine) finds every rule's literals in one pass, so
-    only the rules that may match are evaluated.
+    A prefilter (watcher.engine) finds every rule's literals, and those of the
+    facets (watcher.facets), in one pass, so only the rules that may match are
+    evaluated, and facets are looked for only among the candidates it found.
     """
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(rules)
-        self.prefilter = Prefilter([r.node for r in self.rules])
-        prepare_facets()
+        self.prefilter = Prefilter([*(r.node for r in self.rules), *facet_nodes()])
+        self._tests = tuple(compile_test(r.node) for r in self.rules)
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def _matching(self, item: Item, doc: Document) -> list[CompiledRule]:
-        rules = self.rules
-        out = []
-        for index in self.prefilter.candidates(doc):
-            rule = rules[index]
-            if rule.applies_to(item) and rule.node.matches(doc):
-                out.append(rule)
-        return out
-
     def match(self, item: Item) -> list[Hit]:
         """The hits of an item, carrying its facets (minerals, countries) when any rule hits."""
         doc = item_document(item)
-        rules = self._matching(item, doc)
-        if not rules:
+        rules, tests = self.rules, self._tests
+        n = len(rules)
+        candidates = self.prefilter.candidates(doc)
+        matched = []
+        for index in candidates:
+            if index >= n:
+                break
+            rule = rules[index]
+            if tests[index](doc) and rule.applies_to(item):
+                matched.append(rule)
+        if not matched:
             return []
-        facets = extract_facets(doc, f"{item.title}\n{item.text}")
-        return [r.hit(facets) for r in rules]
+        facet_candidates = [i - n for i in candidates[bisect_left(candidates, n) :]]
+        facets = extract_facets(doc, f"{item.title}\n{item.text}", facet_candidates)
+        return [r.hit(facets) for r in matched]
 
 
 # ---------------------------------------------------------------- loading
