@@ -70,6 +70,7 @@ CLUSTER_MIN_SHARED_SPECIFICS = 2  # names, amounts or dates two items must share
 
 # store
 SQLITE_TRANSACTIONS_IN_FLIGHT = 2  # Store.transaction()s at once on SQLite (one writes)
+SQLITE_CACHE_KIB = 8192  # page cache per SQLite connection (SQLite's default: 2,048)
 
 # rules
 RULES_RELOAD_INTERVAL_S = 5.0
