@@ -415,9 +415,12 @@ class Grouper:
 
     async def flush(self) -> int:
         """Seal every receiver's due group; returns how many notifications were enqueued."""
+        return await self._flush(await self._open())
+
+    async def _flush(self, open_: list[tuple[str, datetime]]) -> int:
         now = self.clock()
         sealed = 0
-        for receiver, first_due in await self._open():
+        for receiver, first_due in open_:
             if first_due <= now:
                 sealed += await self._seal(receiver)
         if sealed:
@@ -470,9 +473,13 @@ class Grouper:
         logger.debug("receiver %s: %d alert(s) in one notification", receiver, len(members))
         return 1
 
-    async def next_due(self) -> datetime | None:
-        """When the next group is due, throttles considered; None when nothing is open."""
-        open_ = await self._open()
+    async def next_due(self, open_: list[tuple[str, datetime]] | None = None) -> datetime | None:
+        """When the next group is due, throttles considered; None when nothing is open.
+
+        `open_` is `_open()`'s answer when the caller has one that is still current.
+        """
+        if open_ is None:
+            open_ = await self._open()
         if not open_:
             return None
         throttled = [r for r, _ in open_ if self.dispatcher.policy(r).max_per_hour is not None]
@@ -500,8 +507,9 @@ class Grouper:
             self._wake.clear()
             wait_s = self.idle_check_s
             try:
-                await self.flush()
-                due = await self.next_due()
+                open_ = await self._open()
+                # nothing sealed: the open groups read a moment ago are still the open groups
+                due = await self.next_due(None if await self._flush(open_) else open_)
             except Exception:  # a store hiccup must not end grouping
                 logger.exception("grouping: sealing notifications failed")
             else:
