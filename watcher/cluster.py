@@ -147,7 +147,7 @@ _DATE = re.compile(
 _SENTENCE_START = re.compile(r"(^|[.!?:\"“”]\s+|\n)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Features:
     """What an item says, as keys with counts, plus the headline cues used as vetoes."""
 

@@ -52,11 +52,12 @@ import sys
 import weakref
 from bisect import bisect_left, bisect_right, insort
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from operator import itemgetter, neg
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
@@ -162,9 +163,13 @@ def _chunks(seq: Sequence[Any], n: int = 500) -> list[Sequence[Any]]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Member:
-    """A stored item as the cluster stage compares it."""
+    """A stored item as the cluster stage compares it.
+
+    One per item of the recent past, so it is kept small: slots, and nothing that
+    can be worked out from the vector (its index keys, its names, amounts and dates).
+    """
 
     item_id: int
     story_id: int
@@ -173,11 +178,13 @@ class _Member:
     content_hash: str
     cues: Features  # headline cues only (no counts)
     vector: dict[str, float]
-    specifics: frozenset[str]  # the vector's names, amounts and dates
-    keys: tuple[str, ...]  # its most distinctive keys: what the inverted index holds
+
+    def index_keys(self) -> list[str]:
+        """Its most distinctive keys: what the inverted index holds."""
+        return _ranked(self.vector)[: constants.CLUSTER_INDEX_KEYS]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Story:
     id: int
     key: str
@@ -223,11 +230,12 @@ class _Memory:
 
     # -- members
 
-    def add(self, m: _Member, story: _Story) -> None:
+    def add(self, m: _Member, story: _Story, keys: Sequence[str]) -> None:
+        """Add `m` to `story`, indexed under `keys` (`m.index_keys()`, passed in when known)."""
         self.members[m.item_id] = m
         insort(story.members, (m.at, m.item_id))
         story.sources[m.source_id] += 1
-        for k in m.keys:
+        for k in keys:
             posting = self.postings.get(k)
             if posting is None:
                 posting = self.postings[k] = _Posting()
@@ -244,7 +252,7 @@ class _Memory:
             self.members[m.item_id] = m
             story.members.append((m.at, m.item_id))
             story.sources[m.source_id] += 1
-            for k in m.keys:
+            for k in m.index_keys():
                 entry = (m.at, m.item_id, m.story_id)
                 got = new.get(k)
                 if got is None:
@@ -277,7 +285,7 @@ class _Memory:
         story = self.stories.get(m.story_id)
         if story is not None:
             self._leave(m, story)
-        for k in m.keys:
+        for k in m.index_keys():
             posting = self.postings[k]
             i = posting.find(m)
             del posting.times[i], posting.items[i], posting.stories[i]
@@ -299,7 +307,7 @@ class _Memory:
         if old is not None:
             self._leave(m, old)
         m.story_id = to.id
-        for k in m.keys:
+        for k in m.index_keys():
             posting = self.postings[k]
             posting.stories[posting.find(m)] = to.id
         insort(to.members, (m.at, m.item_id))
@@ -431,29 +439,40 @@ def _member(row: Any) -> _Member:
         item_id=int(row.item_id),
         story_id=int(row.story_id),
         at=row.at.timestamp(),
-        source_id=row.source_id,
+        source_id=sys.intern(row.source_id),
         content_hash=row.content_hash,
         cues=_cues(row.polarity, row.countries, row.amounts),
         vector=vector,
-        specifics=_specifics(vector),
-        keys=tuple(_ranked(vector)[: constants.CLUSTER_INDEX_KEYS]),
     )
 
 
-_CUES: dict[tuple[str, str, str], Features] = {}
+_CUES: dict[tuple[str, str], Features] = {}
+_NO_COUNTS: Mapping[str, int] = MappingProxyType({})
+_NONE: frozenset[str] = frozenset()
+
+
+def _names(joined: str) -> frozenset[str]:
+    return frozenset(c for c in joined.split(",") if c) if joined else _NONE
 
 
 def _cues(polarity: str, countries: str, amounts: str) -> Features:
-    """Headline cues as stored; shared, since most items have the same few."""
-    key = (polarity, countries, amounts)
+    """Headline cues as stored; shared, since most items have the same few.
+
+    Headline amounts make cues all but unique ("adds 140 entities"): those are not
+    kept in the shared table, which would otherwise hold one entry per such item
+    long after the item left the memory.
+    """
+    if amounts:
+        return Features(
+            counts=_NO_COUNTS,
+            polarity=polarity,
+            countries=_names(countries),
+            amounts=_names(amounts),
+        )
+    key = (polarity, countries)
     cues = _CUES.get(key)
     if cues is None:
-        cues = Features(
-            counts={},
-            polarity=polarity,
-            countries=frozenset(c for c in countries.split(",") if c),
-            amounts=frozenset(a for a in amounts.split(",") if a),
-        )
+        cues = Features(counts=_NO_COUNTS, polarity=polarity, countries=_names(countries))
         if len(_CUES) < 100_000:
             _CUES[key] = cues
     return cues
@@ -571,14 +590,12 @@ class StoryIndex:
             item_id=item_id,
             story_id=story.id,
             at=at_s,
-            source_id=item.source_id,
+            source_id=sys.intern(item.source_id),
             content_hash=item.content_hash,
             cues=_cues(*cues),  # as stored, and as read back
             vector=vector,
-            specifics=_specifics(vector),
-            keys=tuple(ranked[: constants.CLUSTER_INDEX_KEYS]),
         )
-        memory.add(member, story)
+        memory.add(member, story, ranked[: constants.CLUSTER_INDEX_KEYS])
         run.items.append((member, best_sim, at, cues))
         return StoryAssignment(
             story_id=story.id,
@@ -619,7 +636,8 @@ class StoryIndex:
                 if vetoed(feats, other.cues):
                     sim_best = 0.0
                     break
-                if len(specifics & other.specifics) < constants.CLUSTER_MIN_SHARED_SPECIFICS:
+                # the names, amounts and dates both have (`specifics` holds only those)
+                if len(other.vector.keys() & specifics) < constants.CLUSTER_MIN_SHARED_SPECIFICS:
                     continue  # vocabulary alone never merges: no need to weigh it
                 sim = similarity(vector, other.vector)
                 if sim >= self.threshold and sim > sim_best:
