@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import TypeAdapter
 
 from watcher.catalogue import catalogue
 from watcher.cli import main
@@ -19,7 +20,7 @@ def test_every_entry_is_a_valid_source() -> None:
     entries = catalogue()
     assert len(entries) >= 10
     for entry in entries.values():
-        source = SourceConfig.model_validate(entry.as_source())
+        source = TypeAdapter(SourceConfig).validate_python(entry.as_source())
         assert str(source.url).startswith("https://"), entry.id
         assert entry.format in ("rss", "atom", "federal-register-json")
         assert entry.language in ("en", "ja", "zh")
@@ -47,7 +48,7 @@ def test_config_enables_catalogue_entries_by_id(tmp_path: Path) -> None:
     by_id = {s.id: s for s in config.sources}
     assert set(by_id) == {"fr-bis", "govuk-ecju"}
     assert str(by_id["govuk-ecju"].url) == "https://example.org/mirror.atom"  # config wins
-    assert by_id["fr-bis"].tags == ["us", "export-control", "bis", "government"]
+    assert by_id["fr-bis"].tags == ("us", "export-control", "bis", "government")
 
 
 def test_unknown_catalogue_id_is_a_config_error(tmp_path: Path) -> None:

@@ -11,23 +11,26 @@ from __future__ import annotations
 import binascii
 import os
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
     IPvAnyNetwork,
+    PlainSerializer,
     PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
@@ -121,13 +124,26 @@ class OutboxConfig(_Strict):
     breaker_cooldown_s: float = Field(default=constants.BREAKER_COOLDOWN_S, gt=0)
 
 
-class SourceConfig(_Strict):
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
+
+    HttpUrlStr = str
+else:
+    # validated (and normalised) as a URL, kept as its string: a pydantic URL object
+    # per source costs more than the rest of the source's settings
+    HttpUrlStr = Annotated[AnyHttpUrl, AfterValidator(str), PlainSerializer(str, return_type=str)]
+
+
+@pydantic_dataclass(config=ConfigDict(extra="forbid"), slots=True)
+class SourceConfig:
+    """One source to poll. A slotted dataclass, not a model: a service may have 10,000."""
+
     id: Slug
-    url: AnyHttpUrl
+    url: HttpUrlStr
     interval_s: int = Field(
         default=constants.POLL_INTERVAL_DEFAULT_S, ge=constants.POLL_INTERVAL_MIN_S
     )
-    tags: list[str] = Field(default_factory=list)
+    tags: tuple[str, ...] = ()
     language: str = ""
     enabled: bool = True
     # raise a source-health notice when no new item came for this long (off when unset)
@@ -244,6 +260,8 @@ AnyReceiverConfig = EmailReceiverConfig | WebhookReceiverConfig | SlackReceiverC
 
 def cron_trigger(schedule: str, timezone: str) -> CronTrigger:
     """The APScheduler trigger of a crontab line (5 fields) in an IANA time zone."""
+    from apscheduler.triggers.cron import CronTrigger  # only digests need it: not at import
+
     return CronTrigger.from_crontab(schedule, timezone=ZoneInfo(timezone))
 
 
@@ -357,7 +375,7 @@ class Config(BaseSettings):
             from watcher.catalogue import expand
 
             configured = [
-                s if isinstance(s, dict) else s.model_dump() for s in data.get("sources") or []
+                s if isinstance(s, dict) else asdict(s) for s in data.get("sources") or []
             ]
             data = {**data, "sources": expand(list(data["catalogue"]), configured)}
         return data
@@ -409,6 +427,8 @@ def format_validation_error(err: ValidationError) -> list[str]:
     problems = []
     for e in err.errors(include_url=False, include_input=False):
         msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "unexpected_keyword_argument":  # a dataclass's word for it
+            msg = "Extra inputs are not permitted"
         problems.append(f"{_format_loc(tuple(e['loc']))}: {msg}")
     return problems
 

@@ -24,14 +24,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Column, String, Table, select, update
 
 from watcher import constants
 from watcher.config import SubscriptionConfig
 from watcher.models import Clock
 from watcher.store import Store, UTCDateTime, _insert, metadata
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 logger = logging.getLogger(__name__)
 
