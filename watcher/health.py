@@ -25,13 +25,12 @@ from email.message import EmailMessage
 import aiohttp
 import aiosmtplib
 from sqlalchemy import Column, String, Table, Text, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from watcher.config import Config, EmailReceiverConfig, WebhookReceiverConfig
 from watcher.models import Clock
 from watcher.notify.webhook import sign
 from watcher.polite import PollPolicy
-from watcher.store import SourceState, Store, UTCDateTime, items, metadata
+from watcher.store import SourceState, Store, UTCDateTime, _insert, items, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +169,7 @@ class HealthMonitor:
                 delete(source_health).where(source_health.c.source_id == notice.source_id)
             )
             if notice.state != "recovered":
-                ins = (
-                    postgresql.insert(source_health)
-                    if conn.dialect.name == "postgresql"
-                    else sqlite.insert(source_health)
-                )
+                ins = _insert(conn, source_health)
                 await conn.execute(
                     ins.values(
                         source_id=notice.source_id,

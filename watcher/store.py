@@ -45,7 +45,6 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -284,10 +283,18 @@ class ClaimedDelivery:
 
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:
-    """The dialect's INSERT, which has on_conflict_do_nothing()."""
+    """The dialect's INSERT, which has on_conflict_do_nothing().
+
+    Imported here, not at the top: a service on SQLite never loads the PostgreSQL
+    dialect (~2 MB), and the engine has loaded the one in use already.
+    """
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
 
 
 class Tx:
