@@ -112,17 +112,19 @@ def _canonical_url_reference(url: str, base: str = "") -> str:
     query = [
         (k, v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if not k.lower().startswith("utm_") and k.lower() not in {"fbclid", "gclid"}
+        if not k.lower().startswith("utm_") and k.lower() not in _TRACKING
     ]
     return urlunsplit(
         (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
     )
 
 
+_TRACKING = {"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"}
 URL_PARTS = [
     "http://", "HTTPS://", "https:", "http:", "ftp://", "//", "/", "a.example", "B.Example:81",
     "[::1]", "/x", "/./y", "/../z", ";p", ";", "?", "?a=1", "&b=2", "&utm_x=3", "#f", " ", "\t",
-    "%20", "é", "@", "..", "x y",
+    "%20", "é", "@", "..", "x y", "[", "]", "#", "?utm_a=1", "?fbclid=2&x=", "\n", "\x00",
+    "Http://", "hTTpS://", "a]b", "?x#y?z", "é.example", "https://a.example/p?q=1#f",
 ]  # fmt: skip
 BASES = ["", "https://base.example/dir/feed.xml", "http://base.example", "feed://x", "https:/x"]
 
