@@ -19,6 +19,7 @@ import calendar
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from feedparser.api import StrictFeedParser as _FeedParser
@@ -102,6 +103,7 @@ _RISKY_ELEMENTS = frozenset(
 # a plain `base` attribute (`\sbase\s*=`), which feedparser reads as xml:base; searched for
 # from its literal start, which is much faster than from the leading \s
 _BASE_ATTR = re.compile(rb"base\s*=")
+_TAG_OF = attrgetter("tag")
 
 
 def _base_attribute(body: bytes) -> bool:
@@ -110,7 +112,8 @@ def _base_attribute(body: bytes) -> bool:
 
 
 def _risky_elements(root: Any) -> bool:
-    return any(_split(el.tag)[1] in _RISKY_ELEMENTS for el in root.iter())
+    tags = set(map(_TAG_OF, root.iter()))  # the few distinct tags, collected at C speed
+    return any(_split(tag)[1] in _RISKY_ELEMENTS for tag in tags)
 
 
 _RISKY_TEXT = re.compile(
@@ -264,8 +267,7 @@ def _read(
         text = html_to_text(body)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
-        # parse._published's choice: the first date that reads
-        published = entry.get("published_parsed") or entry.get("updated_parsed")
+        published = _published(entry)
         item = entry_item(
             source_id=source_id,
             guid=guid,
@@ -279,6 +281,16 @@ def _read(
         if item is not None:
             items.append(item)
     return items, feed
+
+
+def _published(entry: dict[str, Any]) -> datetime | None:
+    """parse._published's choice: the first date that reads, published before updated."""
+    value = entry.get("published")
+    published = _date(value) if value else None
+    if published is None:
+        value = entry.get("updated")
+        published = _date(value) if value else None
+    return published
 
 
 def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
@@ -412,6 +424,8 @@ def _fields(
         if name == _SKIP:
             continue
         if name == _IGNORE:
+            if not len(child):
+                continue  # most often: nothing inside
             allowed = _HARMLESS_CHILDREN.get(_split(tag), frozenset())
             for c in child.iterdescendants():
                 inner = _split(c.tag)
@@ -454,7 +468,7 @@ def _fields(
             if is_link:
                 out.setdefault("link", value)
         elif name == "published" or name == "updated":
-            out[name + "_parsed"] = _date(value) if value else None
+            out[name] = value  # read by _published: the second only if the first does not
         elif name == "language":
             out["language"] = value
     return out

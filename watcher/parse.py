@@ -36,7 +36,17 @@ _HTTP_URL = re.compile(
 )
 
 
+# A query parse_qsl and urlencode give back as it is: name=value pairs of characters
+# neither quotes nor unquotes; with none of the tracking names, it is its own clean form.
+_PLAIN_QUERY = re.compile(r"[\w.~-]+=[\w.~-]*(?:&[\w.~-]+=[\w.~-]*)*", re.ASCII)
+_TRACKING_NAME = re.compile(
+    r"(?:^|&)(?:utm_|(?:" + "|".join(sorted(_TRACKING_PARAMS)) + ")=)", re.IGNORECASE
+)
+
+
 def _clean_query(query: str) -> str:
+    if _PLAIN_QUERY.fullmatch(query) and not _TRACKING_NAME.search(query):
+        return query
     return urlencode(
         [
             (k, v)
