@@ -84,7 +84,7 @@ def _simple_html_to_text(html: str) -> str | None:
     # split() yields: text, slash, name, attrs, selfclose, text, ...
     texts = parts[0::5]
     names = list(map(str.lower, parts[2::5]))
-    if not _SPECIAL.isdisjoint(names):
+    if not _SPECIAL.isdisjoint(names) and not _only_empty_iframes(parts, names):
         return None
     # every "<" opens a tag the regex read, unless an attribute value holds one
     if html.count("<") != len(names) and any("<" in text for text in texts):
@@ -131,6 +131,24 @@ def fast_unescape(text: str) -> str:
     parts = _CHARREF.split(text)  # text, reference, text, reference, ..., text
     parts[1::2] = map(_CHAR_REFS.__getitem__, parts[1::2])
     return "".join(parts)
+
+
+def _only_empty_iframes(parts: list[str], names: list[str]) -> bool:
+    """True when the special tags are only iframes with nothing between their start
+    and end tags (video embeds): what they skip is nothing, and, not being block
+    tags, they add nothing either."""
+    if not {"iframe"}.issuperset(_SPECIAL.intersection(names)):
+        return False
+    open_at = -1  # an iframe start tag, the one before this
+    for i, name in enumerate(names):
+        if open_at >= 0:
+            # the next tag must be its end tag, with no text between
+            if name != "iframe" or not parts[5 * i + 1] or parts[5 * i]:
+                return False
+            open_at = -1
+        elif name == "iframe" and not parts[5 * i + 1] and not parts[5 * i + 4]:
+            open_at = i  # a start tag: <iframe/> and a stray </iframe> skip nothing
+    return open_at < 0
 
 
 def html_to_text(html: str) -> str:
