@@ -373,12 +373,26 @@ def _xml_content(el: Any) -> str | None:
             or len(child)
             or child.keys()
             or (child.tail or "").strip()
-            or local.endswith("_parsed")
-            or hasattr(_FeedParser, "_start_" + local)
-            or hasattr(_FeedParser, "_end_" + local)
+            or _has_handler(local)
         ):
             return None
     return ""
+
+
+_HANDLED: dict[str, bool] = {}  # local name -> feedparser handles it, or makes it "_parsed"
+
+
+def _has_handler(local: str) -> bool:
+    handled = _HANDLED.get(local)
+    if handled is None:
+        handled = (
+            local.endswith("_parsed")
+            or hasattr(_FeedParser, "_start_" + local)
+            or hasattr(_FeedParser, "_end_" + local)
+        )
+        if len(_HANDLED) < _KEYS_MAX:
+            _HANDLED[local] = handled
+    return handled
 
 
 def _description(out: dict[str, Any], value: str) -> None:
