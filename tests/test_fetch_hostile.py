@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 
 import aiohttp
+import brotli
 import pytest
 from aiohttp import web
 
@@ -92,6 +94,50 @@ async def test_decompression_bomb_is_refused_without_inflating_it(
         await f.fetch("bomb", feed_server.url("/bomb"))
     assert err.value.reason is FetchReason.TOO_LARGE
     assert "decompression bomb" in str(err.value)
+
+
+async def test_brotli_bodies_are_decoded(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    feed_server.routes["/br"] = Route(
+        body=brotli.compress(FEED), headers={"Content-Encoding": "br"}
+    )
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    assert (await f.fetch("s", feed_server.url("/br"))).body == FEED
+    assert "br" in feed_server.requests_to("/br")[0]["Accept-Encoding"].split(", ")
+
+
+async def test_brotli_bomb_is_refused_without_inflating_it(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    bomb = brotli.compress(bytes(200_000_000), quality=5)  # 200 MB of zeros
+    assert len(bomb) < 50_000
+    feed_server.routes["/bomb.br"] = Route(body=bomb, headers={"Content-Encoding": "br"})
+    f = Fetcher(session=session, limits=limits(max_body_bytes=50_000_000), clock=clock)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError) as err:
+            await f.fetch("bomb", feed_server.url("/bomb.br"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.reason is FetchReason.TOO_LARGE
+    assert "decompression bomb" in str(err.value)
+    assert peak < 10_000_000  # the ratio allowance (1 MiB here), not the 200 MB
+
+
+@pytest.mark.parametrize(
+    "body", [b"not brotli at all", brotli.compress(FEED)[:-5]], ids=["garbage", "truncated"]
+)
+async def test_broken_brotli_is_a_decoding_error(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock, body: bytes
+) -> None:
+    feed_server.routes["/bad.br"] = Route(body=body, headers={"Content-Encoding": "br"})
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("bad", feed_server.url("/bad.br"))
+    assert err.value.reason is FetchReason.DECODING
+    assert str(err.value).startswith("source 'bad': decoding:")
 
 
 async def test_broken_gzip_is_a_decoding_error(

@@ -493,6 +493,101 @@ async def test_a_digest_missed_while_down_is_sent_once_when_back(
         await s.store.close()
 
 
+async def test_alerts_waiting_for_a_removed_digest_are_sent_not_kept(
+    store_url: str,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    webhook_server: WebhookServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A digest subscription taken out of the config leaves no alert behind, none twice."""
+    feed(feed_server, "/a.rss", STORIES[0])
+    feed(feed_server, "/b.rss", STORIES[1])
+    feeds = {"a": feed_server.url("/a.rss"), "b": feed_server.url("/b.rss")}
+    immediate_b = {"receivers": ["hook"], "sources": ["b"]}
+    daily = {"id": "daily", "receivers": ["hook"], "mode": "digest", "schedule": "0 8 * * *"}
+    receivers = [hook(webhook_server, group_wait_s=0)]
+    s = await start(make_config(store_url, feeds, receivers, [daily, immediate_b]), clock, session)
+    try:
+        await s.digester.fire_due()
+        await s.poll("a")  # story 0: for the digest only
+        await s.poll("b")  # story 1: for the digest, and sent at once
+        await s.deliver()
+        [(_, first)] = webhook_server.received
+        assert json.loads(first)["alert"]["item"]["title"] == STORIES[1][1]
+    finally:
+        await s.store.close()
+
+    # The restart, with the digest removed.
+    clock.advance(3600)
+    s = await start(make_config(store_url, feeds, receivers, [immediate_b]), clock, session)
+    try:
+        assert await s.digester.adopt_orphans() == 1
+        assert "digest subscription 'daily' is no longer configured" in caplog.text
+        await s.deliver()
+        assert len(webhook_server.received) == 2
+        sent = json.loads(webhook_server.received[1][1])
+        assert sent["type"] == "alert" and sent["alert"]["item"]["title"] == STORIES[0][1]
+        assert await s.digester.adopt_orphans() == 0  # nothing left waiting
+        await s.deliver()
+        assert len(webhook_server.received) == 2
+    finally:
+        await s.store.close()
+
+
+async def test_metrics_show_waiting_notices_and_throttled_receivers(
+    tmp_path: Any, feed_server: FeedServer, webhook_server: WebhookServer
+) -> None:
+    from aiohttp import web
+
+    from watcher.service import PIPELINE, create_app
+
+    feed(feed_server, "/a.rss", *STORIES[:3])
+    config = Config.model_validate(
+        {
+            "store": {"url": f"sqlite+aiosqlite:///{tmp_path}/w.db"},
+            "polling": {"allow_networks": ["127.0.0.0/8"]},
+            "outbox": {"sweep_interval_s": 0.2},
+            "sources": [{"id": "a", "url": feed_server.url("/a.rss"), "interval_s": 3600}],
+            "receivers": [hook(webhook_server, group_wait_s=0, max_per_hour=1)],
+            "subscriptions": [
+                {"receivers": ["hook"]},
+                {"id": "daily", "receivers": ["hook"], "mode": "digest",
+                 "schedule": "0 8 * * *", "timezone": "Europe/Paris"},
+            ],
+        }
+    )  # fmt: skip
+    app = create_app(config, matcher())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        for _ in range(400):  # the first poll: 3 alerts in 1 notification, the cap reached
+            if webhook_server.received:
+                break
+            await asyncio.sleep(0.025)
+        assert len(json.loads(webhook_server.received[0][1])["alerts"]) == 3
+        feed(feed_server, "/a.rss", *STORIES[:5])
+        assert len((await app[PIPELINE].poll(config.sources[0])).alerts) == 2  # they wait
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+        lines = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in text.splitlines()
+                 if line and not line.startswith("#")}  # fmt: skip
+        assert float(lines['watcher_notices_waiting{receiver="hook",stream="immediate"}']) == 2
+        assert float(lines['watcher_notices_waiting{receiver="hook",stream="daily"}']) == 5
+        age = float(lines['watcher_notices_oldest_age_seconds{receiver="hook",stream="daily"}'])
+        assert 0 <= age < 60
+        assert float(lines['watcher_receiver_throttled{receiver="hook"}']) == 1
+    finally:
+        await runner.cleanup()
+
+
 async def test_digest_schedule_follows_the_time_zone_and_the_scheduler_job(
     tmp_path: Any, clock: FakeClock, webhook_server: WebhookServer
 ) -> None:

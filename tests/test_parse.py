@@ -112,17 +112,19 @@ def _canonical_url_reference(url: str, base: str = "") -> str:
     query = [
         (k, v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if not k.lower().startswith("utm_") and k.lower() not in {"fbclid", "gclid"}
+        if not k.lower().startswith("utm_") and k.lower() not in _TRACKING
     ]
     return urlunsplit(
         (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
     )
 
 
+_TRACKING = {"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"}
 URL_PARTS = [
     "http://", "HTTPS://", "https:", "http:", "ftp://", "//", "/", "a.example", "B.Example:81",
     "[::1]", "/x", "/./y", "/../z", ";p", ";", "?", "?a=1", "&b=2", "&utm_x=3", "#f", " ", "\t",
-    "%20", "é", "@", "..", "x y",
+    "%20", "é", "@", "..", "x y", "[", "]", "#", "?utm_a=1", "?fbclid=2&x=", "\n", "\x00",
+    "Http://", "hTTpS://", "a]b", "?x#y?z", "é.example", "https://a.example/p?q=1#f",
 ]  # fmt: skip
 BASES = ["", "https://base.example/dir/feed.xml", "http://base.example", "feed://x", "https:/x"]
 
@@ -132,3 +134,25 @@ BASES = ["", "https://base.example/dir/feed.xml", "http://base.example", "feed:/
 def test_canonical_url_is_its_reference(parts: list[str], base: str) -> None:
     url = "".join(parts)
     assert canonical_url(url, base) == _canonical_url_reference(url, base), (url, base)
+
+
+QUERY_PARTS = ["a", "B", "=", "&", "utm_", "UTM_x", "fbclid", "ocid", "1", "%41", "%2F", "+", " ",
+               ".", "~", "-", "_", "é", ";", "cmpid=", "&&", "=="]  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(QUERY_PARTS), min_size=1, max_size=9))
+def test_clean_query_is_the_parse_qsl_urlencode_round_trip(parts: list[str]) -> None:
+    from urllib.parse import parse_qsl, urlencode
+
+    from watcher.parse import _clean_query
+
+    query = "".join(parts)
+    expected = urlencode(
+        [
+            (k, v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+            if not k.lower().startswith("utm_") and k.lower() not in _TRACKING
+        ]
+    )
+    assert _clean_query(query) == expected, query

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy import Column, String, Table, select, update
+from sqlalchemy import Column, String, Table, delete, select, tuple_, update
 
 from watcher import constants
 from watcher.config import SubscriptionConfig
 from watcher.models import Clock
-from watcher.store import Store, UTCDateTime, _insert, metadata
+from watcher.store import Store, UTCDateTime, _insert, deliveries, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,75 @@ class Digester:
     def next_fire_at(self, subscription: str, after: datetime) -> datetime | None:
         nxt = self._triggers[subscription].get_next_fire_time(after, after)
         return nxt.astimezone(UTC) if nxt is not None else None
+
+    async def adopt_orphans(self) -> int:
+        """Send now what waits for a digest subscription that is no longer configured.
+
+        Its notices would otherwise stay open forever. Each joins its receiver's
+        immediate stream, due now, unless the receiver already has the same alert
+        there or was sent it (it was also routed there): then it is dropped, not
+        sent twice.
+        Returns how many notices were moved (the caller kicks the grouper).
+        """
+        from watcher.group import notices
+        from watcher.route import IMMEDIATE
+
+        n = notices
+        async with self.store.transaction() as tx:
+            conn, now = tx.conn, tx.now
+            rows = (
+                await conn.execute(
+                    select(n.c.id, n.c.stream, n.c.receiver, n.c.alert_id, n.c.kind).where(
+                        n.c.delivery_id.is_(None),
+                        n.c.stream != IMMEDIATE,
+                        n.c.stream.not_in(sorted(self.subscriptions)),
+                    )
+                )
+            ).all()
+            if not rows:
+                return 0
+            pairs = sorted({(r.alert_id, r.receiver) for r in rows})
+            present = {
+                (a, str(rc), str(k))
+                for a, rc, k in await conn.execute(
+                    select(n.c.alert_id, n.c.receiver, n.c.kind).where(
+                        n.c.stream == IMMEDIATE, tuple_(n.c.alert_id, n.c.receiver).in_(pairs)
+                    )
+                )
+            }
+            # an alert delivered on the fast path has a plain delivery row, no notice
+            present |= {
+                (a, str(rc), "new")
+                for a, rc in await conn.execute(
+                    select(deliveries.c.alert_id, deliveries.c.receiver).where(
+                        deliveries.c.kind.is_(None),
+                        tuple_(deliveries.c.alert_id, deliveries.c.receiver).in_(pairs),
+                    )
+                )
+            }
+            moved: list[int] = []
+            dropped: list[int] = []
+            seen = set(present)
+            for r in rows:
+                ident = (r.alert_id, str(r.receiver), str(r.kind))
+                (dropped if ident in seen else moved).append(int(r.id))
+                seen.add(ident)
+            if moved:
+                await conn.execute(
+                    update(n).where(n.c.id.in_(moved)).values(stream=IMMEDIATE, due_at=now)
+                )
+            if dropped:
+                await conn.execute(delete(n).where(n.c.id.in_(dropped)))
+        moved_ids = set(moved)
+        for stream in sorted({str(r.stream) for r in rows}):
+            logger.warning(
+                "digest subscription %r is no longer configured: %d waiting alert "
+                "notice(s) are sent to their receivers now instead (%d already sent)",
+                stream,
+                sum(1 for r in rows if r.stream == stream and r.id in moved_ids),
+                sum(1 for r in rows if r.stream == stream and r.id not in moved_ids),
+            )
+        return len(moved)
 
     async def fire_due(self, only: str | None = None) -> list[DigestRun]:
         """Seal every due digest (of one subscription, given `only`)."""

@@ -19,6 +19,7 @@ import calendar
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from feedparser.api import StrictFeedParser as _FeedParser
@@ -87,25 +88,32 @@ _ATOM_FIELDS: dict[tuple[str, str], str] = {
     (DC, "date"): "updated",
     (DC, "language"): "language",
 }
+_RSS1_FIELDS = {(RSS1 if k[0] == "" else k[0], k[1]): v for k, v in _FIELDS.items()}
+# What an entry's child element is to _fields, by its tag as lxml spells it: a field name
+# from the table, or one of these. Filled on demand, one cache per table.
+_SKIP, _IGNORE, _GIVE_UP = "#skip", "#ignore", "#give-up"
+_ACTIONS: dict[int, dict[Any, str]] = {id(t): {} for t in (_FIELDS, _RSS1_FIELDS, _ATOM_FIELDS)}
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-# Markup feedparser's sanitiser and our text extractor treat differently.
-_RISKY_WORDS = (b"noscript", b"template", b"object", b"svg", b"math", b"applet", b"embed",
-                b"frame", b"xmp", b"plaintext", b"listing")  # fmt: skip
-_RISKY_TAG = re.compile(
-    rb"<\s*/?\s*(noscript|template|object|svg|math|applet|embed|frame|xmp|plaintext|listing)\b"
-)
+# Elements feedparser's sanitiser and our text extractor treat differently. Inside the
+# fields we read, markup as text is checked on its own (_RISKY_TEXT below).
+_RISKY_ELEMENTS = frozenset(
+    {"noscript", "template", "object", "svg", "math", "applet", "embed", "frame", "xmp",
+     "plaintext", "listing"}
+)  # fmt: skip
 # a plain `base` attribute (`\sbase\s*=`), which feedparser reads as xml:base; searched for
 # from its literal start, which is much faster than from the leading \s
 _BASE_ATTR = re.compile(rb"base\s*=")
+_TAG_OF = attrgetter("tag")
 
 
-def _risky_markup(body: bytes) -> bool:
-    """Markup the fast path does not reproduce; the regexes run only when a word is there."""
+def _base_attribute(body: bytes) -> bool:
     low = body.lower()  # ASCII-only, as a bytes pattern's IGNORECASE would be
-    for m in _BASE_ATTR.finditer(low):
-        if low[m.start() - 1 : m.start()].isspace():
-            return True
-    return any(w in low for w in _RISKY_WORDS) and _RISKY_TAG.search(low) is not None
+    return any(low[m.start() - 1 : m.start()].isspace() for m in _BASE_ATTR.finditer(low))
+
+
+def _risky_elements(root: Any) -> bool:
+    tags = set(map(_TAG_OF, root.iter()))  # the few distinct tags, collected at C speed
+    return any(_split(tag)[1] in _RISKY_ELEMENTS for tag in tags)
 
 
 _RISKY_TEXT = re.compile(
@@ -177,7 +185,7 @@ def fast_parse(
 ) -> tuple[list[Item], Any] | None:
     """(items, feed fields: link, language, ttl, hub, self) when the fast path reproduces
     feedparser exactly, else None."""
-    if _risky_markup(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if _base_attribute(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")):
         return None
     m = _CHARSET.search(content_type)
     if m and m.group(1).lower() != _document_encoding(body):
@@ -191,7 +199,7 @@ def fast_parse(
     except (etree.XMLSyntaxError, ValueError):
         return None
     tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None or _risky_elements(root):
         return None
     try:
         return _read(root, source_id, base_url, language, tuple(tags))
@@ -234,7 +242,7 @@ def _read(
         if len(channels) != 1:
             raise _GiveUp
         feed_el = channels[0]
-        fields = {(RSS1 if k[0] == "" else k[0], k[1]): v for k, v in _FIELDS.items()}
+        fields = _RSS1_FIELDS
         atom = False
     elif ns == ATOM and local == "feed":
         feed_el = root
@@ -259,8 +267,7 @@ def _read(
         text = html_to_text(body)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
-        # parse._published's choice: the first date that reads
-        published = entry.get("published_parsed") or entry.get("updated_parsed")
+        published = _published(entry)
         item = entry_item(
             source_id=source_id,
             guid=guid,
@@ -274,6 +281,16 @@ def _read(
         if item is not None:
             items.append(item)
     return items, feed
+
+
+def _published(entry: dict[str, Any]) -> datetime | None:
+    """parse._published's choice: the first date that reads, published before updated."""
+    value = entry.get("published")
+    published = _date(value) if value else None
+    if published is None:
+        value = entry.get("updated")
+        published = _date(value) if value else None
+    return published
 
 
 def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
@@ -356,12 +373,26 @@ def _xml_content(el: Any) -> str | None:
             or len(child)
             or child.keys()
             or (child.tail or "").strip()
-            or local.endswith("_parsed")
-            or hasattr(_FeedParser, "_start_" + local)
-            or hasattr(_FeedParser, "_end_" + local)
+            or _has_handler(local)
         ):
             return None
     return ""
+
+
+_HANDLED: dict[str, bool] = {}  # local name -> feedparser handles it, or makes it "_parsed"
+
+
+def _has_handler(local: str) -> bool:
+    handled = _HANDLED.get(local)
+    if handled is None:
+        handled = (
+            local.endswith("_parsed")
+            or hasattr(_FeedParser, "_start_" + local)
+            or hasattr(_FeedParser, "_end_" + local)
+        )
+        if len(_HANDLED) < _KEYS_MAX:
+            _HANDLED[local] = handled
+    return handled
 
 
 def _description(out: dict[str, Any], value: str) -> None:
@@ -375,30 +406,50 @@ def _description(out: dict[str, Any], value: str) -> None:
         raise _GiveUp  # a third one replaces the summary: order-dependent
 
 
+def _action(fields: dict[tuple[str, str], str], tag: Any) -> str:
+    """What the child element with this tag is to _fields (see _ACTIONS)."""
+    key = _split(tag)
+    name = fields.get(key)
+    if name is not None:
+        return name
+    if key[0] == "#":
+        return _SKIP
+    if key in _IGNORED:
+        return _IGNORE
+    if key[0] == "" or key[0].lower() in _KNOWN_NS or key[0] == RSS1:
+        return _GIVE_UP  # feedparser may map it onto a field we read
+    return _SKIP  # an unknown namespace: feedparser stores it apart
+
+
 def _fields(
     el: Any, fields: dict[tuple[str, str], str], base: str, *, atom: bool
 ) -> dict[str, Any]:
     """The fields feedparser would set on one entry, in document order."""
     out: dict[str, Any] = {}
     seen: set[str] = set()
+    actions = _ACTIONS[id(fields)]
     for child in el:
-        key = _split(child.tag)
-        if key[0] == "#":
-            continue
-        name = fields.get(key)
+        tag = child.tag
+        name = actions.get(tag)
         if name is None:
-            if key in _IGNORED:
-                allowed = _HARMLESS_CHILDREN.get(key, frozenset())
-                for c in child.iterdescendants():
-                    inner = _split(c.tag)
-                    if inner not in allowed:
-                        raise _GiveUp  # e.g. an <image> inside a <category>: feedparser reads it
-                    if inner == (MEDIA, "description") and not atom:
-                        _description(out, _markup(c, atom=False))
-                continue
-            if key[0] == "" or key[0].lower() in _KNOWN_NS or key[0] == RSS1:
-                raise _GiveUp  # feedparser may map it onto a field we read
-            continue  # an unknown namespace: feedparser stores it apart
+            name = _action(fields, tag)
+            if len(actions) < _KEYS_MAX:
+                actions[tag] = name
+        if name == _SKIP:
+            continue
+        if name == _IGNORE:
+            if not len(child):
+                continue  # most often: nothing inside
+            allowed = _HARMLESS_CHILDREN.get(_split(tag), frozenset())
+            for c in child.iterdescendants():
+                inner = _split(c.tag)
+                if inner not in allowed:
+                    raise _GiveUp  # e.g. an <image> inside a <category>: feedparser reads it
+                if inner == (MEDIA, "description") and not atom:
+                    _description(out, _markup(c, atom=False))
+            continue
+        if name == _GIVE_UP:
+            raise _GiveUp
         if name == "atomlink":
             _atom_link(child, out, base)
             continue
@@ -408,15 +459,18 @@ def _fields(
         if name in seen:
             raise _GiveUp  # feedparser's handling of duplicates is order-dependent
         seen.add(name)
-        if name in ("title", "summary", "content"):
-            value = _xml_content(child) if atom and name == "content" else None
-            value = _markup(child, atom=atom) if value is None else value
-            if name == "content":
-                out.setdefault("contents", []).append(value)
-            else:
-                out[name] = value
+        if name == "title" or name == "summary":
+            out[name] = _markup(child, atom=atom)
             continue
-        value = _text(child)
+        if name == "content":
+            value = _xml_content(child) if atom else None
+            out.setdefault("contents", []).append(
+                _markup(child, atom=atom) if value is None else value
+            )
+            continue
+        if len(child):
+            raise _GiveUp  # markup as child elements: feedparser serialises it its own way
+        value = (child.text or "").strip()
         if name == "link":
             # an empty <link/> is an empty link to feedparser, whatever the base
             out["link"] = _join(base, value) if value else ""
@@ -427,62 +481,77 @@ def _fields(
             out["id"] = value
             if is_link:
                 out.setdefault("link", value)
-        elif name in ("published", "updated"):
-            out[name + "_parsed"] = _date(value) if value else None
+        elif name == "published" or name == "updated":
+            out[name] = value  # read by _published: the second only if the first does not
         elif name == "language":
             out["language"] = value
     return out
 
 
 _DATE_ERRORS = (KeyError, OverflowError, ValueError, AttributeError)  # what _parse_date skips
-# The common shapes, read here as feedparser's RFC 822 and W3DTF handlers read them: a
-# day name, day, month, four-digit year, time with seconds, and a numeric or named zone;
-# W3DTF with seconds (a fraction is dropped) and Z or a +hh:mm offset.
+# The common shapes, read here as feedparser's RFC 822 and W3DTF handlers read them: an
+# optional day name, day, month, four-digit year, time with seconds, and a numeric or
+# named zone; W3DTF with seconds (a fraction is dropped) and Z or a +hh:mm offset.
 _RFC822 = re.compile(
-    r"(?:mon|tue|wed|thu|fri|sat|sun), (\d\d?) ([a-z]{3}) (\d{4}) (\d\d):(\d\d):(\d\d)"
-    r" (?:([+-])(\d\d)(\d\d)|([a-z]{1,4}))",
+    r"(?:(?:mon|tue|wed|thu|fri|sat|sun), )?(\d\d?) ([a-z]{3}) (\d{4}) (\d\d):(\d\d):(\d\d)"
+    r" (?:([+-]\d{4})|([a-z]{1,4}))",
     re.IGNORECASE,
 )
 _W3DTF = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)t(\d\d):(\d\d):(\d\d)(?:\.\d+)?(?:z|([+-])(\d\d):(\d\d))",
+    r"(\d{4})-(\d\d)-(\d\d)t(\d\d):(\d\d):(\d\d)(?:\.\d+)?(?:z|([+-]\d\d:\d\d))",
     re.IGNORECASE,
 )
 
-_ZONES: dict[str, int] = dict(rfc822_zones)  # hours east of UTC; unknown names are UTC
+_NO_OFFSET = timedelta()
+# east of UTC; unknown names are UTC
+_ZONES: dict[str, timedelta] = {k: timedelta(hours=v) for k, v in rfc822_zones.items()}
+_OFFSETS: dict[str, timedelta] = {}  # "+0530" or "+05:30" -> its offset, filled on demand
+
+
+def _offset(value: str) -> timedelta:
+    offset = _OFFSETS.get(value)
+    if offset is None:
+        offset = timedelta(hours=int(value[1:3]), minutes=int(value[-2:]))
+        offset = -offset if value[0] == "-" else offset
+        if len(_OFFSETS) < 4096:  # at most 2 x 100 x 100 spellings reach here anyway
+            _OFFSETS[value] = offset
+    return offset
 
 
 def _date(value: str) -> datetime | None:
     """What parse._published makes of feedparser's `_parse_date(value)`, faster.
 
     The common shapes are read by one regex each; anything else goes to feedparser's
-    own handlers. Its first is W3DTF, which reads no date that starts with a letter,
-    and RFC 822 its second: so one of the two gives _parse_date's answer, or it is
-    asked itself. A test holds both ways to the same instants.
+    own handlers. Its first is W3DTF, which reads no date that does not start with
+    four digits, and RFC 822 its second: so one of the two gives _parse_date's answer,
+    or it is asked itself. A test holds both ways to the same instants.
     """
     m = _RFC822.fullmatch(value)
     if m is not None:
-        month = _MONTHS.get(m[2].lower())
-        zone = (m[10] or "").lower()
-        if month is not None and not (zone.startswith("gmt") and zone != "gmt"):
-            if m[7]:
-                offset = timedelta(hours=int(m[8]), minutes=int(m[9]))
-                offset = -offset if m[7] == "-" else offset
-            else:
-                offset = timedelta(hours=_ZONES.get(zone, 0))
-            fields = [int(m[3]), month, int(m[1]), int(m[4]), int(m[5]), int(m[6])]
-            return _utc(fields, offset, value)
+        day, name, year, hour, minute, second, numeric, zone = m.groups()
+        month = _MONTHS.get(name.lower())
+        if numeric is not None:
+            offset: timedelta | None = _offset(numeric)
+        else:
+            zone = zone.lower()
+            gmt_plus = zone.startswith("gmt") and zone != "gmt"  # feedparser reads "gmt+1"
+            offset = None if gmt_plus else _ZONES.get(zone, _NO_OFFSET)
+        if month is not None and offset is not None:
+            return _utc(int(year), month, int(day), int(hour), int(minute), int(second), offset,
+                        value)  # fmt: skip
     m = _W3DTF.fullmatch(value)
     if m is not None:
-        offset = timedelta()
-        if m[7]:
-            offset = timedelta(hours=int(m[8]), minutes=int(m[9]))
-            offset = -offset if m[7] == "-" else offset
-        return _utc([int(m[i]) for i in range(1, 7)], offset, value)
+        year, month_, day, hour, minute, second, numeric = m.groups()
+        offset = _NO_OFFSET if numeric is None else _offset(numeric)
+        return _utc(int(year), int(month_), int(day), int(hour), int(minute), int(second),
+                    offset, value)  # fmt: skip
     return _slow_date(value)
 
 
-def _utc(fields: list[int], offset: timedelta, value: str) -> datetime | None:
-    year, month, day, hour, minute, second = fields
+def _utc(
+    year: int, month: int, day: int, hour: int, minute: int, second: int, offset: timedelta,
+    value: str,
+) -> datetime | None:  # fmt: skip
     if not 1900 <= year <= 2200:
         return _slow_date(value)  # near the ends of time, feedparser's own arithmetic decides
     try:

@@ -6,8 +6,8 @@ The status policy lives in one function (`Fetcher.fetch`): 200 gives a body,
 reason. Redirects are followed by hand (bounded), so every hop's address is
 checked: private, loopback and link-local addresses are refused unless the
 config allows their network. The body is read through a size cap while
-streaming, and gzip/deflate are decoded here, incrementally and under the same
-cap, so a decompression bomb is cut off at the cap, not after.
+streaming, and gzip, deflate and brotli are decoded here, incrementally and under
+the same cap, so a decompression bomb is cut off at the cap, not after.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ ACCEPT = (
     "application/atom+xml, application/rss+xml, application/rdf+xml, application/feed+json, "
     "application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
 )
-ACCEPT_ENCODING = "gzip, deflate"
+ACCEPT_ENCODING = "gzip, deflate, br"
+_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate", "br"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PERMANENT = frozenset({301, 308})
 
@@ -214,11 +215,21 @@ def fetch_session(limits: FetchLimits) -> aiohttp.ClientSession:
     )
 
 
+class _BrokenEncoding(Exception):
+    """A compressed body that does not decode."""
+
+
 class _Decoder:
-    """Incremental gzip/deflate decoding under a size cap and a ratio cap."""
+    """Incremental gzip/deflate/brotli decoding under a size cap and a ratio cap."""
 
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
+        self._br: Any = None
+        if encoding == "br":
+            import brotli  # imported on first use: most feeds are gzip or plain
+
+            self._br = brotli.Decompressor()
+            self._br_error: type[Exception] = brotli.error
         # gzip: wbits 31; deflate: zlib-wrapped (auto-detected with 47), raw as a fallback.
         self._z: Any = zlib.decompressobj(31 if encoding in ("gzip", "x-gzip") else 47)
         self._raw_tried = encoding not in ("deflate",)
@@ -226,19 +237,35 @@ class _Decoder:
 
     def feed(self, chunk: bytes, room: int) -> bytes:
         """Decode a chunk; produce at most room+1 bytes (so a caller can see the cap crossed)."""
+        if self._br is not None:
+            try:
+                # brotli stops growing its output at the limit and keeps the rest of the input
+                return bytes(self._br.process(chunk, output_buffer_limit=room + 1))
+            except self._br_error as exc:
+                raise _BrokenEncoding(str(exc) or "invalid brotli data") from None
         try:
             out = self._z.decompress(chunk, room + 1)
-        except zlib.error:
+        except zlib.error as exc:
             if self._raw_tried or self._seen_any:
-                raise
+                raise _BrokenEncoding(str(exc)) from None
             self._raw_tried = True
             self._z = zlib.decompressobj(-15)
-            out = self._z.decompress(chunk, room + 1)
+            try:
+                out = self._z.decompress(chunk, room + 1)
+            except zlib.error as exc2:
+                raise _BrokenEncoding(str(exc2)) from None
         self._seen_any = True
         return bytes(out)
 
     def flush(self) -> bytes:
-        return bytes(self._z.flush())
+        if self._br is not None:
+            if not self._br.is_finished():
+                raise _BrokenEncoding("truncated brotli stream")
+            return b""
+        try:
+            return bytes(self._z.flush())
+        except zlib.error as exc:
+            raise _BrokenEncoding(str(exc)) from None
 
 
 class Fetcher:
@@ -317,7 +344,7 @@ class Fetcher:
                 f"cannot connect: {exc.os_error.strerror or exc}",
                 source_id=source_id,
             ) from None
-        except zlib.error as exc:
+        except _BrokenEncoding as exc:
             raise FetchError(
                 FetchReason.DECODING, f"broken compressed body: {exc}", source_id=source_id
             ) from None
@@ -433,7 +460,7 @@ class Fetcher:
             )
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         decoder: _Decoder | None = None
-        if encoding in ("gzip", "x-gzip", "deflate"):
+        if encoding in _ENCODINGS:
             decoder = _Decoder(encoding)
         elif encoding not in ("identity", ""):
             raise FetchError(

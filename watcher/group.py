@@ -370,6 +370,50 @@ def throttled_until(
     return window[-max_per_hour] + THROTTLE_WINDOW
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """Open notices of one receiver's stream: how many, and when the oldest arrived."""
+
+    receiver: str
+    stream: str  # IMMEDIATE ('') or a digest subscription id
+    count: int
+    oldest: datetime
+
+
+async def waiting_notices(store: Store) -> list[Waiting]:
+    """Every stream's open notices (for /metrics: a digest that never fires shows here)."""
+    n = notices
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(n.c.receiver, n.c.stream, func.count(), func.min(n.c.created_at))
+            .where(n.c.delivery_id.is_(None))
+            .group_by(n.c.receiver, n.c.stream)
+            .order_by(n.c.receiver, n.c.stream)
+        )
+        return [Waiting(str(r[0]), str(r[1]), int(r[2]), r[3]) for r in rows]
+
+
+async def throttled_receivers(
+    store: Store, policies: Mapping[str, ReceiverPolicy], now: datetime
+) -> dict[str, datetime]:
+    """Receivers at their `max_per_hour` now, and when they may be sent to again."""
+    capped = {r: p.max_per_hour for r, p in policies.items() if p.max_per_hour is not None}
+    if not capped:
+        return {}
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(receiver_throttle.c.receiver, receiver_throttle.c.recent).where(
+                receiver_throttle.c.receiver.in_(sorted(capped))
+            )
+        )
+        out = {}
+        for r in rows:
+            until = throttled_until(_times(r.recent), capped[str(r.receiver)], now)
+            if until is not None and until > now:
+                out[str(r.receiver)] = until
+        return out
+
+
 class Grouper:
     """Seals each receiver's due notices into one notification, within its throttle.
 

@@ -32,6 +32,25 @@ class Metrics:
             ["receiver"],
             registry=r,
         )
+        self.notices_waiting = Gauge(
+            "watcher_notices_waiting",
+            "Alert notices waiting to be sent, by receiver and stream "
+            "('immediate': grouping or throttle; else the digest subscription)",
+            ["receiver", "stream"],
+            registry=r,
+        )
+        self.notices_oldest = Gauge(
+            "watcher_notices_oldest_age_seconds",
+            "Age of the oldest waiting notice, by receiver and stream",
+            ["receiver", "stream"],
+            registry=r,
+        )
+        self.throttled = Gauge(
+            "watcher_receiver_throttled",
+            "1 while a receiver is at its max_per_hour (alerts wait for the next slot)",
+            ["receiver"],
+            registry=r,
+        )
         self.rules_loaded = Gauge("watcher_rules_loaded", "Rules currently active", registry=r)
         self.rule_reloads = Counter(
             "watcher_rule_reloads",

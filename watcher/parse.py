@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,11 +29,46 @@ from watcher.text import html_to_text, normalize
 _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"})
 
 
+# An absolute http(s) URL as urlsplit splits it (netloc, path, query; the fragment dropped)
+# when it holds nothing urlsplit removes or checks: no tab, CR or LF, no IPv6 brackets.
+_HTTP_URL = re.compile(
+    r"(?i:https?)://([^/?#\[\]\t\r\n]+)(/[^?#\t\r\n]*)?(?:\?([^#\t\r\n]*))?(?:#.*)?", re.S
+)
+
+
+# A query parse_qsl and urlencode give back as it is: name=value pairs of characters
+# neither quotes nor unquotes; with none of the tracking names, it is its own clean form.
+_PLAIN_QUERY = re.compile(r"[\w.~-]+=[\w.~-]*(?:&[\w.~-]+=[\w.~-]*)*", re.ASCII)
+_TRACKING_NAME = re.compile(
+    r"(?:^|&)(?:utm_|(?:" + "|".join(sorted(_TRACKING_PARAMS)) + ")=)", re.IGNORECASE
+)
+
+
+def _clean_query(query: str) -> str:
+    if _PLAIN_QUERY.fullmatch(query) and not _TRACKING_NAME.search(query):
+        return query
+    return urlencode(
+        [
+            (k, v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+            if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
+        ]
+    )
+
+
 def canonical_url(url: str, base: str = "") -> str:
     """Absolute http(s) URL without fragment and tracking parameters; '' if not http(s)."""
     url = url.strip()
     if not url:
         return ""
+    # the common case, an absolute http(s) URL: urlsplit's split by one regex (a property
+    # test holds this to the general way below)
+    m = _HTTP_URL.fullmatch(url) if ";" not in url else None
+    if m is not None and m[1].isascii():
+        netloc, path, query = m.groups()
+        query = _clean_query(query) if query else ""
+        scheme = "https://" if url[4] in "sS" else "http://"
+        return f"{scheme}{netloc.lower()}{path or '/'}{'?' if query else ''}{query}"
     try:
         # urljoin leaves an absolute http(s) URL as it is, up to what the canonical form
         # rebuilds anyway (a ";" is where its round trip could differ): skip it then
@@ -46,15 +82,8 @@ def canonical_url(url: str, base: str = "") -> str:
         return ""
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return ""
-    query = ""
-    if parts.query:  # most links have none: no parse_qsl/urlencode round trip then
-        query = urlencode(
-            [
-                (k, v)
-                for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
-            ]
-        )
+    # most links have no query: no parse_qsl/urlencode round trip then
+    query = _clean_query(parts.query) if parts.query else ""
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
 
 

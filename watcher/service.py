@@ -25,7 +25,13 @@ from watcher import constants
 from watcher.config import Config
 from watcher.digest import Digester
 from watcher.fetch import fetch_session, limits_from_config
-from watcher.group import Dispatcher, Grouper, receiver_policies
+from watcher.group import (
+    Dispatcher,
+    Grouper,
+    receiver_policies,
+    throttled_receivers,
+    waiting_notices,
+)
 from watcher.health import HealthMonitor
 from watcher.metrics import Metrics
 from watcher.models import Clock, utc_now
@@ -219,6 +225,10 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             clock=clock,
             rng=random.Random(),
         )
+    try:
+        await digester.adopt_orphans()  # before grouping starts: its first pass sends them
+    except Exception:  # a store outage must not stop start-up; the next start retries
+        logger.exception("digests: re-routing notices of removed subscriptions failed")
     task = asyncio.create_task(worker.run_forever(), name="outbox-worker")
     grouping = asyncio.create_task(grouper.run_forever(), name="grouper")
     yield
@@ -373,13 +383,25 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
     m = app[METRICS]
-    with contextlib.suppress(Exception):
+    try:
         m.outbox.clear()
         for (receiver, state, reason), n in (await app[STORE].delivery_counts()).items():
             m.outbox.labels(receiver, state, reason).set(n)
         worker = app[WORKER]
         for rc in app[CONFIG].receivers:
             m.breaker_open.labels(rc.id).set(1 if worker.breaker_state(rc.id) == "open" else 0)
+        now = app[CLOCK]()
+        m.notices_waiting.clear()
+        m.notices_oldest.clear()
+        for w in await waiting_notices(app[STORE]):
+            stream = w.stream or "immediate"
+            m.notices_waiting.labels(w.receiver, stream).set(w.count)
+            m.notices_oldest.labels(w.receiver, stream).set((now - w.oldest).total_seconds())
+        throttled = await throttled_receivers(app[STORE], receiver_policies(app[CONFIG]), now)
+        for rc in app[CONFIG].receivers:
+            m.throttled.labels(rc.id).set(1 if rc.id in throttled else 0)
+    except Exception:  # a store outage: serve the in-process metrics anyway
+        logger.exception("metrics: reading the store's gauges failed")
     return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import cache
 from html import unescape
 from html.parser import HTMLParser
 from itertools import repeat
@@ -83,7 +84,7 @@ def _simple_html_to_text(html: str) -> str | None:
     # split() yields: text, slash, name, attrs, selfclose, text, ...
     texts = parts[0::5]
     names = list(map(str.lower, parts[2::5]))
-    if not _SPECIAL.isdisjoint(names):
+    if not _SPECIAL.isdisjoint(names) and not _only_empty_iframes(parts, names):
         return None
     # every "<" opens a tag the regex read, unless an attribute value holds one
     if html.count("<") != len(names) and any("<" in text for text in texts):
@@ -99,7 +100,55 @@ def _simple_html_to_text(html: str) -> str | None:
     # entity name holds a NUL (and the input has none), so each piece reads as it would
     # unescaped on its own.
     out[1::2] = map(_BLOCK_BREAK.get, names, repeat("\x00"))
-    return collapse_whitespace(unescape("".join(out)).replace("\x00", ""))
+    return collapse_whitespace(fast_unescape("".join(out)).replace("\x00", ""))
+
+
+# html.unescape's own pattern (CPython's html._charref): one character reference each.
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+
+
+class _CharRefs(dict[str, str]):
+    """A reference (without its "&") -> what html.unescape makes of it, filled on demand.
+
+    Each match of _CHARREF is replaced on its own, by the rule its text alone decides,
+    so unescaping it alone gives the same replacement.
+    """
+
+    def __missing__(self, ref: str) -> str:
+        value = unescape("&" + ref)
+        if len(self) < 4096:  # a hostile feed's made-up references cannot grow it past this
+            self[ref] = value
+        return value
+
+
+_CHAR_REFS = _CharRefs()
+
+
+def fast_unescape(text: str) -> str:
+    """`html.unescape`, with its per-reference Python callback replaced by a dict lookup."""
+    if "&" not in text:
+        return text
+    parts = _CHARREF.split(text)  # text, reference, text, reference, ..., text
+    parts[1::2] = map(_CHAR_REFS.__getitem__, parts[1::2])
+    return "".join(parts)
+
+
+def _only_empty_iframes(parts: list[str], names: list[str]) -> bool:
+    """True when the special tags are only iframes with nothing between their start
+    and end tags (video embeds): what they skip is nothing, and, not being block
+    tags, they add nothing either."""
+    if not {"iframe"}.issuperset(_SPECIAL.intersection(names)):
+        return False
+    open_at = -1  # an iframe start tag, the one before this
+    for i, name in enumerate(names):
+        if open_at >= 0:
+            # the next tag must be its end tag, with no text between
+            if name != "iframe" or not parts[5 * i + 1] or parts[5 * i]:
+                return False
+            open_at = -1
+        elif name == "iframe" and not parts[5 * i + 1] and not parts[5 * i + 4]:
+            open_at = i  # a start tag: <iframe/> and a stray </iframe> skip nothing
+    return open_at < 0
 
 
 def html_to_text(html: str) -> str:
@@ -128,10 +177,53 @@ def _is_diacritic(ch: str) -> bool:
 _DIACRITICS = re.compile("[\u0300-\u036f]")  # the same range as _is_diacritic
 
 
+@cache
+def _accented() -> re.Pattern[str]:
+    """A character that is a diacritic or whose canonical decomposition holds one.
+
+    Built once, on first use, from this Python's own Unicode database; a test checks
+    that no character from U+3000 on needs it (none does up to Unicode 15.1).
+    """
+    codes = [
+        c for c in range(0x80, 0x3000) if _DIACRITICS.search(unicodedata.normalize("NFD", chr(c)))
+    ]
+    runs: list[list[int]] = []  # [first, last] code point of each run of consecutive ones
+    for c in codes:
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in runs) + "]")
+
+
+# Fullwidth ASCII, the ideographic space and the ellipsis, the compatibility characters of
+# most CJK text: each one's NFKC decomposition is the ASCII it is mapped to here.
+_WIDE = re.compile("[\uff01-\uff5e\u3000\u2026]")
+_WIDE_ASCII = {chr(c + 0xFEE0): chr(c) for c in range(0x21, 0x7F)}
+_WIDE_ASCII |= {"\u3000": " ", "\u2026": "..."}
+
+
+def _nfkc(text: str) -> str:
+    """unicodedata.normalize("NFKC", text), faster on text whose only compatibility
+    characters are _WIDE's: NFKC decomposes each character on its own, so replacing
+    some by their decompositions first changes nothing, and if what is left is NFKC
+    already, it is the answer."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    simpler = _WIDE.sub(lambda m: _WIDE_ASCII[m[0]], text)
+    if simpler is not text and unicodedata.is_normalized("NFKC", simpler):
+        return simpler
+    return unicodedata.normalize("NFKC", simpler)
+
+
 def normalize(text: str) -> str:
     """NFKC, case-folded, accents folded: the form rules and texts are compared in."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    folded = _nfkc(text).casefold()
     if folded.isascii():
+        return folded
+    # Nothing to fold (most CJK text): the decomposition below would hold no diacritic,
+    # and recomposing it gives NFC(folded), which is folded itself when that is NFC.
+    if unicodedata.is_normalized("NFC", folded) and not _accented().search(folded):
         return folded
     decomposed = unicodedata.normalize("NFD", folded)
     return unicodedata.normalize("NFC", _DIACRITICS.sub("", decomposed))
