@@ -168,3 +168,27 @@ async def test_poll_state_is_recorded(store: Store) -> None:
     await store.sync_sources([("s1", "http://x/moved")])
     state = await store.source_state("s1")
     assert state is not None and state.url == "http://x/moved" and state.items_seen == 3
+
+
+async def test_poll_states_and_unchanged_polls_in_batches(store: Store, clock: FakeClock) -> None:
+    await store.sync_sources([("s1", "http://x/a"), ("s2", "http://x/b"), ("s3", "http://x/c")])
+    await store.record_moved("s2", "http://x/moved")
+    await store.record_poll_error("s1", reason="timeout", error="slow", next_poll_at=None)
+    async with store.transaction() as tx:
+        await tx.record_poll(
+            "s3", etag='"e"', last_modified="lm", body_hash="h", new_items=1, next_poll_at=None
+        )
+    s1, s2, missing, s3 = await store.poll_states(["s1", "s2", "nope", "s3"])
+    assert missing is None and s1 is not None and s2 is not None and s3 is not None
+    assert (s1.poll_url, s1.error_count, s1.active) == ("http://x/a", 1, True)
+    assert s2.poll_url == "http://x/moved"
+    assert (s3.etag, s3.last_modified, s3.body_hash) == ('"e"', "lm", "h")
+    # one save for the batch: errors reset, next poll counted from the save
+    await store.record_polls_unchanged([("s1", 600.0), ("s2", 600.0), ("s3", 30.0)])
+    for source_id, delay_s in (("s1", 600), ("s2", 600), ("s3", 30)):
+        state = await store.source_state(source_id)
+        assert state is not None and state.last_polled_at == clock()
+        assert state.last_success_at == clock() and state.error_count == 0
+        assert state.last_error is None
+        assert state.next_poll_at is not None
+        assert (state.next_poll_at - clock()).total_seconds() == delay_s

@@ -34,6 +34,10 @@ class Batcher(Generic[K, R]):
             async with self._lock:
                 if fut.done():
                     break
+                # let callers that are ready in this turn of the loop join: a store that
+                # answers without a round trip (SQLite on the loop) would otherwise run
+                # batches of one
+                await asyncio.sleep(0)
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:

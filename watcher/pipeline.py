@@ -31,7 +31,7 @@ from watcher.polite import PollPolicy
 from watcher.route import Route, Router
 from watcher.rules import Matcher
 from watcher.silence import list_silences, silenced
-from watcher.store import NewAlert, SourceState, Store
+from watcher.store import NewAlert, PollState, Store
 from watcher.story_store import StoryAssignment, StoryIndex
 
 logger = logging.getLogger(__name__)
@@ -97,10 +97,8 @@ class Pipeline:
         self.on_staged = on_staged
         self.policy = policy or PollPolicy()
         # group commit for the common, cheap case: many polls share one round trip
-        self._states: Batcher[str, SourceState | None] = Batcher(store.source_states)
-        self._unchanged: Batcher[tuple[str, datetime | None], None] = Batcher(
-            store.record_polls_unchanged
-        )
+        self._states: Batcher[str, PollState | None] = Batcher(store.poll_states)
+        self._unchanged: Batcher[tuple[str, float], None] = Batcher(store.record_polls_unchanged)
         # WebSub: told (source id, hub, topic) when a polled feed advertises a hub
         self.on_hub: Callable[[str, str, str], None] | None = None
         self.store = store
@@ -136,7 +134,7 @@ class Pipeline:
             body_hash = hashlib.sha256(result.body).hexdigest() if not result.not_modified else None
             if result.not_modified or (state and body_hash == state.body_hash):
                 delay = self.policy.next_check_s(source.interval_s, fresh_for_s=result.fresh_for_s)
-                await self._unchanged.run((source.id, self.clock() + timedelta(seconds=delay)))
+                await self._unchanged.run((source.id, delay))
                 self._polled["unchanged"].inc()
                 return PollOutcome(
                     source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to

@@ -194,6 +194,30 @@ email_suppressions = Table(
 )
 
 
+# The polls' hot statements, built once (their IN lists expand at execution).
+_POLL_STATES = select(
+    sources.c.id,
+    func.coalesce(sources.c.moved_url, sources.c.url),
+    sources.c.etag,
+    sources.c.last_modified,
+    sources.c.body_hash,
+    sources.c.error_count,
+    sources.c.active,
+).where(sources.c.id.in_(bindparam("ids", expanding=True)))
+_POLLED_UNCHANGED = (
+    update(sources)
+    .where(sources.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        last_polled_at=bindparam("now", type_=UTCDateTime),
+        last_success_at=bindparam("now", type_=UTCDateTime),
+        last_error=None,
+        last_error_reason=None,
+        error_count=0,
+        next_poll_at=bindparam("next_at", type_=UTCDateTime),
+    )
+)
+
+
 @dataclass(frozen=True)
 class SourceState:
     id: str
@@ -215,6 +239,19 @@ class SourceState:
     def poll_url(self) -> str:
         """The URL to poll: where a permanent redirect moved the feed, else the configured one."""
         return self.moved_url or self.url
+
+
+@dataclass(frozen=True, slots=True)
+class PollState:
+    """What a poll reads of its source's row: where to fetch, the validators, the errors."""
+
+    id: str
+    poll_url: str  # where a 301/308 moved the feed, else the configured URL
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    error_count: int
+    active: bool
 
 
 @dataclass(frozen=True)
@@ -427,8 +464,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class _SQLiteOutbox:
-    """SQLite: where the outbox's claims and records run, whole transactions at a time.
+class _SQLiteOnLoop:
+    """SQLite: where short, hot transactions run, whole at a time: the outbox's claims
+    and records, and the polls' batched source-state reads and saves.
 
     Through aiosqlite every statement is several hops to the driver's thread
     and back (cursor, execute, fetch, close), and a thread of our own still
@@ -504,7 +542,7 @@ class Store:
         self._tx_slots = asyncio.Semaphore(
             SQLITE_TRANSACTIONS_IN_FLIGHT if _is_sqlite(url) else 1000
         )
-        self._sqlite_outbox: _SQLiteOutbox | None = None  # SQLite: see _SQLiteOutbox
+        self._sqlite_on_loop: _SQLiteOnLoop | None = None  # SQLite: see _SQLiteOnLoop
 
     @property
     def engine(self) -> AsyncEngine:
@@ -528,21 +566,21 @@ class Store:
         self._engine = engine
         async with engine.begin() as conn:
             await conn.run_sync(upgrade, metadata)
-        if _SQLiteOutbox.usable(self.url):
-            self._sqlite_outbox = _SQLiteOutbox(self.url)
+        if _SQLiteOnLoop.usable(self.url):
+            self._sqlite_on_loop = _SQLiteOnLoop(self.url)
 
     async def close(self) -> None:
-        if self._sqlite_outbox is not None:
-            await self._sqlite_outbox.close()
-            self._sqlite_outbox = None
+        if self._sqlite_on_loop is not None:
+            await self._sqlite_on_loop.close()
+            self._sqlite_on_loop = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
 
-    async def _outbox_tx(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in one transaction: the outbox's claims and records."""
-        if self._sqlite_outbox is not None:
-            return await self._sqlite_outbox.run(fn)
+    async def _loop_tx(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one short transaction (on SQLite: on the loop; see _SQLiteOnLoop)."""
+        if self._sqlite_on_loop is not None:
+            return await self._sqlite_on_loop.run(fn)
         async with self.engine.begin() as conn:
             return await conn.run_sync(fn)
 
@@ -680,32 +718,38 @@ class Store:
             rows = await conn.execute(select(websub_subscriptions))
             return [WebSubRow(**r._asdict()) for r in rows]
 
-    async def source_states(self, source_ids: Sequence[str]) -> list[SourceState | None]:
-        """Many sources' state in one query, aligned with `source_ids`."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(sources).where(sources.c.id.in_(set(source_ids))))
-            by_id = {r.id: SourceState(**r._asdict()) for r in rows}
+    async def poll_states(self, source_ids: Sequence[str]) -> list[PollState | None]:
+        """Many sources' poll state in one query, aligned with `source_ids`.
+
+        Only what a poll reads, no timestamps: per row, that is a fraction of the
+        cost of a whole `SourceState` (parsing its datetimes dominated).
+        """
+        ids = list(set(source_ids))
+
+        def read(conn: Connection) -> dict[str, PollState]:
+            return {r[0]: PollState(*r) for r in conn.execute(_POLL_STATES, {"ids": ids})}
+
+        by_id = await self._loop_tx(read)
         return [by_id.get(i) for i in source_ids]
 
-    async def record_polls_unchanged(
-        self, polls: Sequence[tuple[str, datetime | None]]
-    ) -> list[None]:
-        """Many `record_poll_unchanged` in one transaction: (source id, next poll at)."""
+    async def record_polls_unchanged(self, polls: Sequence[tuple[str, float]]) -> list[None]:
+        """Many `record_poll_unchanged` in one transaction: (source id, seconds to its next poll).
+
+        Sources due again after the same delay share one statement, so a batch is
+        usually one UPDATE, not one per source; every next poll time is counted
+        from the time saved as `last_polled_at`.
+        """
         now = self.clock()
-        stmt = (
-            update(sources)
-            .where(sources.c.id == bindparam("b_id"))
-            .values(
-                last_polled_at=now,
-                last_success_at=now,
-                last_error=None,
-                last_error_reason=None,
-                error_count=0,
-                next_poll_at=bindparam("b_next"),
-            )
-        )
-        async with self.engine.begin() as conn:
-            await conn.execute(stmt, [{"b_id": i, "b_next": n} for i, n in polls])
+        by_delay: dict[float, list[str]] = {}
+        for source_id, delay_s in polls:
+            by_delay.setdefault(delay_s, []).append(source_id)
+
+        def save(conn: Connection) -> None:
+            for delay_s, ids in by_delay.items():
+                next_at = now + timedelta(seconds=delay_s)
+                conn.execute(_POLLED_UNCHANGED, {"ids": ids, "now": now, "next_at": next_at})
+
+        await self._loop_tx(save)
         return [None] * len(polls)
 
     async def record_moved(self, source_id: str, url: str) -> None:
@@ -778,13 +822,13 @@ class Store:
                 out = _group.attach_batches(conn, out)
             return out
 
-        return await self._outbox_tx(claim)
+        return await self._loop_tx(claim)
 
     async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Record a batch of attempts in one transaction, releasing their leases."""
         if outcomes:
             now = self.clock()
-            await self._outbox_tx(lambda conn: _record(conn, outcomes, now))
+            await self._loop_tx(lambda conn: _record(conn, outcomes, now))
 
     async def mark_sent(self, delivery_id: int) -> None:
         await self.record_outcomes([Outcome(delivery_id, "sent")])
