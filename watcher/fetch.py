@@ -225,15 +225,16 @@ class _Decoder:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self._br: Any = None
+        self._seen_any = False
         if encoding == "br":
             import brotli  # imported on first use: most feeds are gzip or plain
 
             self._br = brotli.Decompressor()
             self._br_error: type[Exception] = brotli.error
+            return
         # gzip: wbits 31; deflate: zlib-wrapped (auto-detected with 47), raw as a fallback.
         self._z: Any = zlib.decompressobj(31 if encoding in ("gzip", "x-gzip") else 47)
         self._raw_tried = encoding not in ("deflate",)
-        self._seen_any = False
 
     def feed(self, chunk: bytes, room: int) -> bytes:
         """Decode a chunk; produce at most room+1 bytes (so a caller can see the cap crossed)."""

@@ -393,25 +393,30 @@ async def waiting_notices(store: Store) -> list[Waiting]:
         return [Waiting(str(r[0]), str(r[1]), int(r[2]), r[3]) for r in rows]
 
 
+async def _recent_sends(store: Store, receivers: Sequence[str]) -> dict[str, list[datetime]]:
+    """When each receiver's last notifications were sealed (its throttle window)."""
+    if not receivers:
+        return {}
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(receiver_throttle.c.receiver, receiver_throttle.c.recent).where(
+                receiver_throttle.c.receiver.in_(sorted(receivers))
+            )
+        )
+        return {str(r.receiver): _times(r.recent) for r in rows}
+
+
 async def throttled_receivers(
     store: Store, policies: Mapping[str, ReceiverPolicy], now: datetime
 ) -> dict[str, datetime]:
     """Receivers at their `max_per_hour` now, and when they may be sent to again."""
     capped = {r: p.max_per_hour for r, p in policies.items() if p.max_per_hour is not None}
-    if not capped:
-        return {}
-    async with store.engine.connect() as conn:
-        rows = await conn.execute(
-            select(receiver_throttle.c.receiver, receiver_throttle.c.recent).where(
-                receiver_throttle.c.receiver.in_(sorted(capped))
-            )
-        )
-        out = {}
-        for r in rows:
-            until = throttled_until(_times(r.recent), capped[str(r.receiver)], now)
-            if until is not None and until > now:
-                out[str(r.receiver)] = until
-        return out
+    out = {}
+    for receiver, recent in (await _recent_sends(store, list(capped))).items():
+        until = throttled_until(recent, capped[receiver], now)
+        if until is not None and until > now:
+            out[receiver] = until
+    return out
 
 
 class Grouper:
@@ -527,15 +532,7 @@ class Grouper:
         if not open_:
             return None
         throttled = [r for r, _ in open_ if self.dispatcher.policy(r).max_per_hour is not None]
-        recent: dict[str, list[datetime]] = {}
-        if throttled:
-            async with self.store.engine.connect() as conn:
-                rows = await conn.execute(
-                    select(receiver_throttle.c.receiver, receiver_throttle.c.recent).where(
-                        receiver_throttle.c.receiver.in_(throttled)
-                    )
-                )
-                recent = {str(r.receiver): _times(r.recent) for r in rows}
+        recent = await _recent_sends(self.store, throttled)
         now = self.clock()
         due: list[datetime] = []
         for receiver, first_due in open_:

@@ -397,7 +397,7 @@ async def metrics(request: web.Request) -> web.Response:
             stream = w.stream or "immediate"
             m.notices_waiting.labels(w.receiver, stream).set(w.count)
             m.notices_oldest.labels(w.receiver, stream).set((now - w.oldest).total_seconds())
-        throttled = await throttled_receivers(app[STORE], receiver_policies(app[CONFIG]), now)
+        throttled = await throttled_receivers(app[STORE], app[GROUPER].dispatcher.policies, now)
         for rc in app[CONFIG].receivers:
             m.throttled.labels(rc.id).set(1 if rc.id in throttled else 0)
     except Exception:  # a store outage: serve the in-process metrics anyway
