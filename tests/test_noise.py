@@ -8,6 +8,7 @@ or the real PostgreSQL. Time is an injected clock that the tests move: no sleeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
@@ -169,6 +171,48 @@ def text_of(msg: EmailMessage) -> str:
 
 def feed(feed_server: FeedServer, path: str, *items: tuple[str, str, str]) -> None:
     feed_server.routes[path] = Route(body=rss(*items), etag=False)
+
+
+def service_config(
+    tmp_path: Any, feed_url: str, server: WebhookServer, interval_s: int, **receiver: Any
+) -> Config:
+    """`watcher run`'s config for the service tests: one source, one webhook receiver
+    that gets every alert at once and a daily digest."""
+    return Config.model_validate(
+        {
+            "store": {"url": f"sqlite+aiosqlite:///{tmp_path}/w.db"},
+            "polling": {"allow_networks": ["127.0.0.0/8"]},
+            "outbox": {"sweep_interval_s": 0.2},
+            "sources": [{"id": "a", "url": feed_url, "interval_s": interval_s}],
+            "receivers": [hook(server, **receiver)],
+            "subscriptions": [
+                {"receivers": ["hook"]},
+                {"id": "daily", "receivers": ["hook"], "mode": "digest",
+                 "schedule": "0 8 * * *", "timezone": "Europe/Paris"},
+            ],
+        }
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """The service's app started (its loops run) and served on a free loopback port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+async def first_webhook(server: WebhookServer) -> None:
+    """Wait (on the real clock, up to 10 s) for the receiver's first request."""
+    for _ in range(400):
+        if server.received:
+            return
+        await asyncio.sleep(0.025)
 
 
 # ------------------------------------------------------------------ routing
@@ -539,36 +583,15 @@ async def test_alerts_waiting_for_a_removed_digest_are_sent_not_kept(
 async def test_metrics_show_waiting_notices_and_throttled_receivers(
     tmp_path: Any, feed_server: FeedServer, webhook_server: WebhookServer
 ) -> None:
-    from aiohttp import web
-
     from watcher.service import PIPELINE, create_app
 
     feed(feed_server, "/a.rss", *STORIES[:3])
-    config = Config.model_validate(
-        {
-            "store": {"url": f"sqlite+aiosqlite:///{tmp_path}/w.db"},
-            "polling": {"allow_networks": ["127.0.0.0/8"]},
-            "outbox": {"sweep_interval_s": 0.2},
-            "sources": [{"id": "a", "url": feed_server.url("/a.rss"), "interval_s": 3600}],
-            "receivers": [hook(webhook_server, group_wait_s=0, max_per_hour=1)],
-            "subscriptions": [
-                {"receivers": ["hook"]},
-                {"id": "daily", "receivers": ["hook"], "mode": "digest",
-                 "schedule": "0 8 * * *", "timezone": "Europe/Paris"},
-            ],
-        }
-    )  # fmt: skip
+    config = service_config(
+        tmp_path, feed_server.url("/a.rss"), webhook_server, 3600, group_wait_s=0, max_per_hour=1
+    )
     app = create_app(config, matcher())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        for _ in range(400):  # the first poll: 3 alerts in 1 notification, the cap reached
-            if webhook_server.received:
-                break
-            await asyncio.sleep(0.025)
+    async with serving(app) as port:
+        await first_webhook(webhook_server)  # the first poll: 3 alerts in 1, the cap reached
         assert len(json.loads(webhook_server.received[0][1])["alerts"]) == 3
         feed(feed_server, "/a.rss", *STORIES[:5])
         assert len((await app[PIPELINE].poll(config.sources[0])).alerts) == 2  # they wait
@@ -584,8 +607,6 @@ async def test_metrics_show_waiting_notices_and_throttled_receivers(
         age = float(lines['watcher_notices_oldest_age_seconds{receiver="hook",stream="daily"}'])
         assert 0 <= age < 60
         assert float(lines['watcher_receiver_throttled{receiver="hook"}']) == 1
-    finally:
-        await runner.cleanup()
 
 
 async def test_digest_schedule_follows_the_time_zone_and_the_scheduler_job(
@@ -792,33 +813,15 @@ async def test_the_service_runs_the_grouper_and_schedules_digests(
     tmp_path: Any, feed_server: FeedServer, webhook_server: WebhookServer
 ) -> None:
     """`watcher run` wiring, on the real clock: a short group_wait, then one notification."""
-    from aiohttp import web
-
     from watcher.service import SCHEDULER, create_app
 
     feed(feed_server, "/a.rss", *STORIES[:2])
-    config = Config.model_validate(
-        {
-            "store": {"url": f"sqlite+aiosqlite:///{tmp_path}/w.db"},
-            "polling": {"allow_networks": ["127.0.0.0/8"]},
-            "outbox": {"sweep_interval_s": 0.2},
-            "sources": [{"id": "a", "url": feed_server.url("/a.rss"), "interval_s": 10}],
-            "receivers": [hook(webhook_server, group_wait_s=0.3)],
-            "subscriptions": [
-                {"receivers": ["hook"]},
-                {"id": "daily", "receivers": ["hook"], "mode": "digest",
-                 "schedule": "0 8 * * *", "timezone": "Europe/Paris"},
-            ],
-        }
-    )  # fmt: skip
+    config = service_config(
+        tmp_path, feed_server.url("/a.rss"), webhook_server, 10, group_wait_s=0.3
+    )
     app = create_app(config, matcher())
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        for _ in range(400):
-            if webhook_server.received:
-                break
-            await asyncio.sleep(0.025)
+    async with serving(app):
+        await first_webhook(webhook_server)
         [(_, body)] = webhook_server.received
         assert [a["item"]["title"] for a in json.loads(body)["alerts"]] == [
             STORIES[0][1],
@@ -826,5 +829,3 @@ async def test_the_service_runs_the_grouper_and_schedules_digests(
         ]
         job = app[SCHEDULER].get_job("digest:daily")
         assert job is not None and str(job.trigger.timezone) == "Europe/Paris"
-    finally:
-        await runner.cleanup()

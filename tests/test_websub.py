@@ -98,15 +98,26 @@ async def test_subscribe_verify_push_and_renew(
         await store.sync_sources((s.id, str(s.url)) for s in config.sources)
         rules, _ = load_rules([RULES])
         matcher = Matcher(rules)
-        pipeline = build_pipeline(
-            config, store=store, session=session, matcher=lambda: matcher, metrics=Metrics(),
-            clock=clock,
-        )  # fmt: skip
-        websub = holder["w"] = WebSub(
-            config=config, pipeline=pipeline, session=session, clock=clock, rng=random.Random(6)
-        )
+
+        def start(seed: int) -> WebSub:
+            """The pipeline and WebSub as `watcher run` wires them; a restart makes new ones."""
+            pipeline = build_pipeline(
+                config, store=store, session=session, matcher=lambda: matcher,
+                metrics=Metrics(), clock=clock,
+            )  # fmt: skip
+            holder["w"] = WebSub(
+                config=config, pipeline=pipeline, session=session, clock=clock,
+                rng=random.Random(seed),
+            )  # fmt: skip
+            return holder["w"]
+
+        def signed(body: bytes) -> dict[str, str]:
+            sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            return {"X-Hub-Signature": sig, "Content-Type": "application/atom+xml"}
+
+        websub = start(6)
         assert await websub.renew() == 0  # nothing discovered yet
-        await pipeline.poll(config.sources[0])  # the feed advertises its hub
+        await websub.pipeline.poll(config.sources[0])  # the feed advertises its hub
         assert await websub.renew() == 1
         [req] = hub_requests
         assert req["hub.mode"] == "subscribe" and req["hub.topic"] == topic
@@ -128,9 +139,7 @@ async def test_subscribe_verify_push_and_renew(
         pushed = atom(
             f"{hub_base}/hub", topic, ("a2", "China tightens export controls on rare earth magnets")
         )
-        sig = "sha256=" + hmac.new(secret.encode(), pushed, hashlib.sha256).hexdigest()
-        headers = {"X-Hub-Signature": sig, "Content-Type": "application/atom+xml"}
-        async with session.post(callback, data=pushed, headers=headers) as r:
+        async with session.post(callback, data=pushed, headers=signed(pushed)) as r:
             assert r.status == 200 and (await r.json()) == {"items": 1, "new": 1}
         alerts = await store.list_alerts()
         assert [a.rule_id for a in alerts] == ["ree-export-curb"]
@@ -148,17 +157,9 @@ async def test_subscribe_verify_push_and_renew(
         assert secret not in repr(row) and secret not in repr(websub.subs["gov"])
 
         # a restart: a new WebSub, before any poll, accepts pushes signed for the subscription
-        pipeline = build_pipeline(
-            config, store=store, session=session, matcher=lambda: matcher, metrics=Metrics(),
-            clock=clock,
-        )  # fmt: skip
-        websub = holder["w"] = WebSub(
-            config=config, pipeline=pipeline, session=session, clock=clock, rng=random.Random(7)
-        )
+        websub = start(7)
         pushed = atom(f"{hub_base}/hub", topic, ("a4", "Rare earth export licence rules"))
-        sig = "sha256=" + hmac.new(secret.encode(), pushed, hashlib.sha256).hexdigest()
-        headers = {"X-Hub-Signature": sig, "Content-Type": "application/atom+xml"}
-        async with session.post(callback, data=pushed, headers=headers) as r:
+        async with session.post(callback, data=pushed, headers=signed(pushed)) as r:
             assert r.status == 200 and (await r.json()) == {"items": 1, "new": 1}
 
         # lease renewal: nothing due yet, then due within renew_before_s of the end
