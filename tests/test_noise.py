@@ -569,6 +569,10 @@ async def test_alerts_waiting_for_a_removed_digest_are_sent_not_kept(
     try:
         assert await s.digester.adopt_orphans() == 1
         assert "digest subscription 'daily' is no longer configured" in caplog.text
+        assert (
+            "1 waiting alert notice(s) are sent to their receivers now instead (1 already sent)"
+            in caplog.text
+        )
         await s.deliver()
         assert len(webhook_server.received) == 2
         sent = json.loads(webhook_server.received[1][1])

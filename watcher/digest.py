@@ -138,26 +138,25 @@ class Digester:
             }
             moved: list[int] = []
             dropped: list[int] = []
-            seen = set(present)
+            per_stream: dict[str, list[int]] = {}  # stream -> [moved, dropped]
             for r in rows:
                 ident = (r.alert_id, str(r.receiver), str(r.kind))
-                (dropped if ident in seen else moved).append(int(r.id))
-                seen.add(ident)
+                sent = ident in present
+                (dropped if sent else moved).append(int(r.id))
+                per_stream.setdefault(str(r.stream), [0, 0])[sent] += 1
+                present.add(ident)
             if moved:
                 await conn.execute(
                     update(n).where(n.c.id.in_(moved)).values(stream=IMMEDIATE, due_at=now)
                 )
             if dropped:
                 await conn.execute(delete(n).where(n.c.id.in_(dropped)))
-        moved_ids = set(moved)
-        for stream in sorted({str(r.stream) for r in rows}):
+        for stream, (n_moved, n_dropped) in sorted(per_stream.items()):
             logger.warning(
                 "digest subscription %r is no longer configured: %d waiting alert "
                 "notice(s) are sent to their receivers now instead (%d already sent)",
-                stream,
-                sum(1 for r in rows if r.stream == stream and r.id in moved_ids),
-                sum(1 for r in rows if r.stream == stream and r.id not in moved_ids),
-            )
+                stream, n_moved, n_dropped,
+            )  # fmt: skip
         return len(moved)
 
     async def fire_due(self, only: str | None = None) -> list[DigestRun]:
