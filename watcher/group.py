@@ -43,9 +43,9 @@ from typing import Any
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text, func, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
+from watcher.asyncdb import AsyncConnection
 from watcher.config import Config
 from watcher.errors import StoreError
 from watcher.models import Clock, DeliveryState

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Column, String, Table, Text, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from watcher.asyncdb import AsyncConnection
 from watcher.errors import WatcherError
 from watcher.store import UTCDateTime, _Id, metadata
 

@@ -47,9 +47,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from watcher.asyncdb import AsyncConnection, AsyncEngine, create_async_engine
 from watcher.constants import SQLITE_CACHE_KIB, SQLITE_TRANSACTIONS_IN_FLIGHT
 from watcher.migrate import upgrade
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item

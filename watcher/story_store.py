@@ -79,9 +79,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
+from watcher.asyncdb import AsyncConnection
 from watcher.cluster import Features, features, similarity, vetoed, weigh
 from watcher.models import Item
 from watcher.store import UTCDateTime, _Id, _insert, alerts, items, metadata

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-import jinja2
+import functools
+from typing import TYPE_CHECKING, Any, Protocol
 
 from watcher.store import ClaimedDelivery
 
-_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("watcher", "templates"),
-    autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+if TYPE_CHECKING:
+    import jinja2
+
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    """The templates' environment, built (and jinja2 imported, ~2 MB) at the first render."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("watcher", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
 
 EXCERPT_CHARS = 600
 
@@ -28,7 +37,7 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
 
 
 def render(template: str, **context: Any) -> str:
-    return _ENV.get_template(template).render(**context)
+    return _env().get_template(template).render(**context)
 
 
 class Notifier(Protocol):
