@@ -401,3 +401,50 @@ async def test_a_store_from_before_the_memory_is_upgraded_and_its_stories_found(
     finally:
         await store.close()
     assert copy == first
+
+
+def _others(n: int, t: datetime) -> list[Item]:
+    """`n` unrelated items, one story each (different mines, figures and places)."""
+    return [
+        _item(
+            f"o{i}",
+            f"o{i}",
+            f"Mine {i} output report",
+            f"Mining firm Number{i} Holdings said output at its Site{i} mine rose {100 + i}.5%"
+            f" to {2000 + 7 * i} tonnes in Region{i}, its chief executive Person{i} said.",
+            t + timedelta(minutes=i),
+        )
+        for i in range(n)
+    ]
+
+
+async def test_the_memory_cap_holds_and_an_evicted_story_is_joined_through_the_store(
+    store: Store, clock: FakeClock
+) -> None:
+    """Over its cap the memory forgets the oldest stories; a later copy of one, still
+    inside the time window, joins it all the same (the store's candidate index)."""
+    cap = 4
+    index = StoryIndex(memory_items=cap)
+    a, b, c = _copies(clock.now - timedelta(hours=3))
+    [first] = await assign_all(store, [a], index)
+    others = _others(12, clock.now - timedelta(hours=2))
+    keys = []
+    for item in others:
+        keys += await assign_all(store, [item], index)
+        [memory] = index._memories.values()
+        assert len(memory.members) <= cap
+    assert first not in {s.key for s in memory.stories.values()}  # forgotten...
+    [second, other] = await assign_all(store, [b, c], index)
+    assert second == first and other != first  # ...and found again
+    assert len(set(keys)) == 12  # the unrelated ones stayed apart
+
+
+async def test_a_restarted_process_loads_at_most_its_cap(store: Store, clock: FakeClock) -> None:
+    a, b, c = _copies(clock.now - timedelta(hours=3))
+    [first] = await assign_all(store, [a], StoryIndex())
+    await assign_all(store, _others(8, clock.now - timedelta(hours=2)), StoryIndex())
+    restarted = StoryIndex(memory_items=3)
+    [second, other] = await assign_all(store, [b, c], restarted)  # a new process
+    [memory] = restarted._memories.values()
+    assert len(memory.members) <= 3 + 2
+    assert second == first and other != first

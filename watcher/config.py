@@ -335,6 +335,8 @@ class StoriesConfig(_Strict):
 
     window_days: float = Field(default=constants.CLUSTER_WINDOW_S / 86400, gt=0)
     threshold: float = Field(default=constants.CLUSTER_THRESHOLD, gt=0, le=1)
+    # items of the recent past kept in memory to find candidates (older: the store's index)
+    memory_items: int = Field(default=constants.CLUSTER_MEMORY_ITEMS, ge=100)
 
 
 class Config(BaseSettings):

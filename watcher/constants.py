@@ -66,6 +66,9 @@ CLUSTER_MAX_CANDIDATES = 20
 CLUSTER_ITEMS_PER_STORY_COMPARED = 20
 # The cluster stage keeps the stories of this many windows back in memory (see story_store).
 CLUSTER_MEMORY_WINDOWS = 2
+# ... but at most this many items (whole stories, the oldest forgotten first): older
+# stories are found through the store's candidate index (story_store.story_keys).
+CLUSTER_MEMORY_ITEMS = 5_000
 CLUSTER_MIN_SHARED_SPECIFICS = 2  # names, amounts or dates two items must share to merge
 
 # store

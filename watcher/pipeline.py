@@ -319,7 +319,9 @@ def build_pipeline(
         on_enqueued=on_enqueued,
         on_staged=on_staged,
         stories=StoryIndex(
-            window_s=config.stories.window_days * 86400, threshold=config.stories.threshold
+            window_s=config.stories.window_days * 86400,
+            threshold=config.stories.threshold,
+            memory_items=config.stories.memory_items,
         ),
         policy=PollPolicy(
             min_s=p.min_interval_s,

@@ -122,6 +122,16 @@ story_items = Table(
     Index("ix_story_items_version", "version"),
 )
 
+# The candidate index in the store: each item's index keys (what `_Memory.postings` holds
+# for the recent past), so a lookup that reaches back past the memory is an index scan.
+story_keys = Table(
+    "story_keys",
+    metadata,
+    Column("key", String(160), primary_key=True),
+    Column("at", UTCDateTime, primary_key=True),
+    Column("item_id", _Id, ForeignKey("items.id"), primary_key=True),
+)
+
 term_stats = Table(
     "term_stats",
     metadata,
@@ -224,6 +234,7 @@ class _Memory:
         self.head: str | None = None  # the token of the last assignment `version` includes
         self.pending: _Pending | None = None
         self.evicted_at = float("-inf")
+        self.shrunk = False  # `low` was raised to keep under the cap, not by time
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -352,6 +363,29 @@ class _Memory:
         ]
         return min(found, default=None)
 
+    def shrink(self, cap: int) -> None:
+        """Over `cap` members: forget the stories that ended longest ago, down to 90% of it.
+
+        Whole stories go, so the memory still holds every story with an item at or
+        after its (raised) `low`; the store answers for the rest.
+        """
+        if len(self.members) <= cap:
+            return
+        excess = len(self.members) - int(cap * 0.9)
+        ends = sorted(
+            (story.members[-1][0], len(story.members))
+            for story in self.stories.values()
+            if story.members
+        )
+        cutoff = self.low
+        for end, n in ends:
+            cutoff = _just_after(end)
+            excess -= n
+            if excess <= 0:
+                break
+        self.evict(cutoff)
+        self.shrunk = True
+
     def evict(self, cutoff: float) -> None:
         """Forget stories that ended before `cutoff`; the memory then starts there."""
         if cutoff <= self.low:
@@ -360,6 +394,7 @@ class _Memory:
             if story.members and story.members[-1][0] < cutoff:
                 self.drop_story(story.id)
         self.low = cutoff
+        self.shrunk = False
 
 
 _MERGE_POSTINGS_FROM = 16  # new entries for one key from which a load re-sorts its list
@@ -390,6 +425,7 @@ class _Statements:
     insert_stories: Any
     upsert_stories: Any
     insert_items: Any
+    insert_keys: Any
 
 
 _STATEMENTS: dict[str, _Statements] = {}
@@ -424,12 +460,18 @@ def _statements(conn: AsyncConnection) -> _Statements:
             insert_stories=_insert(conn, stories),
             upsert_stories=upsert_stories,
             insert_items=_insert(conn, story_items),
+            insert_keys=_insert(conn, story_keys),
         )
     return built
 
 
 def _at(posix_s: float) -> datetime:
     return datetime.fromtimestamp(posix_s, tz=UTC)
+
+
+def _just_after(posix_s: float) -> float:
+    """The next time the store can hold (microseconds): `_at` of it is exact, and after."""
+    return (_at(posix_s) + timedelta(microseconds=1)).timestamp()
 
 
 def _member(row: Any) -> _Member:
@@ -500,7 +542,9 @@ class StoryIndex:
         *,
         window_s: float = constants.CLUSTER_WINDOW_S,
         threshold: float = constants.CLUSTER_THRESHOLD,
+        memory_items: int = constants.CLUSTER_MEMORY_ITEMS,
     ) -> None:
+        self.memory_items = memory_items
         self.window = timedelta(seconds=window_s)
         self.window_s = float(window_s)
         self.threshold = threshold
@@ -533,15 +577,17 @@ class StoryIndex:
             for n, ((item_id, item), feat, at) in enumerate(zip(batch, feats, ats, strict=True)):
                 vector = weigh(feat.counts, df, docs - len(batch) + n)
                 df.update({k: df.get(k, 0) + 1 for k in feat.counts})
-                out[item_id] = self._assign_one(run, item_id, item, feat, vector, at)
+                out[item_id] = await self._assign_one(conn, run, item_id, item, feat, vector, at)
             await self._write(conn, run, docs)
+            memory.shrink(self.memory_items)
         except BaseException:
             memory.reset()  # half-done: the next assignment reads the store afresh
             raise
         return out
 
-    def _assign_one(
+    async def _assign_one(
         self,
+        conn: AsyncConnection,
         run: _Run,
         item_id: int,
         item: Item,
@@ -553,6 +599,8 @@ class StoryIndex:
         at_s = at.timestamp()
         lo, hi = at_s - self.window_s, at_s + self.window_s
         ranked = _ranked(vector)
+        if lo < memory.low and memory.shrunk:  # the window reaches past what memory holds
+            await self._recall(conn, memory, ranked, item.content_hash, item_id, lo, hi)
         matches = self._matching_stories(memory, vector, feats, ranked, lo, hi)
         # The same content within the window (a syndicated copy, or a Federal
         # Register document and its Public Inspection filing, which share an
@@ -595,8 +643,9 @@ class StoryIndex:
             cues=_cues(*cues),  # as stored, and as read back
             vector=vector,
         )
-        memory.add(member, story, ranked[: constants.CLUSTER_INDEX_KEYS])
-        run.items.append((member, best_sim, at, cues))
+        keys = ranked[: constants.CLUSTER_INDEX_KEYS]
+        memory.add(member, story, keys)
+        run.items.append((member, best_sim, at, cues, keys))
         return StoryAssignment(
             story_id=story.id,
             story_key=story.key,
@@ -706,9 +755,23 @@ class StoryIndex:
         reach_s = now_s - constants.CLUSTER_MEMORY_WINDOWS * self.window_s
         if not memory.loaded or version < memory.version:
             memory.reset()  # first use, or not the history we knew
-            low = _at(reach_s)
+            await self._backfill_keys(conn)
+            low_s, shrunk = reach_s, False
+            # the newest `memory_items` items at most: the store answers for older ones
+            newest = await conn.execute(
+                select(story_items.c.at)
+                .where(story_items.c.at >= _at(reach_s))
+                .order_by(story_items.c.at.desc())
+                .limit(1)
+                .offset(self.memory_items)
+            )
+            oldest_left_out = newest.scalar()
+            if oldest_left_out is not None:
+                low_s, shrunk = _just_after(oldest_left_out.timestamp()), True
+            low = _at(low_s)
             await self._load(conn, memory, lambda t: t.at >= low)
-            memory.loaded, memory.low, memory.evicted_at = True, reach_s, now_s
+            memory.loaded, memory.low, memory.evicted_at = True, low_s, now_s
+            memory.shrunk = shrunk
         elif memory.pending is not None or previous != memory.head:
             # Another process assigned, or our last transaction rolled back: read back
             # every story changed since our version, and the ones we last touched.
@@ -729,10 +792,73 @@ class StoryIndex:
         if now_s - memory.evicted_at > self.window_s:
             memory.evict(reach_s)
             memory.evicted_at = now_s
-        if earliest < memory.low:  # an item older than the memory reaches
+        if earliest < memory.low and not memory.shrunk:  # an item older than memory reaches
             low, high = _at(earliest), _at(memory.low)
             await self._load(conn, memory, lambda t: and_(t.at >= low, t.at < high))
             memory.low = earliest
+        memory.shrink(self.memory_items)
+
+    async def _recall(
+        self,
+        conn: AsyncConnection,
+        memory: _Memory,
+        ranked: list[str],
+        content_hash: str,
+        item_id: int,
+        lo: float,
+        hi: float,
+    ) -> None:
+        """Load the stories that memory no longer holds and a lookup in [lo, hi] may pick.
+
+        Memory holds every story with an item at or after its `low`; a story it lacks
+        has all its items before `low`, so its index hits come from the store alone.
+        The stories the store ranks first (most hits, then the newest: what
+        `_Memory.candidates` ranks by) and the oldest story with the same content are
+        loaded whole; a lookup in memory then picks what it would have picked had
+        memory held everything.
+        """
+        lo_at, hi_at, low_at = _at(lo), _at(hi), _at(memory.low)
+        wanted: set[int] = set()
+        lookup = ranked[: constants.CLUSTER_LOOKUP_KEYS]
+        n = constants.CLUSTER_MAX_CANDIDATES
+        limit = 2 * n
+        while lookup:
+            # Stories memory holds rank here by their older items only: skip them, and
+            # ask for more when they crowd out the first n of the others.
+            rows = (
+                await conn.execute(
+                    _RECALL, {"keys": lookup, "lo": lo_at, "hi": hi_at, "low": low_at, "n": limit}
+                )
+            ).all()
+            others = [int(r.story_id) for r in rows if int(r.story_id) not in memory.stories]
+            if len(others) >= n or len(rows) < limit:
+                wanted.update(others[:n])
+                break
+            limit *= 4
+        same = await conn.execute(
+            _SAME_CONTENT, {"hash": content_hash, "item": item_id, "lo": lo_at, "hi": hi_at}
+        )
+        oldest = same.scalar()
+        if oldest is not None:
+            wanted.add(int(oldest))
+        missing = sorted(wanted - memory.stories.keys())
+        if missing:
+            await self._load(conn, memory, lambda t: t.story_id.in_(missing))
+
+    async def _backfill_keys(self, conn: AsyncConnection) -> None:
+        """Fill the store's candidate index for a store written before it existed."""
+        if (await conn.execute(select(story_keys.c.item_id).limit(1))).first() is not None:
+            return
+        rows = await conn.execute(
+            select(story_items.c.item_id, story_items.c.at, story_items.c.vector)
+        )
+        keys = [
+            {"key": k, "at": r.at, "item_id": r.item_id}
+            for r in rows
+            for k in _ranked(json.loads(r.vector))[: constants.CLUSTER_INDEX_KEYS]
+        ]
+        for chunk in _chunks(keys, 5000):
+            await conn.execute(_statements(conn).insert_keys, list(chunk))
 
     async def _load(
         self, conn: AsyncConnection, memory: _Memory, where: Callable[[Any], ColumnElement[bool]]
@@ -831,9 +957,16 @@ class StoryIndex:
                     "vector": json.dumps(m.vector, separators=(",", ":")),
                     "version": version,
                 }
-                for m, sim, at, cues in run.items
+                for m, sim, at, cues, _ in run.items
             ],
         )
+        index = [
+            {"key": k, "at": at, "item_id": m.item_id}
+            for m, _, at, _, keys in run.items
+            for k in keys
+        ]
+        if index:  # an item with no keys (an empty one) is found by its content alone
+            await conn.execute(_statements(conn).insert_keys, index)
 
     async def _merge_stored(
         self, conn: AsyncConnection, target: _Story, other: _Story, version: int
@@ -873,7 +1006,9 @@ class _Run:
     memory: _Memory
     pending: _Pending
     now: datetime
-    items: list[tuple[_Member, float, datetime, tuple[str, str, str]]] = field(default_factory=list)
+    items: list[tuple[_Member, float, datetime, tuple[str, str, str], list[str]]] = field(
+        default_factory=list
+    )
     created: set[int] = field(default_factory=set)
     absorbed: dict[int, _Story] = field(default_factory=dict)
     merges: list[tuple[_Story, _Story]] = field(default_factory=list)
@@ -893,6 +1028,31 @@ def sources_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, list[str]
             sources.append(source)
     return out
 
+
+_hits = func.count().label("hits")
+_RECALL = (  # built once: runs per item while memory is over its cap
+    select(story_items.c.story_id, _hits)
+    .select_from(story_keys.join(story_items, story_items.c.item_id == story_keys.c.item_id))
+    .where(
+        story_keys.c.key.in_(bindparam("keys", expanding=True)),
+        story_keys.c.at >= bindparam("lo"),
+        story_keys.c.at <= bindparam("hi"),
+        story_keys.c.at < bindparam("low"),
+    )
+    .group_by(story_items.c.story_id)
+    .order_by(_hits.desc(), story_items.c.story_id.desc())
+    .limit(bindparam("n"))
+)
+_SAME_CONTENT = (
+    select(func.min(story_items.c.story_id))
+    .select_from(items.join(story_items, story_items.c.item_id == items.c.id))
+    .where(
+        items.c.content_hash == bindparam("hash"),
+        items.c.id != bindparam("item"),
+        story_items.c.at >= bindparam("lo"),
+        story_items.c.at <= bindparam("hi"),
+    )
+)
 
 _named = stories.alias("named")
 _SOURCES_BY_KEY = (  # built once: the outbox runs it on every claim
