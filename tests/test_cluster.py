@@ -10,6 +10,7 @@ import pytest
 
 from bench.cluster_quality import HELDOUT, labelled_items, pair_scores
 from tests.conftest import SHARED, FakeClock
+from watcher import cluster, constants
 from watcher.cli import main
 from watcher.models import Item
 from watcher.parse import make_item
@@ -448,3 +449,12 @@ async def test_a_restarted_process_loads_at_most_its_cap(store: Store, clock: Fa
     [memory] = restarted._memories.values()
     assert len(memory.members) <= 3 + 2
     assert second == first and other != first
+
+
+def test_the_word_key_caches_are_bounded() -> None:
+    """A stream brings new words for ever: the caches of their keys stay small."""
+    for cached in (cluster._term_key, cluster._entity_key):
+        cached.cache_clear()
+        for i in range(constants.CLUSTER_WORD_CACHE_ENTRIES + 100):
+            cached(f"Word{i}x")
+        assert cached.cache_info().currsize == constants.CLUSTER_WORD_CACHE_ENTRIES <= 8192

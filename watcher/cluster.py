@@ -279,7 +279,7 @@ def features(item: Item) -> Features:
     )
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=constants.CLUSTER_WORD_CACHE_ENTRIES)
 def _entity_key(word: str) -> str | None:
     """The key of one word of a name ("e:vance"), or None for stopwords, digits, initials."""
     w = normalize(word).strip(".'’")
@@ -289,7 +289,7 @@ def _entity_key(word: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=constants.CLUSTER_WORD_CACHE_ENTRIES)
 def _term_key(word: str) -> str | None:
     """A normalised word's stem, or None for short words, stopwords and numbers."""
     w = word.strip("'-").removesuffix("'s").removesuffix("'")
