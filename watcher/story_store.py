@@ -235,6 +235,9 @@ class _Memory:
         self.pending: _Pending | None = None
         self.evicted_at = float("-inf")
         self.shrunk = False  # `low` was raised to keep under the cap, not by time
+        # Bounds on every story memory does not hold: the most items one has, its newest id.
+        self.gone_items = 0
+        self.gone_id = -1
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -328,6 +331,8 @@ class _Memory:
         story = self.stories.get(story_id)
         if story is None:
             return
+        self.gone_items = max(self.gone_items, len(story.members))
+        self.gone_id = max(self.gone_id, story_id)
         for _, item_id in list(story.members):
             self.remove(item_id)
         del self.stories[story_id]
@@ -336,6 +341,17 @@ class _Memory:
 
     def candidates(self, keys: Sequence[str], lo: float, hi: float) -> list[int]:
         """The stories with most index hits among `keys` in [lo, hi] (then the newest)."""
+        return [story_id for story_id, _ in self._candidates(keys, lo, hi)]
+
+    def weakest(self, keys: Sequence[str], lo: float, hi: float) -> tuple[int, int] | None:
+        """(hits, id) of the last story `candidates` picks, when it picks a full set."""
+        chosen = self._candidates(keys, lo, hi)
+        if len(chosen) < constants.CLUSTER_MAX_CANDIDATES:
+            return None
+        least = min(hits for _, hits in chosen)
+        return least, min(story_id for story_id, hits in chosen if hits == least)
+
+    def _candidates(self, keys: Sequence[str], lo: float, hi: float) -> list[tuple[int, int]]:
         found = []
         for k in keys:
             posting = self.postings.get(k)
@@ -345,14 +361,15 @@ class _Memory:
         hits = Counter(chain.from_iterable(found))
         n = constants.CLUSTER_MAX_CANDIDATES
         if len(hits) <= n:
-            return list(hits)
+            return list(hits.items())
         # Most hits first; among the stories tied at the n-th count, the newest.
         ranked = sorted(hits.items(), key=itemgetter(1), reverse=True)
         least = ranked[n - 1][1]
         counts = list(map(neg, map(itemgetter(1), ranked)))
         above = bisect_left(counts, -least)  # stories with more hits than the n-th
         tied = ranked[above : bisect_right(counts, -least)]
-        return [s for s, _ in ranked[:above]] + heapq.nlargest(n - above, map(itemgetter(0), tied))
+        newest = heapq.nlargest(n - above, map(itemgetter(0), tied))
+        return ranked[:above] + [(story_id, least) for story_id in newest]
 
     def same_content(self, content_hash: str, item_id: int, lo: float, hi: float) -> int | None:
         """The oldest story holding an item with this content in [lo, hi]."""
@@ -577,7 +594,9 @@ class StoryIndex:
             for n, ((item_id, item), feat, at) in enumerate(zip(batch, feats, ats, strict=True)):
                 vector = weigh(feat.counts, df, docs - len(batch) + n)
                 df.update({k: df.get(k, 0) + 1 for k in feat.counts})
-                out[item_id] = await self._assign_one(conn, run, item_id, item, feat, vector, at)
+                out[item_id] = await self._assign_one(
+                    conn, run, item_id, item, feat, vector, at, df
+                )
             await self._write(conn, run, docs)
             memory.shrink(self.memory_items)
         except BaseException:
@@ -594,13 +613,14 @@ class StoryIndex:
         feats: Features,
         vector: dict[str, float],
         at: datetime,
+        df: Mapping[str, int],
     ) -> StoryAssignment:
         memory = run.memory
         at_s = at.timestamp()
         lo, hi = at_s - self.window_s, at_s + self.window_s
         ranked = _ranked(vector)
         if lo < memory.low and memory.shrunk:  # the window reaches past what memory holds
-            await self._recall(conn, memory, ranked, item.content_hash, item_id, lo, hi)
+            await self._recall(conn, memory, ranked, df, item.content_hash, item_id, lo, hi)
         matches = self._matching_stories(memory, vector, feats, ranked, lo, hi)
         # The same content within the window (a syndicated copy, or a Federal
         # Register document and its Public Inspection filing, which share an
@@ -772,6 +792,14 @@ class StoryIndex:
             await self._load(conn, memory, lambda t: t.at >= low)
             memory.loaded, memory.low, memory.evicted_at = True, low_s, now_s
             memory.shrunk = shrunk
+            gone = await conn.execute(  # the stories it did not read: what bounds them
+                select(func.max(stories.c.item_count), func.max(stories.c.id)).where(
+                    stories.c.last_at < low
+                )
+            )
+            most, newest_id = gone.one()
+            memory.gone_items = max(memory.gone_items, int(most or 0))
+            memory.gone_id = max(memory.gone_id, int(newest_id if newest_id is not None else -1))
         elif memory.pending is not None or previous != memory.head:
             # Another process assigned, or our last transaction rolled back: read back
             # every story changed since our version, and the ones we last touched.
@@ -803,6 +831,7 @@ class StoryIndex:
         conn: AsyncConnection,
         memory: _Memory,
         ranked: list[str],
+        df: Mapping[str, int],
         content_hash: str,
         item_id: int,
         lo: float,
@@ -822,6 +851,13 @@ class StoryIndex:
         lookup = ranked[: constants.CLUSTER_LOOKUP_KEYS]
         n = constants.CLUSTER_MAX_CANDIDATES
         limit = 2 * n
+        # A story memory lacks has at most `gone_items` hits per key some other document
+        # has (df > 0): when that cannot beat the weakest pick of memory alone, skip asking.
+        weakest = memory.weakest(lookup, lo, hi)
+        if weakest is not None:
+            bound = memory.gone_items * sum(1 for k in lookup if df.get(k, 0) > 0)
+            if bound < weakest[0] or (bound == weakest[0] and memory.gone_id < weakest[1]):
+                lookup = []
         while lookup:
             # Stories memory holds rank here by their older items only: skip them, and
             # ask for more when they crowd out the first n of the others.
