@@ -852,10 +852,11 @@ class StoryIndex:
         n = constants.CLUSTER_MAX_CANDIDATES
         limit = 2 * n
         # A story memory lacks has at most `gone_items` hits per key some other document
-        # has (df > 0): when that cannot beat the weakest pick of memory alone, skip asking.
+        # has (`df` counts this item too): when that cannot beat the weakest pick of
+        # memory alone, the store need not be asked.
         weakest = memory.weakest(lookup, lo, hi)
         if weakest is not None:
-            bound = memory.gone_items * sum(1 for k in lookup if df.get(k, 0) > 0)
+            bound = memory.gone_items * sum(1 for k in lookup if df.get(k, 0) > 1)
             if bound < weakest[0] or (bound == weakest[0] and memory.gone_id < weakest[1]):
                 lookup = []
         while lookup:
