@@ -383,8 +383,9 @@ class _Memory:
     def shrink(self, cap: int) -> None:
         """Over `cap` members: forget the stories that ended longest ago, down to 90% of it.
 
-        Whole stories go, so the memory still holds every story with an item at or
-        after its (raised) `low`; the store answers for the rest.
+        Whole stories go, and every story that ended before the last one to go, so the
+        memory still holds every story with an item at or after its (raised) `low`;
+        the store answers for the rest.
         """
         if len(self.members) <= cap:
             return
@@ -394,13 +395,17 @@ class _Memory:
             for story in self.stories.values()
             if story.members
         )
-        cutoff = self.low
+        last = ends[-1][0]
         for end, n in ends:
-            cutoff = _just_after(end)
+            last = end
             excess -= n
             if excess <= 0:
                 break
-        self.evict(cutoff)
+        cutoff = _just_after(last)
+        for story in list(self.stories.values()):  # `evict`, also below a raised `low`
+            if story.members and story.members[-1][0] < cutoff:
+                self.drop_story(story.id)
+        self.low = max(self.low, cutoff)
         self.shrunk = True
 
     def evict(self, cutoff: float) -> None:
@@ -859,19 +864,27 @@ class StoryIndex:
             bound = memory.gone_items * sum(1 for k in lookup if df.get(k, 0) > 1)
             if bound < weakest[0] or (bound == weakest[0] and memory.gone_id < weakest[1]):
                 lookup = []
+        # Rows come ranked (most hits, then the newest); stories memory holds rank here by
+        # their older items only, and are skipped. Only a story that outranks memory's
+        # weakest pick can be among the n picks.
+        least = (0, -1) if weakest is None else weakest
         while lookup:
-            # Stories memory holds rank here by their older items only: skip them, and
-            # ask for more when they crowd out the first n of the others.
             rows = (
                 await conn.execute(
                     _RECALL, {"keys": lookup, "lo": lo_at, "hi": hi_at, "low": low_at, "n": limit}
                 )
             ).all()
-            others = [int(r.story_id) for r in rows if int(r.story_id) not in memory.stories]
-            if len(others) >= n or len(rows) < limit:
-                wanted.update(others[:n])
-                break
-            limit *= 4
+            for r in rows:
+                story_id, hits = int(r.story_id), int(r.hits)
+                if (hits, story_id) <= least or len(wanted) == n:
+                    lookup = []
+                    break
+                if story_id not in memory.stories:
+                    wanted.add(story_id)
+            else:
+                if len(rows) < limit:
+                    break
+                limit *= 4
         same = await conn.execute(
             _SAME_CONTENT, {"hash": content_hash, "item": item_id, "lo": lo_at, "hi": hi_at}
         )
