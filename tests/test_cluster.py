@@ -458,3 +458,18 @@ def test_the_word_key_caches_are_bounded() -> None:
         for i in range(constants.CLUSTER_WORD_CACHE_ENTRIES + 100):
             cached(f"Word{i}x")
         assert cached.cache_info().currsize == constants.CLUSTER_WORD_CACHE_ENTRIES <= 8192
+
+
+async def test_the_memory_cap_holds_when_items_share_one_time(
+    store: Store, clock: FakeClock
+) -> None:
+    """A feed that stamps every item alike: forgetting by time must still get under the cap."""
+    index = StoryIndex(memory_items=5)
+    at = clock.now - timedelta(hours=1)
+    keys = []
+    for item in _others(15, at):
+        item = item.model_copy(update={"published": at})
+        keys += await assign_all(store, [item], index)
+        [memory] = index._memories.values()
+        assert len(memory.members) <= 5
+    assert len(set(keys)) == 15
