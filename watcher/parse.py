@@ -24,7 +24,7 @@ from watcher.errors import ParseError
 from watcher.fastparse import fast_parse
 from watcher.federal_register import is_federal_register, items_from_api
 from watcher.models import Item
-from watcher.text import html_to_text, normalize
+from watcher.text import fold_utf8, html_to_text
 
 _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"})
 
@@ -87,13 +87,11 @@ def canonical_url(url: str, base: str = "") -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
 
 
-def _fold(text: str) -> str:
-    """`normalize`, with its ASCII case (NFKC changes no ASCII text) short-cut first."""
-    return text.lower() if text.isascii() else normalize(text)
-
-
 def content_hash(title: str, text: str) -> str:
-    digest = hashlib.sha256(f"{_fold(title)}\n{_fold(text)}".encode())
+    """sha256 of normalize(title) + "\n" + normalize(text), as UTF-8, in 32 hex digits."""
+    digest = hashlib.sha256(fold_utf8(title))
+    digest.update(b"\n")
+    digest.update(fold_utf8(text))
     return digest.hexdigest()[:32]
 
 

@@ -229,6 +229,103 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFC", _DIACRITICS.sub("", decomposed))
 
 
+def _may_compose_back(ch: str) -> bool:
+    """True for every character that can be the second of a canonical composition: all
+    are marks or Hangul jamo (a test checks this over the whole Unicode database)."""
+    return unicodedata.category(ch)[0] == "M" or "\u1100" <= ch <= "\u11ff"
+
+
+def _starts_alone(text: str) -> bool:
+    """The text starts with a starter that composes with nothing before it."""
+    return bool(text) and unicodedata.combining(text[0]) == 0 and not _may_compose_back(text[0])
+
+
+def _folds_alone(ch: str) -> str | None:
+    """normalize(ch), if normalize folds any text holding ch character by character.
+
+    That holds when each step's piece for ch starts with a starter that composes with
+    nothing before it: NFKC, case folding, NFD, dropping diacritics and NFC then each
+    act within the piece, never across two (a test holds fold_utf8 to normalize).
+    """
+    decomposed = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", ch).casefold())
+    stripped = _DIACRITICS.sub("", decomposed)
+    if not (
+        _starts_alone(unicodedata.normalize("NFKD", ch))
+        and unicodedata.combining(decomposed[:1] or "\u0300") == 0
+        and _starts_alone(stripped)
+    ):
+        return None
+    return unicodedata.normalize("NFC", stripped)
+
+
+@cache
+def _unfolded() -> re.Pattern[str]:
+    """A character fold_utf8 must look at: not ASCII, and not one that normalize keeps as
+    it is in any text of such characters. Built once, on first use, from this Python's
+    Unicode database, over the Basic Multilingual Plane (the rest is looked at)."""
+    runs: list[list[int]] = []  # [first, last] code point of each run of consecutive ones
+    for code in range(0x80, 0x10000):
+        ch = chr(code)
+        if 0xD800 <= code < 0xE000:
+            continue
+        if unicodedata.decomposition(ch):
+            kept = _folds_alone(ch) == ch
+        else:  # no decomposition: NFKC, NFD and NFC keep it; only case folding may not
+            kept = (
+                unicodedata.combining(ch) == 0 and not _may_compose_back(ch)
+                and ch.casefold() == ch
+            )  # fmt: skip
+        if kept:
+            if runs and runs[-1][1] == code - 1:
+                runs[-1][1] = code
+            else:
+                runs.append([code, code])
+    kept_class = "".join(
+        re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs
+    )
+    return re.compile("[^\x00-\x7f" + kept_class + "]")
+
+
+class _Folds(dict[str, bytes | None]):
+    """A character -> UTF-8 of normalize(ch) when that may take its place in any text
+    (see _folds_alone), b"" when that is the character itself, else None. Filled on
+    demand."""
+
+    def __missing__(self, ch: str) -> bytes | None:
+        folded = _folds_alone(ch)
+        value = None if folded is None else b"" if folded == ch else folded.encode()
+        if value and value.lower() != value:
+            value = None  # never so (case folding leaves no ASCII capital), but fold_utf8 needs it
+        if len(self) < 4096:  # a hostile feed's characters cannot grow it past this
+            self[ch] = value
+        return value
+
+
+_FOLDS = _Folds()
+_ASCII_BYTES = bytes(range(0x80))
+
+
+def fold_utf8(text: str) -> bytes:
+    """`normalize(text).encode()`, faster on text whose non-ASCII characters each fold
+    on their own (most CJK text, curly quotes, "é", "…", fullwidth ASCII): their folds
+    replace them in the UTF-8 bytes, and bytes.lower() folds the ASCII."""
+    utf8 = text.encode()
+    if len(utf8) == len(text):  # ASCII
+        return utf8.lower()
+    others = utf8.translate(None, _ASCII_BYTES)  # the UTF-8 of the non-ASCII characters
+    if 4 * len(others) < len(utf8):  # mostly ASCII: look at each distinct character
+        distinct = set(others.decode())
+    else:  # mostly not: look at those a C-level scan finds
+        distinct = set(_unfolded().findall(text))
+    for ch in distinct:
+        folded = _FOLDS[ch]
+        if folded is None:
+            return normalize(text).encode()
+        if folded:
+            utf8 = utf8.replace(ch.encode(), folded)
+    return utf8.lower()
+
+
 def normalize_keep_case(text: str) -> str:
     """NFKC and accents folded, case kept: the form of case-sensitive terms."""
     nfkc = unicodedata.normalize("NFKC", text)
