@@ -40,6 +40,16 @@ def test_fast_path_equals_htmlparser(tokens: list[str]) -> None:
         assert fast == _slow_html_to_text(html), html
 
 
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=30))
+def test_tag_name_splits_where_tag_does(tokens: list[str]) -> None:
+    from watcher.text import _TAG, _TAG_NAME
+
+    html = "".join(tokens)
+    parts = _TAG.split(html)
+    assert _TAG_NAME.split(html) == [p for i, p in enumerate(parts) if i % 5 in (0, 2)]
+
+
 def test_fast_path_equals_htmlparser_on_the_corpora() -> None:
     import feedparser
 

@@ -116,11 +116,21 @@ def _risky_elements(root: Any) -> bool:
     return any(_split(tag)[1] in _RISKY_ELEMENTS for tag in tags)
 
 
-_RISKY_TEXT = re.compile(
-    r"<!|<\s*/?\s*(script|style|noscript|template|iframe|object|svg|math|applet|embed|frame|xmp"
-    r"|plaintext|listing)\b",
-    re.IGNORECASE,
-)
+_RISKY_NAMES = (
+    "script", "style", "noscript", "template", "iframe", "object", "svg", "math", "applet",
+    "embed", "frame", "xmp", "plaintext", "listing",
+)  # fmt: skip
+# what IGNORECASE matches for each letter: the two ASCII cases, and these (a test checks)
+_OTHER_CASES = {"i": "İı", "s": "ſ", "k": "\u212a"}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c}{c.upper()}{_OTHER_CASES.get(c, '')}]" for c in word)
+
+
+# `<!|<\s*/?\s*(script|style|...)\b` with IGNORECASE, written without it: a plain "<" to
+# start from is searched for much faster
+_RISKY_TEXT = re.compile(r"<(?:!|\s*/?\s*(?:" + "|".join(map(_any_case, _RISKY_NAMES)) + r")\b)")
 # An empty <iframe ...></iframe> (an embed) reads the same both ways: nothing.
 _EMPTY_IFRAME = re.compile(r"<iframe\b[^<>]*>\s*</iframe\s*>", re.IGNORECASE)
 _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
@@ -165,7 +175,8 @@ def _split(tag: Any) -> tuple[str, str]:
 def _text(el: Any) -> str:
     if len(el):
         raise _GiveUp  # markup as child elements: feedparser serialises it its own way
-    return str(el.text or "").strip()
+    text = el.text
+    return text.strip() if text else ""
 
 
 def _document_encoding(body: bytes) -> str:
@@ -349,7 +360,11 @@ def _markup(el: Any, *, atom: bool) -> str:
         raise _GiveUp  # e.g. media:description type="html" mode="base64"
     if not value.isascii() and _C1.search(value):
         raise _GiveUp
-    if _RISKY_TEXT.search(value) and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value)):
+    if (
+        "<" in value
+        and _RISKY_TEXT.search(value)
+        and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value))
+    ):
         raise _GiveUp
     return value
 

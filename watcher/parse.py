@@ -176,7 +176,9 @@ def refuse_entities(body: bytes, *, source_id: str) -> None:
     Like defusedxml's `forbid_entities`: a feed has no business declaring
     entities, and the predefined ones (&amp; &lt; ...) need no declaration.
     """
-    if any(marker in body for marker in _ENTITY_MARKERS):
+    # the UTF-16 markers hold NUL bytes: a body without one (most) needs no search for them
+    markers = _ENTITY_MARKERS if b"\x00" in body else _ENTITY_MARKERS[:1]
+    if any(marker in body for marker in markers):
         raise ParseError(
             "XML entity declarations are refused (entity expansion, external entities)",
             source_id=source_id,
@@ -245,7 +247,7 @@ def parse_document(
     """`parse_feed`, plus what the feed says about polling it (RSS ttl)."""
     if not isinstance(body, bytes):  # never let feedparser see a URL-like string
         raise TypeError("parse_feed takes the fetched bytes")
-    if not body.strip():
+    if not body or body.isspace():  # (body.strip() would copy the body)
         raise ParseError("empty body", source_id=source_id)
     stripped = body.lstrip()
     if stripped[:1] in (b"{", b"["):

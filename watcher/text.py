@@ -79,7 +79,34 @@ _SPECIAL = frozenset(
 _BLOCK_BREAK = dict.fromkeys(_BLOCK_TAGS, "\n")
 
 
+# _TAG with the tag name its only group: split() then yields text, name, text, ..., text
+_TAG_NAME = re.compile(
+    r"</?([A-Za-z][A-Za-z0-9]*)"
+    r"(?:\s+[^\s\"'<>/=]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+))?)*\s*/?>"
+)
+
+
 def _simple_html_to_text(html: str) -> str | None:
+    parts = _TAG_NAME.split(html)
+    names = list(map(str.lower, parts[1::2]))
+    if not _SPECIAL.isdisjoint(names):
+        return _html_with_iframes_to_text(html)
+    # every "<" opens a tag the regex read, unless an attribute value holds one
+    if html.count("<") != len(names) and any("<" in text for text in parts[0::2]):
+        return None
+    if "&" not in html:
+        parts[1::2] = map(_BLOCK_BREAK.get, names, repeat(""))
+        return collapse_whitespace("".join(parts))
+    if "\x00" in html:
+        return None
+    # as in _html_with_iframes_to_text: NUL between the pieces a tag separates
+    parts[1::2] = map(_BLOCK_BREAK.get, names, repeat("\x00"))
+    return collapse_whitespace(fast_unescape("".join(parts)).replace("\x00", ""))
+
+
+def _html_with_iframes_to_text(html: str) -> str | None:
+    """_simple_html_to_text for markup with special tags: its text if they are only
+    empty iframes, else None."""
     parts = _TAG.split(html)
     # split() yields: text, slash, name, attrs, selfclose, text, ...
     texts = parts[0::5]
