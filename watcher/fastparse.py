@@ -221,7 +221,7 @@ def fast_parse(
 def _read(
     root: Any, source_id: str, base_url: str, language: str, tags: tuple[str, ...]
 ) -> tuple[list[Item], Any]:
-    from watcher.parse import _language, canonical_url, entry_item  # one implementation
+    from watcher.parse import _item, _language, canonical_url  # one implementation
     from watcher.text import html_to_text
 
     ns, local = _split(root.tag)
@@ -267,10 +267,12 @@ def _read(
     feed_lang = _language(
         feed.get("language") or (root_lang.replace("_", "-") if root_lang else None), language
     )
+    entry_lang = _language(feed_lang)  # an entry's language, unless it has its own
+    rdf = ns == RDF
     items: list[Item] = []
     for el in entries:
         entry = _fields(el, fields, base_url, atom=atom)
-        if ns == RDF and el.get(f"{{{RDF}}}about") and "id" not in entry:
+        if rdf and el.get(f"{{{RDF}}}about") and "id" not in entry:
             entry["id"] = el.get(f"{{{RDF}}}about")
         title = html_to_text(entry.get("title", ""))
         # parse._entry_text's choice: the longest content, else the summary
@@ -278,19 +280,12 @@ def _read(
         text = html_to_text(body)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
-        published = _published(entry)
-        item = entry_item(
-            source_id=source_id,
-            guid=guid,
-            url=url,
-            title=title,
-            text=text,
-            published=published,
-            language=_language(entry.get("language"), feed_lang),
-            tags=tags,
-        )
-        if item is not None:
-            items.append(item)
+        if title or text or url or guid:  # parse.entry_item's rule
+            lang = entry.get("language")
+            language = _language(lang, feed_lang) if lang else entry_lang
+            items.append(
+                _item(source_id, guid, url, title, text, _published(entry), language, tags)
+            )
     return items, feed
 
 

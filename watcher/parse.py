@@ -133,6 +133,20 @@ def make_item(
     tags: Iterable[str] = (),
 ) -> Item:
     """Build an Item with its identity: guid, else canonical link, else content hash."""
+    return _item(source_id, guid, url, title, text, published, language, tuple(tags))
+
+
+def _item(
+    source_id: str,
+    guid: str,
+    url: str,
+    title: str,
+    text: str,
+    published: datetime | None,
+    language: str,
+    tags: tuple[str, ...],
+) -> Item:
+    """make_item's work, its arguments by position (the parse loops call it per entry)."""
     title = title[: constants.ITEM_TITLE_MAX_CHARS]
     text = text[: constants.ITEM_TEXT_MAX_CHARS]
     chash = content_hash(title, text)
@@ -143,6 +157,8 @@ def make_item(
         key = f"url:{url}"
     else:
         key = f"hash:{chash}"
+    if published is not None and published.tzinfo is not UTC:
+        published = published.astimezone(UTC)
     return Item(
         source_id=source_id,
         dedup_key=key[:512],
@@ -150,9 +166,9 @@ def make_item(
         url=url,
         title=title,
         text=text,
-        published=published.astimezone(UTC) if published else None,
+        published=published,
         language=language,
-        tags=tuple(tags),
+        tags=tags,
         content_hash=chash,
     )
 
@@ -199,16 +215,7 @@ def entry_item(
     """A feed entry as an Item, or None when it has nothing to identify or show."""
     if not (title or text or url or guid):
         return None
-    return make_item(
-        source_id=source_id,
-        guid=guid,
-        url=url,
-        title=title,
-        text=text,
-        published=published,
-        language=language,
-        tags=tags,
-    )
+    return _item(source_id, guid, url, title, text, published, language, tuple(tags))
 
 
 def parse_feed(
