@@ -158,6 +158,10 @@ deliveries = Table(
     # `detail` is JSON (a digest's period). Such a row's alert_id is its first alert's.
     Column("kind", String(16)),
     Column("detail", Text),
+    # How many sources the story had in the notification, as the outbox last claimed and
+    # rendered it (plain deliveries; a group's or digest's members keep theirs on
+    # `notices`). After a send, a story grown since gets its update (watcher/group.py).
+    Column("carried_sources", Integer),
     # One delivery per (alert, receiver) holds through the idempotency key (`wd_<alert>_
     # <receiver>`, unique); an alert may also be in a digest or an update for that receiver.
     Index("ix_deliveries_alert", "alert_id", "receiver"),
@@ -296,6 +300,7 @@ class BatchMember:
     alert: Alert
     update: bool = False
     reply_to: str | None = None  # updates: idempotency key of the notification first sent
+    notice_id: int | None = None  # its row of `notices`
 
 
 @dataclass(frozen=True)
@@ -319,7 +324,7 @@ class ClaimedDelivery:
     lease_until: datetime | None = None  # set when claimed: send before it lapses
 
 
-def _insert(conn: AsyncConnection, table: Table) -> Any:
+def _insert(conn: AsyncConnection | Connection, table: Table) -> Any:
     """The dialect's INSERT, which has on_conflict_do_nothing().
 
     Imported here, not at the top: a service on SQLite never loads the PostgreSQL
@@ -820,6 +825,7 @@ class Store:
                 c.alert.sources = sources.get(c.alert.story_key, [])
             if any(c.delivery.kind for c in out):  # groups and digests: their alerts too
                 out = _group.attach_batches(conn, out)
+            _group.record_carried(conn, out)  # what each message will say, for the update check
             return out
 
         return await self._loop_tx(claim)
@@ -959,6 +965,9 @@ def _record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> Non
     deferred = [o.delivery_id for o in outcomes if o.state == "deferred"]
     if sent:  # the common case: one statement for the whole group
         conn.execute(_MARK_SENT, {"b_ids": sent, "b_now": now})
+        # stories grown while these were sent: their update notices (a racing ingest may
+        # have seen them as not yet sent)
+        _group.stage_updates_after_send(conn, sent, now)
     if deferred:
         conn.execute(_RELEASE, {"b_ids": deferred})
     for o in outcomes:
