@@ -229,7 +229,7 @@ class Dispatcher:
                 select(g.c.id)
                 .where(g.c.story_key == key, g.c.source_count < count)
                 .order_by(g.c.id)
-                .with_for_update()
+                .with_for_update(key_share=True)  # NO KEY UPDATE: foreign-key checks pass
             )
             rows = await conn.execute(
                 update(alerts)
