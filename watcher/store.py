@@ -158,9 +158,9 @@ deliveries = Table(
     # `detail` is JSON (a digest's period). Such a row's alert_id is its first alert's.
     Column("kind", String(16)),
     Column("detail", Text),
-    # How many sources the story had in the notification, as the outbox last claimed and
-    # rendered it (plain deliveries; a group's or digest's members keep theirs on
-    # `notices`). After a send, a story grown since gets its update (watcher/group.py).
+    # How many sources the notification listed, as the outbox last claimed and rendered
+    # it (plain deliveries; the alerts of a group or digest keep theirs on `notices`).
+    # After the send, a story grown since gets its update (watcher/group.py).
     Column("carried_sources", Integer),
     # One delivery per (alert, receiver) holds through the idempotency key (`wd_<alert>_
     # <receiver>`, unique); an alert may also be in a digest or an update for that receiver.
