@@ -210,6 +210,32 @@ async def test_no_update_when_the_story_did_not_grow_after_the_claim(
         await s.store.close()
 
 
+async def test_without_subscriptions_asking_for_updates_the_outbox_does_no_update_work(
+    store_url: str,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    webhook_server: WebhookServer,
+    quiet: WebhookServer,
+) -> None:
+    """`updates=False` (what `watcher run` passes when no subscription sets
+    notify_updates): claims note nothing, and a send checks for no update."""
+    feed(feed_server, "/wire.rss", CURB)
+    s = await start(fast_config(store_url, feed_server, webhook_server, quiet), clock, session)
+    try:
+        await s.poll("wire")
+        claimed = await s.store.claim_deliveries(limit=10, lease_s=60, updates=False)
+        assert [await carried(s, c.delivery.id) for c in claimed] == [None, None]
+        [story] = {c.alert.story_key for c in claimed}
+        async with s.store.transaction() as tx:
+            await s.pipeline.dispatcher.stories_grown(tx, {story: 2}, updates=False)
+        sent = [Outcome(c.delivery.id, "sent") for c in claimed]
+        await s.store.record_outcomes(sent, updates=False)
+        assert await update_notices(s) == []
+    finally:
+        await s.store.close()
+
+
 # ------------------------------------------------------------------ PostgreSQL replicas
 
 
