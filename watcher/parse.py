@@ -88,7 +88,7 @@ def canonical_url(url: str, base: str = "") -> str:
 
 
 def content_hash(title: str, text: str) -> str:
-    """sha256 of normalize(title) + "\n" + normalize(text), as UTF-8, in 32 hex digits."""
+    """sha256 of normalize(title), a newline and normalize(text), as UTF-8: 32 hex digits."""
     digest = hashlib.sha256(fold_utf8(title))
     digest.update(b"\n")
     digest.update(fold_utf8(text))
