@@ -219,3 +219,26 @@ def test_risky_text_is_the_ignorecase_pattern(tokens: list[str]) -> None:
     )
     text = "".join(tokens)
     assert bool(_RISKY_TEXT.search(text)) == bool(reference.search(text)), text
+
+
+BODY_TOKENS = [
+    "<p>", "</p>", "<b>", "text", " ", "&amp;", "<br/>", '<a href="x">', "</a>", "<math>",
+    "</math>", "<embed src=x>", "<frame>", "<applet>", "< script>", "</ embed>", "<!-- c -->",
+    '<a title="<embed>">', "<x-math>", "<mathx>", "<math2>", "<EMBED>", "<Frame/>", "<",
+    "<iframe></iframe>", "<script>", "a < b", "<svg>", "<1>", "ſ", "<ſcript>", "\x00",
+]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(BODY_TOKENS), max_size=12))
+def test_body_tags_answer_the_risky_markup_check(tokens: list[str]) -> None:
+    """_read skips _RISKY_TEXT on an entry's body when html_to_text_and_tags found every
+    "<" opening a tag, none risky: the search finds nothing then."""
+    from watcher.fastparse import _RISKY_TAGS, _RISKY_TEXT
+    from watcher.text import html_to_text, html_to_text_and_tags
+
+    html = "".join(tokens)
+    text, names = html_to_text_and_tags(html)
+    assert text == html_to_text(html), html
+    if names is not None and _RISKY_TAGS.isdisjoint(names):
+        assert _RISKY_TEXT.search(html) is None, html

@@ -131,6 +131,7 @@ def _any_case(word: str) -> str:
 # `<!|<\s*/?\s*(script|style|...)\b` with IGNORECASE, written without it: a plain "<" to
 # start from is searched for much faster
 _RISKY_TEXT = re.compile(r"<(?:!|\s*/?\s*(?:" + "|".join(map(_any_case, _RISKY_NAMES)) + r")\b)")
+_RISKY_TAGS = frozenset(_RISKY_NAMES)
 # An empty <iframe ...></iframe> (an embed) reads the same both ways: nothing.
 _EMPTY_IFRAME = re.compile(r"<iframe\b[^<>]*>\s*</iframe\s*>", re.IGNORECASE)
 _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
@@ -222,7 +223,7 @@ def _read(
     root: Any, source_id: str, base_url: str, language: str, tags: tuple[str, ...]
 ) -> tuple[list[Item], Any]:
     from watcher.parse import _item, _language, canonical_url  # one implementation
-    from watcher.text import html_to_text
+    from watcher.text import html_to_text, html_to_text_and_tags
 
     ns, local = _split(root.tag)
     root_lang = root.get(_XML_LANG)
@@ -274,10 +275,19 @@ def _read(
         entry = _fields(el, fields, base_url, atom=atom)
         if rdf and el.get(f"{{{RDF}}}about") and "id" not in entry:
             entry["id"] = el.get(f"{{{RDF}}}about")
-        title = html_to_text(entry.get("title", ""))
+        title = entry.get("title", "")
+        contents = entry.get("contents", ())
+        summary = entry.get("summary", "")
         # parse._entry_text's choice: the longest content, else the summary
-        body = max(entry.get("contents", ()), key=len, default="") or entry.get("summary") or ""
-        text = html_to_text(body)
+        body = max(contents, key=len, default="") or summary
+        text, names = html_to_text_and_tags(body)
+        if names is None or not _RISKY_TAGS.isdisjoint(names):
+            _check_markup(body)
+        # else every "<" in the body opens a tag named in names: _RISKY_TEXT finds nothing
+        for value in (title, summary, *contents):
+            if value is not body:
+                _check_markup(value)
+        title = html_to_text(title)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
         if title or text or url or guid:  # parse.entry_item's rule
@@ -345,7 +355,9 @@ def _join(base: str, uri: str) -> str:
 
 
 def _markup(el: Any, *, atom: bool) -> str:
-    """The text of a title, summary or content element, if both paths read it alike."""
+    """The text of a title, summary or content element, if both paths read it alike (with
+    _check_markup: every such text of an entry ends up in _fields' title, summary or
+    contents, and _read checks each)."""
     value = _text(el)
     if atom:
         ctype = el.get("type", "text").lower()
@@ -355,13 +367,17 @@ def _markup(el: Any, *, atom: bool) -> str:
         raise _GiveUp  # e.g. media:description type="html" mode="base64"
     if not value.isascii() and _C1.search(value):
         raise _GiveUp
+    return value  # (its markup is checked by _check_markup, in _read)
+
+
+def _check_markup(value: str) -> None:
+    """Give up on markup feedparser's sanitiser and our text extractor read apart."""
     if (
         "<" in value
         and _RISKY_TEXT.search(value)
         and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value))
     ):
         raise _GiveUp
-    return value
 
 
 def _xml_content(el: Any) -> str | None:

@@ -94,6 +94,12 @@ def _simple_html_to_text(html: str) -> str | None:
     # every "<" opens a tag the regex read, unless an attribute value holds one
     if html.count("<") != len(names) and any("<" in text for text in parts[0::2]):
         return None
+    return _plain_markup_text(html, parts, names)
+
+
+def _plain_markup_text(html: str, parts: list[str], names: list[str]) -> str | None:
+    """The text of markup _TAG_NAME split into parts (its tag names lower-cased in names)
+    and found plain: block tags a newline, other tags nothing, references unescaped."""
     if "&" not in html:
         parts[1::2] = map(_BLOCK_BREAK.get, names, repeat(""))
         return collapse_whitespace("".join(parts))
@@ -102,6 +108,20 @@ def _simple_html_to_text(html: str) -> str | None:
     # as in _html_with_iframes_to_text: NUL between the pieces a tag separates
     parts[1::2] = map(_BLOCK_BREAK.get, names, repeat("\x00"))
     return collapse_whitespace(fast_unescape("".join(parts)).replace("\x00", ""))
+
+
+def html_to_text_and_tags(html: str) -> tuple[str, list[str] | None]:
+    """html_to_text(html), and the lower-case names of its tags when every "<" in it
+    opens one (as _TAG_NAME reads tags), none of them special; else None."""
+    if "<" not in html:
+        return html_to_text(html), []
+    parts = _TAG_NAME.split(html)
+    names = list(map(str.lower, parts[1::2]))
+    if html.count("<") == len(names) and _SPECIAL.isdisjoint(names):
+        text = _plain_markup_text(html, parts, names)
+        if text is not None:
+            return text, names
+    return html_to_text(html), None
 
 
 def _html_with_iframes_to_text(html: str) -> str | None:
