@@ -242,3 +242,49 @@ def test_body_tags_answer_the_risky_markup_check(tokens: list[str]) -> None:
     assert text == html_to_text(html), html
     if names is not None and _RISKY_TAGS.isdisjoint(names):
         assert _RISKY_TEXT.search(html) is None, html
+
+
+def test_typed_items_are_the_validated_items() -> None:
+    """The fast path builds Items without pydantic's validation (parse._typed_item): the
+    same Items, attribute for attribute, as validating the same values gives."""
+    from datetime import datetime
+
+    from watcher.models import Item
+    from watcher.parse import make_item
+
+    # what skipping validation relies on: nothing for pydantic to run or fill in
+    decorators = Item.__pydantic_decorators__
+    assert not (decorators.validators or decorators.field_validators)
+    assert not (decorators.root_validators or decorators.model_validators)
+    assert Item.__pydantic_post_init__ is None and not Item.__private_attributes__
+    assert Item.model_config.get("extra") in (None, "ignore")
+    checked = 0
+    for path in corpus_files("real-feeds"):
+        fast = fast_parse(path.read_bytes(), source_id="c", content_type="", base_url="",
+                          language="", tags=("t", "u"))  # fmt: skip
+        for item in fast[0] if fast else ():
+            values = item.__dict__
+            assert list(values) == list(Item.model_fields)
+            for name in ("source_id", "dedup_key", "guid", "url", "title", "text", "language"):
+                assert type(values[name]) is str
+            assert item.published is None or type(item.published) is datetime
+            assert type(item.tags) is tuple and all(type(t) is str for t in item.tags)
+            validated = Item(**values)
+            assert item == validated and item.__dict__ == validated.__dict__
+            assert item.model_fields_set == validated.model_fields_set
+            assert item.__pydantic_extra__ == validated.__pydantic_extra__
+            assert item.__pydantic_private__ == validated.__pydantic_private__
+            assert item.model_dump() == validated.model_dump()
+            assert hash(item) == hash(validated)
+            again = make_item(source_id=item.source_id, guid=item.guid, url=item.url,
+                              title=item.title, text=item.text, published=item.published,
+                              language=item.language, tags=item.tags)  # fmt: skip
+            assert again == item
+            checked += 1
+    assert checked > 1000
+    # a caller's tags of another type: validated, and refused, as before
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        fast_parse(rss(CURB, NOISE), source_id="c", content_type="", base_url="",
+                   language="", tags=(1,))  # type: ignore[arg-type]  # fmt: skip
