@@ -23,8 +23,6 @@ ASCII.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import repeat
-from operator import sub
 
 import ahocorasick
 
@@ -209,5 +207,9 @@ class Prefilter:
         if not posted:
             return list(self.always)
         # Rules with both requirements met: i and i + n both posted.
-        found = posted.intersection(map(sub, posted, repeat(self._second)))
-        return sorted(found.union(self.always)) if self.always else sorted(found)
+        n = self._second
+        found = [i for i in posted if i < n and i + n in posted]
+        if self.always:
+            return sorted({*found, *self.always})
+        found.sort()
+        return found

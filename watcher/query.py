@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,12 @@ class Meta:
     tags: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=4096)
+def _meta(source: str, lang: str, tags: tuple[str, ...]) -> Meta:
+    """An item's Meta: the same few sources, languages and tags come again and again."""
+    return Meta(source, normalize(lang), tuple(normalize(x) for x in tags))
+
+
 class Document:
     """A text prepared once for evaluating any number of queries against it.
 
@@ -149,7 +156,7 @@ class Document:
         tags: Sequence[str] = (),
     ) -> Document:
         t = normalize(title)
-        meta = Meta(source, normalize(lang), tuple(normalize(x) for x in tags))
+        meta = _meta(source, lang, tuple(tags))
         if not t:
             return cls(normalize(text), meta, raw=("", text))
         return cls(f"{t}\n{normalize(text)}", meta, title_end=len(t), raw=(title, text))
