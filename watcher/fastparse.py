@@ -269,8 +269,6 @@ def _read(
         feed.get("language") or (root_lang.replace("_", "-") if root_lang else None), language
     )
     entry_lang = _language(feed_lang)  # an entry's language, unless it has its own
-    # the entries' values are all str (lxml's and ours), dates datetime: the caller's too?
-    typed = type(source_id) is str and all(type(tag) is str for tag in tags)
     rdf = ns == RDF
     items: list[Item] = []
     for el in entries:
@@ -295,8 +293,9 @@ def _read(
         if title or text or url or guid:  # parse.entry_item's rule
             lang = entry.get("language")
             language = _language(lang, feed_lang) if lang else entry_lang
-            published = _published(entry)
-            items.append(_item(source_id, guid, url, title, text, published, language, tags, typed))
+            items.append(
+                _item(source_id, guid, url, title, text, _published(entry), language, tags)
+            )
     return items, feed
 
 

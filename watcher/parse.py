@@ -145,14 +145,8 @@ def _item(
     published: datetime | None,
     language: str,
     tags: tuple[str, ...],
-    typed: bool = False,
 ) -> Item:
-    """make_item's work, its arguments by position (the parse loops call it per entry).
-
-    typed: the caller vouches that every argument is of its annotated type, exactly
-    (str, not a subclass; datetime or None; a tuple of str), so the Item is built
-    without pydantic's validation, which would change nothing then (tested).
-    """
+    """make_item's work, its arguments by position (the parse loops call it per entry)."""
     title = title[: constants.ITEM_TITLE_MAX_CHARS]
     text = text[: constants.ITEM_TEXT_MAX_CHARS]
     chash = content_hash(title, text)
@@ -165,21 +159,6 @@ def _item(
         key = f"hash:{chash}"
     if published is not None and published.tzinfo is not UTC:
         published = published.astimezone(UTC)
-    if typed:
-        return _typed_item(
-            {
-                "source_id": source_id,
-                "dedup_key": key[:512],
-                "guid": guid[:512],
-                "url": url,
-                "title": title,
-                "text": text,
-                "published": published,
-                "language": language,
-                "tags": tags,
-                "content_hash": chash,
-            }
-        )
     return Item(
         source_id=source_id,
         dedup_key=key[:512],
@@ -192,23 +171,6 @@ def _item(
         tags=tags,
         content_hash=chash,
     )
-
-
-_ITEM_FIELDS = frozenset(Item.model_fields)
-_set_attribute = object.__setattr__
-
-
-def _typed_item(values: dict[str, Any]) -> Item:
-    """Item(**values) for values of the fields' own types, in the fields' order, without
-    pydantic's validation, as Item.model_construct builds one (which costs more than
-    validating here: it looks at defaults and aliases). Item has no validators, private
-    attributes or extras (a test checks that, and that both ways give the same Item)."""
-    item = Item.__new__(Item)
-    _set_attribute(item, "__dict__", values)
-    _set_attribute(item, "__pydantic_fields_set__", set(_ITEM_FIELDS))
-    _set_attribute(item, "__pydantic_extra__", None)
-    _set_attribute(item, "__pydantic_private__", None)
-    return item
 
 
 @dataclass(frozen=True)
