@@ -234,6 +234,7 @@ async def main(dsn: str | None) -> None:
                     clock=utc_now,
                     receiver_concurrency={r.id: r.concurrency for r in config.receivers},
                     rng=random.Random(1),
+                    updates=any(s.notify_updates for s in config.subscriptions),  # as `run`
                 )
                 floor_before = await floor_webhooks(url, 5000)
                 result["webhooks_per_s"] = round(await throughput(store, worker, 5000, "hook"))

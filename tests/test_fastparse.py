@@ -181,3 +181,64 @@ def test_fast_w3dtf_dates_are_feedparsers(
 ) -> None:
     value = f"{year}-{month:02d}-{day:02d}{sep}{hms[0]:02d}:{hms[1]:02d}:{hms[2]:02d}{frac}{zone}"
     assert _date(value) == _feedparser_date(value), value
+
+
+def test_ignorecase_adds_only_these_letters() -> None:
+    """_RISKY_TEXT spells out IGNORECASE: the letters it matches besides ASCII."""
+    import re
+    import sys
+
+    from watcher.fastparse import _OTHER_CASES
+
+    letter = re.compile("[a-z]", re.IGNORECASE)
+    others = {chr(c) for c in range(0x80, sys.maxunicode + 1) if letter.fullmatch(chr(c))}
+    assert others == set("".join(_OTHER_CASES.values()))
+    for ch in others:
+        assert any(re.fullmatch(ch, k, re.IGNORECASE) for k in _OTHER_CASES)
+
+
+RISKY_TOKENS = [
+    "<", "</", "< /", "<!", "<!--", " ", "\n", "script", "SCRIPT", "ſcript", "Script", "svg",
+    "ſvg", "math", "İframe", "ıframe", "iframe", "frame", "frameset", "xmp", "listing", "x",
+    ">", "/", "p", "style", "noscript", "template", "object", "applet", "embed", "plaintext",
+    "KEY", "\u212a", "é", "_", "-",
+]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(RISKY_TOKENS), max_size=8))
+def test_risky_text_is_the_ignorecase_pattern(tokens: list[str]) -> None:
+    import re
+
+    from watcher.fastparse import _RISKY_TEXT
+
+    reference = re.compile(
+        r"<!|<\s*/?\s*(script|style|noscript|template|iframe|object|svg|math|applet|embed|frame"
+        r"|xmp|plaintext|listing)\b",
+        re.IGNORECASE,
+    )
+    text = "".join(tokens)
+    assert bool(_RISKY_TEXT.search(text)) == bool(reference.search(text)), text
+
+
+BODY_TOKENS = [
+    "<p>", "</p>", "<b>", "text", " ", "&amp;", "<br/>", '<a href="x">', "</a>", "<math>",
+    "</math>", "<embed src=x>", "<frame>", "<applet>", "< script>", "</ embed>", "<!-- c -->",
+    '<a title="<embed>">', "<x-math>", "<mathx>", "<math2>", "<EMBED>", "<Frame/>", "<",
+    "<iframe></iframe>", "<script>", "a < b", "<svg>", "<1>", "ſ", "<ſcript>", "\x00",
+]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(BODY_TOKENS), max_size=12))
+def test_body_tags_answer_the_risky_markup_check(tokens: list[str]) -> None:
+    """_read skips _RISKY_TEXT on an entry's body when html_to_text_and_tags found every
+    "<" opening a tag, none risky: the search finds nothing then."""
+    from watcher.fastparse import _RISKY_TAGS, _RISKY_TEXT
+    from watcher.text import html_to_text, html_to_text_and_tags
+
+    html = "".join(tokens)
+    text, names = html_to_text_and_tags(html)
+    assert text == html_to_text(html), html
+    if names is not None and _RISKY_TAGS.isdisjoint(names):
+        assert _RISKY_TEXT.search(html) is None, html

@@ -817,7 +817,7 @@ async def test_the_service_runs_the_grouper_and_schedules_digests(
     tmp_path: Any, feed_server: FeedServer, webhook_server: WebhookServer
 ) -> None:
     """`watcher run` wiring, on the real clock: a short group_wait, then one notification."""
-    from watcher.service import SCHEDULER, create_app
+    from watcher.service import SCHEDULER, WORKER, create_app
 
     feed(feed_server, "/a.rss", *STORIES[:2])
     config = service_config(
@@ -833,3 +833,4 @@ async def test_the_service_runs_the_grouper_and_schedules_digests(
         ]
         job = app[SCHEDULER].get_job("digest:daily")
         assert job is not None and str(job.trigger.timezone) == "Europe/Paris"
+        assert app[WORKER].updates is False  # no subscription asks for update notifications

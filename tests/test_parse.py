@@ -156,3 +156,25 @@ def test_clean_query_is_the_parse_qsl_urlencode_round_trip(parts: list[str]) -> 
         ]
     )
     assert _clean_query(query) == expected, query
+
+
+@pytest.mark.parametrize(
+    ("title", "text", "digest"),
+    [
+        # stored hashes stay valid: these are the values of the first definition,
+        # sha256(normalize(title) + "\n" + normalize(text))[:32 hex digits]
+        ("Rare Earth Export Curb",
+         "China’s MOFCOM announces licences… for Ｇａｌｌｉｕｍ. Café Über",
+         "8c240f8d203eb1cfd092e9dc55cd31be"),
+        ("稀土出口管制", "商务部公告（第１号）：が、ガ、ｶﾞ", "6ef1c1e044e46e5f0b238d37d212a660"),
+        ("", "e\u0301 Å ß İ 🔥\ufe0f", "3d54854e72de409693e82b79b0e6e117"),
+    ],
+)  # fmt: skip
+def test_content_hash_keeps_its_definition(title: str, text: str, digest: str) -> None:
+    import hashlib
+
+    from watcher.parse import content_hash
+
+    assert content_hash(title, text) == digest
+    expected = hashlib.sha256(f"{normalize(title)}\n{normalize(text)}".encode()).hexdigest()
+    assert digest == expected[:32]

@@ -302,3 +302,23 @@ def test_generated_queries_round_trip_and_evaluate(query: str, text: str) -> Non
     assert again == node
     doc = Document.from_parts(title=text[:10], text=text[10:], source="abc", lang="en")
     assert again.matches(doc) == node.matches(doc)
+
+
+# Pieces of words, joined with and without separators: words inside longer words
+# ("ban" in "banned", "urban"), next to CJK, digits, underscores and accents.
+_pieces = st.sampled_from(
+    ["ban", "banned", "urban", "ba", "n", "_", "1", "稀土", "é", "ß", "-", " ", "\n", ".", "x"]
+)
+_probe = st.sampled_from(["ban", "banned", "urban", "ba", "n", "x", "1", "ban1", "é", "ss"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_pieces, max_size=40).map("".join), _probe, st.booleans())
+def test_word_and_prefix_tests_agree_with_the_words(text: str, probe: str, build_set: bool) -> None:
+    doc = Document.from_text(text)
+    if build_set:  # the set, once built, answers instead of the scan
+        assert doc.word_set is not None
+    assert doc.has_word(probe) == (probe in doc.words)
+    assert doc.has_prefix(probe) == any(w.startswith(probe) for w in doc.words)
+    for view in (doc.field("title"), doc.field("text")):
+        assert view.has_word(probe) == (probe in view.words)

@@ -12,8 +12,10 @@ from watcher.text import (
     _accented,
     _simple_html_to_text,
     _slow_html_to_text,
+    _unfolded,
     collapse_whitespace,
     fast_unescape,
+    fold_utf8,
     normalize,
 )
 
@@ -36,6 +38,16 @@ def test_fast_path_equals_htmlparser(tokens: list[str]) -> None:
     fast = _simple_html_to_text(html)
     if fast is not None:
         assert fast == _slow_html_to_text(html), html
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), max_size=30))
+def test_tag_name_splits_where_tag_does(tokens: list[str]) -> None:
+    from watcher.text import _TAG, _TAG_NAME
+
+    html = "".join(tokens)
+    parts = _TAG.split(html)
+    assert _TAG_NAME.split(html) == [p for i, p in enumerate(parts) if i % 5 in (0, 2)]
 
 
 def test_fast_path_equals_htmlparser_on_the_corpora() -> None:
@@ -131,3 +143,76 @@ def test_no_character_from_u3000_on_decomposes_to_a_diacritic() -> None:
             continue  # no decomposition: NFD leaves it as it is
         has = re.search("[\u0300-\u036f]", unicodedata.normalize("NFD", ch)) is not None
         assert has == (accented.match(ch) is not None), hex(code)
+
+
+def test_composition_seconds_are_marks_or_jamo() -> None:
+    """fold_utf8's rule for what may compose with the character before it, checked over
+    the whole Unicode database: the second of every canonical composition, and the
+    Hangul vowel and trailing jamo."""
+    import sys
+    import unicodedata
+
+    from watcher.text import _may_compose_back
+
+    seconds = {chr(c) for c in range(0x1161, 0x1176)} | {chr(c) for c in range(0x11A8, 0x11C3)}
+    for code in range(sys.maxunicode + 1):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(chr(int(parts[1], 16)))
+    for ch in seconds:
+        assert _may_compose_back(ch), hex(ord(ch))
+
+
+# Characters fold_utf8 reads each its own way: kept (CJK, kana, hangul, curly quotes),
+# folded to ASCII or to other characters, and those that compose with their neighbours
+# (combining marks, jamo, halfwidth voicing marks, variation selectors), which send the
+# whole text to normalize.
+FOLD_CHARS = [
+    "a", "Z", "İ", "ß", "é", "E", "\u0301", "\u0338", "=", "Å", "\u212b", "…", "“", "’", "—",
+    "\u2011", "（", "Ｅ", "ｅ", "\u3000", "\xa0", "輸", "出", "が", "か", "\u3099", "ｶ", "ﾞ",
+    "한", "ᄒ", "ᅡ", "\u11a8", "ﬁ", "Ⅲ", "①", "ǅ", "ς", "Σ", "\u0345", "Ø", "ø", "ǰ", "ŉ",
+    "\U0001f525", "\ufe0f", "\U0001d400", "\u0b47", "\u0b3e", "\u09c7", "\u09be", " ", "\n",
+    "x", "1", "\u200b", "\u1e9e", "\u0130", "\u03a3", "\ufb01", "\u2126", "\u0149",
+]  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(FOLD_CHARS), max_size=16))
+def test_fold_utf8_is_normalize(chars: list[str]) -> None:
+    text = "".join(chars)
+    assert fold_utf8(text) == normalize(text).encode(), repr(text)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(max_size=20))
+def test_fold_utf8_is_normalize_on_any_text(text: str) -> None:
+    assert fold_utf8(text) == normalize(text).encode(), repr(text)
+    mostly_ascii = "plain words " * 10 + text
+    assert fold_utf8(mostly_ascii) == normalize(mostly_ascii).encode(), repr(text)
+
+
+def test_fold_utf8_is_normalize_for_every_character_between_others() -> None:
+    """Each character of the Basic Multilingual Plane, between neighbours that fold alone
+    (and those that do not), as the mostly-ASCII and the other branch see it."""
+    neighbours = ["E", "…", "か", "\u0301", "ᅡ", "\u3099"]
+    for code in range(0x80, 0x10000):
+        if 0xD800 <= code < 0xE000:
+            continue
+        ch = chr(code)
+        for side in neighbours:
+            for text in (side + ch + side, "x" * 9 + ch + side):
+                assert fold_utf8(text) == normalize(text).encode(), (hex(code), text)
+        if not _unfolded().match(ch):  # a character the scan passes over is its own fold
+            assert normalize(ch) == ch, hex(code)
+
+
+def test_fold_utf8_on_the_corpora() -> None:
+    import feedparser
+
+    for corpus in ("real-feeds",):
+        for path in corpus_files(corpus):
+            parsed = feedparser.parse(path.read_bytes(), sanitize_html=False)
+            for entry in parsed.entries:
+                for value in (entry.get("title"), entry.get("summary")):
+                    if isinstance(value, str):
+                        assert fold_utf8(value) == normalize(value).encode(), path

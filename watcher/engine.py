@@ -13,15 +13,16 @@ The cost per document is one dictionary lookup per word, whatever the number
 of rules: a memo maps each word seen to the rules whose word and prefix
 literals it satisfies (computed the first time the word is seen, so prefixes
 cost nothing after that), and the candidates are the intersection of two small
-sets built in C from the postings of the words found. CJK substrings are found
-by one Aho-Corasick pass (pyahocorasick) over text that is not plain ASCII.
+sets built in C from the postings of the words found. Plain-ASCII text is
+looked up as bytes words (`Document.ascii_keys`), which cost less to make than
+strings; the string words are made only when a test needs them. CJK substrings
+are found by one Aho-Corasick pass (pyahocorasick) over text that is not plain
+ASCII.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import repeat
-from operator import sub
 
 import ahocorasick
 
@@ -134,6 +135,20 @@ class _Memo(dict[str, Postings]):
         return value
 
 
+class _AsciiMemo(dict[bytes, Postings]):
+    """The memo for ASCII documents' words, as bytes (see `Document.ascii_keys`)."""
+
+    def __init__(self, words: _Memo) -> None:
+        super().__init__()
+        self._words = words
+
+    def __missing__(self, word: bytes) -> Postings:
+        if len(self) >= MEMO_MAX_WORDS:
+            self.clear()
+        value = self[word] = self._words[word.decode("ascii")]
+        return value
+
+
 class Prefilter:
     """Finds, in one pass over a document's words, the rules (by index) that may match it."""
 
@@ -153,6 +168,7 @@ class Prefilter:
         self._memo = _Memo(self._word_postings)
         for word in self._words:  # the words known now; others are worked out when first seen
             self._memo[word] = self._word_postings(word)
+        self._ascii_memo = _AsciiMemo(self._memo)
         cjk = sorted(k for k in literals if not k.startswith(" ") and is_cjk(k))
         self._automaton: ahocorasick.Automaton | None = None
         if cjk:
@@ -182,11 +198,18 @@ class Prefilter:
         return _EMPTY.union(*found)
 
     def candidates(self, doc: Document) -> list[int]:
-        posted = _EMPTY.union(*map(self._memo.__getitem__, doc.words))
-        if self._automaton is not None and not doc.normalized.isascii():
-            posted = posted.union(*(value for _end, value in self._automaton.iter(doc.normalized)))
+        if doc.ascii:
+            posted = _EMPTY.union(*map(self._ascii_memo.__getitem__, doc.ascii_keys))
+        else:
+            posted = _EMPTY.union(*map(self._memo.__getitem__, doc.words))
+            if self._automaton is not None:
+                posted = posted.union(*(value for _, value in self._automaton.iter(doc.normalized)))
         if not posted:
             return list(self.always)
         # Rules with both requirements met: i and i + n both posted.
-        found = posted.intersection(map(sub, posted, repeat(self._second)))
-        return sorted(found.union(self.always)) if self.always else sorted(found)
+        n = self._second
+        found = [i for i in posted if i < n and i + n in posted]
+        if self.always:
+            return sorted({*found, *self.always})
+        found.sort()
+        return found

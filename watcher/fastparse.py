@@ -116,11 +116,22 @@ def _risky_elements(root: Any) -> bool:
     return any(_split(tag)[1] in _RISKY_ELEMENTS for tag in tags)
 
 
-_RISKY_TEXT = re.compile(
-    r"<!|<\s*/?\s*(script|style|noscript|template|iframe|object|svg|math|applet|embed|frame|xmp"
-    r"|plaintext|listing)\b",
-    re.IGNORECASE,
-)
+_RISKY_NAMES = (
+    "script", "style", "noscript", "template", "iframe", "object", "svg", "math", "applet",
+    "embed", "frame", "xmp", "plaintext", "listing",
+)  # fmt: skip
+# what IGNORECASE matches for each letter: the two ASCII cases, and these (a test checks)
+_OTHER_CASES = {"i": "İı", "s": "ſ", "k": "\u212a"}
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c}{c.upper()}{_OTHER_CASES.get(c, '')}]" for c in word)
+
+
+# `<!|<\s*/?\s*(script|style|...)\b` with IGNORECASE, written without it: a plain "<" to
+# start from is searched for much faster
+_RISKY_TEXT = re.compile(r"<(?:!|\s*/?\s*(?:" + "|".join(map(_any_case, _RISKY_NAMES)) + r")\b)")
+_RISKY_TAGS = frozenset(_RISKY_NAMES)
 # An empty <iframe ...></iframe> (an embed) reads the same both ways: nothing.
 _EMPTY_IFRAME = re.compile(r"<iframe\b[^<>]*>\s*</iframe\s*>", re.IGNORECASE)
 _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
@@ -165,7 +176,8 @@ def _split(tag: Any) -> tuple[str, str]:
 def _text(el: Any) -> str:
     if len(el):
         raise _GiveUp  # markup as child elements: feedparser serialises it its own way
-    return str(el.text or "").strip()
+    text = el.text
+    return text.strip() if text else ""
 
 
 def _document_encoding(body: bytes) -> str:
@@ -210,8 +222,8 @@ def fast_parse(
 def _read(
     root: Any, source_id: str, base_url: str, language: str, tags: tuple[str, ...]
 ) -> tuple[list[Item], Any]:
-    from watcher.parse import _language, canonical_url, entry_item  # one implementation
-    from watcher.text import html_to_text
+    from watcher.parse import _item, _language, canonical_url  # one implementation
+    from watcher.text import html_to_text, html_to_text_and_tags
 
     ns, local = _split(root.tag)
     root_lang = root.get(_XML_LANG)
@@ -256,30 +268,34 @@ def _read(
     feed_lang = _language(
         feed.get("language") or (root_lang.replace("_", "-") if root_lang else None), language
     )
+    entry_lang = _language(feed_lang)  # an entry's language, unless it has its own
+    rdf = ns == RDF
     items: list[Item] = []
     for el in entries:
         entry = _fields(el, fields, base_url, atom=atom)
-        if ns == RDF and el.get(f"{{{RDF}}}about") and "id" not in entry:
+        if rdf and el.get(f"{{{RDF}}}about") and "id" not in entry:
             entry["id"] = el.get(f"{{{RDF}}}about")
-        title = html_to_text(entry.get("title", ""))
+        title = entry.get("title", "")
+        contents = entry.get("contents", ())
+        summary = entry.get("summary", "")
         # parse._entry_text's choice: the longest content, else the summary
-        body = max(entry.get("contents", ()), key=len, default="") or entry.get("summary") or ""
-        text = html_to_text(body)
+        body = max(contents, key=len, default="") or summary
+        text, names = html_to_text_and_tags(body)
+        if names is None or not _RISKY_TAGS.isdisjoint(names):
+            _check_markup(body)
+        # else every "<" in the body opens a tag named in names: _RISKY_TEXT finds nothing
+        for value in (title, summary, *contents):
+            if value is not body:
+                _check_markup(value)
+        title = html_to_text(title)
         url = canonical_url(entry.get("link", ""), feed_link)
         guid = entry.get("id", "")
-        published = _published(entry)
-        item = entry_item(
-            source_id=source_id,
-            guid=guid,
-            url=url,
-            title=title,
-            text=text,
-            published=published,
-            language=_language(entry.get("language"), feed_lang),
-            tags=tags,
-        )
-        if item is not None:
-            items.append(item)
+        if title or text or url or guid:  # parse.entry_item's rule
+            lang = entry.get("language")
+            language = _language(lang, feed_lang) if lang else entry_lang
+            items.append(
+                _item(source_id, guid, url, title, text, _published(entry), language, tags)
+            )
     return items, feed
 
 
@@ -339,7 +355,9 @@ def _join(base: str, uri: str) -> str:
 
 
 def _markup(el: Any, *, atom: bool) -> str:
-    """The text of a title, summary or content element, if both paths read it alike."""
+    """The text of a title, summary or content element, if both paths read it alike (with
+    _check_markup: every such text of an entry ends up in _fields' title, summary or
+    contents, and _read checks each)."""
     value = _text(el)
     if atom:
         ctype = el.get("type", "text").lower()
@@ -349,9 +367,17 @@ def _markup(el: Any, *, atom: bool) -> str:
         raise _GiveUp  # e.g. media:description type="html" mode="base64"
     if not value.isascii() and _C1.search(value):
         raise _GiveUp
-    if _RISKY_TEXT.search(value) and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value)):
+    return value  # (its markup is checked by _check_markup, in _read)
+
+
+def _check_markup(value: str) -> None:
+    """Give up on markup feedparser's sanitiser and our text extractor read apart."""
+    if (
+        "<" in value
+        and _RISKY_TEXT.search(value)
+        and _RISKY_TEXT.search(_EMPTY_IFRAME.sub("", value))
+    ):
         raise _GiveUp
-    return value
 
 
 def _xml_content(el: Any) -> str | None:

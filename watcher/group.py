@@ -25,6 +25,15 @@ names it (watcher/digest.py).
   notification it follows (email threads it with In-Reply-To/References). An
   alert not yet sent needs no update: it is sent with the story's current
   sources.
+- **Updates after a send.** An ingest can grow a story while its alert's
+  notification is being claimed and sent: the ingest sees the notification as
+  not yet sent, the message goes out with the old sources (replicas on one
+  PostgreSQL store, or the outbox beside an ingest). So the outbox records on
+  each claimed notification how many sources it listed (`carried_sources`: on
+  the delivery row, or for a group's or digest's alerts on their notices), and
+  the transaction that marks it sent compares that with the story's count now:
+  grown, and a route asked for updates, it stages the update notice under the
+  key the ingest would have used, so exactly one results when both stage it.
 
 Digest subscriptions stage notices here too (stream = the subscription id,
 no due time); watcher/digest.py seals them when the schedule fires.
@@ -36,12 +45,28 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text, func, select, update
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from watcher import constants
@@ -50,7 +75,7 @@ from watcher.config import Config
 from watcher.errors import StoreError
 from watcher.models import Clock, DeliveryState
 from watcher.route import IMMEDIATE, Route
-from watcher.silence import list_silences, silenced
+from watcher.silence import active_silences, list_silences, silenced
 from watcher.store import (
     Batch,
     BatchMember,
@@ -84,6 +109,8 @@ notices = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("due_at", UTCDateTime),  # immediate stream: arrival + group_wait; digests: none
     Column("delivery_id", _Id, ForeignKey("deliveries.id")),  # set when sealed
+    # sources the notification listed for this alert, set when the outbox claims it
+    Column("carried_sources", Integer),
     Index("ix_notices_open", "delivery_id", "stream", "receiver", "due_at"),
     Index("ix_notices_alert", "alert_id", "receiver", "stream"),
 )
@@ -180,23 +207,10 @@ class Dispatcher:
         now: datetime,
         reply_to: str | None = None,
     ) -> dict[str, Any]:
-        key = f"{kind[0]}:{stream}:{receiver}:{alert_id}"
-        if kind == "update":
-            key += f":{source_count}"
         due = None
         if stream == IMMEDIATE:
             due = now + timedelta(seconds=self.policy(receiver).group_wait_s)
-        return {
-            "key": key,
-            "receiver": receiver,
-            "stream": stream,
-            "alert_id": alert_id,
-            "kind": kind,
-            "source_count": source_count,
-            "reply_to": reply_to,
-            "created_at": now,
-            "due_at": due,
-        }
+        return _notice(alert_id, receiver, stream, kind, source_count, now, due, reply_to)
 
     async def stories_grown(self, tx: Tx, grown: Mapping[str, int], *, updates: bool) -> Grown:
         """Stories now reported by more sources (story key -> source count).
@@ -208,9 +222,18 @@ class Dispatcher:
         conn, now = tx.conn, tx.now
         updated: list[tuple[int, str, int]] = []
         for key, count in sorted(grown.items()):
+            # Row locks in (story key, id) order, as the outbox's update check takes them
+            # (stage_updates_after_send): neither can hold one the other waits for.
+            g = alerts.alias("growing")
+            growing = (
+                select(g.c.id)
+                .where(g.c.story_key == key, g.c.source_count < count)
+                .order_by(g.c.id)
+                .with_for_update(key_share=True)  # NO KEY UPDATE: foreign-key checks pass
+            )
             rows = await conn.execute(
                 update(alerts)
-                .where(alerts.c.story_key == key, alerts.c.source_count < count)
+                .where(alerts.c.id.in_(growing.scalar_subquery()), alerts.c.source_count < count)
                 .values(source_count=count, updated_at=now)
                 .returning(alerts.c.id, alerts.c.rule_id)
             )
@@ -245,11 +268,156 @@ class Grown:
     staged: int  # update notices stored
 
 
+def _notice(
+    alert_id: int,
+    receiver: str,
+    stream: str,
+    kind: str,
+    source_count: int,
+    now: datetime,
+    due: datetime | None,
+    reply_to: str | None = None,
+) -> dict[str, Any]:
+    """A row of `notices`; its key makes it staged once (an update: once per count)."""
+    key = f"{kind[0]}:{stream}:{receiver}:{alert_id}"
+    if kind == "update":
+        key += f":{source_count}"
+    return {
+        "key": key,
+        "receiver": receiver,
+        "stream": stream,
+        "alert_id": alert_id,
+        "kind": kind,
+        "source_count": source_count,
+        "reply_to": reply_to,
+        "created_at": now,
+        "due_at": due,
+    }
+
+
 async def _stage(conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     stmt = _insert(conn, notices).on_conflict_do_nothing().returning(notices.c.id)
     return len((await conn.execute(stmt, rows)).all())
+
+
+_CARRIED_PLAIN = (
+    update(deliveries)
+    .where(deliveries.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(carried_sources=bindparam("b_count"))
+)
+_CARRIED_MEMBERS = (
+    update(notices)
+    .where(notices.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(carried_sources=bindparam("b_count"))
+)
+
+
+def record_carried(conn: Connection, claimed: Sequence[ClaimedDelivery]) -> None:
+    """Note on each claimed notification how many sources it lists for its alerts
+    (in the claim's transaction; a retry's claim notes them again)."""
+    plain: defaultdict[int, list[int]] = defaultdict(list)
+    members: defaultdict[int, list[int]] = defaultdict(list)
+    for c in claimed:
+        if c.batch is None:
+            plain[len(c.alert.all_sources)].append(c.delivery.id)
+            continue
+        for m in c.batch.members:
+            if m.notice_id is not None:
+                members[len(m.alert.all_sources)].append(m.notice_id)
+    # one statement per count, not per row: nearly every story has the same few counts
+    for count, ids in plain.items():
+        conn.execute(_CARRIED_PLAIN, {"b_ids": ids, "b_count": count})
+    for count, ids in members.items():
+        conn.execute(_CARRIED_MEMBERS, {"b_ids": ids, "b_count": count})
+
+
+def _sent_alerts() -> Any:
+    """The alerts the given sent deliveries carried to routes that asked for updates:
+    a plain delivery's alert, and the new alerts of a group or digest."""
+    d, n, u = deliveries, notices, update_routes
+    ids: Any = bindparam("b_ids", expanding=True)
+    cols = (d.c.idempotency_key, n.c.created_at, n.c.due_at)
+    stream = literal(IMMEDIATE).label("stream")
+    routed = and_(
+        u.c.alert_id == d.c.alert_id, u.c.receiver == d.c.receiver, u.c.stream == IMMEDIATE
+    )
+    plain = (
+        select(d.c.alert_id, d.c.receiver, stream, d.c.carried_sources, *cols)
+        .join(u, routed)
+        # a lone alert sealed after its group wait has its notice: the update waits as long
+        .outerjoin(n, n.c.delivery_id == d.c.id)
+        .where(d.c.id.in_(ids), d.c.kind.is_(None))
+    )
+    member = and_(u.c.alert_id == n.c.alert_id, u.c.receiver == n.c.receiver,
+                  u.c.stream == n.c.stream)  # fmt: skip
+    batched = (
+        select(n.c.alert_id, n.c.receiver, n.c.stream, n.c.carried_sources, *cols)
+        .join(d, d.c.id == n.c.delivery_id)
+        .join(u, member)
+        .where(n.c.delivery_id.in_(ids), d.c.kind.is_not(None), n.c.kind == "new")
+    )
+    return union_all(plain, batched)
+
+
+_SENT_ALERTS = _sent_alerts()  # built once: it runs whenever deliveries are marked sent
+# The alerts' rows, locked (PostgreSQL; SQLite has one writer anyway) in the order an
+# ingest growing their stories locks them: by story key, then id.
+_LOCK_ALERTS = (
+    select(alerts.c.id, alerts.c.rule_id, alerts.c.source_count)
+    .where(alerts.c.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(alerts.c.story_key, alerts.c.id)
+    .with_for_update(read=True)
+)
+
+
+def stage_updates_after_send(conn: Connection, delivery_ids: Sequence[int], now: datetime) -> int:
+    """Update notices for stories grown since these deliveries were claimed; how many
+    were staged. Runs in the transaction that marks them sent.
+
+    For each alert a delivery carried to a route that asked for updates: when its
+    story now counts more sources than the message listed, the update notice the
+    ingest stages is staged here too, under the same key (one per count), so it
+    exists once whichever side stages it, however often this runs. The alerts' rows
+    are read under a share lock: an ingest growing a story meanwhile has either
+    committed (its count is read here) or waits, and then sees the notification
+    sent and stages the update itself. An update waits as long as its alert's
+    notice did (none for the fast path; a digest's until the digest fires).
+    """
+    rows = [
+        r for r in conn.execute(_SENT_ALERTS, {"b_ids": list(delivery_ids)})
+        if r.carried_sources is not None  # claimed before the store recorded it
+    ]  # fmt: skip
+    if not rows:
+        return 0
+    current = {
+        int(a.id): (str(a.rule_id), int(a.source_count))
+        for a in conn.execute(_LOCK_ALERTS, {"b_ids": sorted({int(r.alert_id) for r in rows})})
+    }
+    grown = [r for r in rows if current[int(r.alert_id)][1] > r.carried_sources]
+    if not grown:
+        return 0
+    active = active_silences(conn, now)
+    staged: dict[str, dict[str, Any]] = {}
+    for r in grown:
+        rule, count = current[int(r.alert_id)]
+        if silenced(rule, active, now):
+            continue  # silenced alerts are stored, not sent: their updates neither
+        due = None
+        if r.stream == IMMEDIATE:
+            waited = r.due_at - r.created_at if r.due_at is not None else timedelta(0)
+            due = now + waited
+        row = _notice(int(r.alert_id), r.receiver, r.stream, "update", count, now, due,
+                      str(r.idempotency_key))  # fmt: skip
+        staged[row["key"]] = row
+    if not staged:
+        return 0
+    stmt = _insert(conn, notices).on_conflict_do_nothing().returning(notices.c.id)
+    added = len(conn.execute(stmt, list(staged.values())).all())
+    if added:
+        logger.info("%d update notice(s) for stories grown while being sent", added)
+    return added
 
 
 async def _needs_update(
@@ -577,7 +745,9 @@ def attach_batches(conn: Connection, claimed: list[ClaimedDelivery]) -> list[Cla
     }
     rows = conn.execute(
         _alert_query()
-        .add_columns(n.c.delivery_id, n.c.kind.label("n_kind"), n.c.reply_to)
+        .add_columns(
+            n.c.delivery_id, n.c.kind.label("n_kind"), n.c.reply_to, n.c.id.label("notice_id")
+        )
         .join(n, n.c.alert_id == alerts.c.id)
         .where(n.c.delivery_id.in_(ids))
         .order_by(n.c.delivery_id, n.c.id)
@@ -586,7 +756,12 @@ def attach_batches(conn: Connection, claimed: list[ClaimedDelivery]) -> list[Cla
     for r in rows:
         m = r._mapping
         members.setdefault(int(m["delivery_id"]), []).append(
-            BatchMember(_alert(m), update=m["n_kind"] == "update", reply_to=m["reply_to"])
+            BatchMember(
+                _alert(m),
+                update=m["n_kind"] == "update",
+                reply_to=m["reply_to"],
+                notice_id=int(m["notice_id"]),
+            )
         )
     every = [b.alert for ms in members.values() for b in ms]
     sources = sources_by_key(conn, [a.story_key for a in every])

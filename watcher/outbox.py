@@ -146,7 +146,12 @@ class OutboxWorker:
         receiver_concurrency: Mapping[str, int] | None = None,
         rng: random.Random | None = None,
         on_outcome: Callable[[DeliveryOutcome], None] = lambda _: None,
+        updates: bool = True,
     ) -> None:
+        """`updates`: does a subscription ask for update notifications
+        (`notify_updates`)? Then claims note how many sources each message lists,
+        and a send that went out while its story grew is followed by an update;
+        without, the outbox skips that work (the ingest stages no updates either)."""
         self.store = store
         self.notifiers = notifiers
         self.config = config
@@ -154,6 +159,7 @@ class OutboxWorker:
         self.clock = clock
         self.rng = rng or random.Random()
         self.on_outcome = on_outcome
+        self.updates = updates
         self._wake = asyncio.Event()  # a send or store operation finished, a kick, a stop
         self._kicked = False  # new work may be due: look at every receiver again
         self._stopping = False
@@ -217,11 +223,12 @@ class OutboxWorker:
                 exclude_receivers=sorted(self._receivers),
                 record=[self._row(o) for o in record],
                 quotas=quotas,
+                updates=self.updates,
             )
         )
 
     async def _record_only(self, rows: list[Outcome]) -> list[ClaimedDelivery]:
-        await self.store.record_outcomes(rows)
+        await self.store.record_outcomes(rows, updates=self.updates)
         return []
 
     async def _pump(self, *, until_idle: bool) -> None:

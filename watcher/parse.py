@@ -24,7 +24,7 @@ from watcher.errors import ParseError
 from watcher.fastparse import fast_parse
 from watcher.federal_register import is_federal_register, items_from_api
 from watcher.models import Item
-from watcher.text import html_to_text, normalize
+from watcher.text import fold_utf8, html_to_text
 
 _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"})
 
@@ -87,13 +87,11 @@ def canonical_url(url: str, base: str = "") -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
 
 
-def _fold(text: str) -> str:
-    """`normalize`, with its ASCII case (NFKC changes no ASCII text) short-cut first."""
-    return text.lower() if text.isascii() else normalize(text)
-
-
 def content_hash(title: str, text: str) -> str:
-    digest = hashlib.sha256(f"{_fold(title)}\n{_fold(text)}".encode())
+    """sha256 of normalize(title), a newline and normalize(text), as UTF-8: 32 hex digits."""
+    digest = hashlib.sha256(fold_utf8(title))
+    digest.update(b"\n")
+    digest.update(fold_utf8(text))
     return digest.hexdigest()[:32]
 
 
@@ -135,6 +133,20 @@ def make_item(
     tags: Iterable[str] = (),
 ) -> Item:
     """Build an Item with its identity: guid, else canonical link, else content hash."""
+    return _item(source_id, guid, url, title, text, published, language, tuple(tags))
+
+
+def _item(
+    source_id: str,
+    guid: str,
+    url: str,
+    title: str,
+    text: str,
+    published: datetime | None,
+    language: str,
+    tags: tuple[str, ...],
+) -> Item:
+    """make_item's work, its arguments by position (the parse loops call it per entry)."""
     title = title[: constants.ITEM_TITLE_MAX_CHARS]
     text = text[: constants.ITEM_TEXT_MAX_CHARS]
     chash = content_hash(title, text)
@@ -145,6 +157,8 @@ def make_item(
         key = f"url:{url}"
     else:
         key = f"hash:{chash}"
+    if published is not None and published.tzinfo is not UTC:
+        published = published.astimezone(UTC)
     return Item(
         source_id=source_id,
         dedup_key=key[:512],
@@ -152,9 +166,9 @@ def make_item(
         url=url,
         title=title,
         text=text,
-        published=published.astimezone(UTC) if published else None,
+        published=published,
         language=language,
-        tags=tuple(tags),
+        tags=tags,
         content_hash=chash,
     )
 
@@ -178,7 +192,9 @@ def refuse_entities(body: bytes, *, source_id: str) -> None:
     Like defusedxml's `forbid_entities`: a feed has no business declaring
     entities, and the predefined ones (&amp; &lt; ...) need no declaration.
     """
-    if any(marker in body for marker in _ENTITY_MARKERS):
+    # the UTF-16 markers hold NUL bytes: a body without one (most) needs no search for them
+    markers = _ENTITY_MARKERS if b"\x00" in body else _ENTITY_MARKERS[:1]
+    if any(marker in body for marker in markers):
         raise ParseError(
             "XML entity declarations are refused (entity expansion, external entities)",
             source_id=source_id,
@@ -199,16 +215,7 @@ def entry_item(
     """A feed entry as an Item, or None when it has nothing to identify or show."""
     if not (title or text or url or guid):
         return None
-    return make_item(
-        source_id=source_id,
-        guid=guid,
-        url=url,
-        title=title,
-        text=text,
-        published=published,
-        language=language,
-        tags=tags,
-    )
+    return _item(source_id, guid, url, title, text, published, language, tuple(tags))
 
 
 def parse_feed(
@@ -247,7 +254,7 @@ def parse_document(
     """`parse_feed`, plus what the feed says about polling it (RSS ttl)."""
     if not isinstance(body, bytes):  # never let feedparser see a URL-like string
         raise TypeError("parse_feed takes the fetched bytes")
-    if not body.strip():
+    if not body or body.isspace():  # (body.strip() would copy the body)
         raise ParseError("empty body", source_id=source_id)
     stripped = body.lstrip()
     if stripped[:1] in (b"{", b"["):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,17 @@ TEXT_FIELDS = ("title", "text")
 META_FIELDS = ("source", "lang", "tag")
 FIELDS = (*TEXT_FIELDS, *META_FIELDS, "case")
 MAX_DISTANCE = 1000
+
+
+_ASCII_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_LATIN_CHAR = re.compile(rf"[^\W{_CJK_RANGES}]")
+# How many times a word is found inside longer words before `has_word` builds the word set.
+_SCAN_MAX = 8
+
+
+def _joins(char: str) -> bool:
+    """Whether a character continues a (non-CJK) word, as the tokenisers split them."""
+    return char in _ASCII_WORD_CHARS if char < "\x80" else _LATIN_CHAR.match(char) is not None
 
 
 def query_words(normalized: str) -> list[str]:
@@ -97,6 +109,12 @@ class Meta:
     tags: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=4096)
+def _meta(source: str, lang: str, tags: tuple[str, ...]) -> Meta:
+    """An item's Meta: the same few sources, languages and tags come again and again."""
+    return Meta(source, normalize(lang), tuple(normalize(x) for x in tags))
+
+
 class Document:
     """A text prepared once for evaluating any number of queries against it.
 
@@ -118,12 +136,8 @@ class Document:
         self.meta = meta
         self.offset = offset
         self._title_end = title_end  # chars of `normalized` that belong to the title
-        if normalized.isascii():
-            self._token_re = _ASCII_TOKEN_RE
-            self.words: tuple[str, ...] = tuple(ascii_words(normalized))
-        else:
-            self._token_re = _TOKEN_RE
-            self.words = tuple(_TOKEN_RE.findall(normalized))
+        self.ascii = normalized.isascii()
+        self._token_re = _ASCII_TOKEN_RE if self.ascii else _TOKEN_RE
         self._fields: dict[str, Document] = {}
 
     @classmethod
@@ -142,7 +156,7 @@ class Document:
         tags: Sequence[str] = (),
     ) -> Document:
         t = normalize(title)
-        meta = Meta(source, normalize(lang), tuple(normalize(x) for x in tags))
+        meta = _meta(source, lang, tuple(tags))
         if not t:
             return cls(normalize(text), meta, raw=("", text))
         return cls(f"{t}\n{normalize(text)}", meta, title_end=len(t), raw=(title, text))
@@ -172,6 +186,19 @@ class Document:
         return view
 
     @_lazy
+    def words(self) -> tuple[str, ...]:
+        """The words, in order (built when a test needs them: most need only `has_word`)."""
+        if self.ascii:
+            return tuple(ascii_words(self.normalized))
+        return tuple(_TOKEN_RE.findall(self.normalized))
+
+    @_lazy
+    def ascii_keys(self) -> list[bytes]:
+        """An ASCII document's words as bytes: what the prefilter looks up, made without
+        decoding (only for ASCII text)."""
+        return self.normalized.encode("ascii").translate(_ASCII_SPACES).split()
+
+    @_lazy
     def starts(self) -> tuple[int, ...]:
         return tuple(m.start() for m in self._token_re.finditer(self.normalized))
 
@@ -195,7 +222,41 @@ class Document:
     def sorted_words(self) -> tuple[str, ...]:
         return tuple(sorted(self.word_set))
 
+    def has_word(self, word: str) -> bool:
+        """Whether a (non-CJK) word is one of the document's words.
+
+        A substring search in C, then a look at the characters on either side,
+        costs less than building the word set, which a document tested by a
+        few rules does not need; a word found inside many longer ones falls
+        back to the set.
+        """
+        text = self.normalized
+        at = text.find(word)
+        if at < 0:
+            return False
+        known = self.__dict__.get("word_set")
+        if known is not None:
+            return word in known
+        size, end = len(word), len(text)
+        for _ in range(_SCAN_MAX):
+            after = at + size
+            if (at == 0 or not _joins(text[at - 1])) and (after == end or not _joins(text[after])):
+                return True
+            at = text.find(word, at + 1)
+            if at < 0:
+                return False
+        return word in self.word_set
+
     def has_prefix(self, prefix: str) -> bool:
+        """Whether a word of the document starts with `prefix` (a non-CJK word)."""
+        text = self.normalized
+        at = text.find(prefix)
+        for _ in range(_SCAN_MAX):
+            if at < 0:
+                return False
+            if at == 0 or not _joins(text[at - 1]):
+                return True
+            at = text.find(prefix, at + 1)
         words = self.sorted_words
         i = bisect.bisect_left(words, prefix)
         return i < len(words) and words[i].startswith(prefix)
@@ -224,9 +285,8 @@ class Term:
             return self.cjk in doc.normalized
         if len(self.parts) == 1:
             word, prefix = self.parts[0]
-            return doc.has_prefix(word) if prefix else word in doc.word_set
-        words = doc.word_set
-        if not all((doc.has_prefix(w) if p else w in words) for w, p in self.parts):
+            return doc.has_prefix(word) if prefix else doc.has_word(word)
+        if not all((doc.has_prefix(w) if p else doc.has_word(w)) for w, p in self.parts):
             return False
         return bool(self.spans(doc, first_only=True))
 
@@ -243,7 +303,7 @@ class Term:
                 start = doc.normalized.find(self.cjk, start + len(self.cjk))
             return out
         word, prefix = self.parts[0]
-        if not (doc.has_prefix(word) if prefix else word in doc.word_set):
+        if not (doc.has_prefix(word) if prefix else doc.has_word(word)):
             return out
         words = doc.words
         if prefix:
@@ -428,16 +488,16 @@ def compile_test(node: Node) -> Test:
         word, prefix = node.parts[0]
         if prefix:
             return lambda doc: doc.has_prefix(word)
-        return lambda doc: word in doc.word_set
+        return lambda doc: doc.has_word(word)
     if isinstance(node, Or):
         plain = [c for c in node.children if _plain_word(c)]
-        words = frozenset(c.parts[0][0] for c in plain if isinstance(c, Term))
+        words = tuple(dict.fromkeys(c.parts[0][0] for c in plain if isinstance(c, Term)))
         rest = [compile_test(c) for c in node.children if not _plain_word(c)]
         if not rest:
-            return lambda doc: not words.isdisjoint(doc.word_set)
+            return lambda doc: any(map(doc.has_word, words))
         if not words:
             return lambda doc: any(test(doc) for test in rest)
-        return lambda doc: not words.isdisjoint(doc.word_set) or any(test(doc) for test in rest)
+        return lambda doc: any(map(doc.has_word, words)) or any(test(doc) for test in rest)
     if isinstance(node, And):
         tests = [compile_test(c) for c in node.children]
         if len(tests) == 2:

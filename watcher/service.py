@@ -192,6 +192,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         clock=clock,
         receiver_concurrency={r.id: r.concurrency for r in config.receivers},
+        updates=any(s.notify_updates for s in config.subscriptions),
     )
     grouper = Grouper(
         store=store,

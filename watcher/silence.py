@@ -14,8 +14,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Column, String, Table, Text, or_, select, update
+from sqlalchemy import Column, Select, String, Table, Text, or_, select, update
+from sqlalchemy.engine import Connection
 
 from watcher.asyncdb import AsyncConnection
 from watcher.errors import WatcherError
@@ -104,13 +106,22 @@ async def add_silence(
     return _silence(row)
 
 
-async def list_silences(
-    conn: AsyncConnection, *, now: datetime, include_inactive: bool = False
-) -> list[Silence]:
+def _listed(now: datetime, include_inactive: bool) -> Select[Any]:
     q = select(silences).order_by(silences.c.id)
     if not include_inactive:
         q = q.where(silences.c.expired_at.is_(None), silences.c.until > now)
-    return [_silence(r) for r in await conn.execute(q)]
+    return q
+
+
+async def list_silences(
+    conn: AsyncConnection, *, now: datetime, include_inactive: bool = False
+) -> list[Silence]:
+    return [_silence(r) for r in await conn.execute(_listed(now, include_inactive))]
+
+
+def active_silences(conn: Connection, now: datetime) -> list[Silence]:
+    """The silences in force, read on a synchronous connection (the outbox's transactions)."""
+    return [_silence(r) for r in conn.execute(_listed(now, False))]
 
 
 async def expire_silence(conn: AsyncConnection, silence_id: int, *, now: datetime) -> Silence:

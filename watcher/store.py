@@ -158,6 +158,10 @@ deliveries = Table(
     # `detail` is JSON (a digest's period). Such a row's alert_id is its first alert's.
     Column("kind", String(16)),
     Column("detail", Text),
+    # How many sources the notification listed, as the outbox last claimed and rendered
+    # it (plain deliveries; the alerts of a group or digest keep theirs on `notices`).
+    # After the send, a story grown since gets its update (watcher/group.py).
+    Column("carried_sources", Integer),
     # One delivery per (alert, receiver) holds through the idempotency key (`wd_<alert>_
     # <receiver>`, unique); an alert may also be in a digest or an update for that receiver.
     Index("ix_deliveries_alert", "alert_id", "receiver"),
@@ -296,6 +300,7 @@ class BatchMember:
     alert: Alert
     update: bool = False
     reply_to: str | None = None  # updates: idempotency key of the notification first sent
+    notice_id: int | None = None  # its row of `notices`
 
 
 @dataclass(frozen=True)
@@ -319,7 +324,7 @@ class ClaimedDelivery:
     lease_until: datetime | None = None  # set when claimed: send before it lapses
 
 
-def _insert(conn: AsyncConnection, table: Table) -> Any:
+def _insert(conn: AsyncConnection | Connection, table: Table) -> Any:
     """The dialect's INSERT, which has on_conflict_do_nothing().
 
     Imported here, not at the top: a service on SQLite never loads the PostgreSQL
@@ -784,6 +789,7 @@ class Store:
         exclude_receivers: Sequence[str] = (),
         record: Sequence[Outcome] = (),
         quotas: Mapping[str, int] | None = None,
+        updates: bool = True,
     ) -> list[ClaimedDelivery]:
         """Lease due deliveries, after recording `record`, in one transaction.
 
@@ -791,13 +797,15 @@ class Store:
         `quotas`, up to quotas[r] rows of each receiver r, and only when those
         find nothing, up to `limit` rows of receivers not named (rows left by a
         receiver since removed from the config). A lease that expires (its
-        worker crashed) makes the row due again.
+        worker crashed) makes the row due again. `updates`: may a subscription ask
+        for update notifications? Then each claimed row notes how many sources its
+        message lists, and each sent one is checked for a story grown meanwhile.
         """
         now = self.clock()
 
         def claim(conn: Connection) -> list[ClaimedDelivery]:
             if record:
-                _record(conn, record, now)
+                _record(conn, record, now, updates=updates)
             claimed: list[int] = []
             if quotas is None:
                 claimed = _lease(conn, now, lease_s, limit, exclude=exclude_receivers)
@@ -820,15 +828,18 @@ class Store:
                 c.alert.sources = sources.get(c.alert.story_key, [])
             if any(c.delivery.kind for c in out):  # groups and digests: their alerts too
                 out = _group.attach_batches(conn, out)
+            if updates:  # what each message will say, for the check after the send
+                _group.record_carried(conn, out)
             return out
 
         return await self._loop_tx(claim)
 
-    async def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Record a batch of attempts in one transaction, releasing their leases."""
+    async def record_outcomes(self, outcomes: Sequence[Outcome], *, updates: bool = True) -> None:
+        """Record a batch of attempts in one transaction, releasing their leases
+        (`updates`: as for `claim_deliveries`)."""
         if outcomes:
             now = self.clock()
-            await self._loop_tx(lambda conn: _record(conn, outcomes, now))
+            await self._loop_tx(lambda conn: _record(conn, outcomes, now, updates=updates))
 
     async def mark_sent(self, delivery_id: int) -> None:
         await self.record_outcomes([Outcome(delivery_id, "sent")])
@@ -953,12 +964,17 @@ _RELEASE = (  # back, uncharged: the attempt was not made
 )
 
 
-def _record(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
+def _record(
+    conn: Connection, outcomes: Sequence[Outcome], now: datetime, *, updates: bool = True
+) -> None:
     d = deliveries
     sent = [o.delivery_id for o in outcomes if o.state == "sent"]
     deferred = [o.delivery_id for o in outcomes if o.state == "deferred"]
     if sent:  # the common case: one statement for the whole group
         conn.execute(_MARK_SENT, {"b_ids": sent, "b_now": now})
+        if updates:  # stories grown while these were sent: their update notices (a
+            # racing ingest may have seen them as not yet sent)
+            _group.stage_updates_after_send(conn, sent, now)
     if deferred:
         conn.execute(_RELEASE, {"b_ids": deferred})
     for o in outcomes:

@@ -79,7 +79,54 @@ _SPECIAL = frozenset(
 _BLOCK_BREAK = dict.fromkeys(_BLOCK_TAGS, "\n")
 
 
+# _TAG with the tag name its only group: split() then yields text, name, text, ..., text
+_TAG_NAME = re.compile(
+    r"</?([A-Za-z][A-Za-z0-9]*)"
+    r"(?:\s+[^\s\"'<>/=]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+))?)*\s*/?>"
+)
+
+
 def _simple_html_to_text(html: str) -> str | None:
+    parts = _TAG_NAME.split(html)
+    names = list(map(str.lower, parts[1::2]))
+    if not _SPECIAL.isdisjoint(names):
+        return _html_with_iframes_to_text(html)
+    # every "<" opens a tag the regex read, unless an attribute value holds one
+    if html.count("<") != len(names) and any("<" in text for text in parts[0::2]):
+        return None
+    return _plain_markup_text(html, parts, names)
+
+
+def _plain_markup_text(html: str, parts: list[str], names: list[str]) -> str | None:
+    """The text of markup _TAG_NAME split into parts (its tag names lower-cased in names)
+    and found plain: block tags a newline, other tags nothing, references unescaped."""
+    if "&" not in html:
+        parts[1::2] = map(_BLOCK_BREAK.get, names, repeat(""))
+        return collapse_whitespace("".join(parts))
+    if "\x00" in html:
+        return None
+    # as in _html_with_iframes_to_text: NUL between the pieces a tag separates
+    parts[1::2] = map(_BLOCK_BREAK.get, names, repeat("\x00"))
+    return collapse_whitespace(fast_unescape("".join(parts)).replace("\x00", ""))
+
+
+def html_to_text_and_tags(html: str) -> tuple[str, list[str] | None]:
+    """html_to_text(html), and the lower-case names of its tags when every "<" in it
+    opens one (as _TAG_NAME reads tags), none of them special; else None."""
+    if "<" not in html:
+        return html_to_text(html), []
+    parts = _TAG_NAME.split(html)
+    names = list(map(str.lower, parts[1::2]))
+    if html.count("<") == len(names) and _SPECIAL.isdisjoint(names):
+        text = _plain_markup_text(html, parts, names)
+        if text is not None:
+            return text, names
+    return html_to_text(html), None
+
+
+def _html_with_iframes_to_text(html: str) -> str | None:
+    """_simple_html_to_text for markup with special tags: its text if they are only
+    empty iframes, else None."""
     parts = _TAG.split(html)
     # split() yields: text, slash, name, attrs, selfclose, text, ...
     texts = parts[0::5]
@@ -227,6 +274,103 @@ def normalize(text: str) -> str:
         return folded
     decomposed = unicodedata.normalize("NFD", folded)
     return unicodedata.normalize("NFC", _DIACRITICS.sub("", decomposed))
+
+
+def _may_compose_back(ch: str) -> bool:
+    """True for every character that can be the second of a canonical composition: all
+    are marks or Hangul jamo (a test checks this over the whole Unicode database)."""
+    return unicodedata.category(ch)[0] == "M" or "\u1100" <= ch <= "\u11ff"
+
+
+def _starts_alone(text: str) -> bool:
+    """The text starts with a starter that composes with nothing before it."""
+    return bool(text) and unicodedata.combining(text[0]) == 0 and not _may_compose_back(text[0])
+
+
+def _folds_alone(ch: str) -> str | None:
+    """normalize(ch), if normalize folds any text holding ch character by character.
+
+    That holds when each step's piece for ch starts with a starter that composes with
+    nothing before it: NFKC, case folding, NFD, dropping diacritics and NFC then each
+    act within the piece, never across two (a test holds fold_utf8 to normalize).
+    """
+    decomposed = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", ch).casefold())
+    stripped = _DIACRITICS.sub("", decomposed)
+    if not (
+        _starts_alone(unicodedata.normalize("NFKD", ch))
+        and unicodedata.combining(decomposed[:1] or "\u0300") == 0
+        and _starts_alone(stripped)
+    ):
+        return None
+    return unicodedata.normalize("NFC", stripped)
+
+
+@cache
+def _unfolded() -> re.Pattern[str]:
+    """A character fold_utf8 must look at: not ASCII, and not one that normalize keeps as
+    it is in any text of such characters. Built once, on first use, from this Python's
+    Unicode database, over the Basic Multilingual Plane (the rest is looked at)."""
+    runs: list[list[int]] = []  # [first, last] code point of each run of consecutive ones
+    for code in range(0x80, 0x10000):
+        ch = chr(code)
+        if 0xD800 <= code < 0xE000:
+            continue
+        if unicodedata.decomposition(ch):
+            kept = _folds_alone(ch) == ch
+        else:  # no decomposition: NFKC, NFD and NFC keep it; only case folding may not
+            kept = (
+                unicodedata.combining(ch) == 0 and not _may_compose_back(ch)
+                and ch.casefold() == ch
+            )  # fmt: skip
+        if kept:
+            if runs and runs[-1][1] == code - 1:
+                runs[-1][1] = code
+            else:
+                runs.append([code, code])
+    kept_class = "".join(
+        re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs
+    )
+    return re.compile("[^\x00-\x7f" + kept_class + "]")
+
+
+class _Folds(dict[str, bytes | None]):
+    """A character -> UTF-8 of normalize(ch) when that may take its place in any text
+    (see _folds_alone), b"" when that is the character itself, else None. Filled on
+    demand."""
+
+    def __missing__(self, ch: str) -> bytes | None:
+        folded = _folds_alone(ch)
+        value = None if folded is None else b"" if folded == ch else folded.encode()
+        if value and value.lower() != value:
+            value = None  # never so (case folding leaves no ASCII capital), but fold_utf8 needs it
+        if len(self) < 4096:  # a hostile feed's characters cannot grow it past this
+            self[ch] = value
+        return value
+
+
+_FOLDS = _Folds()
+_ASCII_BYTES = bytes(range(0x80))
+
+
+def fold_utf8(text: str) -> bytes:
+    """`normalize(text).encode()`, faster on text whose non-ASCII characters each fold
+    on their own (most CJK text, curly quotes, "é", "…", fullwidth ASCII): their folds
+    replace them in the UTF-8 bytes, and bytes.lower() folds the ASCII."""
+    utf8 = text.encode()
+    if len(utf8) == len(text):  # ASCII
+        return utf8.lower()
+    others = utf8.translate(None, _ASCII_BYTES)  # the UTF-8 of the non-ASCII characters
+    if 4 * len(others) < len(utf8):  # mostly ASCII: look at each distinct character
+        distinct = set(others.decode())
+    else:  # mostly not: look at those a C-level scan finds
+        distinct = set(_unfolded().findall(text))
+    for ch in distinct:
+        folded = _FOLDS[ch]
+        if folded is None:
+            return normalize(text).encode()
+        if folded:
+            utf8 = utf8.replace(ch.encode(), folded)
+    return utf8.lower()
 
 
 def normalize_keep_case(text: str) -> str:
