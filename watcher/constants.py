@@ -68,7 +68,7 @@ CLUSTER_ITEMS_PER_STORY_COMPARED = 20
 CLUSTER_MEMORY_WINDOWS = 2
 # ... but at most this many items (whole stories, the oldest forgotten first): older
 # stories are found through the store's candidate index (story_store.story_keys).
-CLUSTER_MEMORY_ITEMS = 5_000
+CLUSTER_MEMORY_ITEMS = 2_000
 CLUSTER_MIN_SHARED_SPECIFICS = 2  # names, amounts or dates two items must share to merge
 # words whose entity and term keys are remembered (each of two caches): ~100 B a word, plus
 # the word; at 65,536 both came to ~22 MB in a long-running service, for ~5% of features()
