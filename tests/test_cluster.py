@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, func, select
 
 from bench.cluster_quality import HELDOUT, labelled_items, pair_scores
 from tests.conftest import SHARED, FakeClock
@@ -17,7 +18,7 @@ from watcher.parse import make_item
 from watcher.replay import replay
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
-from watcher.story_store import StoryIndex, story_info
+from watcher.story_store import StoryIndex, story_info, story_keys
 
 REPO = Path(__file__).resolve().parent.parent
 WIDE_WINDOW_S = 400 * 24 * 3600
@@ -473,3 +474,20 @@ async def test_the_memory_cap_holds_when_items_share_one_time(
         [memory] = index._memories.values()
         assert len(memory.members) <= 5
     assert len(set(keys)) == 15
+
+
+async def test_a_store_without_the_candidate_index_has_it_filled(
+    store: Store, clock: FakeClock
+) -> None:
+    """A store written before `story_keys` existed: the first assignment fills it."""
+    a, b, c = _copies(clock.now - timedelta(hours=3))
+    [first] = await assign_all(store, [a], StoryIndex())
+    await assign_all(store, _others(8, clock.now - timedelta(hours=2)), StoryIndex())
+    async with store.transaction() as tx:
+        await tx.conn.execute(delete(story_keys))
+    restarted = StoryIndex(memory_items=3)
+    [second, other] = await assign_all(store, [b, c], restarted)
+    assert second == first and other != first
+    async with store.engine.connect() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(story_keys))).scalar()
+    assert stored and stored > 9

@@ -899,16 +899,26 @@ class StoryIndex:
         """Fill the store's candidate index for a store written before it existed."""
         if (await conn.execute(select(story_keys.c.item_id).limit(1))).first() is not None:
             return
-        rows = await conn.execute(
-            select(story_items.c.item_id, story_items.c.at, story_items.c.vector)
-        )
-        keys = [
-            {"key": k, "at": r.at, "item_id": r.item_id}
-            for r in rows
-            for k in _ranked(json.loads(r.vector))[: constants.CLUSTER_INDEX_KEYS]
-        ]
-        for chunk in _chunks(keys, 5000):
-            await conn.execute(_statements(conn).insert_keys, list(chunk))
+        last = -1
+        while True:  # a page at a time: an old store may hold many items
+            rows = (
+                await conn.execute(
+                    select(story_items.c.item_id, story_items.c.at, story_items.c.vector)
+                    .where(story_items.c.item_id > last)
+                    .order_by(story_items.c.item_id)
+                    .limit(2000)
+                )
+            ).all()
+            if not rows:
+                return
+            last = int(rows[-1].item_id)
+            keys = [
+                {"key": k, "at": r.at, "item_id": r.item_id}
+                for r in rows
+                for k in _ranked(json.loads(r.vector))[: constants.CLUSTER_INDEX_KEYS]
+            ]
+            if keys:
+                await conn.execute(_statements(conn).insert_keys, keys)
 
     async def _load(
         self, conn: AsyncConnection, memory: _Memory, where: Callable[[Any], ColumnElement[bool]]
