@@ -51,8 +51,10 @@ _EMPTY: Postings = frozenset()
 
 # A rule is indexed under its two most selective sets; evaluation does the rest.
 MAX_REQUIREMENTS = 2
-# The word memo is cleared when it grows past this many words (~100 bytes each).
-MEMO_MAX_WORDS = 200_000
+# The word memo is cleared when it grows past this many words (~100 bytes each, twice
+# for ASCII words): at 200,000 that is up to ~40 MB in a long-running service, mostly
+# words seen once (numbers, names); the common ones are worked out again after a clear.
+MEMO_MAX_WORDS = 20_000
 
 
 def term_trigger(term: Term) -> str:
