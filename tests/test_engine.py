@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_query import queries
-from watcher.engine import MEMO_MAX_WORDS, Prefilter, requirements
+from watcher.engine import MEMO_EXTRA_WORDS, Prefilter, requirements
 from watcher.facets import extract
 from watcher.models import EventType, Item, Severity
 from watcher.parse import make_item
@@ -82,14 +82,15 @@ def test_compiled_test_equals_walking_the_tree(text: str, item: Item) -> None:
 
 
 def test_the_memo_is_cleared_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("watcher.engine.MEMO_MAX_WORDS", 3)
+    monkeypatch.setattr("watcher.engine.MEMO_EXTRA_WORDS", 3)
     rules = compile_rules(["gallium AND ban*"])
     prefilter = Prefilter([r.node for r in rules])
     doc = Document.from_text("a b c d e gallium bans f g")
     assert prefilter.candidates(doc) == [0]
-    assert len(prefilter._memo) <= 3 + 1
+    assert len(prefilter._memo) <= 1 + 3  # the rules' one word, and 3 others
+    assert len(prefilter._ascii_memo) <= 1 + 3
     assert prefilter.candidates(Document.from_text("gallium")) == []
-    assert MEMO_MAX_WORDS > 3  # the module's own value is untouched
+    assert MEMO_EXTRA_WORDS > 3  # the module's own value is untouched
 
 
 def test_rules_that_need_no_literal_are_always_evaluated() -> None:

@@ -51,10 +51,10 @@ _EMPTY: Postings = frozenset()
 
 # A rule is indexed under its two most selective sets; evaluation does the rest.
 MAX_REQUIREMENTS = 2
-# The word memo is cleared when it grows past this many words (~100 bytes each, twice
-# for ASCII words): at 200,000 that is up to ~40 MB in a long-running service, mostly
-# words seen once (numbers, names); the common ones are worked out again after a clear.
-MEMO_MAX_WORDS = 20_000
+# The word memo holds the rules' own words and at most this many others (~100 bytes
+# each, twice for ASCII words); past that it is cleared, so words seen once (numbers,
+# names) do not pile up in a long-running service, and the rest are worked out again.
+MEMO_EXTRA_WORDS = 20_000
 
 
 def term_trigger(term: Term) -> str:
@@ -126,12 +126,13 @@ def _postings(nodes: Sequence[Node]) -> tuple[dict[str, Postings], tuple[int, ..
 class _Memo(dict[str, Postings]):
     """Word -> postings, worked out the first time a word is seen; cleared when too big."""
 
-    def __init__(self, work_out: Callable[[str], Postings]) -> None:
+    def __init__(self, work_out: Callable[[str], Postings], max_words: int) -> None:
         super().__init__()
         self._work_out = work_out
+        self.max_words = max_words
 
     def __missing__(self, word: str) -> Postings:
-        if len(self) >= MEMO_MAX_WORDS:
+        if len(self) >= self.max_words:
             self.clear()
         value = self[word] = self._work_out(word)
         return value
@@ -145,7 +146,7 @@ class _AsciiMemo(dict[bytes, Postings]):
         self._words = words
 
     def __missing__(self, word: bytes) -> Postings:
-        if len(self) >= MEMO_MAX_WORDS:
+        if len(self) >= self._words.max_words:
             self.clear()
         value = self[word] = self._words[word.decode("ascii")]
         return value
@@ -167,7 +168,7 @@ class Prefilter:
         # The shortest prefix's length, and every prefix cut to it: most words fail this test.
         self._head = min(by_length, default=0)
         self._heads = frozenset(p[: self._head] for table in by_length.values() for p in table)
-        self._memo = _Memo(self._word_postings)
+        self._memo = _Memo(self._word_postings, len(self._words) + MEMO_EXTRA_WORDS)
         for word in self._words:  # the words known now; others are worked out when first seen
             self._memo[word] = self._word_postings(word)
         self._ascii_memo = _AsciiMemo(self._memo)
