@@ -172,6 +172,9 @@ class Prefilter:
         for word in self._words:  # the words known now; others are worked out when first seen
             self._memo[word] = self._word_postings(word)
         self._ascii_memo = _AsciiMemo(self._memo)
+        for word, postings in self._memo.items():  # and as bytes, for ASCII documents
+            if word.isascii():
+                self._ascii_memo[word.encode("ascii")] = postings
         cjk = sorted(k for k in literals if not k.startswith(" ") and is_cjk(k))
         self._automaton: ahocorasick.Automaton | None = None
         if cjk:
