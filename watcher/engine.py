@@ -23,6 +23,7 @@ ASCII.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import ahocorasick
 
@@ -47,6 +48,7 @@ Requirements = list[frozenset[str]]  # every set must have a literal in the text
 # The rules a literal serves: rule i as i when it is the rule's first requirement,
 # as i + n (n rules) when it is its second.
 Postings = frozenset[int]
+K = TypeVar("K", str, bytes)
 _EMPTY: Postings = frozenset()
 
 # A rule is indexed under its two most selective sets; evaluation does the rest.
@@ -123,32 +125,19 @@ def _postings(nodes: Sequence[Node]) -> tuple[dict[str, Postings], tuple[int, ..
     return {k: frozenset(v) for k, v in table.items()}, tuple(always)
 
 
-class _Memo(dict[str, Postings]):
+class _Memo(dict[K, Postings]):
     """Word -> postings, worked out the first time a word is seen; cleared when too big."""
 
-    def __init__(self, work_out: Callable[[str], Postings], max_words: int) -> None:
+    def __init__(self, work_out: Callable[[K], Postings], max_words: int) -> None:
         super().__init__()
-        self._work_out = work_out
+        self._work_out: Callable[[K], Postings] = work_out
         self.max_words = max_words
 
-    def __missing__(self, word: str) -> Postings:
+    def __missing__(self, word: K) -> Postings:
         if len(self) >= self.max_words:
             self.clear()
-        value = self[word] = self._work_out(word)
-        return value
-
-
-class _AsciiMemo(dict[bytes, Postings]):
-    """The memo for ASCII documents' words, as bytes (see `Document.ascii_keys`)."""
-
-    def __init__(self, words: _Memo) -> None:
-        super().__init__()
-        self._words = words
-
-    def __missing__(self, word: bytes) -> Postings:
-        if len(self) >= self._words.max_words:
-            self.clear()
-        value = self[word] = self._words[word.decode("ascii")]
+        value: Postings = self._work_out(word)
+        self[word] = value
         return value
 
 
@@ -168,10 +157,13 @@ class Prefilter:
         # The shortest prefix's length, and every prefix cut to it: most words fail this test.
         self._head = min(by_length, default=0)
         self._heads = frozenset(p[: self._head] for table in by_length.values() for p in table)
-        self._memo = _Memo(self._word_postings, len(self._words) + MEMO_EXTRA_WORDS)
+        max_words = len(self._words) + MEMO_EXTRA_WORDS
+        self._memo: _Memo[str] = _Memo(self._word_postings, max_words)
         for word in self._words:  # the words known now; others are worked out when first seen
             self._memo[word] = self._word_postings(word)
-        self._ascii_memo = _AsciiMemo(self._memo)
+        # ASCII documents' words, as bytes (see `Document.ascii_keys`)
+        memo = self._memo
+        self._ascii_memo: _Memo[bytes] = _Memo(lambda b: memo[b.decode("ascii")], max_words)
         for word, postings in self._memo.items():  # and as bytes, for ASCII documents
             if word.isascii():
                 self._ascii_memo[word.encode("ascii")] = postings
