@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from functools import cache
 from html import unescape
 from html.parser import HTMLParser
@@ -86,9 +87,14 @@ _TAG_NAME = re.compile(
 )
 
 
-def _simple_html_to_text(html: str) -> str | None:
+def _split_tags(html: str) -> tuple[list[str], list[str]]:
+    """html split by _TAG_NAME (text, name, text, ..., text), and its tag names lower-cased."""
     parts = _TAG_NAME.split(html)
-    names = list(map(str.lower, parts[1::2]))
+    return parts, list(map(str.lower, parts[1::2]))
+
+
+def _simple_html_to_text(html: str) -> str | None:
+    parts, names = _split_tags(html)
     if not _SPECIAL.isdisjoint(names):
         return _html_with_iframes_to_text(html)
     # every "<" opens a tag the regex read, unless an attribute value holds one
@@ -115,8 +121,7 @@ def html_to_text_and_tags(html: str) -> tuple[str, list[str] | None]:
     opens one (as _TAG_NAME reads tags), none of them special; else None."""
     if "<" not in html:
         return html_to_text(html), []
-    parts = _TAG_NAME.split(html)
-    names = list(map(str.lower, parts[1::2]))
+    parts, names = _split_tags(html)
     if html.count("<") == len(names) and _SPECIAL.isdisjoint(names):
         text = _plain_markup_text(html, parts, names)
         if text is not None:
@@ -231,16 +236,22 @@ def _accented() -> re.Pattern[str]:
     Built once, on first use, from this Python's own Unicode database; a test checks
     that no character from U+3000 on needs it (none does up to Unicode 15.1).
     """
-    codes = [
+    codes = (
         c for c in range(0x80, 0x3000) if _DIACRITICS.search(unicodedata.normalize("NFD", chr(c)))
-    ]
-    runs: list[list[int]] = []  # [first, last] code point of each run of consecutive ones
-    for c in codes:
-        if runs and runs[-1][1] == c - 1:
-            runs[-1][1] = c
+    )
+    return re.compile("[" + _char_class(codes) + "]")
+
+
+def _char_class(codes: Iterable[int]) -> str:
+    """The inside of a regex character class matching these code points (ascending),
+    one range per run of consecutive ones."""
+    runs: list[list[int]] = []  # [first, last] code point of each run
+    for code in codes:
+        if runs and runs[-1][1] == code - 1:
+            runs[-1][1] = code
         else:
-            runs.append([c, c])
-    return re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in runs) + "]")
+            runs.append([code, code])
+    return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs)
 
 
 # Fullwidth ASCII, the ideographic space and the ellipsis, the compatibility characters of
@@ -310,27 +321,18 @@ def _unfolded() -> re.Pattern[str]:
     """A character fold_utf8 must look at: not ASCII, and not one that normalize keeps as
     it is in any text of such characters. Built once, on first use, from this Python's
     Unicode database, over the Basic Multilingual Plane (the rest is looked at)."""
-    runs: list[list[int]] = []  # [first, last] code point of each run of consecutive ones
-    for code in range(0x80, 0x10000):
-        ch = chr(code)
-        if 0xD800 <= code < 0xE000:
-            continue
-        if unicodedata.decomposition(ch):
-            kept = _folds_alone(ch) == ch
-        else:  # no decomposition: NFKC, NFD and NFC keep it; only case folding may not
-            kept = (
-                unicodedata.combining(ch) == 0 and not _may_compose_back(ch)
-                and ch.casefold() == ch
-            )  # fmt: skip
-        if kept:
-            if runs and runs[-1][1] == code - 1:
-                runs[-1][1] = code
-            else:
-                runs.append([code, code])
-    kept_class = "".join(
-        re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in runs
-    )
-    return re.compile("[^\x00-\x7f" + kept_class + "]")
+    kept = (code for code in range(0x80, 0x10000) if _kept_as_is(chr(code)))
+    return re.compile("[^\x00-\x7f" + _char_class(kept) + "]")
+
+
+def _kept_as_is(ch: str) -> bool:
+    """normalize keeps ch as it is in any text of such characters (surrogates: no)."""
+    if "\ud800" <= ch <= "\udfff":
+        return False
+    if unicodedata.decomposition(ch):
+        return _folds_alone(ch) == ch
+    # no decomposition: NFKC, NFD and NFC keep it; only case folding may not
+    return unicodedata.combining(ch) == 0 and not _may_compose_back(ch) and ch.casefold() == ch
 
 
 class _Folds(dict[str, bytes | None]):
