@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import text
@@ -85,11 +86,20 @@ async def feed_server() -> AsyncIterator[FeedServer]:
 
 
 @pytest.fixture
-async def webhook_server() -> AsyncIterator[WebhookServer]:
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def _webhook_server() -> AsyncIterator[WebhookServer]:
     server = WebhookServer()
     await server.start()
     yield server
     await server.stop()
+
+
+webhook_server = pytest.fixture(_webhook_server, name="webhook_server")
+webhook_server2 = pytest.fixture(_webhook_server, name="webhook_server2")  # a second receiver
 
 
 @pytest.fixture

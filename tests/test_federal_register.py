@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -80,12 +79,6 @@ def published_doc(number: str, title: str) -> dict[str, object]:
         "publication_date": "2026-02-05",
         "html_url": f"https://www.federalregister.gov/documents/2026/02/05/{number}/x",
     }
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_public_inspection_alerts_and_publication_joins_the_story(

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import brotli
@@ -38,12 +37,6 @@ def limits(**kw: object) -> FetchLimits:
     }
     base.update(kw)
     return FetchLimits(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_gzip_and_deflate_bodies_are_decoded(

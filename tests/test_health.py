@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -19,12 +18,6 @@ from watcher.metrics import Metrics
 from watcher.pipeline import Pipeline, build_pipeline
 from watcher.rules import Matcher
 from watcher.store import Store
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def make_config(feed_url: str, receiver: dict[str, object]) -> Config:

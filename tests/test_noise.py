@@ -140,20 +140,6 @@ async def start(config: Config, clock: FakeClock, session: aiohttp.ClientSession
     return Service(config, store, pipeline, worker, grouper, digester)
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def hook2() -> AsyncIterator[WebhookServer]:
-    server = WebhookServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def messages(sink: SmtpSink, n: int) -> list[EmailMessage]:
     """aiosmtpd hands messages over on its own thread, right after replying 250."""
     for _ in range(200):
@@ -224,7 +210,7 @@ async def test_subscriptions_route_by_source_and_severity(
     session: aiohttp.ClientSession,
     feed_server: FeedServer,
     webhook_server: WebhookServer,
-    hook2: WebhookServer,
+    webhook_server2: WebhookServer,
     smtp_server: tuple[SmtpSink, int],
 ) -> None:
     sink, port = smtp_server
@@ -234,7 +220,7 @@ async def test_subscriptions_route_by_source_and_severity(
         store_url,
         {"a": feed_server.url("/a.rss"), "b": feed_server.url("/b.rss")},
         [mail(port, group_wait_s=0), hook(webhook_server, group_wait_s=0),
-         hook(hook2, "critical-only", group_wait_s=0)],
+         hook(webhook_server2, "critical-only", group_wait_s=0)],
         [{"receivers": ["mail"], "sources": ["a"]},
          {"receivers": ["hook"], "rules": ["ree-*"], "sources": ["b"]},
          {"receivers": ["critical-only"], "min_severity": "critical"}],
@@ -249,7 +235,7 @@ async def test_subscriptions_route_by_source_and_severity(
         assert STORIES[0][1] in msg["Subject"]
         [(_, body)] = webhook_server.received
         assert valid(json.loads(body))["alert"]["item"]["title"] == STORIES[1][1]
-        assert hook2.received == []
+        assert webhook_server2.received == []
     finally:
         await s.store.close()
 
@@ -263,12 +249,12 @@ async def test_alerts_within_group_wait_go_out_as_one_notification(
     session: aiohttp.ClientSession,
     feed_server: FeedServer,
     webhook_server: WebhookServer,
-    hook2: WebhookServer,
+    webhook_server2: WebhookServer,
     smtp_server: tuple[SmtpSink, int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sink, port = smtp_server
-    monkeypatch.setenv("WATCHER_TEST_SLACK_URL", hook2.url)
+    monkeypatch.setenv("WATCHER_TEST_SLACK_URL", webhook_server2.url)
     config = make_config(
         store_url,
         {"a": feed_server.url("/a.rss")},
@@ -287,7 +273,9 @@ async def test_alerts_within_group_wait_go_out_as_one_notification(
             clock.advance(10)
         clock.now = t0 + timedelta(seconds=29)
         await s.deliver()
-        assert sink.messages == [] and webhook_server.received == [] and hook2.received == []
+        assert (
+            sink.messages == [] and webhook_server.received == [] and webhook_server2.received == []
+        )
         assert await s.grouper.next_due() == t0 + timedelta(seconds=30)
 
         webhook_server.responses = [(500, {})]  # the group's first attempt fails
@@ -297,7 +285,7 @@ async def test_alerts_within_group_wait_go_out_as_one_notification(
         assert msg["Subject"] == f"[HIGH] 3 alerts: {STORIES[0][1]} and 2 more"
         assert msg["X-Watcher-Kind"] == "group"
         assert all(title in text_of(msg) for _, title, _ in STORIES[:3])
-        [(_, slack_body)] = hook2.received
+        [(_, slack_body)] = webhook_server2.received
         slack = json.loads(slack_body)
         assert slack["text"] == "watcher alerts: 3 alerts"
         assert sum(1 for b in slack["blocks"] if b["type"] == "section") == 3
@@ -324,7 +312,7 @@ async def test_alerts_within_group_wait_go_out_as_one_notification(
         second_msg = (await messages(sink, 2))[1]
         assert second_msg["Subject"] == f"[HIGH] Rare-earth export curb: {STORIES[3][1]}"
         assert second_msg["Message-ID"] == f"<wd_{fourth.alert_id}_mail@watcher.invalid>"
-        assert len(sink.messages) == 2 and len(hook2.received) == 2
+        assert len(sink.messages) == 2 and len(webhook_server2.received) == 2
         states = {d.delivery.state for d in await s.store.list_deliveries()}
         assert states == {DeliveryState.SENT}
     finally:
@@ -644,7 +632,7 @@ async def test_update_notifications_only_for_subscriptions_that_ask(
     session: aiohttp.ClientSession,
     feed_server: FeedServer,
     webhook_server: WebhookServer,
-    hook2: WebhookServer,
+    webhook_server2: WebhookServer,
     smtp_server: tuple[SmtpSink, int],
 ) -> None:
     sink, port = smtp_server
@@ -653,15 +641,15 @@ async def test_update_notifications_only_for_subscriptions_that_ask(
     config = make_config(
         store_url,
         {"wire": feed_server.url("/wire.rss"), "blog": feed_server.url("/blog.rss")},
-        [hook(webhook_server, "quiet", group_wait_s=0), hook(hook2, "loud", group_wait_s=0),
-         mail(port, group_wait_s=0)],
+        [hook(webhook_server, "quiet", group_wait_s=0),
+         hook(webhook_server2, "loud", group_wait_s=0), mail(port, group_wait_s=0)],
         [{"receivers": ["quiet"]}, {"receivers": ["loud", "mail"], "notify_updates": True}],
     )  # fmt: skip
     s = await start(config, clock, session)
     try:
         [raised] = (await s.poll("wire")).alerts
         await s.deliver()
-        assert len(webhook_server.received) == len(hook2.received) == 1
+        assert len(webhook_server.received) == len(webhook_server2.received) == 1
         [original] = await messages(sink, 1)
 
         clock.advance(600)
@@ -672,7 +660,7 @@ async def test_update_notifications_only_for_subscriptions_that_ask(
         assert (alert.source_count, alert.updated_at) == (2, clock())
         await s.deliver()
         assert len(webhook_server.received) == 1  # quiet: the row changed, nothing was sent
-        first, update = (valid(json.loads(b)) for _, b in hook2.received)
+        first, update = (valid(json.loads(b)) for _, b in webhook_server2.received)
         assert "update" not in first["alert"]
         assert update["type"] == "alert" and update["alert"]["update"] is True
         assert update["alert"]["in_reply_to"] == first["id"] != update["id"]
@@ -730,14 +718,14 @@ async def test_silences_still_suppress_groups_digests_and_updates(
     session: aiohttp.ClientSession,
     feed_server: FeedServer,
     webhook_server: WebhookServer,
-    hook2: WebhookServer,
+    webhook_server2: WebhookServer,
 ) -> None:
     feed(feed_server, "/wire.rss", CURB)
     feed(feed_server, "/blog.rss", ("copy-1", CURB[1], CURB[2]))
     config = make_config(
         store_url,
         {"wire": feed_server.url("/wire.rss"), "blog": feed_server.url("/blog.rss")},
-        [hook(webhook_server, group_wait_s=0), hook(hook2, "digest-hook")],
+        [hook(webhook_server, group_wait_s=0), hook(webhook_server2, "digest-hook")],
         [{"receivers": ["hook"], "notify_updates": True},
          {"id": "daily", "receivers": ["digest-hook"], "mode": "digest",
           "schedule": "0 8 * * *", "timezone": "Europe/Paris"}],
@@ -754,7 +742,7 @@ async def test_silences_still_suppress_groups_digests_and_updates(
         assert len(blog.alerts_updated) == 1 and blog.staged == 0
         clock.now = datetime(2026, 2, 6, 7, 0, tzinfo=UTC)
         await s.deliver()
-        assert webhook_server.received == [] and hook2.received == []
+        assert webhook_server.received == [] and webhook_server2.received == []
         assert len(await s.store.list_alerts()) == 1  # stored, not sent
     finally:
         await s.store.close()

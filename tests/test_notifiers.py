@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -22,12 +21,6 @@ from watcher.notify.slack import SlackNotifier, blocks, escape
 from watcher.notify.webhook import WebhookNotifier, payload
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def schema() -> dict[str, object]:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 
 from tests.conftest import FakeClock
 from tests.delivery import add_alerts, config, worker
 from tests.servers import WebhookServer
 from watcher.models import DeliveryState
 from watcher.store import Store
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def hook(webhook_server: WebhookServer, rid: str = "hook", **extra: object) -> dict[str, object]:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.conftest import FakeClock
 from tests.feeds import CURB, NOISE, rss
@@ -58,12 +56,6 @@ class Harness:
     store: Store
     pipeline: Pipeline
     worker: OutboxWorker
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def harness(config: Config, clock: FakeClock, session: aiohttp.ClientSession) -> Harness:

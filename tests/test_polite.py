@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import aiohttp
-import pytest
 
 from tests.conftest import FakeClock
 from tests.feeds import CURB, NOISE, rss
@@ -38,12 +36,6 @@ def test_backoff_doubles_honours_retry_after_and_flags_broken_sources() -> None:
     assert not p.is_broken(4) and p.is_broken(5)
     assert p.after_error_s(60, 5, None) == 86_400
     assert p.after_error_s(60, 1, None) <= 3600
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def make(

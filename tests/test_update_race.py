@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,17 +33,9 @@ COPY = ("copy-1", CURB[1], CURB[2])  # the same story from another source
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def quiet() -> AsyncIterator[WebhookServer]:
-    server = WebhookServer()
-    await server.start()
-    yield server
-    await server.stop()
+def quiet(webhook_server2: WebhookServer) -> WebhookServer:
+    """The receiver whose subscription does not ask for updates."""
+    return webhook_server2
 
 
 def receivers(server: WebhookServer, quiet: WebhookServer, **extra: Any) -> list[dict[str, Any]]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tests.conftest import FakeClock
@@ -48,12 +46,6 @@ class Runner:
     async def stop(self) -> None:
         if self.runner:
             await self.runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_subscribe_verify_push_and_renew(
