@@ -140,6 +140,18 @@ async def start(config: Config, clock: FakeClock, session: aiohttp.ClientSession
     return Service(config, store, pipeline, worker, grouper, digester)
 
 
+@contextlib.asynccontextmanager
+async def running(
+    config: Config, clock: FakeClock, session: aiohttp.ClientSession
+) -> AsyncIterator[Service]:
+    """`start`, and the store closed at the end."""
+    s = await start(config, clock, session)
+    try:
+        yield s
+    finally:
+        await s.store.close()
+
+
 async def messages(sink: SmtpSink, n: int) -> list[EmailMessage]:
     """aiosmtpd hands messages over on its own thread, right after replying 250."""
     for _ in range(200):
@@ -225,8 +237,7 @@ async def test_subscriptions_route_by_source_and_severity(
          {"receivers": ["hook"], "rules": ["ree-*"], "sources": ["b"]},
          {"receivers": ["critical-only"], "min_severity": "critical"}],
     )  # fmt: skip
-    s = await start(config, clock, session)
-    try:
+    async with running(config, clock, session) as s:
         a, b = await s.poll("a"), await s.poll("b")
         assert [x.receivers for x in a.alerts] == [("mail",)]
         assert [x.receivers for x in b.alerts] == [("hook",)]
@@ -236,8 +247,6 @@ async def test_subscriptions_route_by_source_and_severity(
         [(_, body)] = webhook_server.received
         assert valid(json.loads(body))["alert"]["item"]["title"] == STORIES[1][1]
         assert webhook_server2.received == []
-    finally:
-        await s.store.close()
 
 
 # ------------------------------------------------------------------ grouping
@@ -263,8 +272,7 @@ async def test_alerts_within_group_wait_go_out_as_one_notification(
         [{"receivers": ["mail", "hook", "slack"]}],
     )  # fmt: skip
     assert config.receivers[0].group_wait_s == 30
-    s = await start(config, clock, session)
-    try:
+    async with running(config, clock, session) as s:
         t0 = clock()
         for i in range(3):  # three alerts, 10 s apart
             feed(feed_server, "/a.rss", *STORIES[: i + 1])
@@ -315,8 +323,6 @@ async def test_alerts_within_group_wait_go_out_as_one_notification(
         assert len(sink.messages) == 2 and len(webhook_server2.received) == 2
         states = {d.delivery.state for d in await s.store.list_deliveries()}
         assert states == {DeliveryState.SENT}
-    finally:
-        await s.store.close()
 
 
 async def test_replicas_seal_a_group_once(
@@ -455,8 +461,7 @@ async def test_digest_fires_at_0800_paris_lists_the_period_and_survives_a_restar
     assert len((await s.poll("a")).alerts) == 1
     await s.store.close()  # a crash: the digests are sealed, not sent
 
-    s = await start(config, clock, session)  # the restart
-    try:
+    async with running(config, clock, session) as s:  # the restart
         assert await s.digester.fire_due() == []  # sealed once: not again
         await s.deliver()
         await s.deliver()
@@ -490,8 +495,6 @@ async def test_digest_fires_at_0800_paris_lists_the_period_and_survives_a_restar
         clock.now = datetime(2026, 2, 8, 7, 0, tzinfo=UTC)
         await s.deliver()
         assert len(webhook_server.received) == 2 and len(await messages(sink, 2)) == 2
-    finally:
-        await s.store.close()
 
 
 async def test_a_digest_missed_while_down_is_sent_once_when_back(
@@ -510,8 +513,7 @@ async def test_a_digest_missed_while_down_is_sent_once_when_back(
     await s.poll("a")
     await s.store.close()  # down from Thursday 12:00 to Saturday 09:30 UTC
     clock.now = datetime(2026, 2, 7, 9, 30, tzinfo=UTC)
-    s = await start(config, clock, session)
-    try:
+    async with running(config, clock, session) as s:
         replica = Digester(store=s.store, subscriptions=config.subscriptions, clock=clock)
         runs = await asyncio.gather(s.digester.fire_due(), replica.fire_due())
         [run] = [r for rs in runs for r in rs]  # two replicas catching up: one digest
@@ -521,8 +523,6 @@ async def test_a_digest_missed_while_down_is_sent_once_when_back(
         [(_, raw)] = webhook_server.received
         assert json.loads(raw)["id"] == "wdg_daily_hook_20260207T070000Z"
         assert len(await messages(sink, 1)) == 1
-    finally:
-        await s.store.close()
 
 
 async def test_alerts_waiting_for_a_removed_digest_are_sent_not_kept(
@@ -540,21 +540,21 @@ async def test_alerts_waiting_for_a_removed_digest_are_sent_not_kept(
     immediate_b = {"receivers": ["hook"], "sources": ["b"]}
     daily = {"id": "daily", "receivers": ["hook"], "mode": "digest", "schedule": "0 8 * * *"}
     receivers = [hook(webhook_server, group_wait_s=0)]
-    s = await start(make_config(store_url, feeds, receivers, [daily, immediate_b]), clock, session)
-    try:
+    async with running(
+        make_config(store_url, feeds, receivers, [daily, immediate_b]), clock, session
+    ) as s:
         await s.digester.fire_due()
         await s.poll("a")  # story 0: for the digest only
         await s.poll("b")  # story 1: for the digest, and sent at once
         await s.deliver()
         [(_, first)] = webhook_server.received
         assert json.loads(first)["alert"]["item"]["title"] == STORIES[1][1]
-    finally:
-        await s.store.close()
 
     # The restart, with the digest removed.
     clock.advance(3600)
-    s = await start(make_config(store_url, feeds, receivers, [immediate_b]), clock, session)
-    try:
+    async with running(
+        make_config(store_url, feeds, receivers, [immediate_b]), clock, session
+    ) as s:
         assert await s.digester.adopt_orphans() == 1
         assert "digest subscription 'daily' is no longer configured" in caplog.text
         assert (
@@ -568,8 +568,6 @@ async def test_alerts_waiting_for_a_removed_digest_are_sent_not_kept(
         assert await s.digester.adopt_orphans() == 0  # nothing left waiting
         await s.deliver()
         assert len(webhook_server.received) == 2
-    finally:
-        await s.store.close()
 
 
 async def test_metrics_show_waiting_notices_and_throttled_receivers(
@@ -645,8 +643,7 @@ async def test_update_notifications_only_for_subscriptions_that_ask(
          hook(webhook_server2, "loud", group_wait_s=0), mail(port, group_wait_s=0)],
         [{"receivers": ["quiet"]}, {"receivers": ["loud", "mail"], "notify_updates": True}],
     )  # fmt: skip
-    s = await start(config, clock, session)
-    try:
+    async with running(config, clock, session) as s:
         [raised] = (await s.poll("wire")).alerts
         await s.deliver()
         assert len(webhook_server.received) == len(webhook_server2.received) == 1
@@ -676,8 +673,6 @@ async def test_update_notifications_only_for_subscriptions_that_ask(
         feed(feed_server, "/blog.rss", ("copy-1", CURB[1], CURB[2]), ("copy-2", CURB[1], CURB[2]))
         again = await s.poll("blog")
         assert (again.alerts_updated, again.staged) == ([], 0)
-    finally:
-        await s.store.close()
 
 
 async def test_an_alert_not_yet_sent_needs_no_update(
@@ -695,8 +690,7 @@ async def test_an_alert_not_yet_sent_needs_no_update(
         [hook(webhook_server)],  # grouped: the alert waits 30 s
         [{"receivers": ["hook"], "notify_updates": True}],
     )
-    s = await start(config, clock, session)
-    try:
+    async with running(config, clock, session) as s:
         await s.poll("wire")
         grown = await s.poll("blog")
         assert len(grown.alerts_updated) == 1 and grown.staged == 0
@@ -705,8 +699,6 @@ async def test_an_alert_not_yet_sent_needs_no_update(
         [(_, body)] = webhook_server.received
         alert = valid(json.loads(body))["alert"]
         assert alert["sources"] == ["wire", "blog"] and "update" not in alert
-    finally:
-        await s.store.close()
 
 
 # ------------------------------------------------------------------ silences
@@ -730,8 +722,7 @@ async def test_silences_still_suppress_groups_digests_and_updates(
          {"id": "daily", "receivers": ["digest-hook"], "mode": "digest",
           "schedule": "0 8 * * *", "timezone": "Europe/Paris"}],
     )  # fmt: skip
-    s = await start(config, clock, session)
-    try:
+    async with running(config, clock, session) as s:
         await s.deliver()
         async with s.store.engine.begin() as conn:
             await add_silence(conn, rule="ree-*", until=clock() + timedelta(days=3),
@@ -744,8 +735,6 @@ async def test_silences_still_suppress_groups_digests_and_updates(
         await s.deliver()
         assert webhook_server.received == [] and webhook_server2.received == []
         assert len(await s.store.list_alerts()) == 1  # stored, not sent
-    finally:
-        await s.store.close()
 
 
 # ------------------------------------------------------------------ config

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tests.conftest import FakeClock
 from tests.feeds import CURB
 from tests.servers import FeedServer, WebhookServer
-from tests.test_noise import STORIES, Service, feed, hook, make_config, start, valid
+from tests.test_noise import STORIES, Service, feed, hook, make_config, running, start, valid
 from watcher.group import notices
 from watcher.pipeline import PollOutcome
 from watcher.store import Outcome, deliveries, sources
@@ -104,8 +104,9 @@ async def test_the_outbox_stages_the_update_a_racing_ingest_did_not_once(
     ingest's own step with no subscription asking; the post-send check, run twice,
     stages one update, and only for the route that asked."""
     feed(feed_server, "/wire.rss", CURB)
-    s = await start(fast_config(store_url, feed_server, webhook_server, quiet), clock, session)
-    try:
+    async with running(
+        fast_config(store_url, feed_server, webhook_server, quiet), clock, session
+    ) as s:
         [raised] = (await s.poll("wire")).alerts
         claimed = await s.store.claim_deliveries(limit=10, lease_s=60)
         assert sorted(c.delivery.receiver for c in claimed) == ["hook", "quiet"]
@@ -128,8 +129,6 @@ async def test_the_outbox_stages_the_update_a_racing_ingest_did_not_once(
         assert first["id"] == first_key and "update" not in first["alert"]
         assert update["alert"]["update"] is True and update["alert"]["in_reply_to"] == first_key
         assert len(quiet.received) == 1  # its subscription did not ask for updates
-    finally:
-        await s.store.close()
 
 
 async def test_when_both_sides_stage_the_update_one_is_sent(
@@ -144,8 +143,9 @@ async def test_when_both_sides_stage_the_update_one_is_sent(
     update), then the send finishes: the check after the send finds the same key."""
     feed(feed_server, "/wire.rss", CURB)
     feed(feed_server, "/blog.rss", COPY)
-    s = await start(fast_config(store_url, feed_server, webhook_server, quiet), clock, session)
-    try:
+    async with running(
+        fast_config(store_url, feed_server, webhook_server, quiet), clock, session
+    ) as s:
         [raised] = (await s.poll("wire")).alerts
         [claimed] = [
             c
@@ -166,8 +166,6 @@ async def test_when_both_sides_stage_the_update_one_is_sent(
         assert update["alert"]["sources"] == ["wire", "blog"]
         assert update["alert"]["in_reply_to"] == first["id"] == f"wd_{raised.alert_id}_hook"
         assert len(quiet.received) == 1
-    finally:
-        await s.store.close()
 
 
 async def test_no_update_when_the_story_did_not_grow_after_the_claim(
@@ -182,8 +180,9 @@ async def test_no_update_when_the_story_did_not_grow_after_the_claim(
     a copy ingested before the claim is in the first message, not in an update."""
     feed(feed_server, "/wire.rss", CURB, STORIES[1])
     feed(feed_server, "/blog.rss", COPY)
-    s = await start(fast_config(store_url, feed_server, webhook_server, quiet), clock, session)
-    try:
+    async with running(
+        fast_config(store_url, feed_server, webhook_server, quiet), clock, session
+    ) as s:
         await s.poll("wire")
         await s.poll("blog")  # before the claim: the story's first message lists both
         claimed = await s.store.claim_deliveries(limit=10, lease_s=60)
@@ -198,8 +197,6 @@ async def test_no_update_when_the_story_did_not_grow_after_the_claim(
         assert len(webhook_server.received) == len(quiet.received) == 2
         sources = sorted(b["alert"]["sources"] for b in bodies(webhook_server))
         assert sources == [["wire"], ["wire", "blog"]]
-    finally:
-        await s.store.close()
 
 
 async def test_without_subscriptions_asking_for_updates_the_outbox_does_no_update_work(
@@ -213,8 +210,9 @@ async def test_without_subscriptions_asking_for_updates_the_outbox_does_no_updat
     """`updates=False` (what `watcher run` passes when no subscription sets
     notify_updates): claims note nothing, and a send checks for no update."""
     feed(feed_server, "/wire.rss", CURB)
-    s = await start(fast_config(store_url, feed_server, webhook_server, quiet), clock, session)
-    try:
+    async with running(
+        fast_config(store_url, feed_server, webhook_server, quiet), clock, session
+    ) as s:
         await s.poll("wire")
         claimed = await s.store.claim_deliveries(limit=10, lease_s=60, updates=False)
         assert [await carried(s, c.delivery.id) for c in claimed] == [None, None]
@@ -224,8 +222,6 @@ async def test_without_subscriptions_asking_for_updates_the_outbox_does_no_updat
         sent = [Outcome(c.delivery.id, "sent") for c in claimed]
         await s.store.record_outcomes(sent, updates=False)
         assert await update_notices(s) == []
-    finally:
-        await s.store.close()
 
 
 # ------------------------------------------------------------------ PostgreSQL replicas
@@ -322,8 +318,7 @@ async def test_a_story_grown_while_its_alert_is_sent_gets_one_update(
         [{"receivers": ["hook"], "notify_updates": True, **sub},
          {"receivers": ["quiet"], **sub, **({"id": "q"} if sub else {})}],
     )  # fmt: skip
-    s = await start(config, clock, session)
-    try:
+    async with running(config, clock, session) as s:
         await s.digester.fire_due()  # first sight: the digests' first period starts now
         alert_id = (await s.poll("wire")).alerts[0].alert_id
         await seal(s, clock)
@@ -342,8 +337,6 @@ async def test_a_story_grown_while_its_alert_is_sent_gets_one_update(
         assert a["sources"] == ["wire", "blog"]
         assert len(await update_notices(s)) == 1
         assert len(quiet.received) == 1  # no update asked, none sent
-    finally:
-        await s.store.close()
 
 
 # ------------------------------------------------------------------ upgrade
@@ -371,8 +364,7 @@ async def test_a_store_from_before_gains_carried_sources_and_old_claims_send_no_
             await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN carried_sources"))
     await engine.dispose()
 
-    s = await start(config, clock, session)  # the upgrade
-    try:
+    async with running(config, clock, session) as s:  # the upgrade
         assert [await carried(s, c.delivery.id) for c in claimed] == [None, None]
         [story] = {c.alert.story_key for c in claimed}
         async with s.store.transaction() as tx:
@@ -381,5 +373,3 @@ async def test_a_store_from_before_gains_carried_sources_and_old_claims_send_no_
         assert await update_notices(s) == []
         assert {d.delivery.state for d in await s.store.list_deliveries()} == {"sent"}
         assert raised.alert_id == claimed[0].alert.id
-    finally:
-        await s.store.close()
