@@ -295,11 +295,15 @@ def _notice(
     }
 
 
+def _staging(conn: AsyncConnection | Connection) -> Any:
+    """The insert of notice rows: a key already staged (by either side) is skipped."""
+    return _insert(conn, notices).on_conflict_do_nothing().returning(notices.c.id)
+
+
 async def _stage(conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
-    stmt = _insert(conn, notices).on_conflict_do_nothing().returning(notices.c.id)
-    return len((await conn.execute(stmt, rows)).all())
+    return len((await conn.execute(_staging(conn), rows)).all())
 
 
 _CARRIED_PLAIN = (
@@ -413,8 +417,7 @@ def stage_updates_after_send(conn: Connection, delivery_ids: Sequence[int], now:
         staged[row["key"]] = row
     if not staged:
         return 0
-    stmt = _insert(conn, notices).on_conflict_do_nothing().returning(notices.c.id)
-    added = len(conn.execute(stmt, list(staged.values())).all())
+    added = len(conn.execute(_staging(conn), list(staged.values())).all())
     if added:
         logger.info("%d update notice(s) for stories grown while being sent", added)
     return added
