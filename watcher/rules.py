@@ -16,6 +16,7 @@ from watcher.engine import Prefilter
 from watcher.errors import QuerySyntaxError, RuleError
 from watcher.facets import Facets, facet_nodes
 from watcher.facets import extract as extract_facets
+from watcher.gcpause import gc_paused
 from watcher.models import EventType, Hit, Item, Severity
 from watcher.query import LIST_NAME, Document, Node, compile_test, parse_query
 from watcher.rulecache import RuleCache
@@ -135,8 +136,9 @@ class Matcher:
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(rules)
-        self.prefilter = Prefilter([*(r.node for r in self.rules), *facet_nodes()])
-        self._tests = tuple(compile_test(r.node) for r in self.rules)
+        with gc_paused():  # see watcher.gcpause: it all stays alive
+            self.prefilter = Prefilter([*(r.node for r in self.rules), *facet_nodes()])
+            self._tests = tuple(compile_test(r.node) for r in self.rules)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -329,7 +331,8 @@ def load_rules(
         if not path.exists():
             errors.append(RuleError("no such file or directory", path=str(path)))
             continue
-        good, bad = _load_file(path, cache)
+        with gc_paused():  # see watcher.gcpause: the rules stay alive
+            good, bad = _load_file(path, cache)
         errors.extend(bad)
         for rule in good:
             first = seen.get(rule.rule.id)
