@@ -133,3 +133,52 @@ def test_any_item_text_is_sanitised(title: str, html: str, link: str) -> None:
         "</channel></rss>"
     )
     _parse_or_bad(body.encode("utf-8", "surrogatepass"))
+
+
+# Pieces of markup that Python's own HTML parser trips over when put together badly:
+# "<![" followed by no section name made Python 3.11's parser raise AssertionError.
+_MARKUP = [
+    "<![", "<![CDATA[", "]]>", "<!--", "-->", "<!", "<?", "<script>", "</script>", "<style>",
+    "<p>", "</", ">", "[", "]", "!", "-", "&", "#", ";", " ", "a", "'",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("<![<script>evil()</script>ok", "evil()ok"),  # a bogus comment up to the first ">"
+        ("r!<?--><![r<style>s;c", "r!s;c"),
+        ("<![px;?;x\nmore", ""),  # no ">": a bogus comment to the end
+        ("a <![CDATA[x]]> b", "a b"),
+        ("<![if !IE]>x<![endif]>", "x"),  # a conditional comment, as before
+        # markup never closed, at the end: no longer given as text
+        ("<!--<script>x</script>", ""),  # a comment to the end
+        ("<p>a</p><!-- c", "a"),
+        ("a<!x", "a"),  # a bogus comment to the end
+        ("x<?php echo 1 ?>y<?", "xy"),
+        ("x</ y>z", "xz"),  # "</" and no letter: a bogus comment to the next ">"
+        ('a<b c="d', "a"),  # a tag cut off by the end
+        ("a</b", "a"),
+        ("a < b", "a < b"),  # a "<" that opens nothing stays text
+        ("a <", "a <"),
+    ],
+)
+def test_broken_markup_reads_as_the_html_standard_says(html: str, text: str) -> None:
+    from watcher.text import html_to_text
+
+    assert html_to_text(html) == text
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_MARKUP), max_size=12).map("".join))
+def test_broken_markup_never_fails_a_feed(html: str) -> None:
+    from xml.sax.saxutils import escape
+
+    from watcher.text import html_to_text
+
+    assert "<script" not in html_to_text(html + "<script>evil()</script>").lower()
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>t</title>'
+        f"<item><title>t</title><description>{escape(html)}</description></item></channel></rss>"
+    )
+    _parse_or_bad(body.encode())

@@ -45,6 +45,44 @@ class _TextExtractor(HTMLParser):
         if not self._skip_depth:
             self.parts.append(data)
 
+    def close(self) -> None:
+        """The end of the text. What is left unparsed starts with markup never closed,
+        which Python's parser would give as text; the HTML standard reads it as a comment
+        to the end (`<!--`), a bogus comment to the next ">" (`<!`, `<?`, `</` and no
+        letter) or a tag cut off by the end of the text (dropped)."""
+        rest = self.rawdata
+        while len(rest) > 1 and rest[0] == "<":
+            cut_tag = rest[1].isalpha() or (rest[1] == "/" and rest[2:3].isalpha())
+            if cut_tag or rest.startswith("<!--"):
+                rest = ""
+            elif rest[1] in "!?/":
+                close = rest.find(">")
+                rest = "" if close < 0 else rest[close + 1 :]
+                self.rawdata = rest
+                self.goahead(False)  # what follows the bogus comment
+                rest = self.rawdata
+            else:
+                break
+        self.rawdata = rest
+        super().close()
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        """`<![CDATA[...]]>` or `<![if ...]>`, as Python's parser reads them. Anything else
+        after `<![`, and a section never closed, the HTML standard reads as a bogus
+        comment up to the next ">" (or the end): Python 3.11's parser raises
+        AssertionError on the first ("expected name token", "unknown status keyword"),
+        which must not fail the parse of a feed, and dumps the second as text at
+        close(). (The extractor is always given the whole text at once, so a section
+        unclosed now stays unclosed.)"""
+        try:
+            end = super().parse_marked_section(i, report)
+        except AssertionError:
+            end = -1
+        if end >= 0:
+            return end
+        close = self.rawdata.find(">", i + 3)
+        return len(self.rawdata) if close < 0 else close + 1
+
 
 _SPACE_RUN = re.compile("  +")  # a literal prefix: scanned for much faster than a class
 
