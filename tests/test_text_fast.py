@@ -216,3 +216,24 @@ def test_fold_utf8_on_the_corpora() -> None:
                 for value in (entry.get("title"), entry.get("summary")):
                     if isinstance(value, str):
                         assert fold_utf8(value) == normalize(value).encode(), path
+
+
+def test_is_cjk_is_any_character_in_the_cjk_ranges() -> None:
+    """is_cjk's regex holds the ranges it was written with, checked character by character
+    over the whole Basic Multilingual Plane, and in longer text."""
+    from watcher.text import is_cjk
+
+    def by_hand(term: str) -> bool:
+        return any(
+            "\u3040" <= c <= "\u30ff"  # kana
+            or "\u3400" <= c <= "\u9fff"  # CJK ideographs
+            or "\uac00" <= c <= "\ud7af"  # hangul
+            or "\uf900" <= c <= "\ufaff"  # CJK compatibility ideographs
+            for c in term
+        )
+
+    for code in range(0x10000):
+        ch = chr(code)
+        assert is_cjk(ch) == by_hand(ch), hex(code)
+    for term in ("", "gallium", "稀土", "rare 稀土 earth", "ﾚｱｱｰｽ", "희토류", "café", "豈"):
+        assert is_cjk(term) == by_hand(term), term

@@ -36,14 +36,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from watcher.errors import QuerySyntaxError
-from watcher.text import is_cjk, normalize, normalize_keep_case
+from watcher.text import CJK_RANGES, is_cjk, normalize, normalize_keep_case
 
 # ---------------------------------------------------------------- tokens
 
-_CJK_RANGES = "\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_TOKEN_RE = re.compile(rf"[{_CJK_RANGES}]+|[^\W{_CJK_RANGES}]+")
-_CJK_RUN = re.compile(rf"[{_CJK_RANGES}]+")
-_WORD_RE = re.compile(rf"[^\W{_CJK_RANGES}]+")
+_TOKEN_RE = re.compile(rf"[{CJK_RANGES}]+|[^\W{CJK_RANGES}]+")
+_CJK_RUN = re.compile(rf"[{CJK_RANGES}]+")
+_WORD_RE = re.compile(rf"[^\W{CJK_RANGES}]+")
 _ASCII_TOKEN_RE = re.compile(r"\w+", re.ASCII)  # the same tokens, faster, on ASCII text
 # ASCII bytes that are not word characters, as spaces: translate + split is \w+ without a regex.
 _ASCII_SPACES = bytes(
@@ -57,7 +56,7 @@ MAX_DISTANCE = 1000
 
 
 _ASCII_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-_LATIN_CHAR = re.compile(rf"[^\W{_CJK_RANGES}]")
+_LATIN_CHAR = re.compile(rf"[^\W{CJK_RANGES}]")
 # How many times a word is found inside longer words before `has_word` builds the word set.
 _SCAN_MAX = 8
 

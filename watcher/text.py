@@ -392,12 +392,12 @@ def tokens(normalized: str) -> list[str]:
     return _WORD.findall(normalized)
 
 
+# Scripts written without spaces: kana, CJK ideographs (and extension A), hangul, CJK
+# compatibility ideographs. Their runs are words of their own (watcher.query).
+CJK_RANGES = "\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
+
+
 def is_cjk(term: str) -> bool:
     """True when a term is written in a script without spaces (Chinese, Japanese, Korean)."""
-    return any(
-        "\u3040" <= c <= "\u30ff"  # kana
-        or "\u3400" <= c <= "\u9fff"  # CJK ideographs
-        or "\uac00" <= c <= "\ud7af"  # hangul
-        or "\uf900" <= c <= "\ufaff"
-        for c in term
-    )
+    return not term.isascii() and _CJK_CHAR.search(term) is not None
