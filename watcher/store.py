@@ -457,6 +457,16 @@ def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# SQLite transactions are begun by the sqlite3 driver ("legacy transaction control", the
+# default on every Python watcher supports): BEGIN only before a transaction's first
+# INSERT/UPDATE/DELETE, which then waits for the write lock (busy_timeout) with a fresh
+# snapshot; a SELECT before it runs on its own. So no store transaction can fail with
+# SQLITE_BUSY_SNAPSHOT: "database is locked" at once, whatever the timeout, for a
+# transaction that read and then writes after another connection committed. Begin
+# transactions at their first statement instead (SQLAlchemy's BEGIN recipe, or the
+# driver's autocommit=False) and every transaction that reads before it writes needs
+# BEGIN IMMEDIATE. tests/test_sqlite_contention.py runs the service's paths with a
+# commit from another connection before each statement.
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
