@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.conftest import FakeClock
+from watcher.constants import SQLITE_CACHE_KIB, SQLITE_LOOP_CACHE_KIB
 from watcher.models import DeliveryState
 from watcher.parse import make_item
 from watcher.store import NewAlert, Outcome, Store
@@ -82,6 +83,28 @@ async def test_claim_send_and_lease_expiry(store: Store, clock: FakeClock) -> No
     assert again.delivery.idempotency_key == next(
         c.delivery.idempotency_key for c in claimed if c.delivery.receiver == "hook"
     )
+
+
+async def test_sqlite_short_transactions_keep_a_small_page_cache(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The connections of the loop's short transactions (poll state, outbox) keep a small
+    page cache: while sources answer 304 they are the only writer, nothing resets their
+    cache, and a big one came to hold the whole sources table. Ingests keep the big one."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/w.db", clock=clock)
+    await store.open()
+    try:
+        size = "PRAGMA cache_size"
+        async with store.engine.connect() as conn:
+            pooled = (await conn.exec_driver_sql(size)).scalar()
+        on_loop = await store._loop_tx(lambda conn: conn.exec_driver_sql(size).scalar())
+        assert store._sqlite_on_loop is not None
+        with store._sqlite_on_loop._waiting.connect() as sync_conn:  # when the lock is held
+            waiting = sync_conn.exec_driver_sql(size).scalar()
+    finally:
+        await store.close()
+    assert pooled == -SQLITE_CACHE_KIB
+    assert on_loop == waiting == -SQLITE_LOOP_CACHE_KIB < -256
 
 
 async def test_sqlite_claims_wait_for_another_writer_without_blocking_the_loop(

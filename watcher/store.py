@@ -50,7 +50,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.types import TypeDecorator
 
 from watcher.asyncdb import AsyncConnection, AsyncEngine, create_async_engine
-from watcher.constants import SQLITE_CACHE_KIB, SQLITE_TRANSACTIONS_IN_FLIGHT
+from watcher.constants import (
+    SQLITE_CACHE_KIB,
+    SQLITE_LOOP_CACHE_KIB,
+    SQLITE_TRANSACTIONS_IN_FLIGHT,
+)
 from watcher.migrate import upgrade
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
@@ -490,8 +494,10 @@ class _SQLiteOnLoop:
         self._now = create_engine(u, connect_args={"timeout": 0})
         event.listen(self._now, "connect", _sqlite_pragmas)
         event.listen(self._now, "connect", _never_wait_for_locks)
+        event.listen(self._now, "connect", _small_cache)
         self._waiting = create_engine(u, connect_args={"timeout": 30})
         event.listen(self._waiting, "connect", _sqlite_pragmas)
+        event.listen(self._waiting, "connect", _small_cache)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="watcher-outbox-db")
 
     @staticmethod
@@ -522,6 +528,14 @@ def _in_transaction(engine: Engine, fn: Callable[[Connection], T]) -> T:
 
 def _never_wait_for_locks(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.execute("PRAGMA busy_timeout=0")
+
+
+def _small_cache(dbapi_conn: Any, _record: Any) -> None:
+    # Short transactions, a few pages each: a small cache serves them. A big one
+    # filled when nothing reset it (SQLite drops a connection's cache when another
+    # connection has written since its last transaction): while sources answer
+    # 304, this connection is the only writer, and every source's row stayed.
+    dbapi_conn.execute(f"PRAGMA cache_size=-{SQLITE_LOOP_CACHE_KIB}")
 
 
 def _is_busy(exc: OperationalError) -> bool:
