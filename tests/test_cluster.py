@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -450,6 +451,26 @@ async def test_a_restarted_process_loads_at_most_its_cap(store: Store, clock: Fa
     [memory] = restarted._memories.values()
     assert len(memory.members) <= 3 + 2
     assert second == first and other != first
+
+
+async def test_source_ids_are_not_interned(store: Store, clock: FakeClock) -> None:
+    """With 10,000 sources, interning their ids grew Python's table of interned strings
+    by ~2 MB. Neither a polled item's id nor one read back from the store is interned."""
+
+    def fresh(text: str) -> str:  # an equal string built at run time: not interned yet
+        return "".join(list(text))
+
+    a, b, _ = _copies(clock.now - timedelta(hours=3))
+    a = a.model_copy(update={"source_id": fresh("never-interned-a")})
+    b = b.model_copy(update={"source_id": fresh("never-interned-b")})
+    await assign_all(store, [a], StoryIndex())
+    restarted = StoryIndex()  # a new process: reads `a` back from the store
+    await assign_all(store, [b], restarted)
+    [memory] = restarted._memories.values()
+    ids = {m.source_id: m.source_id for m in memory.members.values()}
+    assert ids.keys() == {"never-interned-a", "never-interned-b"}
+    assert sys.intern(fresh("never-interned-a")) is not ids["never-interned-a"]
+    assert sys.intern(fresh("never-interned-b")) is not ids["never-interned-b"]
 
 
 def test_the_word_key_caches_are_bounded() -> None:

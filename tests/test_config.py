@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from watcher.cli import main
-from watcher.config import load_config
+from watcher.config import Config, load_config
 from watcher.errors import ConfigError
 
 DATA = Path(__file__).parent / "testdata" / "config"
@@ -46,6 +46,62 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
     assert config.store.url == "postgresql+asyncpg://db/watcher"
     assert config.api.port == 9999
     assert config.sources[0].id == "fr-bis"  # the rest of the file still applies
+
+
+@pytest.mark.usefixtures("secrets")
+def test_environment_sets_nested_keys_lists_and_whole_sections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WATCHER_POLLING__TIMEOUT_S", "12.5")
+    monkeypatch.setenv("WATCHER_POLLING__ALLOW_NETWORKS", '["10.0.0.0/8", "127.0.0.0/8"]')
+    monkeypatch.setenv("watcher_outbox__concurrency", "7")  # names are case-insensitive
+    monkeypatch.setenv("WATCHER_API", '{"host": "0.0.0.0", "PORT": 9001}')  # JSON: a section
+    monkeypatch.setenv("WATCHER_API__PORT", "9002")  # a key wins over its section's JSON
+    monkeypatch.setenv("WATCHER_SOURCES", '[{"id": "env-src", "url": "https://example.org/f"}]')
+    config = load_config(DATA / "good.toml")
+    assert config.polling.timeout_s == 12.5
+    assert [str(n) for n in config.polling.allow_networks] == ["10.0.0.0/8", "127.0.0.0/8"]
+    assert config.polling.connect_timeout_s == 10  # the section's other keys keep their values
+    assert config.outbox.concurrency == 7
+    assert (config.api.host, config.api.port) == ("0.0.0.0", 9002)
+    assert [s.id for s in config.sources] == ["env-src"]  # a list is replaced, not merged
+    assert config.store.url == "sqlite+aiosqlite:///watcher.db"  # the file's, where no variable
+    # a config validated directly takes the environment too (as `watcher demo` builds its own)
+    assert Config.model_validate({}).outbox.concurrency == 7
+
+
+@pytest.mark.usefixtures("secrets")
+def test_other_watcher_variables_are_ignored_and_unknown_keys_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WATCHER_SMTP_PASSWORD", "not-a-setting")  # names no section
+    monkeypatch.setenv("WATCHER_STORE_URL", "one underscore: not a section's key")
+    assert load_config(DATA / "good.toml").store.url == "sqlite+aiosqlite:///watcher.db"
+    monkeypatch.setenv("WATCHER_API__PROT", "9999")
+    text = problems("good.toml")
+    assert "api.prot (from WATCHER_API__PROT): Extra inputs are not permitted" in text
+
+
+@pytest.mark.usefixtures("secrets")
+def test_bad_environment_values_name_the_variable_not_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WATCHER_API__PORT", "80808")
+    monkeypatch.setenv("WATCHER_POLLING__TIMEOUT_S", "soon")
+    monkeypatch.setenv("WATCHER_SOURCES", '[{"id": "x", "url": "not a url hunter2"}]')
+    text = problems("good.toml")
+    assert "api.port (from WATCHER_API__PORT): Input should be less than or equal to 65535" in text
+    assert "polling.timeout_s (from WATCHER_POLLING__TIMEOUT_S):" in text
+    assert "sources[0].url (from WATCHER_SOURCES):" in text
+    assert "hunter2" not in text and "80808" not in text
+    # JSON that does not parse: the variable and where, not its text (a URL may hold a password)
+    monkeypatch.setenv("WATCHER_STORE", '{"url": "postgresql://u:hunter2@db/w"')
+    text = problems("good.toml")
+    assert "environment variable WATCHER_STORE: not valid JSON" in text
+    assert "hunter2" not in text
+    monkeypatch.delenv("WATCHER_STORE")
+    monkeypatch.setenv("WATCHER_POLLING__ALLOW_NETWORKS", "10.0.0.0/8")  # a list takes JSON
+    assert "WATCHER_POLLING__ALLOW_NETWORKS: not valid JSON" in problems("good.toml")
 
 
 def test_missing_secret_names_the_variable_not_a_value(monkeypatch: pytest.MonkeyPatch) -> None:

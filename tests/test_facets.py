@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import gettext
+
 import pytest
 
 from tests.test_evaluate import RULES
+from watcher import facets
 from watcher.facets import extract
 from watcher.parse import make_item
 from watcher.query import Document
@@ -38,3 +41,15 @@ def test_hits_carry_facets() -> None:
     [hit] = Matcher(rules).match(item)
     assert hit.minerals == ("gallium",)
     assert sorted(hit.countries) == ["CN", "US"]
+
+
+def test_country_name_catalogues_are_not_kept_after_the_tables_are_built() -> None:
+    """`gettext.translation` keeps what it reads for ever (~0.4 MB of country names)."""
+    facets._tables.cache_clear()
+    _, countries = facets._tables()
+    assert "DE" in countries.names
+    assert extract(Document.from_parts(text="Deutschland und Frankreich"), "").countries == (
+        "DE",
+        "FR",
+    )
+    assert not [path for _, path in gettext._translations if "iso3166" in path]  # type: ignore[attr-defined]

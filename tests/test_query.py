@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -322,3 +324,22 @@ def test_word_and_prefix_tests_agree_with_the_words(text: str, probe: str, build
     assert doc.has_prefix(probe) == any(w.startswith(probe) for w in doc.words)
     for view in (doc.field("title"), doc.field("text")):
         assert view.has_word(probe) == (probe in view.words)
+
+
+def test_documents_from_many_sources_leave_no_memory_behind() -> None:
+    """An item's metadata is its own; nothing is kept per source (a cache of Metas by
+    source held 4,096 of them, ~1 MB, and served none when more sources came in turn)."""
+    docs = [Document.from_parts(text="x", source=f"src-{i}", lang="EN", tags=("Minerals",))
+            for i in range(3)]  # fmt: skip
+    assert [d.meta.source for d in docs] == ["src-0", "src-1", "src-2"]
+    assert (docs[0].meta.lang, docs[0].meta.tags) == ("en", ("minerals",))
+    assert parse_query("source:src-1 AND lang:en AND tag:minerals").matches(docs[1])
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(5000):
+            Document.from_parts(text="x", source=f"other-{i}", lang="EN", tags=("Minerals",))
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 100_000

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
 
 from tests.conftest import FakeClock
+from watcher.constants import SQLITE_CACHE_KIB, SQLITE_LOOP_CACHE_KIB
 from watcher.models import DeliveryState
 from watcher.parse import make_item
 from watcher.store import NewAlert, Outcome, Store
@@ -82,6 +87,28 @@ async def test_claim_send_and_lease_expiry(store: Store, clock: FakeClock) -> No
     assert again.delivery.idempotency_key == next(
         c.delivery.idempotency_key for c in claimed if c.delivery.receiver == "hook"
     )
+
+
+async def test_sqlite_short_transactions_keep_a_small_page_cache(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The connections of the loop's short transactions (poll state, outbox) keep a small
+    page cache: while sources answer 304 they are the only writer, nothing resets their
+    cache, and a big one came to hold the whole sources table. Ingests keep the big one."""
+    store = Store(f"sqlite+aiosqlite:///{tmp_path}/w.db", clock=clock)
+    await store.open()
+    try:
+        size = "PRAGMA cache_size"
+        async with store.engine.connect() as conn:
+            pooled = (await conn.exec_driver_sql(size)).scalar()
+        on_loop = await store._loop_tx(lambda conn: conn.exec_driver_sql(size).scalar())
+        assert store._sqlite_on_loop is not None
+        with store._sqlite_on_loop._waiting.connect() as sync_conn:  # when the lock is held
+            waiting = sync_conn.exec_driver_sql(size).scalar()
+    finally:
+        await store.close()
+    assert pooled == -SQLITE_CACHE_KIB
+    assert on_loop == waiting == -SQLITE_LOOP_CACHE_KIB < -256
 
 
 async def test_sqlite_claims_wait_for_another_writer_without_blocking_the_loop(
@@ -168,6 +195,37 @@ async def test_poll_state_is_recorded(store: Store) -> None:
     await store.sync_sources([("s1", "http://x/moved")])
     state = await store.source_state("s1")
     assert state is not None and state.url == "http://x/moved" and state.items_seen == 3
+
+
+async def test_batched_poll_statements_come_in_a_few_lengths(
+    store: Store, clock: FakeClock
+) -> None:
+    """Batches of every size read and save exactly their sources, through IN lists of a
+    few lengths (a statement per batch size filled SQLite's cache of prepared ones)."""
+    ids = [f"s{i}" for i in range(40)]
+    await store.sync_sources((i, f"http://x/{i}") for i in ids)
+    loop = store._sqlite_on_loop
+    engine = loop._now if loop is not None else store.engine.sync_engine
+    statements: set[str] = set()
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.add(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for n in range(1, len(ids) + 1):
+            clock.now += timedelta(seconds=1)
+            wanted = [*ids[:n], "nope"]
+            states = await store.poll_states(wanted)
+            assert [s.id if s else None for s in states] == [*ids[:n], None]
+            await store.record_polls_unchanged([(i, 60.0) for i in ids[:n]])
+            saved = {s.id for s in await store.list_sources() if s.last_polled_at == clock()}
+            assert saved == set(ids[:n])
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    reads = {s for s in statements if s.lstrip().upper().startswith("SELECT")}
+    saves = {s for s in statements if s.lstrip().upper().startswith("UPDATE")}
+    assert len(reads) <= 7 and len(saves) <= 7  # lengths 1, 2, 4, ... 64, not 40 of each
 
 
 async def test_poll_states_and_unchanged_polls_in_batches(store: Store, clock: FakeClock) -> None:

@@ -1,19 +1,27 @@
 """Configuration: a TOML file validated by pydantic, overridable from the environment.
 
 Every setting can be overridden by a ``WATCHER_<SECTION>__<KEY>`` environment
-variable (for example ``WATCHER_STORE__URL`` or ``WATCHER_API__PORT``). Secrets
-never live in the file: a receiver names the environment variable that holds
-its password or signing secret (``password_env``, ``secret_env``).
+variable (for example ``WATCHER_STORE__URL`` or ``WATCHER_API__PORT``), and a
+whole section or list by ``WATCHER_<SECTION>`` holding JSON (``WATCHER_SOURCES``).
+Variable names are case-insensitive; a list-valued key takes JSON
+(``WATCHER_POLLING__ALLOW_NETWORKS='["10.0.0.0/8"]'``); the environment wins over
+the file; ``WATCHER_`` variables that name no section are ignored, and an unknown
+key within a section is an error. Secrets never live in the file: a receiver
+names the environment variable that holds its password or signing secret
+(``password_env``, ``secret_env``).
 """
 
 from __future__ import annotations
 
 import binascii
+import json
 import os
 import tomllib
+import types
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -31,7 +39,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from watcher import constants
@@ -339,10 +346,9 @@ class StoriesConfig(_Strict):
     memory_items: int = Field(default=constants.CLUSTER_MEMORY_ITEMS, ge=100)
 
 
-class Config(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="WATCHER_", env_nested_delimiter="__", extra="forbid"
-    )
+class Config(_Strict):
+    """The whole configuration: the file's settings, with the environment's over them
+    (`environment_overrides`), whether it is built by `load_config` or validated directly."""
 
     store: StoreConfig = Field(default_factory=StoreConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
@@ -358,21 +364,12 @@ class Config(BaseSettings):
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     stories: StoriesConfig = Field(default_factory=StoriesConfig)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment wins over the file.
-        return (env_settings, init_settings)
-
     @model_validator(mode="before")
     @classmethod
-    def _expand_catalogue(cls, data: Any) -> Any:
+    def _environment_then_catalogue(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            # the environment wins over the file (and its catalogue list is expanded too)
+            data = _deep_merge(data, environment_overrides(os.environ)[0])
         if isinstance(data, dict) and data.get("catalogue"):
             from watcher.catalogue import expand
 
@@ -413,6 +410,118 @@ class Config(BaseSettings):
         return next((r for r in self.receivers if r.id == receiver_id), None)
 
 
+ENV_PREFIX = "watcher_"  # compared case-insensitively, as the rest of a variable's name
+ENV_DELIMITER = "__"  # between section and key: WATCHER_STORE__URL
+
+
+def environment_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The settings `WATCHER_<SECTION>[__<KEY>...]` variables give, and which variable
+    gave each (by its place in the config, for error messages).
+
+    `WATCHER_<SECTION>` holds JSON (a section's table, or a list such as
+    `WATCHER_SOURCES`); `WATCHER_<SECTION>__<KEY>` a value, as text that
+    validation converts, or JSON where the key holds a list. Names are
+    case-insensitive; variables naming no section are not ours (for example
+    `WATCHER_SMTP_PASSWORD`, named by a receiver) and are left alone; a key a
+    section does not have is kept, for validation to reject.
+    """
+    ours: dict[str, tuple[str, str]] = {}  # lower-cased name -> (name as set, value)
+    for name, text in environ.items():
+        if name.lower().startswith(ENV_PREFIX):
+            ours[name.lower()] = (name, text)
+    data: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    if not ours:
+        return data, origins
+    for section, info in Config.model_fields.items():
+        var = f"{ENV_PREFIX}{section}"
+        value: Any = None
+        if var in ours:
+            name, text = ours[var]
+            value = _json_from(name, text)
+            origins[(section,)] = name
+        nested: dict[str, Any] = {}
+        for lowered, (name, text) in ours.items():
+            if not lowered.startswith(var + ENV_DELIMITER):
+                continue
+            *keys, last = lowered.removeprefix(var + ENV_DELIMITER).split(ENV_DELIMITER)
+            node: Any = nested
+            model: Any = info.annotation
+            for key in keys:
+                model = _field_type(model, key)
+                if isinstance(node, dict):
+                    node = node.setdefault(key, {})
+            leaf = _field_type(model, last)
+            leaf_value: Any = text
+            if leaf is not None and text and _takes_json(leaf):
+                leaf_value = _json_from(name, text)
+            if isinstance(node, dict):
+                node[last] = leaf_value
+                origins[(section, *keys, last)] = name
+        if nested:
+            value = _deep_merge(value, nested) if isinstance(value, dict) else nested
+        if isinstance(value, dict):
+            value = _field_names(info.annotation, value)
+        if value is not None:  # JSON null: as if unset
+            data[section] = value
+    return data, origins
+
+
+def _json_from(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # the message names where, never the value (it may be secret)
+        where = (
+            f" (line {exc.lineno}, column {exc.colno})"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
+        raise ValueError(f"environment variable {name}: not valid JSON{where}") from None
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    """A model's field types by name; {} for anything else (a list, say: no keys within)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {n: f.annotation for n, f in model.model_fields.items()}
+    return {}
+
+
+def _field_type(model: Any, key: str) -> Any:
+    """The type of `model`'s field named `key` (case-insensitively), or None."""
+    return next((t for n, t in _fields(model).items() if n.lower() == key), None)
+
+
+def _field_names(model: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with keys matched case-insensitively to `model`'s field names."""
+    names = {n.lower(): n for n in _fields(model)}
+    return {names.get(k.lower(), k): v for k, v in values.items()}
+
+
+def _takes_json(annotation: Any) -> bool:
+    """A list, table or model: given as JSON in one variable (also within `X | None`)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_json(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_takes_json(a) for a in get_args(annotation))
+    return origin in (list, tuple, set, frozenset, dict) or bool(_fields(annotation))
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s values, tables merged key by key (`over` wins)."""
+    if not over:
+        return base
+    merged = dict(base)
+    for key, value in over.items():
+        old = merged.get(key)
+        merged[key] = (
+            _deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return merged
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -425,13 +534,28 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation_error(err: ValidationError) -> list[str]:
+def format_validation_error(
+    err: ValidationError, origins: Mapping[tuple[str, ...], str] | None = None
+) -> list[str]:
+    """One line per problem, `place: message`; given `origins` (from
+    `environment_overrides`), a value set by a variable names the variable too."""
     problems = []
     for e in err.errors(include_url=False, include_input=False):
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "unexpected_keyword_argument":  # a dataclass's word for it
             msg = "Extra inputs are not permitted"
-        problems.append(f"{_format_loc(tuple(e['loc']))}: {msg}")
+        loc = tuple(e["loc"])
+        where = _format_loc(loc)
+        if origins and loc:
+            path = tuple(str(part) for part in loc)
+            # the variable that set this place or one holding it, else those set within it
+            var = next(
+                (origins[path[:n]] for n in range(len(path), 0, -1) if path[:n] in origins), None
+            )
+            names = [var] if var else [v for k, v in origins.items() if k[: len(path)] == path]
+            if names:
+                where += f" (from {', '.join(sorted(names))})"
+        problems.append(f"{where}: {msg}")
     return problems
 
 
@@ -449,9 +573,13 @@ def load_config(path: Path | None) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(name, [f"invalid TOML: {exc}"]) from None
     try:
-        config = Config(**data)
+        origins = environment_overrides(os.environ)[1]  # validation merges the same values
+    except ValueError as exc:
+        raise ConfigError(name, [str(exc)]) from None
+    try:
+        config = Config.model_validate(data)  # with the environment over the file
     except ValidationError as exc:
-        raise ConfigError(name, format_validation_error(exc)) from None
+        raise ConfigError(name, format_validation_error(exc, origins)) from None
     if path is not None:
         # Relative rule paths are relative to the config file.
         base = path.resolve().parent

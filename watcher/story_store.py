@@ -503,7 +503,7 @@ def _member(row: Any) -> _Member:
         item_id=int(row.item_id),
         story_id=int(row.story_id),
         at=row.at.timestamp(),
-        source_id=sys.intern(row.source_id),
+        source_id=row.source_id,
         content_hash=row.content_hash,
         cues=_cues(row.polarity, row.countries, row.amounts),
         vector=vector,
@@ -663,7 +663,10 @@ class StoryIndex:
             item_id=item_id,
             story_id=story.id,
             at=at_s,
-            source_id=sys.intern(item.source_id),
+            # not interned: with 10,000 sources, their ids grew Python's table of
+            # interned strings by ~2 MB; an item's id is its source config's string
+            # already, and only members read back from the store have copies
+            source_id=item.source_id,
             content_hash=item.content_hash,
             cues=_cues(*cues),  # as stored, and as read back
             vector=vector,
