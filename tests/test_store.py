@@ -98,17 +98,23 @@ async def test_sqlite_short_transactions_keep_a_small_page_cache(
     store = Store(f"sqlite+aiosqlite:///{tmp_path}/w.db", clock=clock)
     await store.open()
     try:
-        size = "PRAGMA cache_size"
+        size, wait = "PRAGMA cache_size", "PRAGMA busy_timeout"
         async with store.engine.connect() as conn:
             pooled = (await conn.exec_driver_sql(size)).scalar()
-        on_loop = await store._loop_tx(lambda conn: conn.exec_driver_sql(size).scalar())
+            pooled_wait = (await conn.exec_driver_sql(wait)).scalar()
+        on_loop, on_loop_wait = await store._loop_tx(
+            lambda conn: (conn.exec_driver_sql(size).scalar(), conn.exec_driver_sql(wait).scalar())
+        )
         assert store._sqlite_on_loop is not None
         with store._sqlite_on_loop._waiting.connect() as sync_conn:  # when the lock is held
             waiting = sync_conn.exec_driver_sql(size).scalar()
+            waiting_wait = sync_conn.exec_driver_sql(wait).scalar()
     finally:
         await store.close()
     assert pooled == -SQLITE_CACHE_KIB
     assert on_loop == waiting == -SQLITE_LOOP_CACHE_KIB < -256
+    # the loop's own connection never waits for the write lock; the others do
+    assert (pooled_wait, on_loop_wait, waiting_wait) == (30_000, 0, 30_000)
 
 
 async def test_sqlite_claims_wait_for_another_writer_without_blocking_the_loop(

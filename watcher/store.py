@@ -481,16 +481,23 @@ def _is_sqlite(url: str) -> bool:
 # driver's autocommit=False) and every transaction that reads before it writes needs
 # BEGIN IMMEDIATE. tests/test_sqlite_contention.py runs the service's paths with a
 # commit from another connection before each statement.
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    # the page cache holds the hot B-tree pages of the indexes every insert walks; with
-    # 512 KiB, inserts into a 100k-item store ran at half the 1k rate (bench/cluster.py)
-    cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-    cur.close()
+def _sqlite_pragmas(
+    *, busy_timeout_ms: int = 30_000, cache_kib: int = SQLITE_CACHE_KIB
+) -> Callable[[Any, Any], None]:
+    """A "connect" listener setting a new SQLite connection's pragmas."""
+
+    def connected(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        # the page cache holds the hot B-tree pages of the indexes every insert walks; with
+        # 512 KiB, inserts into a 100k-item store ran at half the 1k rate (bench/cluster.py)
+        cur.execute(f"PRAGMA cache_size=-{cache_kib}")
+        cur.close()
+
+    return connected
 
 
 class _SQLiteOnLoop:
@@ -511,13 +518,18 @@ class _SQLiteOnLoop:
 
     def __init__(self, url: str) -> None:
         u = make_url(url).set(drivername="sqlite+pysqlite")
+        # Short transactions, a few pages each: a small page cache serves them. A big one
+        # filled when nothing reset it (SQLite drops a connection's cache when another
+        # connection has written since its last transaction): while sources answer 304,
+        # these connections are the only writer, and every source's row stayed.
         self._now = create_engine(u, connect_args={"timeout": 0})
-        event.listen(self._now, "connect", _sqlite_pragmas)
-        event.listen(self._now, "connect", _never_wait_for_locks)
-        event.listen(self._now, "connect", _small_cache)
+        event.listen(
+            self._now,
+            "connect",
+            _sqlite_pragmas(busy_timeout_ms=0, cache_kib=SQLITE_LOOP_CACHE_KIB),  # never waits
+        )
         self._waiting = create_engine(u, connect_args={"timeout": 30})
-        event.listen(self._waiting, "connect", _sqlite_pragmas)
-        event.listen(self._waiting, "connect", _small_cache)
+        event.listen(self._waiting, "connect", _sqlite_pragmas(cache_kib=SQLITE_LOOP_CACHE_KIB))
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="watcher-outbox-db")
 
     @staticmethod
@@ -544,18 +556,6 @@ class _SQLiteOnLoop:
 def _in_transaction(engine: Engine, fn: Callable[[Connection], T]) -> T:
     with engine.begin() as conn:
         return fn(conn)
-
-
-def _never_wait_for_locks(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.execute("PRAGMA busy_timeout=0")
-
-
-def _small_cache(dbapi_conn: Any, _record: Any) -> None:
-    # Short transactions, a few pages each: a small cache serves them. A big one
-    # filled when nothing reset it (SQLite drops a connection's cache when another
-    # connection has written since its last transaction): while sources answer
-    # 304, this connection is the only writer, and every source's row stayed.
-    dbapi_conn.execute(f"PRAGMA cache_size=-{SQLITE_LOOP_CACHE_KIB}")
 
 
 def _is_busy(exc: OperationalError) -> bool:
@@ -601,7 +601,7 @@ class Store:
             kwargs["pool_pre_ping"] = True
         engine = create_async_engine(self.url, **kwargs)
         if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas())
         self._engine = engine
         async with engine.begin() as conn:
             await conn.run_sync(upgrade, metadata)
