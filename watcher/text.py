@@ -56,8 +56,7 @@ class _TextExtractor(HTMLParser):
             if cut_tag or rest.startswith("<!--"):
                 rest = ""
             elif rest[1] in "!?/":
-                close = rest.find(">")
-                rest = "" if close < 0 else rest[close + 1 :]
+                rest = rest[_bogus_comment_end(rest, 2) :]
                 self.rawdata = rest
                 self.goahead(False)  # what follows the bogus comment
                 rest = self.rawdata
@@ -78,10 +77,14 @@ class _TextExtractor(HTMLParser):
             end = super().parse_marked_section(i, report)
         except AssertionError:
             end = -1
-        if end >= 0:
-            return end
-        close = self.rawdata.find(">", i + 3)
-        return len(self.rawdata) if close < 0 else close + 1
+        return end if end >= 0 else _bogus_comment_end(self.rawdata, i + 3)
+
+
+def _bogus_comment_end(text: str, start: int) -> int:
+    """Where a bogus comment whose content starts at `start` ends: after the next ">",
+    else at the end of the text (the HTML standard's rule)."""
+    close = text.find(">", start)
+    return len(text) if close < 0 else close + 1
 
 
 _SPACE_RUN = re.compile("  +")  # a literal prefix: scanned for much faster than a class
