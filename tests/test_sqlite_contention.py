@@ -156,12 +156,12 @@ async def test_polls_and_deliveries_end_the_same_when_another_connection_commits
 
 async def test_a_removed_digests_notices_move_when_another_connection_commits_between(
     tmp_path: Path,
+    clock: FakeClock,
     session: aiohttp.ClientSession,
     feed_server: FeedServer,
     webhook_server: WebhookServer,
 ) -> None:
     """The start-up move reads the notices left waiting, then moves them: one transaction."""
-    clock = FakeClock()
     db = tmp_path / "w.db"
     url = f"sqlite+aiosqlite:///{db}"
     feed(feed_server, "/a.rss", STORIES[0])
@@ -183,12 +183,12 @@ async def test_a_removed_digests_notices_move_when_another_connection_commits_be
 
 async def test_concurrent_polls_and_sends_lose_and_repeat_nothing(
     tmp_path: Path,
+    clock: FakeClock,
     session: aiohttp.ClientSession,
     feed_server: FeedServer,
     webhook_server: WebhookServer,
 ) -> None:
     """Polls ingest while the outbox claims and records, with commits from outside between."""
-    clock = FakeClock()
     db = tmp_path / "w.db"
     feeds = {}
     for n, story in enumerate(STORIES):
