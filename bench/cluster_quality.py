@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -139,7 +140,7 @@ async def seed_orders(tmp: Path) -> dict[str, int]:
             (
                 ident,
                 label,
-                item.model_copy(update={"published": datetime(2026, 2, 4, 10 + k, tzinfo=UTC)}),
+                replace(item, published=datetime(2026, 2, 4, 10 + k, tzinfo=UTC)),
             )
             for k, (ident, label, item) in enumerate(order)
         ]
