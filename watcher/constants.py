@@ -53,6 +53,9 @@ SMTP_TIMEOUT_S = 30.0
 # text
 ITEM_TEXT_MAX_CHARS = 100_000
 ITEM_TITLE_MAX_CHARS = 1_000
+# once bodies this large in all were parsed, the C heap's free pages go back to the
+# system (watcher.memtrim)
+TRIM_AFTER_PARSED_BYTES = 1024 * 1024
 
 # story clustering
 CLUSTER_WINDOW_S = 7 * 24 * 3600

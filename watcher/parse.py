@@ -23,6 +23,7 @@ from watcher import constants
 from watcher.errors import ParseError
 from watcher.fastparse import fast_parse
 from watcher.federal_register import is_federal_register, items_from_api
+from watcher.memtrim import after_parse
 from watcher.models import Item
 from watcher.text import fold_utf8, html_to_text
 
@@ -252,6 +253,21 @@ def parse_document(
     tags: Iterable[str] = (),
 ) -> ParsedFeed:
     """`parse_feed`, plus what the feed says about polling it (RSS ttl)."""
+    try:
+        return _parse_document(body, source_id, content_type, base_url, language, tags)
+    finally:
+        if isinstance(body, bytes):
+            after_parse(len(body))  # what parsing freed goes back to the system (memtrim)
+
+
+def _parse_document(
+    body: bytes,
+    source_id: str,
+    content_type: str,
+    base_url: str,
+    language: str,
+    tags: Iterable[str],
+) -> ParsedFeed:
     if not isinstance(body, bytes):  # never let feedparser see a URL-like string
         raise TypeError("parse_feed takes the fetched bytes")
     if not body or body.isspace():  # (body.strip() would copy the body)

@@ -1,0 +1,71 @@
+"""After large parses, the C heap's free memory goes back to the system (watcher.memtrim)."""
+
+from __future__ import annotations
+
+import pytest
+
+from watcher import constants, memtrim
+from watcher.memtrim import _malloc_trim, release_free_memory
+from watcher.parse import parse_document
+
+glibc_only = pytest.mark.skipif(
+    _malloc_trim() is None, reason="this C library has no malloc_trim (glibc has)"
+)
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def _feed(items: int) -> bytes:
+    paragraph = "&lt;p&gt;Export licences for gallium &amp;amp; germanium were curbed.&lt;/p&gt;"
+    entries = "".join(
+        f"<item><guid>g{i}</guid><title>Notice {i}</title>"
+        f"<description>{paragraph * 150} {i}</description></item>"
+        for i in range(items)
+    )
+    return f'<?xml version="1.0"?><rss version="2.0"><channel>{entries}</channel></rss>'.encode()
+
+
+def _growth_mb(body: bytes) -> float:
+    release_free_memory()
+    before = _resident_mb()
+    assert len(parse_document(body, source_id="big").items) == 200
+    return _resident_mb() - before
+
+
+@glibc_only
+def test_a_large_parse_gives_the_heap_it_freed_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = _feed(200)
+    assert len(body) > constants.TRIM_AFTER_PARSED_BYTES
+    parse_document(body, source_id="big")  # warm up: lazily built tables, caches
+    monkeypatch.setattr(constants, "TRIM_AFTER_PARSED_BYTES", 1 << 62)
+    kept = _growth_mb(body)
+    monkeypatch.undo()
+    trimmed = _growth_mb(body)
+    assert kept > 2.0, f"an untrimmed parse of {len(body)} bytes kept only {kept:.1f} MB"
+    assert trimmed < kept / 2, (kept, trimmed)
+
+
+def test_the_heap_is_trimmed_once_a_megabyte_was_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def trim() -> bool:
+        calls.append(memtrim._parsed_since_trim)
+        return True
+
+    monkeypatch.setattr(memtrim, "release_free_memory", trim)
+    monkeypatch.setattr(memtrim, "_parsed_since_trim", 0)
+    small = _feed(2)
+    per_trim = -(-constants.TRIM_AFTER_PARSED_BYTES // len(small))  # parses until a trim
+    for _ in range(per_trim - 1):
+        parse_document(small, source_id="small")
+    assert calls == []
+    parse_document(small, source_id="small")
+    assert calls == [0]  # counted from nothing again
+    parse_document(_feed(200), source_id="big")  # one large body is enough on its own
+    assert len(calls) == 2
+    with pytest.raises(TypeError):
+        parse_document("not bytes", source_id="str")  # type: ignore[arg-type]
+    assert memtrim._parsed_since_trim == 0

@@ -1,0 +1,49 @@
+"""Giving the C heap's free memory back to the system after a large parse.
+
+Parsing a large feed (lxml's tree, feedparser's strings) takes megabytes from
+the C library's heap and frees them when the parse is done. glibc keeps most of
+that memory: its free chunks lie between chunks still in use, so it never trims
+them, and Python's own objects never reuse them (its allocator takes its arenas
+from mmap). Measured here: a 1 MB feed left ~3 MB of free heap resident after
+its parse, and the real-feeds corpus ~4.4 MB. `malloc_trim(0)` hands such pages
+back (madvise), in ~0.5 ms, a small fraction of the parse of a body that large.
+
+Where the C library has no malloc_trim (musl, macOS), `release_free_memory`
+does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from functools import cache
+
+from watcher import constants
+
+_parsed_since_trim = 0  # bytes of bodies parsed (approximate: threads may race on it)
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the system; True if some were (glibc only)."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+def after_parse(size: int) -> None:
+    """A body of `size` bytes was parsed: release the free heap once enough were."""
+    global _parsed_since_trim
+    _parsed_since_trim += size
+    if _parsed_since_trim >= constants.TRIM_AFTER_PARSED_BYTES:
+        _parsed_since_trim = 0
+        release_free_memory()
