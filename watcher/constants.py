@@ -53,6 +53,9 @@ SMTP_TIMEOUT_S = 30.0
 # text
 ITEM_TEXT_MAX_CHARS = 100_000
 ITEM_TITLE_MAX_CHARS = 1_000
+# a body at least this large is parsed in a worker thread (one at a time), so a large or
+# hostile feed (feedparser reads ~2.5 MB/s) does not stall the event loop (parse.parse_off_loop)
+PARSE_IN_THREAD_BYTES = 256 * 1024
 # once bodies this large in all were parsed, the C heap's free pages go back to the
 # system (watcher.memtrim)
 TRIM_AFTER_PARSED_BYTES = 1024 * 1024

@@ -6,12 +6,15 @@ string: given one, it would fetch it itself, around every limit and check.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import functools
 import hashlib
 import json
 import re
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -258,6 +261,44 @@ def parse_document(
     finally:
         if isinstance(body, bytes):
             after_parse(len(body))  # what parsing freed goes back to the system (memtrim)
+
+
+@functools.cache
+def _parse_thread() -> ThreadPoolExecutor:
+    # one thread: large bodies are parsed one at a time, as on the loop, so their trees
+    # never add up in memory
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="watcher-parse")
+
+
+async def parse_off_loop(
+    body: bytes,
+    *,
+    source_id: str,
+    content_type: str = "",
+    base_url: str = "",
+    language: str = "",
+    tags: Iterable[str] = (),
+) -> ParsedFeed:
+    """`parse_document`, in a worker thread when the body is large.
+
+    Parsing holds the GIL, but a thread gives it up every few milliseconds, so
+    the event loop goes on (deliveries, the API, other polls) while a large or
+    hostile feed is read: feedparser, the fallback for a broken feed, reads
+    ~2.5 MB/s, and a body may hold up to 10 MB. Small bodies, most of them,
+    are parsed at once: the hop to a thread would cost more than their parse.
+    """
+    parse = functools.partial(
+        parse_document,
+        body,
+        source_id=source_id,
+        content_type=content_type,
+        base_url=base_url,
+        language=language,
+        tags=tuple(tags),
+    )
+    if not isinstance(body, bytes) or len(body) < constants.PARSE_IN_THREAD_BYTES:
+        return parse()
+    return await asyncio.get_running_loop().run_in_executor(_parse_thread(), parse)
 
 
 def _parse_document(

@@ -26,7 +26,7 @@ from watcher.fetch import Fetcher, FetchResult, limits_from_config
 from watcher.group import Dispatcher, Routed, receiver_policies
 from watcher.metrics import Metrics
 from watcher.models import Clock, Hit, Item
-from watcher.parse import ParsedFeed, parse_document
+from watcher.parse import ParsedFeed, parse_off_loop
 from watcher.polite import PollPolicy
 from watcher.route import Route, Router
 from watcher.rules import Matcher
@@ -64,9 +64,10 @@ class PollOutcome:
     moved_to: str | None = None  # a 301/308 moved the feed here
 
 
-def parse_fetched(source: SourceConfig, result: FetchResult) -> ParsedFeed:
-    """Parse what a fetch of `source` returned, with the source's language and tags."""
-    return parse_document(
+async def parse_fetched(source: SourceConfig, result: FetchResult) -> ParsedFeed:
+    """Parse what a fetch of `source` returned, with the source's language and tags (a
+    large body in a worker thread: see parse.parse_off_loop)."""
+    return await parse_off_loop(
         result.body,
         source_id=source.id,
         content_type=result.content_type,
@@ -139,7 +140,7 @@ class Pipeline:
                 return PollOutcome(
                     source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to
                 )
-            parsed = parse_fetched(source, result)
+            parsed = await parse_fetched(source, result)
         except (FetchError, ParseError) as exc:
             return await self._failed(source, exc, state.error_count if state else 0)
         if parsed.hub and self.on_hub is not None:

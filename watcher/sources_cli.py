@@ -112,7 +112,7 @@ async def sources_check(
             start = time.perf_counter()
             try:
                 result = await fetcher.fetch(source.id, str(source.url))
-                parsed = parse_fetched(source, result)
+                parsed = await parse_fetched(source, result)
             except (FetchError, ParseError) as exc:
                 return [f"{source.id}: FAILED: {exc}"]
             ms = (time.perf_counter() - start) * 1000

@@ -26,7 +26,7 @@ from aiohttp import web
 from watcher.config import Config
 from watcher.errors import FetchError, ParseError
 from watcher.models import Clock
-from watcher.parse import parse_document
+from watcher.parse import parse_off_loop
 from watcher.pipeline import Pipeline
 from watcher.store import WebSubRow
 
@@ -188,7 +188,7 @@ class WebSub:
             logger.warning("source %s: WebSub push with a bad signature ignored", source_id)
             return web.Response(status=202)
         try:
-            parsed = parse_document(
+            parsed = await parse_off_loop(
                 body,
                 source_id=source_id,
                 content_type=request.headers.get("Content-Type", ""),
