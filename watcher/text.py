@@ -97,7 +97,13 @@ def collapse_whitespace(text: str) -> str:
     C-level string operations, several times faster on long texts than regexes: each
     space becomes " " and runs of " " one; a whitespace run holding a newline is the end
     of one line, the newline and the start of the next (whitespace-only lines vanish).
+    Printable text (most titles) holds no whitespace but " " (every other whitespace
+    character is a separator or a control), and str.split is all it needs.
     """
+    if text.isprintable():
+        if "  " in text or text[:1] == " " or text[-1:] == " ":
+            return " ".join(text.split())
+        return text
     for char in "\t\r\f\v\xa0\u200b":
         if char in text:
             text = text.replace(char, " ")
