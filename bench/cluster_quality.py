@@ -18,7 +18,6 @@ import json
 import re
 import sys
 import tempfile
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -140,7 +139,7 @@ async def seed_orders(tmp: Path) -> dict[str, int]:
             (
                 ident,
                 label,
-                replace(item, published=datetime(2026, 2, 4, 10 + k, tzinfo=UTC)),
+                item._replace(published=datetime(2026, 2, 4, 10 + k, tzinfo=UTC)),
             )
             for k, (ident, label, item) in enumerate(order)
         ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -243,7 +242,7 @@ async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock:
         )
         outcomes = []
         for k, name in enumerate(order):
-            item = replace(by_name[name], published=datetime(2026, 2, 4, 10 + k, tzinfo=UTC))
+            item = by_name[name]._replace(published=datetime(2026, 2, 4, 10 + k, tzinfo=UTC))
             outcomes.append(await pipeline.ingest(item.source_id, [item], record_source=False))
     [bridge] = outcomes[-1].stories_grown
     assert len(bridge.merged) == 1 and (bridge.item_count, bridge.source_count) == (5, 5)
@@ -328,7 +327,7 @@ async def test_replicas_taking_turns_see_each_others_stories_and_merges(
         keys = [await assign_all(store, [by_name[n]], r) for n, r in
                 (("002", one), ("004", two), ("001", one), ("000", two), ("003", one))]  # fmt: skip
         [late] = await assign_all(
-            store, [replace(by_name["000"], guid="again", source_id="late")], two
+            store, [by_name["000"]._replace(guid="again", source_id="late")], two
         )
         async with store.engine.connect() as conn:
             info = await story_info(conn, keys[0][0])
@@ -374,7 +373,7 @@ async def test_an_item_older_than_the_memory_reaches_still_finds_its_story(
         )
     [late] = await assign_all(store, [b], index)
     [fresh_process] = await assign_all(
-        store, [replace(b, guid="b2", source_id="other")], StoryIndex()
+        store, [b._replace(guid="b2", source_id="other")], StoryIndex()
     )
     assert late == first == fresh_process
 
@@ -460,8 +459,8 @@ async def test_source_ids_are_not_interned(store: Store, clock: FakeClock) -> No
         return "".join(list(text))
 
     a, b, _ = _copies(clock.now - timedelta(hours=3))
-    a = replace(a, source_id=fresh("never-interned-a"))
-    b = replace(b, source_id=fresh("never-interned-b"))
+    a = a._replace(source_id=fresh("never-interned-a"))
+    b = b._replace(source_id=fresh("never-interned-b"))
     await assign_all(store, [a], StoryIndex())
     restarted = StoryIndex()  # a new process: reads `a` back from the store
     await assign_all(store, [b], restarted)
@@ -489,7 +488,7 @@ async def test_the_memory_cap_holds_when_items_share_one_time(
     at = clock.now - timedelta(hours=1)
     keys = []
     for item in _others(15, at):
-        item = replace(item, published=at)
+        item = item._replace(published=at)
         keys += await assign_all(store, [item], index)
         [memory] = index._memories.values()
         assert len(memory.members) <= 5
