@@ -35,6 +35,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -366,10 +367,15 @@ class Config(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _environment_then_catalogue(cls, data: Any) -> Any:
+    def _environment_then_catalogue(cls, data: Any, info: ValidationInfo) -> Any:
         if isinstance(data, dict):
-            # the environment wins over the file (and its catalogue list is expanded too)
-            data = _deep_merge(data, environment_overrides(os.environ)[0])
+            # the environment wins over the file (and its catalogue list is expanded too):
+            # as load_config read it, else read here (a Config validated directly)
+            context = info.context or {}
+            overrides = context.get(_ENVIRONMENT)
+            if overrides is None:
+                overrides = environment_overrides(os.environ)[0]
+            data = _deep_merge(data, overrides)
         if isinstance(data, dict) and data.get("catalogue"):
             from watcher.catalogue import expand
 
@@ -410,6 +416,7 @@ class Config(_Strict):
         return next((r for r in self.receivers if r.id == receiver_id), None)
 
 
+_ENVIRONMENT = "environment"  # validation context: the overrides load_config has read
 ENV_PREFIX = "watcher_"  # compared case-insensitively, as the rest of a variable's name
 ENV_DELIMITER = "__"  # between section and key: WATCHER_STORE__URL
 
@@ -573,11 +580,11 @@ def load_config(path: Path | None) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(name, [f"invalid TOML: {exc}"]) from None
     try:
-        origins = environment_overrides(os.environ)[1]  # validation merges the same values
+        overrides, origins = environment_overrides(os.environ)
     except ValueError as exc:
         raise ConfigError(name, [str(exc)]) from None
-    try:
-        config = Config.model_validate(data)  # with the environment over the file
+    try:  # the environment over the file
+        config = Config.model_validate(data, context={_ENVIRONMENT: overrides})
     except ValidationError as exc:
         raise ConfigError(name, format_validation_error(exc, origins)) from None
     if path is not None:
