@@ -37,10 +37,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def release_free_memory() -> bool:
-    """Return the C heap's free pages to the system; True if some were (glibc only)."""
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc only)."""
     trim = _malloc_trim()
-    return bool(trim(0)) if trim is not None else False
+    if trim is not None:
+        trim(0)
 
 
 def after_parse(size: int) -> None:
