@@ -13,11 +13,11 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Required, TypedDict, Unpack
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import feedparser
@@ -30,6 +30,7 @@ from watcher.memtrim import after_parse
 from watcher.models import Item
 from watcher.text import fold_utf8, html_to_text
 
+P = ParamSpec("P")
 _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"})
 
 
@@ -222,30 +223,65 @@ def entry_item(
     return _item(source_id, guid, url, title, text, published, language, tuple(tags))
 
 
-def parse_feed(
-    body: bytes,
-    *,
-    source_id: str,
-    content_type: str = "",
-    base_url: str = "",
-    language: str = "",
-    tags: Iterable[str] = (),
-) -> list[Item]:
+class ParseOptions(TypedDict, total=False):
+    """What `parse_document` takes besides the body, for the functions that pass it on."""
+
+    source_id: Required[str]
+    content_type: str
+    base_url: str
+    language: str
+    tags: Iterable[str]
+
+
+def parse_feed(body: bytes, **options: Unpack[ParseOptions]) -> list[Item]:
     """Parse a fetched feed body (RSS, Atom, RDF or JSON Feed) into Items.
 
     Raises ParseError when the body is not a feed at all (an HTML page, an empty
     body, a JSON error). A feed with no entries gives an empty list.
     """
-    return parse_document(
-        body,
-        source_id=source_id,
-        content_type=content_type,
-        base_url=base_url,
-        language=language,
-        tags=tags,
-    ).items
+    return parse_document(body, **options).items
 
 
+def _releasing_memory(
+    parse: Callable[Concatenate[bytes, P], ParsedFeed],
+) -> Callable[Concatenate[bytes, P], ParsedFeed]:
+    """After each parse, count the body towards giving the C heap's free pages back to
+    the system (watcher.memtrim), whether the parse succeeded or not."""
+
+    @functools.wraps(parse)
+    def parse_then_release(body: bytes, /, *args: P.args, **kwargs: P.kwargs) -> ParsedFeed:
+        try:
+            return parse(body, *args, **kwargs)
+        finally:
+            if isinstance(body, bytes):
+                after_parse(len(body))
+
+    return parse_then_release
+
+
+@functools.cache
+def _parse_thread() -> ThreadPoolExecutor:
+    # one thread: large bodies are parsed one at a time, as on the loop, so their trees
+    # never add up in memory
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="watcher-parse")
+
+
+async def parse_off_loop(body: bytes, **options: Unpack[ParseOptions]) -> ParsedFeed:
+    """`parse_document`, in a worker thread when the body is large.
+
+    Parsing holds the GIL, but a thread gives it up every few milliseconds, so
+    the event loop goes on (deliveries, the API, other polls) while a large or
+    hostile feed is read: feedparser, the fallback for a broken feed, reads
+    ~2.5 MB/s, and a body may hold up to 10 MB. Small bodies, most of them,
+    are parsed at once: the hop to a thread would cost more than their parse.
+    """
+    parse = functools.partial(parse_document, body, **options)
+    if not isinstance(body, bytes) or len(body) < constants.PARSE_IN_THREAD_BYTES:
+        return parse()
+    return await asyncio.get_running_loop().run_in_executor(_parse_thread(), parse)
+
+
+@_releasing_memory
 def parse_document(
     body: bytes,
     *,
@@ -256,59 +292,6 @@ def parse_document(
     tags: Iterable[str] = (),
 ) -> ParsedFeed:
     """`parse_feed`, plus what the feed says about polling it (RSS ttl)."""
-    try:
-        return _parse_document(body, source_id, content_type, base_url, language, tags)
-    finally:
-        if isinstance(body, bytes):
-            after_parse(len(body))  # what parsing freed goes back to the system (memtrim)
-
-
-@functools.cache
-def _parse_thread() -> ThreadPoolExecutor:
-    # one thread: large bodies are parsed one at a time, as on the loop, so their trees
-    # never add up in memory
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="watcher-parse")
-
-
-async def parse_off_loop(
-    body: bytes,
-    *,
-    source_id: str,
-    content_type: str = "",
-    base_url: str = "",
-    language: str = "",
-    tags: Iterable[str] = (),
-) -> ParsedFeed:
-    """`parse_document`, in a worker thread when the body is large.
-
-    Parsing holds the GIL, but a thread gives it up every few milliseconds, so
-    the event loop goes on (deliveries, the API, other polls) while a large or
-    hostile feed is read: feedparser, the fallback for a broken feed, reads
-    ~2.5 MB/s, and a body may hold up to 10 MB. Small bodies, most of them,
-    are parsed at once: the hop to a thread would cost more than their parse.
-    """
-    parse = functools.partial(
-        parse_document,
-        body,
-        source_id=source_id,
-        content_type=content_type,
-        base_url=base_url,
-        language=language,
-        tags=tuple(tags),
-    )
-    if not isinstance(body, bytes) or len(body) < constants.PARSE_IN_THREAD_BYTES:
-        return parse()
-    return await asyncio.get_running_loop().run_in_executor(_parse_thread(), parse)
-
-
-def _parse_document(
-    body: bytes,
-    source_id: str,
-    content_type: str,
-    base_url: str,
-    language: str,
-    tags: Iterable[str],
-) -> ParsedFeed:
     if not isinstance(body, bytes):  # never let feedparser see a URL-like string
         raise TypeError("parse_feed takes the fetched bytes")
     if not body or body.isspace():  # (body.strip() would copy the body)
