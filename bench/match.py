@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from watcher.models import EventType, Item, Severity  # noqa: E402
 from watcher.parse import make_item  # noqa: E402
-from watcher.query import Node, Term, parse_query  # noqa: E402
+from watcher.query import And, AtLeast, Near, Node, Not, Or, Scope, Term, parse_query  # noqa: E402
 from watcher.rulecache import RuleCache  # noqa: E402
 from watcher.rules import CompiledRule, Matcher, Rule, load_rules  # noqa: E402
 from watcher.text import normalize  # noqa: E402
@@ -111,10 +111,17 @@ def rules(rng: random.Random, vocab: list[str], n: int) -> list[CompiledRule]:
 
 
 def _terms(node: Node) -> list[Term]:
+    """The query's terms (a case: term, a lang: or tag: test has none)."""
     if isinstance(node, Term):
         return [node]
-    children = [getattr(node, name) for name in ("child", "left", "right") if hasattr(node, name)]
-    children += list(getattr(node, "children", ()))
+    if isinstance(node, And | Or):
+        children: tuple[Node, ...] = node.children
+    elif isinstance(node, Near):
+        children = (node.left, node.right)
+    elif isinstance(node, Scope | AtLeast | Not):
+        children = (node.child,)
+    else:
+        children = ()
     return [term for child in children for term in _terms(child)]
 
 
