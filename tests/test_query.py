@@ -204,10 +204,10 @@ def test_named_lists_expand_in_place() -> None:
     assert node.matches(Document.from_text("rare earths export ban"))
     with pytest.raises(QuerySyntaxError) as err:
         parse_query("gallium OR @metals", lists=lists)
-    assert err.value.message == "unknown list '@metals' (lists defined in this file: @minerals)"
+    assert err.value.message == "unknown list '@metals' (lists known to this file: @minerals)"
     assert err.value.column == 12
     with pytest.raises(
-        QuerySyntaxError, match=r"unknown list '@x' \(lists defined in this file: none\)"
+        QuerySyntaxError, match=r"unknown list '@x' \(lists known to this file: none\)"
     ):
         parse_query("@x")
 

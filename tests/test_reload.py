@@ -69,6 +69,18 @@ async def test_reload_swaps_rules_and_keeps_the_last_good_ones(
     assert 'watcher_rule_reloads_total{outcome="error"} 1.0' in rendered
 
 
+async def test_a_changed_shared_list_file_reloads_the_rules(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    (tmp_path / "common.lists.yaml").write_text("lists:\n  minerals: gallium\n")
+    write_rules(tmp_path / "a.yaml", ("curb", "'@minerals'"))
+    rules = RuleSet([tmp_path], load_matcher([tmp_path]), clock=clock)
+    assert sample(rules, "cobalt") == []
+    (tmp_path / "common.lists.yaml").write_text("lists:\n  minerals: gallium OR cobalt\n")
+    assert await rules.check() is True
+    assert sample(rules, "cobalt") == ["curb"]
+
+
 async def test_service_reports_a_broken_rule_file_in_healthz(
     tmp_path: Path, clock: FakeClock
 ) -> None:

@@ -46,8 +46,31 @@ def test_broken_files_are_not_cached_and_a_corrupt_cache_is_ignored(tmp_path: Pa
 
     good = tmp_path / "good.yaml"
     good.write_bytes((PACK / "tariff_or_price_measure.yaml").read_bytes())
-    load_rules([good], cache=cache)
+    files = [good, PACK / "common.lists.yaml"]  # the lists it uses
+    load_rules(files, cache=cache)
     [pickle_file] = (tmp_path / "cache").glob("*.pickle")
     pickle_file.write_bytes(b"not a pickle")
-    rules, errors = load_rules([good], cache=cache)
-    assert errors == [] and len(rules) == len(load_rules([good])[0]) and cache.hits == 0
+    rules, errors = load_rules(files, cache=cache)
+    assert errors == [] and len(rules) == len(load_rules(files)[0]) and cache.hits == 0
+
+
+def test_a_changed_shared_list_file_recompiles_the_rule_files_that_use_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "common.lists.yaml").write_text("lists:\n  minerals: gallium\n")
+    (tmp_path / "a.yaml").write_text(
+        "rules:\n  - id: a\n    title: t\n    event_type: export_restriction\n"
+        "    severity: high\n    query: '@minerals'\n"
+    )
+    cache = RuleCache(tmp_path / "cache")
+    cobalt = make_item(source_id="s", text="cobalt")
+    cold, _ = load_rules([tmp_path], cache=cache)
+    assert Matcher(cold).match(cobalt) == [] and cache.misses == 1
+
+    # the rule file's bytes are the same; what it compiles to is not
+    (tmp_path / "common.lists.yaml").write_text("lists:\n  minerals: gallium OR cobalt\n")
+    warm, _ = load_rules([tmp_path], cache=cache)
+    assert [h.rule_id for h in Matcher(warm).match(cobalt)] == ["a"]
+    assert (cache.hits, cache.misses) == (0, 2)
+    load_rules([tmp_path], cache=cache)
+    assert cache.hits == 1

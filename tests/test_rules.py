@@ -163,5 +163,59 @@ def test_named_lists(tmp_path: Path) -> None:
         f"{path}:3:24: list 'bad-list': expected a term after 'OR'",
         f"{path}:4: list name 'Bad Name' must be lower-case letters, digits, '_' or '-'",
         f"{path}:18:25: rule 'unknown-list': unknown list '@metals' "
-        "(lists defined in this file: @minerals)",
+        "(lists known to this file: @minerals)",
     ]
+
+
+SHARED = """\
+lists:
+  minerals: gallium OR germanium
+  background: bill OR draft
+"""
+USES_SHARED = """\
+rules:
+  - id: {id}
+    title: t
+    event_type: export_restriction
+    severity: high
+    query: "@minerals NEAR/3 export* NOT @background"
+"""
+
+
+def test_shared_list_files_serve_every_rule_file_loaded_with_them(tmp_path: Path) -> None:
+    (tmp_path / "common.lists.yaml").write_text(SHARED)
+    (tmp_path / "a.yaml").write_text(USES_SHARED.format(id="a"))
+    (tmp_path / "b.yaml").write_text(USES_SHARED.format(id="b"))
+    rules, errors = load_rules([tmp_path])
+    assert errors == [] and [r.rule.id for r in rules] == ["a", "b"]
+    matcher = Matcher(rules)
+    hit = make_item(source_id="s", text="China curbs gallium exports")
+    assert [h.rule_id for h in matcher.match(hit)] == ["a", "b"]
+    assert matcher.match(make_item(source_id="s", text="A bill would curb gallium exports")) == []
+
+    # without the list file, the rule files name what they miss
+    _, errors = load_rules([tmp_path / "a.yaml"])
+    assert [str(e) for e in errors] == [
+        f"{tmp_path / 'a.yaml'}:6:13: rule 'a': unknown list '@minerals' "
+        "(lists known to this file: none)"
+    ]
+
+
+def test_shared_list_files_refuse_rules_clashes_and_bad_lists(tmp_path: Path) -> None:
+    (tmp_path / "a.lists.yaml").write_text(SHARED)
+    (tmp_path / "b.lists.yaml").write_text("lists:\n  other: x\n  minerals: cobalt\n")
+    (tmp_path / "c.lists.yaml").write_text(SHARED + USES_SHARED.format(id="c").lstrip())
+    (tmp_path / "d.lists.yaml").write_text("lists:\n  broken: (x OR\n")
+    (tmp_path / "e.yaml").write_text("lists:\n  background: opinion\n" + USES_SHARED.format(id="e"))
+    rules, errors = load_rules([tmp_path])
+    assert [str(e) for e in errors] == [
+        f"{tmp_path / 'b.lists.yaml'}:3: list 'minerals' is already defined in "
+        f"{tmp_path / 'a.lists.yaml'}",
+        f"{tmp_path / 'c.lists.yaml'}:1: a shared list file (.lists.yaml) holds 'lists' "
+        "and nothing else",
+        f"{tmp_path / 'd.lists.yaml'}:2:16: list 'broken': expected a term after 'OR'",
+        f"{tmp_path / 'e.yaml'}:2: list 'background' is already defined in "
+        f"{tmp_path / 'a.lists.yaml'}",
+    ]
+    # the rule itself still loads, with the file's own list
+    assert [r.rule.id for r in rules] == ["e"]

@@ -18,7 +18,8 @@ between them (a run of CJK characters between punctuation counts as one word).
 ``ATLEAST/3 term``: the term occurs at least 3 times.
 ``title:``/``text:`` restrict a term or group to the title or body;
 ``case:US`` matches a word or phrase with its case as written (not "us");
-``@minerals`` stands for a named list of the rule file (``lists:``);
+``@minerals`` stands for a named list of the rule file (``lists:``) or of a shared
+list file (``*.lists.yaml``) loaded with it;
 ``source:``, ``lang:`` and ``tag:`` test the item's source id (``*`` globs),
 language (``lang:zh`` also matches ``zh-CN``) and tags. Operators are upper
 case; ``and`` is a word.
@@ -719,7 +720,7 @@ class _Parser:
             if listed is None:
                 known = ", ".join(f"@{n}" for n in sorted(self.lists)) or "none"
                 raise QuerySyntaxError(
-                    f"unknown list '@{tok.text}' (lists defined in this file: {known})",
+                    f"unknown list '@{tok.text}' (lists known to this file: {known})",
                     column=tok.column,
                 )
             return listed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,23 @@ class RuleFile(BaseModel):
         description="named term lists: `minerals: gallium OR germanium`, used as @minerals",
     )
     rules: list[Rule]
+
+
+# A file named like this holds only `lists:`, shared by every rule file loaded with it.
+LISTS_SUFFIX = ".lists.yaml"
+
+
+@dataclass(frozen=True)
+class SharedLists:
+    """The lists of the shared list files loaded, where each was defined, and a digest of
+    those files (a rule file's compiled form depends on them: the rule cache keys on it)."""
+
+    lists: dict[str, Node]
+    origin: dict[str, str]
+    digest: bytes = b""
+
+
+NO_SHARED_LISTS = SharedLists({}, {})
 
 
 def rule_file_schema() -> dict[str, Any]:
@@ -186,26 +204,78 @@ def _query_position(node: yaml.Node, column: int) -> tuple[int, int]:
     return mark.line + 1, mark.column + quote + column
 
 
-def _load_file(
-    path: Path, cache: RuleCache | None = None
-) -> tuple[list[CompiledRule], list[RuleError]]:
-    name = str(path)
+def _read(path: Path) -> tuple[bytes, str] | RuleError:
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        return raw, raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return [], [RuleError(f"cannot read: {exc}", path=name)]
+        return RuleError(f"cannot read: {exc}", path=str(path))
+
+
+def _load_file(
+    path: Path, cache: RuleCache | None = None, shared: SharedLists = NO_SHARED_LISTS
+) -> tuple[list[CompiledRule], list[RuleError]]:
+    read = _read(path)
+    if isinstance(read, RuleError):
+        return [], [read]
+    raw, text = read
+    key = raw + b"\0" + shared.digest  # the shared lists are part of what it compiles to
     if cache is not None:
-        cached = cache.get(path, raw)
+        cached = cache.get(path, key)
         if cached is not None:
             return cached, []
-    compiled, errors = _compile_file(name, text)
+    compiled, errors = _compile_file(str(path), text, shared)
     if cache is not None and not errors:
-        cache.put(path, raw, compiled)
+        cache.put(path, key, compiled)
     return compiled, errors
 
 
-def _compile_file(name: str, text: str) -> tuple[list[CompiledRule], list[RuleError]]:
+def _load_shared_lists(paths: Sequence[Path]) -> tuple[SharedLists, list[RuleError]]:
+    """The lists of the shared list files (`*.lists.yaml`), in the order given."""
+    lists: dict[str, Node] = {}
+    origin: dict[str, str] = {}
+    errors: list[RuleError] = []
+    digest = hashlib.sha256()
+    for path in paths:
+        read = _read(path)
+        if isinstance(read, RuleError):
+            errors.append(read)
+            continue
+        raw, text = read
+        digest.update(str(path).encode() + b"\0" + raw + b"\0")
+        parsed = _yaml_document(str(path), text)
+        if isinstance(parsed, RuleError):
+            errors.append(parsed)
+            continue
+        data, root = parsed
+        name = str(path)
+        if set(data) != {"lists"}:
+            errors.append(
+                RuleError(
+                    f"a shared list file ({LISTS_SUFFIX}) holds 'lists' and nothing else",
+                    path=name,
+                    line=1,
+                )
+            )
+            continue
+        compiled = _compile_lists(name, data["lists"], _list_nodes(root), errors)
+        for list_name, node in compiled.items():
+            if list_name in origin:
+                errors.append(
+                    RuleError(
+                        f"list '{list_name}' is already defined in {origin[list_name]}",
+                        path=name,
+                        line=_list_line(root, list_name),
+                    )
+                )
+                continue
+            lists[list_name] = node
+            origin[list_name] = name
+    return SharedLists(lists, origin, digest.digest() if paths else b""), errors
+
+
+def _yaml_document(name: str, text: str) -> tuple[dict[str, Any], yaml.MappingNode] | RuleError:
+    """The file's top-level mapping, as data and as the YAML node (for line numbers)."""
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -213,22 +283,50 @@ def _compile_file(name: str, text: str) -> tuple[list[CompiledRule], list[RuleEr
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        return [], [
-            RuleError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=name, line=line)
-        ]
+        return RuleError(f"invalid YAML: {getattr(exc, 'problem', exc)}", path=name, line=line)
     finally:
         loader.dispose()
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
-        return [], [RuleError("expected a mapping with a 'rules' list", path=name, line=1)]
+        what = "'lists'" if name.endswith(LISTS_SUFFIX) else "a 'rules' list"
+        return RuleError(f"expected a mapping with {what}", path=name, line=1)
+    return data, root
+
+
+def _list_nodes(root: yaml.MappingNode) -> dict[str, yaml.Node]:
+    """The YAML nodes of the file's lists, by name."""
+    for key, value in root.value:
+        if key.value == "lists" and isinstance(value, yaml.MappingNode):
+            return {k.value: v for k, v in value.value if isinstance(k, yaml.ScalarNode)}
+    return {}
+
+
+def _list_line(root: yaml.MappingNode, list_name: str) -> int | None:
+    node = _list_nodes(root).get(list_name)
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _compile_file(
+    name: str, text: str, shared: SharedLists = NO_SHARED_LISTS
+) -> tuple[list[CompiledRule], list[RuleError]]:
+    parsed = _yaml_document(name, text)
+    if isinstance(parsed, RuleError):
+        return [], [parsed]
+    data, root = parsed
     rule_nodes: list[yaml.Node] = []
-    list_nodes: dict[str, yaml.Node] = {}
     for key, value in root.value:
         if key.value == "rules" and isinstance(value, yaml.SequenceNode):
             rule_nodes = list(value.value)
-        if key.value == "lists" and isinstance(value, yaml.MappingNode):
-            list_nodes = {k.value: v for k, v in value.value if isinstance(k, yaml.ScalarNode)}
     errors: list[RuleError] = []
-    lists = _compile_lists(name, data.get("lists", {}), list_nodes, errors)
+    own = _compile_lists(name, data.get("lists", {}), _list_nodes(root), errors)
+    for list_name in own.keys() & shared.lists.keys():
+        errors.append(
+            RuleError(
+                f"list '{list_name}' is already defined in {shared.origin[list_name]}",
+                path=name,
+                line=_list_line(root, list_name),
+            )
+        )
+    lists = {**shared.lists, **own}
     extra = set(data) - {"rules", "lists"}
     if extra:
         errors.append(
@@ -327,12 +425,17 @@ def load_rules(
     errors: list[RuleError] = []
     seen: dict[str, CompiledRule] = {}
     files = rule_files(paths)
+    missing = [p for p in files if not p.exists()]
+    errors.extend(RuleError("no such file or directory", path=str(p)) for p in missing)
+    files = [p for p in files if p not in missing]
+    list_files = [p for p in files if p.name.endswith(LISTS_SUFFIX)]
+    shared, list_errors = _load_shared_lists(list_files)
+    errors.extend(list_errors)
     for path in files:
-        if not path.exists():
-            errors.append(RuleError("no such file or directory", path=str(path)))
+        if path.name.endswith(LISTS_SUFFIX):
             continue
         with gc_paused():  # see watcher.gcpause: the rules stay alive
-            good, bad = _load_file(path, cache)
+            good, bad = _load_file(path, cache, shared)
         errors.extend(bad)
         for rule in good:
             first = seen.get(rule.rule.id)
