@@ -3,8 +3,10 @@
 Parsing a query and validating a rule costs far more than reading a pickle:
 with thousands of rules, start-up and every hot reload would re-parse all of
 them. Each rule file that loads without errors is stored, compiled, under
-`cache_dir/<sha256 of path, contents and compiler version>.pickle`; a file
-whose contents are unchanged is loaded from there. The directory must be one
+`cache_dir/<sha256 of path, contents and compiler version>.pickle`, where the
+contents are the file's bytes and the digest of the shared list files loaded
+with it (`*.lists.yaml`, which its queries may use); a file whose contents are
+unchanged is loaded from there. The directory must be one
 that only watcher writes (a pickle is code). Any problem reading the cache
 falls back to parsing.
 """
