@@ -261,13 +261,7 @@ def _load_shared_lists(paths: Sequence[Path]) -> tuple[SharedLists, list[RuleErr
         compiled = _compile_lists(name, data["lists"], _list_nodes(root), errors)
         for list_name, node in compiled.items():
             if list_name in origin:
-                errors.append(
-                    RuleError(
-                        f"list '{list_name}' is already defined in {origin[list_name]}",
-                        path=name,
-                        line=_list_line(root, list_name),
-                    )
-                )
+                errors.append(_defined_twice(name, root, list_name, origin[list_name]))
                 continue
             lists[list_name] = node
             origin[list_name] = name
@@ -300,9 +294,14 @@ def _list_nodes(root: yaml.MappingNode) -> dict[str, yaml.Node]:
     return {}
 
 
-def _list_line(root: yaml.MappingNode, list_name: str) -> int | None:
+def _defined_twice(name: str, root: yaml.MappingNode, list_name: str, first: str) -> RuleError:
+    """The error for a list that file `name` defines when `first` already did."""
     node = _list_nodes(root).get(list_name)
-    return node.start_mark.line + 1 if node is not None else None
+    return RuleError(
+        f"list '{list_name}' is already defined in {first}",
+        path=name,
+        line=node.start_mark.line + 1 if node is not None else None,
+    )
 
 
 def _compile_file(
@@ -318,14 +317,11 @@ def _compile_file(
             rule_nodes = list(value.value)
     errors: list[RuleError] = []
     own = _compile_lists(name, data.get("lists", {}), _list_nodes(root), errors)
-    for list_name in own.keys() & shared.lists.keys():
-        errors.append(
-            RuleError(
-                f"list '{list_name}' is already defined in {shared.origin[list_name]}",
-                path=name,
-                line=_list_line(root, list_name),
-            )
-        )
+    errors.extend(
+        _defined_twice(name, root, list_name, shared.origin[list_name])
+        for list_name in own
+        if list_name in shared.origin
+    )
     lists = {**shared.lists, **own}
     extra = set(data) - {"rules", "lists"}
     if extra:
@@ -424,16 +420,16 @@ def load_rules(
     rules: list[CompiledRule] = []
     errors: list[RuleError] = []
     seen: dict[str, CompiledRule] = {}
-    files = rule_files(paths)
-    missing = [p for p in files if not p.exists()]
-    errors.extend(RuleError("no such file or directory", path=str(p)) for p in missing)
-    files = [p for p in files if p not in missing]
-    list_files = [p for p in files if p.name.endswith(LISTS_SUFFIX)]
+    list_files: list[Path] = []
+    files: list[Path] = []
+    for path in rule_files(paths):
+        if not path.exists():
+            errors.append(RuleError("no such file or directory", path=str(path)))
+        else:
+            (list_files if path.name.endswith(LISTS_SUFFIX) else files).append(path)
     shared, list_errors = _load_shared_lists(list_files)
     errors.extend(list_errors)
     for path in files:
-        if path.name.endswith(LISTS_SUFFIX):
-            continue
         with gc_paused():  # see watcher.gcpause: the rules stay alive
             good, bad = _load_file(path, cache, shared)
         errors.extend(bad)
