@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 
 import aiohttp
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
 from tests.feeds import CURB, NOISE, rss
@@ -15,6 +17,7 @@ from watcher.metrics import Metrics
 from watcher.pipeline import Pipeline, build_pipeline
 from watcher.polite import PollPolicy
 from watcher.rules import Matcher
+from watcher.service import Poller
 from watcher.store import Store
 
 
@@ -35,6 +38,8 @@ def test_backoff_doubles_honours_retry_after_and_flags_broken_sources() -> None:
     assert p.after_error_s(60, 4, 30) == 960
     assert not p.is_broken(4) and p.is_broken(5)
     assert p.after_error_s(60, 5, None) == 86_400
+    # a broken source's Retry-After counts within bounds, however large
+    assert p.after_error_s(60, 5, 10.0**12) == max(86_400, p.max_s)
     assert p.after_error_s(60, 1, None) <= 3600
 
 
@@ -70,7 +75,11 @@ async def test_server_hints_set_the_next_check(
     state = await store.source_state("s")
     assert state is not None and state.next_poll_at == clock() + timedelta(seconds=1800)
     second = await pipeline.poll(config.sources[0])  # 304: max-age still counts
-    assert second.outcome == "unchanged" and second.next_poll_in_s == 600
+    # a 304: max-age counts, and so does the ttl of the body it did not send again
+    assert second.outcome == "unchanged" and second.next_poll_in_s == 1800
+    feed_server.routes["/f"] = Route(body=body)  # no validators: the same body again
+    third = await pipeline.poll(config.sources[0])
+    assert third.outcome == "unchanged" and third.next_poll_in_s == 1800
 
 
 async def test_errors_back_off_flag_the_source_and_reset_on_success(
@@ -137,7 +146,62 @@ async def test_410_deactivates_the_source(
     assert state is not None and not state.active and "410" in (state.last_error or "")
     assert (await pipeline.poll(config.sources[0])).outcome == "inactive"
     assert len(feed_server.requests_to("/f")) == 1
-    # re-configured with a new URL: active again
+    # re-configured with a new URL: active again, nothing of the old URL's state kept
     await store.sync_sources([("s", feed_server.url("/g"))])
     state = await store.source_state("s")
     assert state is not None and state.active
+    assert state.error_count == 0 and state.next_poll_at is None and state.etag is None
+
+
+async def test_a_restart_keeps_each_sources_stored_next_check(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/broken"] = Route(status=500)
+    feed_server.routes["/gone"] = Route(status=410)
+    config = Config.model_validate(
+        {
+            "polling": {"allow_networks": ["127.0.0.0/8"], "timeout_s": 2, "error_limit": 1,
+                        "broken_interval_s": 7200},
+            "sources": [
+                {"id": "broken", "url": feed_server.url("/broken"), "interval_s": 300},
+                {"id": "gone", "url": feed_server.url("/gone"), "interval_s": 300},
+                {"id": "new", "url": feed_server.url("/new"), "interval_s": 300},
+            ],
+        }
+    )  # fmt: skip
+    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
+    pipeline = build_pipeline(
+        config, store=store, session=session, matcher=lambda: Matcher([]), metrics=Metrics(),
+        clock=clock,
+    )  # fmt: skip
+    for source in config.sources[:2]:
+        await pipeline.poll(source)
+    # the service restarts: a new scheduler, the store as the last run left it
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller.schedule_all(random.Random(0), {s.id: s for s in await store.list_sources()})
+    broken = scheduler.get_job("poll:broken")
+    assert broken is not None and broken.next_run_time == clock() + timedelta(seconds=7200)
+    new = scheduler.get_job("poll:new")  # never polled: at once, staggered
+    assert new is not None and new.next_run_time <= clock() + timedelta(seconds=2)
+    assert scheduler.get_job("poll:gone") is None  # a 410 stopped it
+
+
+async def test_an_unexpected_failure_is_recorded_on_the_source(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/f"] = Route(body=rss(CURB))
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+
+    def broken_matcher() -> Matcher:
+        raise RuntimeError("a bug with a secret=hunter2 in its message")
+
+    pipeline.matcher = broken_matcher
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    await poller.poll("s")  # raises inside; the job survives and the source shows it
+    state = await store.source_state("s")
+    assert state is not None and state.error_count == 1 and state.last_error_reason == "internal"
+    assert "RuntimeError" in (state.last_error or "") and "hunter2" not in (state.last_error or "")
+    assert state.next_poll_at == clock() + timedelta(seconds=600)  # backed off like any error

@@ -134,7 +134,11 @@ class Pipeline:
                 logger.info("source %s: moved permanently to %s", source.id, result.moved_to)
             body_hash = hashlib.sha256(result.body).hexdigest() if not result.not_modified else None
             if result.not_modified or (state and body_hash == state.body_hash):
-                delay = self.policy.next_check_s(source.interval_s, fresh_for_s=result.fresh_for_s)
+                delay = self.policy.next_check_s(
+                    source.interval_s,
+                    ttl_s=state.ttl_s if state else None,  # the ttl of the body not parsed again
+                    fresh_for_s=result.fresh_for_s,
+                )
                 await self._unchanged.run((source.id, delay))
                 self._polled["unchanged"].inc()
                 return PollOutcome(
@@ -155,10 +159,27 @@ class Pipeline:
             last_modified=result.last_modified,
             body_hash=body_hash,
             next_poll_at=self.clock() + timedelta(seconds=delay),
+            ttl_s=parsed.ttl_s,
         )
         outcome.moved_to = result.moved_to
         self._polled["new"].inc()
         return outcome
+
+    async def record_unexpected(self, source: SourceConfig, exc: Exception) -> float:
+        """Record a poll that raised what no stage expects (a bug, a store hiccup) on the
+        source like any error, so it backs off and health sees it, instead of failing the
+        same way at every interval unseen; returns the seconds until its next try."""
+        state = await self.store.source_state(source.id)
+        errors = (state.error_count if state else 0) + 1
+        delay = self.policy.after_error_s(float(source.interval_s), errors, None)
+        await self.store.record_poll_error(
+            source.id,
+            reason="internal",
+            error=f"internal error: {type(exc).__name__} (the service log has the details)",
+            next_poll_at=self.clock() + timedelta(seconds=delay),
+        )
+        self._polled["error"].inc()
+        return delay
 
     async def _failed(
         self, source: SourceConfig, exc: FetchError | ParseError, previous_errors: int
@@ -195,6 +216,7 @@ class Pipeline:
         last_modified: str | None = None,
         body_hash: str | None = None,
         next_poll_at: datetime | None = None,
+        ttl_s: float | None = None,
         record_source: bool = True,
     ) -> PollOutcome:
         """Dedup, cluster, match, alert, route and enqueue deliveries: one transaction.
@@ -263,6 +285,7 @@ class Pipeline:
                     body_hash=body_hash,
                     new_items=len(new),
                     next_poll_at=next_poll_at,
+                    ttl_s=ttl_s,
                 )
         if new:
             self.metrics.items.inc(len(new))

@@ -32,7 +32,9 @@ class PollPolicy:
     def after_error_s(self, interval_s: float, errors: int, retry_after_s: float | None) -> float:
         """Seconds until the next try after `errors` consecutive failures (errors >= 1)."""
         if errors >= self.error_limit:
-            return max(self.broken_interval_s, retry_after_s or 0.0)
+            # a server's Retry-After may hold a broken source back longer, within bounds
+            ceiling = max(self.broken_interval_s, self.max_s)
+            return min(max(self.broken_interval_s, retry_after_s or 0.0), ceiling)
         delay = min(interval_s * float(2 ** min(errors, 20)), self.backoff_max_s)
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self.max_s))

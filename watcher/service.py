@@ -12,7 +12,7 @@ import hmac
 import html
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from watcher import constants
-from watcher.config import Config
+from watcher.config import Config, SourceConfig
 from watcher.digest import Digester
 from watcher.fetch import fetch_session, limits_from_config
 from watcher.group import (
@@ -42,7 +42,7 @@ from watcher.pipeline import Pipeline, build_pipeline
 from watcher.reload import RuleSet
 from watcher.rulecache import RuleCache
 from watcher.rules import Matcher
-from watcher.store import Store
+from watcher.store import SourceState, Store
 from watcher.websub import WEBSUB, WebSub
 from watcher.websub import add_routes as add_websub_routes
 
@@ -81,17 +81,31 @@ class Poller:
         return f"poll:{source_id}"
 
     def _trigger(self, seconds: float) -> IntervalTrigger:
+        # APScheduler adds 0 to `jitter` seconds: never earlier than the polite interval
+        fraction = self.config.polling.jitter_fraction
         return IntervalTrigger(
             seconds=seconds,
-            jitter=max(1, int(seconds * self.config.polling.jitter_fraction)),
+            jitter=max(1, int(seconds * fraction)) if fraction > 0 else None,
             timezone="UTC",
         )
 
-    def schedule_all(self, rng: random.Random) -> None:
+    def schedule_all(
+        self, rng: random.Random, stored: Mapping[str, SourceState] | None = None
+    ) -> None:
+        """One poll job per enabled source. The first poll keeps the next check a previous
+        run stored (backoff, a broken source's rare tries, the server's hints), within the
+        policy's bounds; sources never polled, or due, start staggered over a few seconds
+        so start-up is not a burst. Sources a 410 stopped get no job."""
         now = self.clock()
+        policy = self.pipeline.policy
+        latest = now + timedelta(seconds=max(policy.max_s, policy.broken_interval_s))
         for source in self.sources.values():
-            # Stagger the first polls over a few seconds so start-up is not a burst.
+            state = stored.get(source.id) if stored else None
+            if state is not None and not state.active:
+                continue
             first = now + timedelta(seconds=rng.uniform(0, min(2.0, source.interval_s / 10)))
+            if state is not None and state.next_poll_at is not None:
+                first = max(first, min(state.next_poll_at, latest))
             self.scheduler.add_job(
                 self.poll,
                 self._trigger(source.interval_s),
@@ -110,8 +124,9 @@ class Poller:
         self.active += 1
         try:
             outcome = await self.pipeline.poll(source)
-        except Exception:  # a bug or a store outage must not kill the job
+        except Exception as exc:  # a bug or a store outage must not kill the job
             logger.exception("source %s: poll failed unexpectedly", source_id)
+            await self._record_unexpected(source, exc)
             return
         finally:
             self.active -= 1
@@ -140,6 +155,15 @@ class Poller:
             ", flagged broken" if outcome.broken else "",
         )
         self._set_interval(source_id, delay)
+
+    async def _record_unexpected(self, source: SourceConfig, exc: Exception) -> None:
+        try:
+            delay = await self.pipeline.record_unexpected(source, exc)
+        except Exception as again:  # the store itself may be what failed
+            logger.warning("source %s: the failure could not be recorded (%s)", source.id,
+                           type(again).__name__)  # fmt: skip
+            return
+        self._set_interval(source.id, delay)
 
     def _set_interval(self, source_id: str, seconds: float) -> None:
         if self._interval_s.get(source_id) == seconds:
@@ -249,7 +273,8 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     scheduler = AsyncIOScheduler(timezone="UTC")
     poller = Poller(pipeline=app[PIPELINE], scheduler=scheduler, config=config, clock=app[CLOCK])
-    poller.schedule_all(random.Random())
+    stored = {state.id: state for state in await app[STORE].list_sources()}
+    poller.schedule_all(random.Random(), stored)
     if config.rules.reload_interval_s > 0:
         schedule_rule_reload(scheduler, app[MATCHER], config.rules.reload_interval_s)
     schedule_digests(scheduler, app[DIGESTER])

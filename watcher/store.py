@@ -26,6 +26,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -103,6 +104,9 @@ sources = Table(
     # issue 6: where a 301/308 moved the feed, and whether it is still polled (410 stops it)
     Column("moved_url", Text),
     Column("active", Boolean, nullable=False, server_default=true()),
+    # the RSS <ttl> of the last body parsed, in seconds: a 304 or a byte-identical body is
+    # not parsed again, and its next check still honours the feed's own ttl
+    Column("ttl_s", Float),
 )
 
 items = Table(
@@ -211,6 +215,7 @@ _POLL_STATES = select(
     sources.c.body_hash,
     sources.c.error_count,
     sources.c.active,
+    sources.c.ttl_s,
 ).where(sources.c.id.in_(bindparam("ids", expanding=True)))
 _POLLED_UNCHANGED = (
     update(sources)
@@ -224,6 +229,26 @@ _POLLED_UNCHANGED = (
         next_poll_at=bindparam("next_at", type_=UTCDateTime),
     )
 )
+
+
+# What a source row keeps of the URL it was polled at: a new configured URL forgets an old
+# move and a 410, and the old URL's validators, errors, next check and ttl (a stored next
+# check would hold the new URL back by the old one's backoff).
+_URL_STATE: dict[str, Any] = {
+    "moved_url": None,
+    "active": True,
+    "etag": None,
+    "last_modified": None,
+    "body_hash": None,
+    "error_count": 0,
+    "next_poll_at": None,
+    "ttl_s": None,
+}
+
+
+def _kept_unless_moved(url: str) -> dict[str, Any]:
+    """sync_sources' upsert values for _URL_STATE: kept when the URL is the same."""
+    return {k: case((sources.c.url == url, sources.c[k]), else_=v) for k, v in _URL_STATE.items()}
 
 
 def _padded(ids: list[str]) -> list[str]:
@@ -252,6 +277,7 @@ class SourceState:
     next_poll_at: datetime | None
     moved_url: str | None = None
     active: bool = True
+    ttl_s: float | None = None
 
     @property
     def poll_url(self) -> str:
@@ -270,6 +296,7 @@ class PollState:
     body_hash: str | None
     error_count: int
     active: bool
+    ttl_s: float | None  # the feed's RSS <ttl> when its body was last parsed
 
 
 @dataclass(frozen=True)
@@ -447,6 +474,7 @@ class Tx:
         body_hash: str | None,
         new_items: int,
         next_poll_at: datetime | None,
+        ttl_s: float | None = None,
     ) -> None:
         """A successful poll: save validators (only now), reset the error counter."""
         await self.conn.execute(
@@ -463,6 +491,7 @@ class Tx:
                 error_count=0,
                 items_seen=sources.c.items_seen + new_items,
                 next_poll_at=next_poll_at,
+                ttl_s=ttl_s,
             )
         )
 
@@ -643,14 +672,7 @@ class Store:
                     .values(id=source_id, url=url, error_count=0, items_seen=0)
                     .on_conflict_do_update(
                         index_elements=["id"],
-                        set_={
-                            "url": url,
-                            # a new configured URL forgets an old move and a 410
-                            "moved_url": case(
-                                (sources.c.url == url, sources.c.moved_url), else_=None
-                            ),
-                            "active": case((sources.c.url == url, sources.c.active), else_=True),
-                        },
+                        set_={"url": url, **_kept_unless_moved(url)},
                     )
                 )
                 await conn.execute(stmt)
