@@ -50,6 +50,10 @@ GROUP_MAX_ALERTS_SHOWN = 20  # a Slack message lists at most this many alerts of
 WEBHOOK_TIMEOUT_S = 15.0
 SMTP_TIMEOUT_S = 30.0
 
+# source health notices (watcher/health.py): a process that claimed a notice has this long
+# (at least; more for a receiver with a longer timeout) to send it before another may
+HEALTH_CLAIM_LEASE_S = 600.0
+
 # text
 ITEM_TEXT_MAX_CHARS = 100_000
 ITEM_TITLE_MAX_CHARS = 1_000
