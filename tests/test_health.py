@@ -8,6 +8,7 @@ import json
 
 import aiohttp
 import pytest
+from sqlalchemy import Column, MetaData, String, Table, Text, text
 
 from tests.conftest import FakeClock
 from tests.feeds import CURB, NOISE, rss
@@ -19,7 +20,7 @@ from watcher.metrics import Metrics
 from watcher.notify.webhook import sign
 from watcher.pipeline import Pipeline, build_pipeline
 from watcher.rules import Matcher
-from watcher.store import Store
+from watcher.store import Store, UTCDateTime
 
 SECRET = "whsec_" + base64.b64encode(b"operator-secret-for-tests-32byte").decode()
 
@@ -368,3 +369,76 @@ async def test_quiet_then_broken_then_fixed_but_still_quiet_says_what_changed(
         ("quiet", "broken"),
         ("recovered", "quiet"),
     ]
+
+
+async def test_slack_operator_receiver_gets_a_short_message(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    webhook_server: WebhookServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPS_SLACK_URL", webhook_server.url)  # a real incoming-webhook stand-in
+    feed_server.routes["/f"] = Route(status=500)
+    config = make_config(feed_server.url("/f"), {"type": "slack", "url_env": "OPS_SLACK_URL"})
+    pipeline, monitor = await setup(config, store, clock, session)
+    await pipeline.poll(config.sources[0])
+    await pipeline.poll(config.sources[0])
+    webhook_server.responses.append((500, {}))  # Slack down: retried at the next check
+    assert await monitor.check() == []
+    [notice] = await monitor.check()
+    assert notice.state == "broken"
+    feed_server.routes["/f"] = Route(body=rss(CURB))
+    await pipeline.poll(config.sources[0])
+    [recovered] = await monitor.check()
+    assert recovered.state == "recovered"
+    messages = webhook_server.json_bodies()
+    assert messages[1:] == [
+        {"text": "*source bis is broken*\n2 errors in a row; last: http_status: HTTP 500"},
+        {"text": "*source bis recovered*\nwas broken; healthy again"},
+    ]
+    assert webhook_server.received[0][0]["content-type"] == "application/json; charset=utf-8"
+
+
+async def test_a_store_from_before_claims_is_upgraded_and_not_told_again(
+    store_url: str,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    webhook_server: WebhookServer,
+) -> None:
+    """A source_health table of the first version: four columns, one row per raised problem."""
+    old = MetaData()
+    Table(
+        "source_health",
+        old,
+        Column("source_id", String(64), primary_key=True),
+        Column("problem", String(16), nullable=False),
+        Column("detail", Text, nullable=False),
+        Column("raised_at", UTCDateTime, nullable=False),
+    )
+    store = Store(store_url, clock=clock)
+    await store.open()
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(text("DROP TABLE source_health"))
+            await conn.run_sync(old.create_all)
+            await conn.execute(
+                old.tables["source_health"]
+                .insert()
+                .values(source_id="bis", problem="broken", detail="old", raised_at=clock())
+            )
+        feed_server.routes["/f"] = Route(status=500)
+        config = make_config(feed_server.url("/f"), {"type": "webhook", "url": webhook_server.url})
+        pipeline, monitor = await setup(config, store, clock, session)
+        clock.advance(60)
+        await pipeline.poll(config.sources[0])
+        await pipeline.poll(config.sources[0])
+        assert await monitor.check() == []  # told before the upgrade: not again
+        feed_server.routes["/f"] = Route(body=rss(CURB))
+        clock.advance(60)
+        await pipeline.poll(config.sources[0])
+        assert [n.state for n in await monitor.check()] == ["recovered"]
+    finally:
+        await store.close()

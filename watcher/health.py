@@ -22,7 +22,7 @@ the same id: an episode's notice has one id however often it is tried.
 
 Operational notices are not rule alerts: they bypass rules, stories and the
 outbox and go straight to the operator's receiver (a signed webhook with
-`"type": "source_health"`, or a short email).
+`"type": "source_health"`, a short Slack message, or a short email).
 """
 
 from __future__ import annotations
@@ -41,16 +41,22 @@ import aiosmtplib
 from sqlalchemy import Column, MetaData, String, Table, Text, case, func, or_, select, update
 
 from watcher import constants
-from watcher.config import Config, EmailReceiverConfig, WebhookReceiverConfig
+from watcher.config import (
+    Config,
+    EmailReceiverConfig,
+    SlackReceiverConfig,
+    WebhookReceiverConfig,
+)
 from watcher.errors import DeliveryError
 from watcher.migrate import upgrade
 from watcher.models import Clock
+from watcher.notify.slack import text_message
 from watcher.notify.webhook import post_json, sign
 from watcher.store import SourceState, Store, UTCDateTime, _insert, items, metadata
 
 logger = logging.getLogger(__name__)
 
-OperatorReceiver = EmailReceiverConfig | WebhookReceiverConfig
+OperatorReceiver = EmailReceiverConfig | WebhookReceiverConfig | SlackReceiverConfig
 
 OK = "ok"  # what the operator was told last: nothing yet, or a recovery
 
@@ -203,7 +209,7 @@ class HealthMonitor:
         await self._ensure_table()
         receiver = self.config.receiver(self.config.health.operator_receiver or "")
         if not isinstance(receiver, OperatorReceiver):
-            return []  # none configured, or a receiver type without source-health support
+            return []  # none configured
         now = self.clock()
         states = {s.id: s for s in await self.store.list_sources()}
         async with self.store.engine.connect() as conn:
@@ -450,6 +456,21 @@ class HealthMonitor:
                 str(receiver.url),
                 body,
                 headers,
+                timeout_s=receiver.timeout_s,
+                receiver=receiver.id,
+                clock=self.clock,
+            )
+            return
+        if isinstance(receiver, SlackReceiverConfig):
+            body = json.dumps(
+                text_message(notice.subject.removeprefix("[watcher] "), notice.detail),
+                ensure_ascii=False,
+            ).encode()
+            await post_json(
+                self.session,
+                receiver.url,
+                body,
+                {"Content-Type": "application/json; charset=utf-8"},
                 timeout_s=receiver.timeout_s,
                 receiver=receiver.id,
                 clock=self.clock,

@@ -124,6 +124,12 @@ def blocks(alert: Alert) -> dict[str, Any]:
     return {"text": _escaped(fallback, SECTION_MAX_CHARS), "blocks": out}
 
 
+def text_message(headline: str, body: str) -> dict[str, Any]:
+    """A short plain message: a bold headline and a line of text (source health notices)."""
+    text = f"*{_escaped(headline, HEADER_MAX_CHARS)}*\n{_escaped(body, SECTION_MAX_CHARS - 200)}"
+    return {"text": text}
+
+
 def message(claimed: ClaimedDelivery) -> dict[str, Any]:
     """The Slack message for a claimed notification: one alert, an update, a group or a digest."""
     batch = claimed.batch
