@@ -13,6 +13,7 @@ from tests.feeds import CURB, NOISE, rss
 from tests.servers import FeedServer, Route
 from watcher.config import Config, load_config
 from watcher.demo import free_port
+from watcher.health import diagnose
 from watcher.metrics import Metrics
 from watcher.pipeline import build_pipeline
 from watcher.rules import Matcher
@@ -20,9 +21,12 @@ from watcher.sources_cli import sources_check, sources_list
 from watcher.store import Store
 
 
-def write_config(tmp_path: Path, sources: dict[str, str], **polling: object) -> Path:
+def write_config(
+    tmp_path: Path, sources: dict[str, str], *, health: str = "", **polling: object
+) -> Path:
     lines = [
         f'[store]\nurl = "sqlite+aiosqlite:///{tmp_path}/w.db"\n',
+        f"[health]\n{health}\n",
         "[polling]\ntimeout_s = 2\nallow_networks = ['127.0.0.0/8']\n",
         *(f"{k} = {v}\n" for k, v in polling.items()),
     ]
@@ -67,7 +71,7 @@ async def test_sources_list_shows_health(
             "gone": feed_server.url("/gone"),
             "later": feed_server.url("/never"),
         },
-        error_limit=2,
+        health="broken_after_errors = 2",
     )
     config = load_config(path)
     # "later" is configured but has not been polled yet
@@ -83,6 +87,38 @@ async def test_sources_list_shows_health(
     assert "BROKEN (2 errors)" in rows["down"] and "connect: cannot connect" in rows["down"]
     assert "gone (410)" in rows["gone"] and "HTTP 410" in rows["gone"]
     assert "never polled" in rows["later"]
+
+
+async def test_sources_list_calls_broken_what_the_operator_is_told_is_broken(
+    tmp_path: Path, clock: FakeClock, feed_server: FeedServer
+) -> None:
+    """[health] broken_after_errors, not [polling] error_limit (which only slows polling)."""
+    feed_server.routes["/down"] = Route(status=500)
+    path = write_config(
+        tmp_path,
+        {"down": feed_server.url("/down")},
+        health="broken_after_errors = 3",
+        error_limit=10,
+    )
+    config = load_config(path)
+    await poll_all(config, clock, times=2)
+    row = (await sources_list(config, clock=clock)).splitlines()[1]
+    assert "failing (2)" in row and "BROKEN" not in row
+    await poll_all(config, clock, times=1)
+    row = (await sources_list(config, clock=clock)).splitlines()[1]
+    assert "BROKEN (3 errors)" in row
+    assert "  http_status: HTTP 500  " in row  # the reason said once
+    store = Store(config.store.url, clock=clock)
+    await store.open()
+    try:
+        [state] = await store.list_sources()
+    finally:
+        await store.close()
+    # what the operator's notice says of the same row
+    assert diagnose(
+        "down", state, None, quiet_after_s=None, broken_after_errors=3, now=clock(),
+        first_success_at=None,
+    ) == ("broken", "3 errors in a row; last: http_status: HTTP 500")  # fmt: skip
 
 
 async def test_sources_check_fetches_once_and_stores_nothing(

@@ -11,9 +11,9 @@ from pathlib import Path
 from watcher.config import Config, SourceConfig, load_config
 from watcher.errors import FetchError, ParseError
 from watcher.fetch import Fetcher, fetch_session, limits_from_config
+from watcher.health import error_text, is_broken
 from watcher.models import Clock, utc_now
 from watcher.pipeline import parse_fetched
-from watcher.polite import PollPolicy
 from watcher.store import SourceState, Store
 
 
@@ -34,14 +34,14 @@ def _when(value: datetime | None, now: datetime) -> str:
     return f"{text} ago" if ago else f"in {text}"
 
 
-def _status(source: SourceConfig, state: SourceState | None, policy: PollPolicy) -> str:
+def _status(source: SourceConfig, state: SourceState | None, broken_after_errors: int) -> str:
     if not source.enabled:
         return "disabled"
     if state is not None and not state.active:
         return "gone (410)"
     if state is None or state.last_polled_at is None:
         return "never polled"
-    if policy.is_broken(state.error_count):
+    if is_broken(state, broken_after_errors):  # the rule of the operator's notices
         return f"BROKEN ({state.error_count} errors)"
     if state.error_count:
         return f"failing ({state.error_count})"
@@ -64,20 +64,17 @@ async def sources_list(config: Config, *, clock: Clock = utc_now) -> str:
         states = {s.id: s for s in await store.list_sources()}
     finally:
         await store.close()
-    p = config.polling
-    policy = PollPolicy(error_limit=p.error_limit)
     now = clock()
     rows = [["SOURCE", "STATUS", "LAST SUCCESS", "LAST ERROR", "NEXT CHECK", "ITEMS SEEN"]]
     for source in config.sources:
         state = states.get(source.id)
         error = "-"
         if state is not None and state.last_error and (state.error_count or not state.active):
-            error = f"{state.last_error_reason or 'error'}: {state.last_error}"
-            error = error.replace(f"source '{source.id}': ", "")[:60]
+            error = error_text(source.id, state.last_error_reason, state.last_error)[:60]
         rows.append(
             [
                 source.id,
-                _status(source, state, policy),
+                _status(source, state, config.health.broken_after_errors),
                 _when(state.last_success_at if state else None, now),
                 error,
                 _when(state.next_poll_at if state and state.active else None, now),
