@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from watcher.cli import main
-from watcher.config import Config, load_config
+from watcher.config import Config, HealthConfig, load_config
 from watcher.errors import ConfigError
 
 DATA = Path(__file__).parent / "testdata" / "config"
@@ -145,6 +146,23 @@ def test_bad_toml_and_missing_file() -> None:
 def test_shipped_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "-c", str(REPO / "config.example.toml")]) == 0
     assert "ok:" in capsys.readouterr().out
+
+
+def test_example_and_readme_document_the_health_settings() -> None:
+    """[health] and the per-source quiet_after_s, with the real defaults."""
+    example = tomllib.loads((REPO / "config.example.toml").read_text())
+    defaults = HealthConfig()
+    shown = example["health"]
+    assert set(shown) | {"operator_receiver"} == set(HealthConfig.model_fields)
+    assert all(shown[key] == getattr(defaults, key) for key in shown)
+    assert any("quiet_after_s" in s for s in example["sources"])
+    readme = (REPO / "README.md").read_text()
+    [health_row] = [line for line in readme.splitlines() if line.startswith("| `[health]` |")]
+    for key in HealthConfig.model_fields:
+        assert f"`{key}`" in health_row
+    assert "`broken_after_errors` (5)" in health_row and "`check_interval_s` (300)" in health_row
+    [sources_row] = [line for line in readme.splitlines() if line.startswith("| `[[sources]]` |")]
+    assert "`quiet_after_s` (none" in sources_row
 
 
 def test_check_config_reports_errors(capsys: pytest.CaptureFixture[str]) -> None:
