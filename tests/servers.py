@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,3 +108,46 @@ class WebhookServer:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+
+class RawServer:
+    """Answers every connection with bytes that `respond(request_bytes)` returns.
+
+    For what aiohttp's server will not send: malformed status lines, raw header
+    bytes (obs-text), odd digits. One request per connection, then it closes.
+    """
+
+    def __init__(self, respond: Callable[[bytes], bytes]) -> None:
+        self.respond = respond
+        self.requests: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(request)
+        writer.write(self.respond(request))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def raw_response(status_line: bytes, headers: bytes = b"", body: bytes = b"") -> bytes:
+    """One HTTP/1.1 response, byte for byte: `headers` are raw CRLF-terminated lines."""
+    return (
+        b"HTTP/1.1 " + status_line + b"\r\n" + headers
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    )  # fmt: skip

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from watcher.redact import scrub_urls
+
 
 class WatcherError(Exception):
     """Root of every error watcher raises on purpose."""
@@ -76,6 +78,9 @@ class FetchReason(StrEnum):
 
 
 class FetchError(WatcherError):
+    """A fetch failed. Its detail never holds a URL's credentials or query values: it is
+    scrubbed here (see watcher.redact), as it is logged and stored for anyone to read."""
+
     def __init__(
         self,
         reason: FetchReason,
@@ -85,6 +90,7 @@ class FetchError(WatcherError):
         status: int | None = None,
         retry_after_s: float | None = None,
     ) -> None:
+        detail = scrub_urls(detail)
         self.reason = reason
         self.detail = detail
         self.source_id = source_id

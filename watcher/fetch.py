@@ -31,6 +31,7 @@ from watcher import constants
 from watcher.config import PollingConfig
 from watcher.errors import FetchError, FetchReason
 from watcher.models import Clock
+from watcher.redact import redact_url
 
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/rdf+xml, application/feed+json, "
@@ -298,7 +299,9 @@ class Fetcher:
             raise FetchError(FetchReason.BAD_URL, str(exc), source_id=source_id) from None
         if parts.scheme not in ("http", "https") or not host:
             raise FetchError(
-                FetchReason.BAD_URL, f"not an http(s) URL: {url[:200]}", source_id=source_id
+                FetchReason.BAD_URL,
+                f"not an http(s) URL: {redact_url(url)[:200]}",
+                source_id=source_id,
             )
         try:
             ipaddress.ip_address(host)

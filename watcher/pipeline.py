@@ -28,6 +28,7 @@ from watcher.metrics import Metrics
 from watcher.models import Clock, Hit, Item
 from watcher.parse import ParsedFeed, parse_off_loop
 from watcher.polite import PollPolicy
+from watcher.redact import redact_url
 from watcher.route import Route, Router
 from watcher.rules import Matcher
 from watcher.silence import list_silences, silenced
@@ -131,7 +132,9 @@ class Pipeline:
             )
             if result.moved_to and result.moved_to != url:
                 await self.store.record_moved(source.id, result.moved_to)
-                logger.info("source %s: moved permanently to %s", source.id, result.moved_to)
+                logger.info(
+                    "source %s: moved permanently to %s", source.id, redact_url(result.moved_to)
+                )
             body_hash = hashlib.sha256(result.body).hexdigest() if not result.not_modified else None
             if result.not_modified or (state and body_hash == state.body_hash):
                 delay = self.policy.next_check_s(

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from watcher.redact import redact_url, scrub_urls
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://example.org/feed.xml", "https://example.org/feed.xml"),
+        ("https://u:p@example.org:8443/a//b", "https://example.org:8443/a//b"),
+        ("http://h/f?token=abc&x=1", "http://h/f?token=…&x=…"),
+        ("http://h/f?abc123&=v&" + "n" * 50 + "=v", "http://h/f?…&…&…"),
+        ("http://h/f#access_token=abc", "http://h/f#…"),
+        ("//u:p@h/x?q", "//h/x?…"),
+        ("/relative?key=v", "/relative?key=…"),
+        ("not a url at all", "not a url at all"),
+        ("http://[::1", "http://[::1"),  # malformed: still no exception
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert redact_url(shown) == shown  # redacting twice changes nothing
+
+
+def test_scrub_urls_keeps_the_quotes_around_a_url() -> None:
+    text = "400, message='Bad status line', url='http://h:81/feed?token=SECRET'"
+    assert scrub_urls(text) == "400, message='Bad status line', url='http://h:81/feed?token=…'"
+    assert scrub_urls("see <https://u:pw@h/x?k=v>.") == "see <https://h/x?k=…>."

@@ -1,0 +1,62 @@
+"""Secrets out of error text and log lines: a URL keeps its host and path only.
+
+A source URL may carry credentials (`https://user:pass@host/feed`) or an API key
+in its query (`?token=...`). Its errors end up in log lines, the store's
+`last_error`, `/healthz` and health notices, all read by people who must not
+learn the key. So every URL we put in such text goes through `redact_url`, and
+text we did not write (aiohttp's exception messages quote the request URL)
+goes through `scrub_urls`. `FetchError` scrubs its detail itself, so no fetch
+error can carry a secret whatever raised it.
+"""
+
+from __future__ import annotations
+
+import re
+
+HIDDEN = "…"
+# a URL inside free text: a scheme, "://", and everything up to whitespace
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S*")
+# where the authority (userinfo@host:port) begins: after "scheme://" or a leading "//"
+_AUTHORITY_START = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//")
+# what quotes or ends a URL in a message (url='...', <...>, (...), a full stop)
+_CLOSING = "'\")]>,;."
+# a query parameter name shown as is: short and plain (anything else is hidden too)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,40}")
+
+
+def redact_url(url: str) -> str:
+    """`url` without its userinfo, with its query values and fragment hidden.
+
+    `http://u:p@host/feed?token=abc&x=1#f` becomes `http://host/feed?token=…&x=…#…`:
+    still enough to tell which source it is, and nothing that authenticates. Works
+    on malformed URLs too (no parsing that could raise).
+    """
+    rest, hash_, _ = url.partition("#")
+    rest, question, query = rest.partition("?")
+    start = _AUTHORITY_START.match(rest)
+    if start:
+        authority, slash, path = rest[start.end() :].partition("/")
+        rest = start.group() + authority.rpartition("@")[2] + slash + path
+    if question:
+        rest += "?" + "&".join(_hide_value(p) for p in query.split("&"))
+    if hash_:
+        rest += "#" + HIDDEN
+    return rest
+
+
+def _hide_value(param: str) -> str:
+    name, equals, _ = param.partition("=")
+    if equals and _PLAIN_NAME.fullmatch(name):
+        return f"{name}={HIDDEN}"
+    return HIDDEN
+
+
+def scrub_urls(text: str) -> str:
+    """`text` with every URL in it redacted (see `redact_url`), quotes kept."""
+    return _URL_IN_TEXT.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    found = match.group()
+    url = found.rstrip(_CLOSING)
+    return redact_url(url) + found[len(url) :]
