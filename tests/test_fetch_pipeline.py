@@ -12,7 +12,7 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
-from tests.servers import FeedServer, RawServer, Route
+from tests.servers import FeedServer, RawServer, Route, raw_response
 from watcher.config import Config
 from watcher.errors import FetchReason
 from watcher.metrics import Metrics
@@ -119,3 +119,39 @@ async def test_a_redirect_to_a_bad_url_is_reported_without_its_secrets(
     )
     for secret in SECRETS:
         assert secret not in caplog.text
+
+
+async def test_validators_with_bytes_that_are_not_text_are_dropped(
+    make_service: MakeService,
+) -> None:
+    """obs-text (a Latin-1 0xE9) in ETag and Last-Modified: the poll still stores its items
+    (the store cannot hold such a string), and the next poll is a plain GET."""
+    headers = b'ETag: "v\xe9"\r\nLast-Modified: Thu, 05 Feb 2026 10:00:00 GMT\xff\r\n'
+    async with RawServer(lambda _: raw_response(b"200 OK", headers, FEED)) as raw:
+        service = await make_service({"odd": raw.url("/feed")})
+        source = service.poller.sources["odd"]
+        first = await service.pipeline.poll(source)
+        second = await service.pipeline.poll(source)
+    assert first.outcome == "new" and first.new_items == 1
+    assert second.outcome == "unchanged"
+    state = await service.store.source_state("odd")
+    assert state is not None and state.items_seen == 1 and state.error_count == 0
+    assert state.etag is None and state.last_modified is None
+    assert b"If-None-Match" not in raw.requests[1] and b"If-Modified-Since" not in raw.requests[1]
+
+
+async def test_a_location_with_bytes_that_are_not_text_is_percent_encoded(
+    make_service: MakeService,
+) -> None:
+    def respond(request: bytes) -> bytes:
+        if request.startswith(b"GET /moved "):
+            return raw_response(b"301 Moved", b"Location: /new?q=\xe9\r\n")
+        return raw_response(b"200 OK", b"", FEED)
+
+    async with RawServer(respond) as raw:
+        service = await make_service({"moved": raw.url("/moved")})
+        outcome = await service.pipeline.poll(service.poller.sources["moved"])
+    assert outcome.outcome == "new" and outcome.new_items == 1
+    assert raw.requests[1].startswith(b"GET /new?q=%E9 ")
+    state = await service.store.source_state("moved")
+    assert state is not None and state.moved_url == raw.url("/new?q=%E9")

@@ -117,6 +117,37 @@ def parse_freshness(
     return None
 
 
+def _validator(value: str | None) -> str | None:
+    """An ETag or Last-Modified we can store and send back, or None (no conditional GET).
+
+    aiohttp decodes header bytes that are not UTF-8 (obs-text, e.g. a Latin-1 0xE9) into
+    lone surrogates; the store cannot encode those, and the poll's whole transaction
+    would fail on every poll. Losing a validator only costs one full download.
+    """
+    if value is None or not _is_text(value):
+        return None
+    return value
+
+
+def _location(value: str) -> str:
+    """A Location header as a URL we can follow and store: bytes that are not UTF-8
+    (decoded by aiohttp into lone surrogates) are percent-encoded from the raw bytes,
+    as browsers do."""
+    if _is_text(value):
+        return value
+    raw = value.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def _is_text(value: str) -> bool:
+    """Whether `value` is valid text (no lone surrogates from undecodable bytes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
@@ -398,7 +429,7 @@ class Fetcher:
                         )
                     hops += 1
                     permanent = permanent and status in _PERMANENT
-                    url = urljoin(url, resp.headers["Location"])
+                    url = urljoin(url, _location(resp.headers["Location"]))
                     continue
                 moved_to = url if hops and permanent else None
                 fresh_for_s = parse_freshness(
@@ -446,8 +477,8 @@ class Fetcher:
                 return FetchResult(
                     200,
                     body,
-                    resp.headers.get("ETag"),
-                    resp.headers.get("Last-Modified"),
+                    _validator(resp.headers.get("ETag")),
+                    _validator(resp.headers.get("Last-Modified")),
                     resp.headers.get("Content-Type", ""),
                     url,
                     moved_to=moved_to,
