@@ -7,8 +7,16 @@ import pytest
 
 from tests.conftest import FakeClock
 from tests.servers import FeedServer, Route
+from watcher.config import Config
 from watcher.errors import FetchError, FetchReason
-from watcher.fetch import Fetcher, FetchLimits, parse_networks, parse_retry_after
+from watcher.fetch import (
+    Fetcher,
+    FetchLimits,
+    fetch_session,
+    limits_from_config,
+    parse_networks,
+    parse_retry_after,
+)
 
 LOOPBACK = parse_networks(["127.0.0.0/8"])
 
@@ -92,3 +100,34 @@ def test_retry_after_parsing(clock: FakeClock) -> None:
     assert parse_retry_after("Thu, 05 Feb 2026 12:01:00 GMT", clock()) == 60
     assert parse_retry_after("soon", clock()) is None
     assert parse_retry_after(None, clock()) is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "user_agent"),
+    [
+        ({}, "watcher/0.1 (export-control and critical-minerals alerting; feed poller)"),
+        (
+            {"api": {"public_url": "https://alerts.example.org/"}},
+            "watcher/0.1 (+https://alerts.example.org; "
+            "export-control and critical-minerals alerting; feed poller)",
+        ),
+        (
+            {
+                "api": {"public_url": "https://alerts.example.org"},
+                "polling": {"user_agent": "ExampleCorp-feeds/2 (+https://corp.example)"},
+            },
+            "ExampleCorp-feeds/2 (+https://corp.example)",
+        ),
+    ],
+    ids=["default", "public-url", "override"],
+)
+async def test_the_user_agent_names_watcher_and_its_url(
+    feed_server: FeedServer, clock: FakeClock, settings: dict[str, dict[str, str]], user_agent: str
+) -> None:
+    feed_server.routes["/f"] = Route(body=b"<rss/>")
+    polling = {"allow_networks": ["127.0.0.0/8"], **settings.get("polling", {})}
+    config = Config.model_validate({**settings, "polling": polling})
+    limits = limits_from_config(config.polling, public_url=config.api.public_url)
+    async with fetch_session(limits) as session:
+        await Fetcher(session=session, limits=limits, clock=clock).fetch("s", feed_server.url("/f"))
+    assert feed_server.requests_to("/f")[0]["User-Agent"] == user_agent

@@ -35,7 +35,7 @@ class Service:
     poller: Poller
 
 
-MakeService = Callable[[dict[str, str]], Awaitable[Service]]
+MakeService = Callable[..., Awaitable[Service]]
 
 
 @pytest.fixture
@@ -43,11 +43,12 @@ async def make_service(store: Store, clock: FakeClock) -> AsyncIterator[MakeServ
     """Builds the service's poll job for some sources, on a real store and session."""
     async with aiohttp.ClientSession() as session:
 
-        async def make(sources: dict[str, str]) -> Service:
+        async def make(sources: dict[str, str], **settings: object) -> Service:
             config = Config.model_validate(
                 {
                     "polling": {"timeout_s": 2, "allow_networks": ["127.0.0.0/8"]},
                     "sources": [{"id": k, "url": v} for k, v in sources.items()],
+                    **settings,
                 }
             )
             await store.sync_sources((s.id, str(s.url)) for s in config.sources)
@@ -155,3 +156,15 @@ async def test_a_location_with_bytes_that_are_not_text_is_percent_encoded(
     assert raw.requests[1].startswith(b"GET /new?q=%E9 ")
     state = await service.store.source_state("moved")
     assert state is not None and state.moved_url == raw.url("/new?q=%E9")
+
+
+async def test_the_pipeline_sends_the_user_agent_with_the_public_url(
+    make_service: MakeService, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/f"] = Route(body=FEED)
+    service = await make_service(
+        {"s": feed_server.url("/f")}, api={"public_url": "https://alerts.example.org"}
+    )
+    await service.pipeline.poll(service.poller.sources["s"])
+    user_agent = feed_server.requests_to("/f")[0]["User-Agent"]
+    assert user_agent.startswith("watcher/0.1 (+https://alerts.example.org; ")

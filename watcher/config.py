@@ -95,7 +95,10 @@ class PollingConfig(_Strict):
     allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
     per_host_concurrency: int = Field(default=constants.FETCH_PER_HOST_CONCURRENCY, ge=1)
     max_decompression_ratio: int = Field(default=constants.FETCH_MAX_DECOMPRESSION_RATIO, ge=1)
-    user_agent: str = constants.USER_AGENT
+    user_agent: str | None = Field(
+        default=None,
+        description="the User-Agent sent to sources; default: watcher's, with [api] public_url",
+    )
     # next check = clamp(max(interval, RSS ttl, max-age, Expires), min_interval_s, max_interval_s)
     min_interval_s: float = Field(default=constants.POLL_INTERVAL_MIN_S, gt=0)
     max_interval_s: float = Field(default=constants.POLL_NEXT_MAX_S, gt=0)

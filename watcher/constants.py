@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-USER_AGENT = "watcher/0.1 (export-control and critical-minerals alerting; feed poller)"
+# Sources see who polls them and where to read about it: the default User-Agent is
+# "watcher/0.1 (+PUBLIC_URL; purpose)" when [api] public_url is set (fetch.default_user_agent).
+USER_AGENT_PRODUCT = "watcher/0.1"
+USER_AGENT_PURPOSE = "export-control and critical-minerals alerting; feed poller"
+USER_AGENT = f"{USER_AGENT_PRODUCT} ({USER_AGENT_PURPOSE})"
 
 # fetch
 FETCH_TIMEOUT_S = 30.0

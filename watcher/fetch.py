@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import zlib
 from collections.abc import Iterable, Sequence
@@ -41,6 +42,8 @@ ACCEPT_ENCODING = "gzip, deflate, br"
 _ENCODINGS = frozenset({"gzip", "x-gzip", "deflate", "br"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PERMANENT = frozenset({301, 308})
+# a public URL fit for a header: http(s), no spaces or control characters
+_PUBLIC_URL = re.compile(r"https?://[!-~]+")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -222,7 +225,17 @@ class FetchLimits:
     user_agent: str = constants.USER_AGENT
 
 
-def limits_from_config(p: PollingConfig) -> FetchLimits:
+def default_user_agent(public_url: str) -> str:
+    """watcher's User-Agent, naming the service's public URL when there is one, so a
+    source's operator can see who polls them and how to reach us."""
+    url = public_url.strip().rstrip("/")
+    if not _PUBLIC_URL.fullmatch(url):
+        return constants.USER_AGENT
+    return f"{constants.USER_AGENT_PRODUCT} (+{url}; {constants.USER_AGENT_PURPOSE})"
+
+
+def limits_from_config(p: PollingConfig, *, public_url: str) -> FetchLimits:
+    """The fetch limits of `[polling]`; `public_url` ([api]) goes in the default User-Agent."""
     return FetchLimits(
         timeout_s=p.timeout_s,
         connect_timeout_s=p.connect_timeout_s,
@@ -231,7 +244,7 @@ def limits_from_config(p: PollingConfig) -> FetchLimits:
         per_host_concurrency=p.per_host_concurrency,
         max_decompression_ratio=p.max_decompression_ratio,
         allow_networks=parse_networks(str(n) for n in p.allow_networks),
-        user_agent=p.user_agent,
+        user_agent=p.user_agent or default_user_agent(public_url),
     )
 
 

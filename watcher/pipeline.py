@@ -332,7 +332,7 @@ def build_pipeline(
     p = config.polling
     fetcher = Fetcher(
         session=session,
-        limits=limits_from_config(p),
+        limits=limits_from_config(p, public_url=config.api.public_url),
         clock=clock,
     )
     return Pipeline(

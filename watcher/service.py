@@ -194,7 +194,9 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _fetch_session_ctx(app: web.Application) -> AsyncIterator[None]:
     """Sources get their own session: address guard at connect time, no cookies."""
-    async with fetch_session(limits_from_config(app[CONFIG].polling)) as session:
+    config = app[CONFIG]
+    limits = limits_from_config(config.polling, public_url=config.api.public_url)
+    async with fetch_session(limits) as session:
         app[FETCH_SESSION] = session
         yield
 

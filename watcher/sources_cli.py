@@ -98,7 +98,7 @@ async def sources_check(
     if unknown:
         return f"unknown source(s): {', '.join(unknown)}", 2
     chosen = [known[i] for i in ids] if ids else [s for s in config.sources if s.enabled]
-    limits = limits_from_config(config.polling)
+    limits = limits_from_config(config.polling, public_url=config.api.public_url)
     lines: list[str] = []
     failed = 0
     now = clock()
