@@ -199,8 +199,9 @@ async def test_slow_drip_hits_the_whole_read_timeout(
 
 
 class _server:
-    def __init__(self, handler: object) -> None:
+    def __init__(self, handler: object, host: str = "127.0.0.1") -> None:
         self.handler = handler
+        self.host = host
         self.runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> str:
@@ -208,9 +209,10 @@ class _server:
         app.router.add_get("/feed", self.handler)  # type: ignore[arg-type]
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, self.host, 0)
         await site.start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/feed"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.runner.addresses[0][1]}/feed"
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.runner is not None
@@ -397,3 +399,58 @@ async def test_per_host_concurrency_is_limited(
         f = Fetcher(session=session, limits=limits(per_host_concurrency=2), clock=clock)
         await asyncio.gather(*(f.fetch(f"s{i}", url) for i in range(8)))
     assert peak == 2
+
+
+async def test_waiting_for_a_host_slot_does_not_count_against_the_timeout(
+    session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """Five sources on one host, one at a time: each answers well within the timeout, but
+    the last ones wait longer than the timeout for their turn. None may time out."""
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return web.Response(body=FEED)
+
+    async with _server(slow) as url:
+        f = Fetcher(
+            session=session, limits=limits(per_host_concurrency=1, timeout_s=1.0), clock=clock
+        )
+        results = await asyncio.gather(*(f.fetch(f"s{i}", url) for i in range(5)))
+    assert [r.body for r in results] == [FEED] * 5
+
+
+async def test_one_host_spelled_differently_shares_its_slots(
+    session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    active = peak = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(body=FEED)
+
+    async with _server(slow, host="::1") as url:
+        spellings = [url.replace("::1", h) for h in ("::1", "0:0:0:0:0:0:0:1", "0::0:1")]
+        f = Fetcher(session=session, limits=limits(per_host_concurrency=1), clock=clock)
+        await asyncio.gather(*(f.fetch(f"s{i}", u) for i, u in enumerate(spellings)))
+    assert peak == 1
+    # names: the slot is the same whatever the case and with a trailing dot
+    assert f._slot("Feeds.Example.ORG.") is f._slot("feeds.example.org")
+
+
+async def test_a_redirect_chain_shares_one_timeout(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """Each hop fits the timeout alone, the two together do not."""
+    feed_server.routes["/slow-move"] = Route(
+        status=302, delay_s=0.4, headers={"Location": "/slow-feed"}
+    )
+    feed_server.routes["/slow-feed"] = Route(body=FEED, delay_s=0.4)
+    f = Fetcher(session=session, limits=limits(timeout_s=0.6), clock=clock)
+    assert (await f.fetch("s", feed_server.url("/slow-feed"))).body == FEED
+    with pytest.raises(FetchError) as err:
+        await f.fetch("s", feed_server.url("/slow-move"))
+    assert err.value.reason is FetchReason.TIMEOUT

@@ -18,7 +18,7 @@ import re
 import socket
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -140,6 +140,16 @@ def _location(value: str) -> str:
         return value
     raw = value.encode("utf-8", "surrogateescape")
     return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def _host_key(host: str) -> str:
+    """One spelling per host: lower case, no trailing dot, an IP address in its
+    canonical form (`[0:0::1]` and `[::1]` share a slot)."""
+    host = host.lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
 
 
 def _is_text(value: str) -> bool:
@@ -325,16 +335,20 @@ class Fetcher:
         self._host_slots: dict[str, asyncio.Semaphore] = {}
 
     def _slot(self, host: str) -> asyncio.Semaphore:
-        slot = self._host_slots.get(host)
+        """The per-host slot: one semaphore per host however the URL spells it."""
+        key = _host_key(host)
+        slot = self._host_slots.get(key)
         if slot is None:
-            slot = self._host_slots[host] = asyncio.Semaphore(self.limits.per_host_concurrency)
+            slot = self._host_slots[key] = asyncio.Semaphore(self.limits.per_host_concurrency)
         return slot
 
     async def check_url(self, source_id: str, url: str) -> None:
         """Raise FetchError unless `url` is http(s) on an allowed address (e.g. a WebSub hub)."""
-        await self._check_host(source_id, url)
+        host, port = self._http_host(source_id, url)
+        await self._check_address(source_id, host, port)
 
-    async def _check_host(self, source_id: str, url: str) -> str:
+    def _http_host(self, source_id: str, url: str) -> tuple[str, int | None]:
+        """The host and port of an http(s) URL; FetchError (bad_url) for anything else."""
         try:
             parts = urlsplit(url)
             host = parts.hostname or ""
@@ -347,6 +361,10 @@ class Fetcher:
                 f"not an http(s) URL: {redact_url(url)[:200]}",
                 source_id=source_id,
             )
+        return host, port
+
+    async def _check_address(self, source_id: str, host: str, port: int | None) -> None:
+        """Refuse a host that is, or resolves to, an address the policy does not allow."""
         try:
             ipaddress.ip_address(host)
             addresses = [host]
@@ -364,14 +382,12 @@ class Fetcher:
             self.policy.check(host, addresses)
         except BlockedAddressError as exc:
             raise FetchError(FetchReason.BLOCKED_ADDRESS, str(exc), source_id=source_id) from None
-        return host
 
     async def fetch(
         self, source_id: str, url: str, *, etag: str | None = None, last_modified: str | None = None
     ) -> FetchResult:
         try:
-            async with asyncio.timeout(self.limits.timeout_s):
-                return await self._fetch(source_id, url, etag=etag, last_modified=last_modified)
+            return await self._fetch(source_id, url, etag=etag, last_modified=last_modified)
         except FetchError:
             raise
         except TimeoutError:
@@ -408,6 +424,12 @@ class Fetcher:
     async def _fetch(
         self, source_id: str, url: str, *, etag: str | None, last_modified: str | None
     ) -> FetchResult:
+        """Follow redirects by hand, each hop in its host's slot.
+
+        The whole-read timeout counts only while a slot is held: waiting behind other
+        sources of a busy host is not this source's slowness. The time a hop used is
+        taken off what the next hop has, so a redirect chain stays within one timeout.
+        """
         headers = {
             "User-Agent": self.limits.user_agent,
             "Accept": ACCEPT,
@@ -417,86 +439,86 @@ class Fetcher:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        timeout = aiohttp.ClientTimeout(sock_connect=self.limits.connect_timeout_s)
+        loop = asyncio.get_running_loop()
+        left_s = self.limits.timeout_s
         permanent = True
         hops = 0
         while True:
-            host = await self._check_host(source_id, url)
-            async with (
-                self._slot(host),
-                self.session.get(
-                    url,
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    auto_decompress=False,
-                ) as resp,
-            ):
-                status = resp.status
-                if status in _REDIRECTS and "Location" in resp.headers:
-                    if hops >= self.limits.max_redirects:
-                        raise FetchError(
-                            FetchReason.TOO_MANY_REDIRECTS,
-                            f"more than {self.limits.max_redirects} redirects",
-                            source_id=source_id,
-                        )
-                    hops += 1
-                    permanent = permanent and status in _PERMANENT
-                    url = urljoin(url, _location(resp.headers["Location"]))
-                    continue
-                moved_to = url if hops and permanent else None
-                fresh_for_s = parse_freshness(
-                    resp.headers.get("Cache-Control"),
-                    resp.headers.get("Expires"),
-                    resp.headers.get("Date"),
-                    self.clock(),
+            host, port = self._http_host(source_id, url)
+            async with self._slot(host):
+                started = loop.time()
+                try:
+                    async with asyncio.timeout(left_s):
+                        await self._check_address(source_id, host, port)
+                        answer = await self._hop(source_id, url, headers, etag, last_modified)
+                finally:
+                    left_s -= loop.time() - started
+            if isinstance(answer, FetchResult):
+                return replace(answer, moved_to=url if hops and permanent else None)
+            status, location = answer
+            if hops >= self.limits.max_redirects:
+                raise FetchError(
+                    FetchReason.TOO_MANY_REDIRECTS,
+                    f"more than {self.limits.max_redirects} redirects",
+                    source_id=source_id,
                 )
-                if status == 304:
-                    return FetchResult(
-                        304,
-                        b"",
-                        etag,
-                        last_modified,
-                        "",
-                        url,
-                        moved_to=moved_to,
-                        fresh_for_s=fresh_for_s,
-                    )
-                if status == 410:
-                    raise FetchError(
-                        FetchReason.GONE,
-                        "HTTP 410: the feed is gone; the source is deactivated",
-                        source_id=source_id,
-                        status=410,
-                    )
-                if status in (429, 503):
-                    raise FetchError(
-                        FetchReason.HTTP_STATUS,
-                        f"HTTP {status}",
-                        source_id=source_id,
-                        status=status,
-                        retry_after_s=parse_retry_after(
-                            resp.headers.get("Retry-After"), self.clock()
-                        ),
-                    )
-                if status != 200:
-                    raise FetchError(
-                        FetchReason.HTTP_STATUS,
-                        f"HTTP {status}",
-                        source_id=source_id,
-                        status=status,
-                    )
-                body = await self._read_capped(source_id, resp)
-                return FetchResult(
-                    200,
-                    body,
-                    _validator(resp.headers.get("ETag")),
-                    _validator(resp.headers.get("Last-Modified")),
-                    resp.headers.get("Content-Type", ""),
-                    url,
-                    moved_to=moved_to,
-                    fresh_for_s=fresh_for_s,
+            hops += 1
+            permanent = permanent and status in _PERMANENT
+            url = urljoin(url, _location(location))
+
+    async def _hop(
+        self,
+        source_id: str,
+        url: str,
+        headers: dict[str, str],
+        etag: str | None,
+        last_modified: str | None,
+    ) -> FetchResult | tuple[int, str]:
+        """One request: a result, or a redirect's (status, Location)."""
+        timeout = aiohttp.ClientTimeout(sock_connect=self.limits.connect_timeout_s)
+        async with self.session.get(
+            url, headers=headers, timeout=timeout, allow_redirects=False, auto_decompress=False
+        ) as resp:
+            status = resp.status
+            if status in _REDIRECTS and "Location" in resp.headers:
+                return status, resp.headers["Location"]
+            fresh_for_s = parse_freshness(
+                resp.headers.get("Cache-Control"),
+                resp.headers.get("Expires"),
+                resp.headers.get("Date"),
+                self.clock(),
+            )
+            if status == 304:
+                return FetchResult(304, b"", etag, last_modified, "", url, fresh_for_s=fresh_for_s)
+            if status == 410:
+                raise FetchError(
+                    FetchReason.GONE,
+                    "HTTP 410: the feed is gone; the source is deactivated",
+                    source_id=source_id,
+                    status=410,
                 )
+            if status in (429, 503):
+                raise FetchError(
+                    FetchReason.HTTP_STATUS,
+                    f"HTTP {status}",
+                    source_id=source_id,
+                    status=status,
+                    retry_after_s=parse_retry_after(resp.headers.get("Retry-After"), self.clock()),
+                )
+            if status != 200:
+                raise FetchError(
+                    FetchReason.HTTP_STATUS, f"HTTP {status}", source_id=source_id, status=status
+                )
+            body = await self._read_capped(source_id, resp)
+            return FetchResult(
+                200,
+                body,
+                _validator(resp.headers.get("ETag")),
+                _validator(resp.headers.get("Last-Modified")),
+                resp.headers.get("Content-Type", ""),
+                url,
+                fresh_for_s=fresh_for_s,
+            )
 
     async def _read_capped(self, source_id: str, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.limits.max_body_bytes
