@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import FakeClock
-from tests.servers import FeedServer, Route
+from tests.servers import FeedServer, RawServer, Route, raw_response
 from watcher.errors import FetchError, FetchReason
 from watcher.fetch import (
     AddressPolicy,
@@ -454,3 +454,41 @@ async def test_a_redirect_chain_shares_one_timeout(
     with pytest.raises(FetchError) as err:
         await f.fetch("s", feed_server.url("/slow-move"))
     assert err.value.reason is FetchReason.TIMEOUT
+
+
+async def test_unicode_digits_in_max_age_are_no_hint_and_no_error(
+    session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    """ "²" is a digit to str.isdigit() but not to float(): a good 200 stays a good 200."""
+    answer = raw_response(b"200 OK", "Cache-Control: max-age=\u00b2\r\n".encode(), FEED)
+    async with RawServer(lambda _: answer) as raw:
+        result = await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+            "s", raw.url("/feed")
+        )
+    assert result.body == FEED and result.fresh_for_s is None
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u00b9\u2070", "\u0661\u0662"])
+async def test_unicode_digits_in_retry_after_keep_the_status(
+    session: aiohttp.ClientSession, clock: FakeClock, value: str
+) -> None:
+    answer = raw_response(b"429 Too Many", f"Retry-After: {value}\r\n".encode())
+    async with RawServer(lambda _: answer) as raw:
+        with pytest.raises(FetchError) as err:
+            await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+                "s", raw.url("/feed")
+            )
+    assert err.value.reason is FetchReason.HTTP_STATUS
+    assert err.value.status == 429 and err.value.retry_after_s is None
+
+
+@pytest.mark.parametrize("location", ["http://[::1", "http://" + "a" * 300 + "/"])
+async def test_a_redirect_to_an_invalid_url_is_a_bad_url(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock, location: str
+) -> None:
+    feed_server.routes["/out"] = Route(status=301, headers={"Location": location})
+    with pytest.raises(FetchError) as err:
+        await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+            "s", feed_server.url("/out")
+        )
+    assert err.value.reason is FetchReason.BAD_URL

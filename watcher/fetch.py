@@ -43,6 +43,8 @@ _ENCODINGS = frozenset({"gzip", "x-gzip", "deflate", "br"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PERMANENT = frozenset({301, 308})
 # a public URL fit for a header: http(s), no spaces or control characters
+# delta-seconds (RFC 9110): ASCII digits only; str.isdigit() also takes "²", which float() refuses
+_DIGITS = re.compile(r"[0-9]+")
 _PUBLIC_URL = re.compile(r"https?://[!-~]+")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,7 +72,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DIGITS.fullmatch(value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -96,7 +98,7 @@ def parse_freshness(
             name, _, value = d.partition("=")
             if name.strip() == "max-age":
                 value = value.strip().strip('"')
-                if value.isdigit():
+                if _DIGITS.fullmatch(value):
                     return float(value)
                 return None
         if any(d in ("no-cache", "no-store") for d in directives):
@@ -140,6 +142,18 @@ def _location(value: str) -> str:
         return value
     raw = value.encode("utf-8", "surrogateescape")
     return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def _follow(source_id: str, url: str, location: str) -> str:
+    """Where a redirect from `url` goes; FetchError (bad_url) when Location is not a URL."""
+    try:
+        return urljoin(url, _location(location))
+    except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 literal
+        raise FetchError(
+            FetchReason.BAD_URL,
+            f"redirect to an invalid Location {redact_url(location)[:200]!r}: {exc}",
+            source_id=source_id,
+        ) from None
 
 
 def _host_key(host: str) -> str:
@@ -373,6 +387,12 @@ class Fetcher:
                 infos = await asyncio.get_running_loop().getaddrinfo(
                     host, port or 80, type=socket.SOCK_STREAM
                 )
+            except UnicodeError as exc:  # the IDNA codec refuses it (e.g. a label too long)
+                raise FetchError(
+                    FetchReason.BAD_URL,
+                    f"not a host name: {host[:100]}: {exc}",
+                    source_id=source_id,
+                ) from None
             except OSError as exc:
                 raise FetchError(
                     FetchReason.CONNECT, f"cannot resolve {host}: {exc}", source_id=source_id
@@ -396,7 +416,7 @@ class Fetcher:
                 f"no complete answer within {self.limits.timeout_s:g}s",
                 source_id=source_id,
             ) from None
-        except (aiohttp.InvalidURL, ValueError) as exc:
+        except aiohttp.InvalidURL as exc:
             raise FetchError(FetchReason.BAD_URL, str(exc), source_id=source_id) from None
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedAddressError):
@@ -464,7 +484,7 @@ class Fetcher:
                 )
             hops += 1
             permanent = permanent and status in _PERMANENT
-            url = urljoin(url, _location(location))
+            url = _follow(source_id, url, location)
 
     async def _hop(
         self,
