@@ -17,6 +17,10 @@ from watcher.fetch import (
     parse_networks,
     parse_retry_after,
 )
+from watcher.metrics import Metrics
+from watcher.pipeline import build_pipeline
+from watcher.rules import Matcher
+from watcher.store import Store
 
 LOOPBACK = parse_networks(["127.0.0.0/8"])
 
@@ -100,6 +104,45 @@ def test_retry_after_parsing(clock: FakeClock) -> None:
     assert parse_retry_after("Thu, 05 Feb 2026 12:01:00 GMT", clock()) == 60
     assert parse_retry_after("soon", clock()) is None
     assert parse_retry_after(None, clock()) is None
+    # the obsolete forms a recipient must still accept (RFC 9110 5.6.7)
+    assert parse_retry_after("Thursday, 05-Feb-26 13:00:00 GMT", clock()) == 3600
+    assert parse_retry_after("Thu Feb  5 13:00:00 2026", clock()) == 3600  # asctime: no zone
+
+
+@pytest.mark.parametrize("value", ["999999999999", "9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_an_absurd_retry_after_is_capped(clock: FakeClock, value: str) -> None:
+    assert parse_retry_after(value, clock()) == 365 * 24 * 3600
+
+
+async def test_an_absurd_retry_after_still_schedules_a_next_poll(
+    feed_server: FeedServer, store: Store, clock: FakeClock
+) -> None:
+    """The pipeline adds Retry-After to the clock (unclamped once a source is flagged
+    broken): an uncapped value overflowed it."""
+    feed_server.routes["/f"] = Route(status=429, headers={"Retry-After": "999999999999"})
+    config = Config.model_validate(
+        {
+            "polling": {"allow_networks": ["127.0.0.0/8"], "error_limit": 1},
+            "sources": [{"id": "s", "url": feed_server.url("/f")}],
+        }
+    )
+    await store.sync_sources([("s", feed_server.url("/f"))])
+    async with aiohttp.ClientSession() as session:
+        matcher = Matcher([])
+        pipeline = build_pipeline(
+            config,
+            store=store,
+            session=session,
+            matcher=lambda: matcher,
+            metrics=Metrics(),
+            clock=clock,
+        )
+        outcome = await pipeline.poll(config.sources[0])
+    assert outcome.outcome == "error" and outcome.broken
+    assert isinstance(outcome.error, FetchError)
+    assert outcome.error.status == 429
+    state = await store.source_state("s")
+    assert state is not None and state.next_poll_at is not None
 
 
 @pytest.mark.parametrize(

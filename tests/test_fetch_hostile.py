@@ -380,6 +380,7 @@ def test_parse_freshness(clock: FakeClock) -> None:
     assert parse_freshness("max-age=soon", None, None, now) is None
     assert parse_freshness(None, "0", None, now) is None
     assert parse_freshness(None, None, None, now) is None
+    assert parse_freshness(None, "Thu Feb  5 13:00:00 2026", None, now) == 3600  # asctime
 
 
 async def test_per_host_concurrency_is_limited(

@@ -15,6 +15,8 @@ FETCH_MAX_BODY_BYTES = 10 * 1024 * 1024
 FETCH_MAX_REDIRECTS = 5
 FETCH_CHUNK_BYTES = 64 * 1024
 FETCH_PER_HOST_CONCURRENCY = 4
+# a server's Retry-After is honoured up to this long (more would overflow a datetime)
+FETCH_RETRY_AFTER_MAX_S = 365 * 24 * 3600.0
 # A compressed body may expand at most this many times (a zip bomb expands ~1000x).
 FETCH_MAX_DECOMPRESSION_RATIO = 200
 

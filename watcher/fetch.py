@@ -19,7 +19,7 @@ import socket
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -68,19 +68,35 @@ class FetchResult:
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date; seconds from now, or None."""
+    """Retry-After as delta-seconds or an HTTP date; seconds from now, or None.
+
+    Capped at FETCH_RETRY_AFTER_MAX_S: a server's "999999999999" would otherwise
+    overflow the datetime arithmetic of the next poll time.
+    """
     if not value:
         return None
     value = value.strip()
     if _DIGITS.fullmatch(value):
-        return float(value)
+        seconds = float(value)
+    else:
+        when = _http_date(value)
+        if when is None:
+            return None
+        seconds = max(0.0, (when - now).total_seconds())
+    return min(seconds, constants.FETCH_RETRY_AFTER_MAX_S)
+
+
+def _http_date(value: str) -> datetime | None:
+    """An HTTP date in any of its three forms (RFC 9110 5.6.7), or None.
+
+    The asctime form (`Thu Feb  5 13:00:00 2026`) has no zone and parses to a naive
+    datetime; HTTP dates are all in GMT, so it is UTC.
+    """
     try:
-        when = parsedate_to_datetime(value)
+        when = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - now).total_seconds())
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def parse_freshness(
@@ -104,20 +120,10 @@ def parse_freshness(
         if any(d in ("no-cache", "no-store") for d in directives):
             return None
     if expires:
-        try:
-            when = parsedate_to_datetime(expires.strip())
-        except (TypeError, ValueError, IndexError):
+        when = _http_date(expires)
+        if when is None:
             return None
-        if when.tzinfo is None:
-            return None
-        base = now
-        if date:
-            try:
-                server_now = parsedate_to_datetime(date.strip())
-                if server_now.tzinfo is not None:
-                    base = server_now
-            except (TypeError, ValueError, IndexError):
-                pass
+        base = (_http_date(date) if date else None) or now
         return max(0.0, (when - base).total_seconds())
     return None
 
