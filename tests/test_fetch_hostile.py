@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import socket
 import tracemalloc
 import zlib
+from collections.abc import Iterator
 
 import aiohttp
 import brotli
@@ -493,3 +496,32 @@ async def test_a_redirect_to_an_invalid_url_is_a_bad_url(
             "s", feed_server.url("/out")
         )
     assert err.value.reason is FetchReason.BAD_URL
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose backlog is full: a connect hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for s in [*fillers, listener]:
+        s.close()
+
+
+async def test_a_connect_timeout_is_reported_as_one(
+    session: aiohttp.ClientSession, clock: FakeClock, unanswered_port: int
+) -> None:
+    f = Fetcher(session=session, limits=limits(connect_timeout_s=0.2, timeout_s=5.0), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("s", f"http://127.0.0.1:{unanswered_port}/feed")
+    assert err.value.reason is FetchReason.CONNECT
+    assert "connect timeout: no connection within 0.2s (connect_timeout_s)" in str(err.value)

@@ -416,6 +416,13 @@ class Fetcher:
             return await self._fetch(source_id, url, etag=etag, last_modified=last_modified)
         except FetchError:
             raise
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: before the whole-read one
+            raise FetchError(
+                FetchReason.CONNECT,
+                f"connect timeout: no connection within {self.limits.connect_timeout_s:g}s "
+                "(connect_timeout_s)",
+                source_id=source_id,
+            ) from None
         except TimeoutError:
             raise FetchError(
                 FetchReason.TIMEOUT,
