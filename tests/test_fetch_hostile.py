@@ -242,11 +242,35 @@ class _server:
         ("fc00::1", False),
         ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
         ("224.0.0.1", False),
+        # IPv6 that leads to an IPv4 address: that address decides
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 to 169.254.169.254
+        ("64:ff9b::7f00:1", False),  # NAT64 to 127.0.0.1
+        ("64:ff9b::a00:1", False),  # NAT64 to 10.0.0.1
+        ("64:ff9b::5db8:d70e", True),  # NAT64 to 93.184.215.14
+        ("64:ff9b:1::a9fe:a9fe", False),  # local-use NAT64
+        ("::ffff:0:a9fe:a9fe", False),  # SIIT IPv4-translated
+        ("2002:a9fe:a9fe::1", False),  # 6to4 of 169.254.169.254
+        ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
+        ("2002:5db8:d70e::1", True),  # 6to4 of 93.184.215.14
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo (client 192.0.2.45)
+        # deprecated forms, refused whatever they carry
+        ("::a9fe:a9fe", False),  # IPv4-compatible 169.254.169.254
+        ("::5db8:d70e", False),  # IPv4-compatible, even of a public address
+        ("fec0::1", False),  # site-local
     ],
 )
 def test_address_policy(address: str, allowed: bool) -> None:
     assert AddressPolicy().allows(address) is allowed
     assert AddressPolicy(parse_networks(["0.0.0.0/0", "::/0"])).allows(address)
+
+
+def test_allow_networks_override_the_embedded_and_deprecated_forms() -> None:
+    assert AddressPolicy(parse_networks(["fec0::/10"])).allows("fec0::1")
+    assert AddressPolicy(parse_networks(["::/96"])).allows("::a9fe:a9fe")
+    assert AddressPolicy(parse_networks(["64:ff9b::/96"])).allows("64:ff9b::a00:1")
+    # the IPv4 network the address leads to, listed, lets it through too
+    assert AddressPolicy(parse_networks(["10.0.0.0/8"])).allows("64:ff9b::a00:1")
+    assert not AddressPolicy(parse_networks(["10.0.0.0/8"])).allows("64:ff9b::a9fe:a9fe")
 
 
 async def test_loopback_source_refused_unless_allowed(

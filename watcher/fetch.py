@@ -185,6 +185,30 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address: NAT64 (RFC 6052), local-use
+# NAT64 (RFC 8215, in its common /96 layout) and SIIT's IPv4-translated addresses
+_IPV4_IN_LAST_32_BITS = parse_networks(["64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96"])
+# refused whatever they carry: site-local (deprecated, RFC 3879) and IPv4-compatible
+# (deprecated, RFC 4291; nothing routes them, and ::a9fe:a9fe spells 169.254.169.254)
+_REFUSED_IPV6 = parse_networks(["fec0::/10", "::/96"])
+
+
+def _public(ip: IPAddress) -> bool:
+    return ip.is_global and not ip.is_multicast
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to through a translator or a tunnel."""
+    found = [
+        ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) for net in _IPV4_IN_LAST_32_BITS if ip in net
+    ]
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # the Teredo server and the client behind it
+    return found
+
+
 class BlockedAddressError(OSError):
     """A host resolves only to addresses the config does not allow."""
 
@@ -196,15 +220,31 @@ class AddressPolicy:
     allow: tuple[IPNetwork, ...] = ()
 
     def allows(self, address: str | IPAddress) -> bool:
+        """Whether a source may be fetched at `address`.
+
+        An IPv6 address that carries an IPv4 one (NAT64, SIIT, 6to4, Teredo) reaches
+        that IPv4 address through a gateway, so the IPv4 address must pass too; the
+        deprecated site-local and IPv4-compatible forms are refused outright. Only
+        `allow` (the config's allow_networks) overrides either.
+        """
         try:
             ip = ipaddress.ip_address(address) if isinstance(address, str) else address
         except ValueError:
             return False
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        if any(ip in net for net in self.allow if net.version == ip.version):
+        if self._listed(ip):
             return True
-        return ip.is_global and not ip.is_multicast
+        if not _public(ip):
+            return False
+        if isinstance(ip, ipaddress.IPv6Address):
+            if any(ip in net for net in _REFUSED_IPV6):
+                return False
+            return all(self._listed(v4) or _public(v4) for v4 in _embedded_ipv4(ip))
+        return True
+
+    def _listed(self, ip: IPAddress) -> bool:
+        return any(ip in net for net in self.allow if net.version == ip.version)
 
     def check(self, host: str, addresses: Sequence[str]) -> None:
         refused = [a for a in addresses if not self.allows(a)]
