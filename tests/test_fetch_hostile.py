@@ -92,6 +92,42 @@ async def test_decompression_bomb_is_refused_without_inflating_it(
     assert "decompression bomb" in str(err.value)
 
 
+async def test_every_member_of_a_multi_member_gzip_body_is_decoded(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    head, tail = FEED[:40], FEED[40:]
+    feed_server.routes["/two"] = Route(
+        body=gzip.compress(head) + gzip.compress(tail), headers={"Content-Encoding": "gzip"}
+    )
+    # a member of 200 KB of spaces, to cross chunk boundaries, then junk (ignored, as gzip does)
+    padded = FEED + b" " * 200_000
+    feed_server.routes["/junk"] = Route(
+        body=gzip.compress(padded[:100]) + gzip.compress(padded[100:]) + b"JUNK",
+        headers={"Content-Encoding": "gzip"},
+    )
+    f = Fetcher(session=session, limits=limits(max_body_bytes=300_000), clock=clock)
+    assert (await f.fetch("s", feed_server.url("/two"))).body == FEED
+    assert (await f.fetch("s", feed_server.url("/junk"))).body == padded
+
+
+async def test_the_cap_and_the_bomb_guard_count_every_gzip_member(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    member = gzip.compress(bytes(60_000))  # each member alone is under the cap
+    feed_server.routes["/members"] = Route(body=member * 3, headers={"Content-Encoding": "gzip"})
+    bomb_member = gzip.compress(bytes(900_000), 9)  # under the 1 MiB ratio allowance alone
+    feed_server.routes["/bomb"] = Route(body=bomb_member * 30, headers={"Content-Encoding": "gzip"})
+    f = Fetcher(session=session, limits=limits(max_body_bytes=100_000), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await f.fetch("s", feed_server.url("/members"))
+    assert err.value.reason is FetchReason.TOO_LARGE
+    assert "decompressed body exceeds the 100000-byte cap" in str(err.value)
+    generous = Fetcher(session=session, limits=limits(max_body_bytes=50_000_000), clock=clock)
+    with pytest.raises(FetchError) as err:
+        await generous.fetch("s", feed_server.url("/bomb"))
+    assert "decompression bomb" in str(err.value)
+
+
 async def test_brotli_bodies_are_decoded(
     feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:

@@ -348,8 +348,10 @@ class _Decoder:
             self._br_error: type[Exception] = brotli.error
             return
         # gzip: wbits 31; deflate: zlib-wrapped (auto-detected with 47), raw as a fallback.
-        self._z: Any = zlib.decompressobj(31 if encoding in ("gzip", "x-gzip") else 47)
+        self._gzip = encoding in ("gzip", "x-gzip")
+        self._z: Any = zlib.decompressobj(31 if self._gzip else 47)
         self._raw_tried = encoding not in ("deflate",)
+        self._trailing_junk = False
 
     def feed(self, chunk: bytes, room: int) -> bytes:
         """Decode a chunk; produce at most room+1 bytes (so a caller can see the cap crossed)."""
@@ -359,6 +361,25 @@ class _Decoder:
                 return bytes(self._br.process(chunk, output_buffer_limit=room + 1))
             except self._br_error as exc:
                 raise _BrokenEncoding(str(exc) or "invalid brotli data") from None
+        if self._trailing_junk:
+            return b""
+        out = self._inflate(chunk, room)
+        # gzip allows several members one after another (gzip(A) + gzip(B) is A + B)
+        while self._gzip and self._z.eof and self._z.unused_data and len(out) <= room:
+            out += self._next_member(room - len(out))
+        return out
+
+    def _next_member(self, room: int) -> bytes:
+        """Start on the gzip member after the one that ended (what it left unused)."""
+        rest = self._z.unused_data
+        self._z = zlib.decompressobj(31)
+        try:
+            return bytes(self._z.decompress(rest, room + 1))
+        except zlib.error:
+            self._trailing_junk = True  # not another member: ignored, as gzip(1) does
+            return b""
+
+    def _inflate(self, chunk: bytes, room: int) -> bytes:
         try:
             out = self._z.decompress(chunk, room + 1)
         except zlib.error as exc:
@@ -377,6 +398,8 @@ class _Decoder:
         if self._br is not None:
             if not self._br.is_finished():
                 raise _BrokenEncoding("truncated brotli stream")
+            return b""
+        if self._trailing_junk:
             return b""
         try:
             return bytes(self._z.flush())
