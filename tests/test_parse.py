@@ -48,9 +48,19 @@ def test_identity_falls_back_from_guid_to_link_to_hash() -> None:
     ("body", "expected"),
     [
         (b"", "empty body"),
+        (b"\xef\xbb\xbf \n", "empty body"),
         (b"<!DOCTYPE html><html><body>Not found</body></html>", "an HTML page"),
+        (b"\xef\xbb\xbf<!DOCTYPE html><html><body>hi</body></html>", "an HTML page"),
+        (b"<!-- served by nginx -->\n<html><body><a href='/x'>x</a></body></html>", "an HTML page"),
+        (b"\n  <!doctype HTML PUBLIC '-//W3C//DTD HTML 4.01//EN'><HTML><BODY>x", "an HTML page"),
+        (
+            b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body/></html>',
+            "an HTML page",
+        ),
         (b'{"error": "rate limited"}', "JSON that is not a JSON Feed"),
+        (b'\xef\xbb\xbf{"error": "rate limited"}', "JSON that is not a JSON Feed"),
         (b"\x00\x01garbage", "unrecognised document"),
+        (b"<htmlish/>", "unrecognised document"),
     ],
 )
 def test_non_feeds_are_reported_as_such(body: bytes, expected: str) -> None:
@@ -91,6 +101,8 @@ def test_atom_and_json_feed() -> None:
     jf = b"""{"version": "https://jsonfeed.org/version/1.1", "title": "j",
     "items": [{"id": "1", "content_html": "<p>Gallium export ban</p>", "url": "https://j.example/1"}]}"""
     [j] = parse_feed(jf, source_id="j")
+    assert j.text == "Gallium export ban"
+    [j] = parse_feed(b"\xef\xbb\xbf" + jf, source_id="j")  # a UTF-8 BOM (Windows, .NET)
     assert j.text == "Gallium export ban"
 
 

@@ -294,12 +294,12 @@ def parse_document(
     """`parse_feed`, plus what the feed says about polling it (RSS ttl)."""
     if not isinstance(body, bytes):  # never let feedparser see a URL-like string
         raise TypeError("parse_feed takes the fetched bytes")
-    if not body or body.isspace():  # (body.strip() would copy the body)
+    start = _content_start(body)
+    if start == len(body):
         raise ParseError("empty body", source_id=source_id)
-    stripped = body.lstrip()
-    if stripped[:1] in (b"{", b"["):
+    if body[start : start + 1] in (b"{", b"["):
         return ParsedFeed(
-            _parse_json_feed(stripped, source_id=source_id, language=language, tags=tags)
+            _parse_json_feed(body[start:], source_id=source_id, language=language, tags=tags)
         )
     refuse_entities(body, source_id=source_id)
     fast = fast_parse(
@@ -323,6 +323,30 @@ def parse_document(
     )
 
 
+# what may come before a document's first byte of content: whitespace, a UTF-8 BOM
+_LEAD = re.compile(rb"\s*(?:\xef\xbb\xbf\s*)?")
+# ... and before an HTML page's <html> or doctype: comments, an XML declaration
+_HTML_PROLOGUE = re.compile(rb"(?:\s+|<!--.*?-->|<\?.*?\?>)*", re.S)
+_HTML_START = re.compile(rb"<!doctype\s+html|<html[\s>]", re.I)
+_HTML_HEAD_BYTES = 4096  # how far into a body to look for the start of an HTML page
+
+
+def _content_start(body: bytes) -> int:
+    """Where the content of `body` starts: after leading whitespace and a UTF-8 BOM
+    (Windows and .NET servers send one), found without copying the body."""
+    match = _LEAD.match(body)
+    return match.end() if match else 0
+
+
+def _looks_like_html(body: bytes) -> bool:
+    """An HTML page, whatever comes first: a BOM, comments (a server's banner), an XML
+    declaration (XHTML), a doctype in any case."""
+    head = body[:_HTML_HEAD_BYTES]
+    head = head[_content_start(head) :]
+    prologue = _HTML_PROLOGUE.match(head)
+    return _HTML_START.match(head, prologue.end() if prologue else 0) is not None
+
+
 def _parse_with_feedparser(
     body: bytes,
     *,
@@ -341,11 +365,8 @@ def _parse_with_feedparser(
         raise ParseError(f"parser failure: {type(exc).__name__}", source_id=source_id) from exc
     entries = parsed.get("entries") or []
     if not parsed.get("version") and not entries:
-        head = body[:512].lstrip().lower()
-        if head.startswith((b"<!doctype html", b"<html")):
+        if _looks_like_html(body):
             what = "an HTML page"
-        elif head.startswith((b"{", b"[")):
-            what = "JSON that is not a JSON Feed"
         else:
             problem = parsed.get("bozo_exception")
             what = (
