@@ -126,3 +126,50 @@ async def test_public_inspection_alerts_and_publication_joins_the_story(
     assert await store.count_items() == 2  # both kept, one story...
     [grown] = published.stories_grown  # ...which now has both sources
     assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
+
+
+def test_fields_of_the_wrong_type_are_ignored_and_the_document_still_read() -> None:
+    answer = {
+        "count": 2,
+        "results": [
+            {"document_number": "2026-00001", "title": "Rare earth magnets", "agencies": 5},
+            {
+                "document_number": 2026,  # a number, not a string: still its number
+                "title": {"x": 1},
+                "agencies": "abc",
+                "type": ["Rule"],
+                "abstract": 7.5,
+                "filed_at": 5,
+                "publication_date": ["2026-02-05"],
+                "html_url": 7,
+            },
+        ],
+    }
+    first, second = parse_feed(json.dumps(answer).encode(), source_id="fr", tags=["us"])
+    assert (first.guid, first.title, first.text) == ("fr-doc:2026-00001", "Rare earth magnets", "")
+    assert first.content_hash == story_hash("2026-00001")
+    assert (second.guid, second.title, second.url) == ("fr-doc:2026", "", "")
+    assert second.published is None
+    assert second.tags == ("us", "public-inspection")  # filed_at names a filing, whatever its type
+
+
+def test_a_search_with_no_match_is_zero_items() -> None:
+    # what documents.json answers for a term nothing matches: no `results` at all
+    empty = {"count": 0, "description": 'Documents matching "critical minerals"', "total_pages": 0}
+    assert parse_feed(json.dumps(empty).encode(), source_id="fr") == []
+    assert parse_feed(b'{"count": 0, "results": []}', source_id="fr") == []
+
+
+def test_an_entry_that_is_not_a_document_is_skipped_not_the_answer() -> None:
+    answer = {"count": 3, "results": [published_doc("2026-00009", "A rule"), "junk", None]}
+    [item] = parse_feed(json.dumps(answer).encode(), source_id="fr")
+    assert item.guid == "fr-doc:2026-00009"
+
+
+def test_a_filing_is_tagged_public_inspection_once() -> None:
+    answer = json.dumps({"results": [pi_doc("2026-02222", "A rule")]}).encode()
+    tags = ["us", "government", "public-inspection"]  # the catalogue's fr-public-inspection
+    [item] = parse_feed(answer, source_id="fr-public-inspection", tags=tags)
+    assert item.tags == ("us", "government", "public-inspection")
+    [item] = parse_feed(answer, source_id="fr", tags=["us"])
+    assert item.tags == ("us", "public-inspection")

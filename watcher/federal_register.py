@@ -28,6 +28,7 @@ from watcher.models import Item
 from watcher.text import html_to_text
 
 API = "https://www.federalregister.gov/api/v1"
+PUBLIC_INSPECTION_TAG = "public-inspection"
 
 
 def documents_url(
@@ -46,15 +47,22 @@ def public_inspection_url() -> str:
 
 
 def is_federal_register(doc: object) -> bool:
-    """A Federal Register API answer: a search result list or one document."""
-    if isinstance(doc, Mapping):
-        results = doc.get("results")
-        if isinstance(results, list):
-            return all(isinstance(r, Mapping) and "document_number" in r for r in results) and (
-                "count" in doc or "description" in doc or bool(results)
-            )
-        return "document_number" in doc and ("html_url" in doc or "title" in doc)
-    return False
+    """A Federal Register API answer: a search result list (maybe empty) or one document.
+
+    A search with no match may leave `results` out (`{"count": 0, "description": ...,
+    "total_pages": 0}`). Entries that are not documents are skipped when items are read,
+    so one is enough to tell a result list, as long as some entry is a document.
+    """
+    if not isinstance(doc, Mapping):
+        return False
+    results = doc.get("results")
+    if isinstance(results, list):
+        if not results:
+            return "count" in doc or "description" in doc
+        return any(isinstance(r, Mapping) and "document_number" in r for r in results)
+    if results is None and doc.get("count") == 0 and "document_number" not in doc:
+        return "description" in doc or "total_pages" in doc
+    return "document_number" in doc and ("html_url" in doc or "title" in doc)
 
 
 def story_hash(document_number: str) -> str:
@@ -72,47 +80,72 @@ def _date(value: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _str(value: object) -> str:
+    """A field's text: the API gives strings (numbers at most); anything else is ignored."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
+def _agencies(value: object) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    names = (
+        _str(a.get("name")) or _str(a.get("raw_name")) for a in value if isinstance(a, Mapping)
+    )
+    return [n for n in names if n]
+
+
 def items_from_api(doc: Mapping[str, Any], *, source_id: str, tags: Iterable[str]) -> list[Item]:
+    """The documents of an API answer as Items.
+
+    The answer is untrusted input: an entry that is not a document is skipped, and a
+    field of the wrong type is read as absent, so the rest of the document still counts.
+    """
     from watcher.parse import canonical_url  # one implementation of link hygiene
 
-    results = doc.get("results") if isinstance(doc.get("results"), list) else [doc]
+    # a search answer; else one document, or a search with no match (no `results`)
+    single = [doc] if "document_number" in doc else []
+    results = doc.get("results", single)
+    tag_tuple = tuple(tags)
+    inspection_tags = (
+        tag_tuple if PUBLIC_INSPECTION_TAG in tag_tuple else (*tag_tuple, PUBLIC_INSPECTION_TAG)
+    )
     items: list[Item] = []
-    for r in results or []:
+    for r in results if isinstance(results, list) else []:
         if not isinstance(r, Mapping):
             continue
-        number = str(r.get("document_number") or "").strip()
+        number = _str(r.get("document_number")).strip()
         if not number:
             continue
         inspection = "filed_at" in r or "filing_type" in r
-        agencies = [
-            str(a.get("name") or a.get("raw_name") or "")
-            for a in r.get("agencies") or []
-            if isinstance(a, Mapping)
-        ]
-        title = html_to_text(str(r.get("title") or r.get("toc_subject") or ""))
-        kind = str(r.get("type") or "")
+        agencies = _agencies(r.get("agencies"))
+        title = html_to_text(_str(r.get("title")) or _str(r.get("toc_subject")))
+        kind = _str(r.get("type"))
         parts = [
             f"{kind} ({'filed for public inspection' if inspection else 'published'})"
             if kind
             else "",
-            "Agencies: " + "; ".join(a for a in agencies if a) if agencies else "",
-            html_to_text(str(r.get("abstract") or r.get("excerpts") or "")),
+            "Agencies: " + "; ".join(agencies) if agencies else "",
+            html_to_text(_str(r.get("abstract")) or _str(r.get("excerpts"))),
         ]
         text = "\n".join(p for p in parts if p)[: constants.ITEM_TEXT_MAX_CHARS]
-        url = canonical_url(str(r.get("html_url") or r.get("pdf_url") or ""))
+        url = canonical_url(_str(r.get("html_url")) or _str(r.get("pdf_url")))
         published = _date(r.get("filed_at")) if inspection else None
         published = published or _date(r.get("publication_date"))
         items.append(
             Item(
                 source_id=source_id,
                 dedup_key=f"guid:fr-doc:{number}"[:512],
-                guid=f"fr-doc:{number}",
+                guid=f"fr-doc:{number}"[:512],
                 url=url,
                 title=title[: constants.ITEM_TITLE_MAX_CHARS],
                 text=text,
                 published=published,
                 language="en",
-                tags=(*tags, "public-inspection") if inspection else tuple(tags),
+                tags=inspection_tags if inspection else tag_tuple,
                 content_hash=story_hash(number),
             )
         )
