@@ -12,9 +12,15 @@ from tests.conftest import FakeClock
 from tests.servers import FeedServer, Route
 from tests.test_corpus import CORPUS
 from watcher.config import Config
-from watcher.federal_register import documents_url, is_federal_register, story_hash
+from watcher.fastparse import fast_parse
+from watcher.federal_register import (
+    document_number,
+    documents_url,
+    is_federal_register,
+    story_hash,
+)
 from watcher.metrics import Metrics
-from watcher.parse import parse_feed
+from watcher.parse import content_hash, parse_document, parse_feed
 from watcher.pipeline import build_pipeline
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
@@ -173,3 +179,102 @@ def test_a_filing_is_tagged_public_inspection_once() -> None:
     assert item.tags == ("us", "government", "public-inspection")
     [item] = parse_feed(answer, source_id="fr", tags=["us"])
     assert item.tags == ("us", "public-inspection")
+
+
+def test_document_urls_name_their_number() -> None:
+    long = "https://www.federalregister.gov/documents/2026/02/05/2026-02222/export-controls"
+    assert document_number(long) == "2026-02222"
+    assert document_number("https://www.federalregister.gov/d/2026-02222") == "2026-02222"
+    assert document_number("https://www.federalregister.gov/documents/search?x=1") is None
+    assert document_number("https://www.federalregister.gov/public-inspection/current") is None
+    assert document_number("https://example.org/documents/2026/02/05/2026-02222/x") is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "fast"),
+    [("application/rss+xml", True), ("application/rss+xml; charset=iso-8859-1", False)],
+)
+def test_documents_rss_items_have_the_document_identity(content_type: str, fast: bool) -> None:
+    """documents.rss (the catalogue's fr-bis, fr-ustr, fr-state), read by either parser."""
+    rss = REAL / "us-federal-register_documents-all-agencies_2025-08-04.rss"
+    single = REAL / "us-federal-register_api-document_2025-14789_single.json"
+    if not rss.is_file() or not single.is_file():
+        pytest.skip(f"{REAL} is absent: the shared feed corpus is needed for this test")
+    body = rss.read_bytes()
+    options = {"source_id": "fr-bis", "content_type": content_type}
+    # an HTTP charset that contradicts the document's own sends it to feedparser
+    assert (fast_parse(body, base_url="", language="", tags=(), **options) is not None) is fast
+    items = parse_document(body, **options).items
+    assert len(items) == 200
+    for item in items:
+        number = document_number(item.url)
+        assert number and item.content_hash == story_hash(number), item.url
+        assert item.guid == item.url and item.dedup_key == f"guid:{item.url}"  # the feed's own
+    # the API's answer for the same document gives the same story key
+    [api] = parse_feed(single.read_bytes(), source_id="fr-bis-json")
+    [rss_item] = [i for i in items if document_number(i.url) == "2025-14789"]
+    assert rss_item.content_hash == api.content_hash
+
+
+def test_other_links_keep_their_content_hash() -> None:
+    atom = (
+        b'<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>'
+        b"<entry><id>urn:1</id><title>Short link</title>"
+        b'<link href="https://www.federalregister.gov/d/2026-02222"/></entry>'
+        b"<entry><id>urn:2</id><title>Elsewhere</title>"
+        b'<link href="https://example.org/documents/2026/02/05/2026-02222/x"/></entry></feed>'
+    )
+    short, elsewhere = parse_feed(atom, source_id="s", content_type="application/atom+xml")
+    assert short.content_hash == story_hash("2026-02222")
+    assert elsewhere.content_hash == content_hash("Elsewhere", "")
+
+
+def documents_rss(number: str, title: str) -> bytes:
+    url = f"https://www.federalregister.gov/documents/2026/02/05/{number}/export-controls"
+    abstract = published_doc(number, title)["abstract"]
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel>'
+        "<title>Federal Register: Industry and Security Bureau</title>"
+        "<link>https://www.federalregister.gov/api/v1/documents.rss</link><description>d</description>"
+        f"<item><title>{title}</title><link>{url}</link><description>{abstract}</description>"
+        f"<pubDate>Thu, 05 Feb 2026 05:00:00 GMT</pubDate><guid>{url}</guid></item>"
+        "</channel></rss>"
+    ).encode()
+
+
+async def test_a_filing_then_its_document_in_documents_rss_alert_once(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    title = "Export Controls on Rare Earth Magnets and Related Items"
+    feed_server.routes["/pi.json"] = Route(
+        body=json.dumps({"results": [pi_doc("2026-02222", title)]}).encode(),
+        content_type="application/json",
+    )
+    feed_server.routes["/bis.rss"] = Route(body=documents_rss("2026-02222", title))
+    config = Config.model_validate(
+        {
+            "polling": {"allow_networks": ["127.0.0.0/8"]},
+            "sources": [
+                {"id": "fr-public-inspection", "url": feed_server.url("/pi.json")},
+                {"id": "fr-bis", "url": feed_server.url("/bis.rss")},
+            ],
+        }
+    )
+    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
+    rules, errors = load_rules([RULES])
+    assert errors == []
+    matcher = Matcher(rules)
+    pipeline = build_pipeline(
+        config, store=store, session=session, matcher=lambda: matcher, metrics=Metrics(),
+        clock=clock,
+    )  # fmt: skip
+    pi, rss = config.sources
+    filed = await pipeline.poll(pi)
+    assert [a.hit.rule_id for a in filed.alerts] == ["ree-export-curb"]
+    clock.advance(86_400)  # published a business day later, in the agency's documents.rss
+    published = await pipeline.poll(rss)
+    assert published.new_items == 1 and published.alerts == []
+    [grown] = published.stories_grown
+    assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
+    [alert] = await store.list_alerts()
+    assert alert.id == filed.alerts[0].alert_id

@@ -18,6 +18,7 @@ alerting again.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +69,36 @@ def is_federal_register(doc: object) -> bool:
 def story_hash(document_number: str) -> str:
     """The content hash (story key) of a Federal Register document: its number."""
     return hashlib.sha256(f"fr-doc:{document_number}".encode()).hexdigest()[:32]
+
+
+# A document's page: /documents/YYYY/MM/DD/<number>/<slug>, or the short form /d/<number>
+# (what documents.rss links to, and its guid); the host as canonical_url writes it.
+_DOCUMENT_URL = re.compile(
+    r"https?://(?:www\.)?federalregister\.gov/(?:documents/\d{4}/\d{2}/\d{2}|d)/"
+    r"([0-9A-Za-z][0-9A-Za-z-]{2,40})(?:[/?#]|$)"
+)
+
+
+def document_number(url: str) -> str | None:
+    """The document number a federalregister.gov document URL names, else None."""
+    m = _DOCUMENT_URL.match(url)
+    return m[1] if m else None
+
+
+def join_documents(items: list[Item]) -> None:
+    """Give feed items that are Federal Register documents the document's story identity.
+
+    An RSS or Atom entry (documents.rss, and any feed that links a document) links the
+    document's page; its number gives it the content hash the API adapter gives the
+    filing and the published document, so it joins their story instead of alerting
+    again. Its guid and dedup key stay the feed's own: an item already stored is not
+    new again. Changes `items` in place.
+    """
+    for i, item in enumerate(items):
+        for link in (item.url, item.guid):
+            if "federalregister.gov/" in link and (number := document_number(link)):
+                items[i] = item._replace(content_hash=story_hash(number))
+                break
 
 
 def _date(value: object) -> datetime | None:

@@ -25,7 +25,7 @@ import feedparser
 from watcher import constants
 from watcher.errors import ParseError
 from watcher.fastparse import fast_parse
-from watcher.federal_register import is_federal_register, items_from_api
+from watcher.federal_register import is_federal_register, items_from_api, join_documents
 from watcher.memtrim import after_parse
 from watcher.models import Item
 from watcher.text import fold_utf8, html_to_text
@@ -312,15 +312,18 @@ def parse_document(
     )
     if fast is not None:
         meta = fast[1]
-        return ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), meta.get("hub"), meta.get("self"))
-    return _parse_with_feedparser(
-        body,
-        source_id=source_id,
-        content_type=content_type,
-        base_url=base_url,
-        language=language,
-        tags=tags,
-    )
+        parsed = ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), meta.get("hub"), meta.get("self"))
+    else:
+        parsed = _parse_with_feedparser(
+            body,
+            source_id=source_id,
+            content_type=content_type,
+            base_url=base_url,
+            language=language,
+            tags=tags,
+        )
+    join_documents(parsed.items)  # whichever parser read them
+    return parsed
 
 
 # what may come before a document's first byte of content: whitespace, a UTF-8 BOM
