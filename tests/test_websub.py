@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import io
+import json
 import random
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import FakeClock
@@ -17,7 +24,7 @@ from watcher.metrics import Metrics
 from watcher.pipeline import build_pipeline
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
-from watcher.websub import WebSub
+from watcher.websub import WEBSUB, WebSub, add_routes
 
 
 def atom(hub: str, topic: str, *entries: tuple[str, str]) -> bytes:
@@ -178,3 +185,198 @@ async def test_push_to_an_unknown_subscription_is_404(
             assert r.status == 404
     finally:
         await runner.stop()
+
+
+# ---------------------------------------------------------------- one harness, many defects
+
+
+def sign(secret: str, body: bytes, algo: str = "sha256") -> str:
+    return f"{algo}=" + hmac.new(secret.encode(), body, getattr(hashlib, algo)).hexdigest()
+
+
+class Harness:
+    """A feed advertising a hub, a hub that records requests (and verifies only when told),
+    and the service's own callback routes (websub.add_routes) on loopback, on a real store.
+
+    `start()` is a (re)start of the service: a new pipeline and WebSub, on a new
+    callback server, the store kept.
+    """
+
+    def __init__(
+        self, store: Store, clock: FakeClock, session: aiohttp.ClientSession, feeds: FeedServer
+    ) -> None:
+        self.store, self.clock, self.session, self.feeds = store, clock, session, feeds
+        self.hub_requests: list[dict[str, str]] = []
+        self.hub_status = 202
+        self.hub = Runner()
+        self.callback_runner: Runner | None = None
+        self.topic = feeds.url("/feed.atom")
+        self.extra: dict[str, Any] = {}
+
+    async def open(self) -> None:
+        async def hub(request: web.Request) -> web.Response:
+            self.hub_requests.append(dict(await request.post()))  # type: ignore[arg-type]
+            return web.Response(status=self.hub_status)
+
+        app = web.Application()
+        app.router.add_post("/hub", hub)
+        self.hub_url = await self.hub.start(app) + "/hub"
+        self.feeds.routes["/feed.atom"] = Route(
+            body=atom(self.hub_url, self.topic, ("a1", "Local news")),
+            content_type="application/atom+xml",
+        )
+
+    async def start(self, seed: int = 1) -> WebSub:
+        if self.callback_runner is not None:
+            await self.callback_runner.stop()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.callback = f"http://127.0.0.1:{sock.getsockname()[1]}/websub/gov"
+        config = Config.model_validate(
+            {
+                "polling": {"allow_networks": ["127.0.0.0/8"], **self.extra},
+                "websub": {"callback_base_url": self.callback.removesuffix("/websub/gov"),
+                           "lease_s": 7200, "renew_before_s": 600},
+                "sources": [{"id": "gov", "url": self.topic}],
+            }
+        )  # fmt: skip
+        self.source = config.sources[0]
+        await self.store.sync_sources((s.id, str(s.url)) for s in config.sources)
+        rules, _ = load_rules([RULES])
+        matcher = Matcher(rules)
+        pipeline = build_pipeline(
+            config, store=self.store, session=self.session, matcher=lambda: matcher,
+            metrics=Metrics(), clock=self.clock,
+        )  # fmt: skip
+        self.websub = WebSub(
+            config=config, pipeline=pipeline, session=self.session, clock=self.clock,
+            rng=random.Random(seed),
+        )  # fmt: skip
+        app = web.Application()
+        add_routes(app)
+        app[WEBSUB] = self.websub
+        self.callback_runner = Runner()
+        self.callback_runner.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.callback_runner.runner.setup()
+        await web.SockSite(self.callback_runner.runner, sock).start()
+        return self.websub
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        if self.callback_runner is not None:
+            await self.callback_runner.stop()
+
+    @property
+    def secret(self) -> str:
+        return self.hub_requests[-1]["hub.secret"]
+
+    async def verify(self, **params: str) -> tuple[int, str]:
+        query = {"hub.mode": "subscribe", "hub.topic": self.topic, "hub.challenge": "c-1",
+                 "hub.lease_seconds": "7200", **params}  # fmt: skip
+        async with self.session.get(self.callback, params=query) as r:
+            return r.status, await r.text()
+
+    async def push(
+        self, body: bytes, *, secret: str | None = None, **headers: str
+    ) -> tuple[int, str]:
+        sig = sign(self.secret if secret is None else secret, body)
+        headers = {"X-Hub-Signature": sig, "Content-Type": "application/atom+xml", **headers}
+        # a BytesIO: aiohttp warns that large raw bytes would hold the loop
+        async with self.session.post(self.callback, data=io.BytesIO(body), headers=headers) as r:
+            return r.status, await r.text()
+
+    async def subscribed(self) -> WebSub:
+        """Started, polled (the hub discovered), subscribed and verified."""
+        websub = await self.start()
+        await websub.pipeline.poll(self.source)
+        assert await websub.renew() == 1
+        assert await self.verify() == (200, "c-1")
+        return websub
+
+
+@pytest.fixture
+async def harness(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> AsyncIterator[Harness]:
+    h = Harness(store, clock, session, feed_server)
+    await h.open()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+def story(n: int, size: int = 0) -> tuple[str, str]:
+    return (f"p{n}-{size}", f"China tightens export controls on rare earth magnets {n}")
+
+
+async def test_large_signed_pushes_are_read_whole_and_over_the_cap_refused(
+    harness: Harness,
+) -> None:
+    harness.extra = {"max_body_bytes": 3_000_000}
+    await harness.subscribed()
+    for n, size in enumerate((200_000, 2_000_000)):
+        entry = (f"big{n}", f"Rare earth export licence rules {'x' * size}")
+        body = atom(harness.hub_url, harness.topic, entry)
+        assert len(body) > size  # more than one network read
+        status, text = await harness.push(body)
+        assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
+    big = atom(harness.hub_url, harness.topic, ("huge", "x" * 3_100_000))
+    assert (await harness.push(big))[0] == 413  # said so by its Content-Length
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for i in range(0, len(big), 100_000):
+            yield big[i : i + 100_000]
+
+    headers = {"X-Hub-Signature": sign(harness.secret, big)}
+    async with harness.session.post(harness.callback, data=chunks(), headers=headers) as r:
+        assert r.status == 413
+    assert await harness.store.count_items() == 3  # the polled one and the two pushed
+
+
+async def test_a_non_ascii_signature_is_a_bad_signature_not_a_500(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await harness.subscribed()
+    body = atom(harness.hub_url, harness.topic, story(1))
+    port = int(harness.callback.split(":")[2].split("/")[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /websub/gov HTTP/1.1\r\nHost: x\r\nContent-Type: application/atom+xml\r\n"
+        b"X-Hub-Signature: sha256=\xe9\xe9\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n" % len(body) + body
+    )
+    await writer.drain()
+    status_line = (await reader.read()).split(b"\r\n")[0]
+    writer.close()
+    await writer.wait_closed()
+    assert status_line == b"HTTP/1.1 202 Accepted"
+    assert "source gov: WebSub push with a bad signature ignored" in caplog.messages
+    assert await harness.store.list_alerts() == []
+
+
+async def test_a_pushed_federal_register_answer_with_wrong_types_is_read(
+    harness: Harness,
+) -> None:
+    await harness.subscribed()
+    answer = {"count": 1, "results": [{"document_number": "2026-1", "title": "t", "agencies": 5}]}
+    body = json.dumps(answer).encode()
+    status, text = await harness.push(body, **{"Content-Type": "application/json"})
+    assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
+
+
+async def test_a_push_for_another_topic_is_ignored(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await harness.subscribed()
+    other = "http://127.0.0.1:1/other.atom"
+    named = atom(harness.hub_url, other, story(1))
+    link = f'<{harness.hub_url}>; rel="hub", <{other}>; rel="self"'
+    assert (await harness.push(named, Link=link))[0] == 202  # the hub's Link header
+    assert (await harness.push(named))[0] == 202  # no Link header: the feed's self link
+    assert sum("another" in m and "source gov" in m for m in caplog.messages) == 2
+    assert await harness.store.count_items() == 1  # only the polled one
+    ours = atom(harness.hub_url, harness.topic, story(2))
+    link = f'<{harness.hub_url}>; rel="hub", <{harness.topic}>; rel="self"'
+    assert (await harness.push(ours, Link=link))[0] == 200
+    assert await harness.store.count_items() == 2

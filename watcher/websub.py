@@ -17,6 +17,8 @@ import hashlib
 import hmac
 import logging
 import random
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,7 +28,7 @@ from aiohttp import web
 from watcher.config import Config
 from watcher.errors import FetchError, ParseError
 from watcher.models import Clock
-from watcher.parse import parse_off_loop
+from watcher.parse import canonical_url, parse_off_loop
 from watcher.pipeline import Pipeline
 from watcher.store import WebSubRow
 
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384,
             "sha512": hashlib.sha512}  # fmt: skip
+_READ_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass
@@ -177,15 +180,18 @@ class WebSub:
         source_id = request.match_info["source_id"]
         sub = self.subs.get(source_id)
         source = self.sources.get(source_id)
-        if sub is None or source is None or sub.state != "active":
+        if sub is None or source is None or sub.state != "active" or not sub.secret:
             raise web.HTTPNotFound()
-        cap = self.config.polling.max_body_bytes
-        body = await request.content.read(cap + 1)
-        if len(body) > cap:
-            raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=len(body))
+        body = await _read_body(request, self.config.polling.max_body_bytes)
         if not self._signed(sub, request.headers.get("X-Hub-Signature", ""), body):
             # The spec: acknowledge, but ignore content whose signature does not match.
             logger.warning("source %s: WebSub push with a bad signature ignored", source_id)
+            return web.Response(status=202)
+        declared = _link_self(request.headers.getall("Link", ()))
+        if declared is not None and not _same_topic(declared, sub.topic):
+            logger.warning(
+                "source %s: WebSub push for another topic (%s) ignored", source_id, declared
+            )
             return web.Response(status=202)
         try:
             parsed = await parse_off_loop(
@@ -199,17 +205,61 @@ class WebSub:
         except ParseError as exc:
             logger.warning("%s (WebSub push)", exc)
             return web.Response(status=202)
+        except Exception:  # hostile input must not make a 500 the hub retries
+            logger.exception("source %s: WebSub push could not be parsed", source_id)
+            return web.Response(status=202)
+        if declared is None and parsed.self_url and not _same_topic(parsed.self_url, sub.topic):
+            logger.warning(
+                "source %s: WebSub push of another feed (%s) ignored", source_id, parsed.self_url
+            )
+            return web.Response(status=202)
         outcome = await self.pipeline.ingest(source_id, parsed.items, record_source=False)
         return web.json_response({"items": len(parsed.items), "new": outcome.new_items})
 
     @staticmethod
     def _signed(sub: Subscription, header: str, body: bytes) -> bool:
+        if not sub.secret:  # never an HMAC with an empty key
+            return False
         method, _, signature = header.partition("=")
+        signature = signature.strip().lower()
         digest = _DIGESTS.get(method.strip().lower())
-        if digest is None or not signature:
+        if digest is None or not signature or not signature.isascii():
             return False
         expected = hmac.new(sub.secret.encode(), body, digest).hexdigest()
-        return hmac.compare_digest(expected, signature.strip().lower())
+        return hmac.compare_digest(expected, signature)
+
+
+async def _read_body(request: web.Request, cap: int) -> bytes:
+    """The whole request body, or 413 when it is over `cap` bytes."""
+    length = request.content_length
+    if length is not None and length > cap:
+        raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=length)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
+        size += len(chunk)
+        if size > cap:
+            raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_LINK = re.compile(r"<([^>]*)>([^<]*)")
+_REL = re.compile(r";\s*rel\s*=\s*(?:\"([^\"]*)\"|([^\s;,]+))", re.IGNORECASE)
+
+
+def _link_self(values: Iterable[str]) -> str | None:
+    """The URL a Link header declares rel="self" (a hub's push names its topic so)."""
+    for value in values:
+        for m in _LINK.finditer(value):
+            rel = _REL.search(m[2])
+            if rel and "self" in (rel[1] or rel[2] or "").lower().split():
+                return m[1].strip()
+    return None
+
+
+def _same_topic(declared: str, topic: str) -> bool:
+    return canonical_url(declared, topic) == canonical_url(topic)
 
 
 def add_routes(app: web.Application) -> None:
