@@ -10,6 +10,7 @@ import json
 import random
 import socket
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from aiohttp import web
 from tests.conftest import FakeClock
 from tests.servers import FeedServer, Route
 from tests.test_pipeline import RULES
+from watcher import constants
 from watcher.config import Config
 from watcher.metrics import Metrics
 from watcher.pipeline import build_pipeline
@@ -332,6 +334,138 @@ async def test_large_signed_pushes_are_read_whole_and_over_the_cap_refused(
     async with harness.session.post(harness.callback, data=chunks(), headers=headers) as r:
         assert r.status == 413
     assert await harness.store.count_items() == 3  # the polled one and the two pushed
+
+
+async def test_a_verification_nobody_asked_for_is_not_answered(harness: Harness) -> None:
+    websub = await harness.start()
+    await websub.pipeline.poll(harness.source)  # the hub is discovered; nothing asked of it
+    assert harness.hub_requests == []
+    # a third party answers for the hub: no subscription is activated
+    assert (await harness.verify(**{"hub.challenge": "evil"}))[0] == 404
+    assert websub.subs["gov"].state == "wanted"
+    forged = atom(harness.hub_url, harness.topic, story(1))
+    assert (await harness.push(forged, secret=""))[0] == 404  # never an empty-key HMAC
+    assert await harness.store.list_alerts() == []
+    # the real subscription goes on as usual
+    assert await websub.renew() == 1
+    assert await harness.verify() == (200, "c-1")
+    assert (await harness.push(forged, secret=""))[0] == 202  # acknowledged, ignored
+    assert await harness.store.list_alerts() == []
+    assert (await harness.push(forged))[0] == 200
+
+
+async def test_a_denial_counts_only_for_a_request_and_is_retried_later(
+    harness: Harness,
+) -> None:
+    websub = await harness.subscribed()
+    denied = {"hub.mode": "denied", "hub.reason": "forged"}
+    # a denial of an active subscription nobody asked about: not honoured
+    assert (await harness.verify(**denied))[0] == 404
+    assert websub.subs["gov"].state == "active"
+    assert (await harness.push(atom(harness.hub_url, harness.topic, story(1))))[0] == 200
+    # the hub denies the renewal we asked for: honoured, and asked again later, not never
+    harness.clock.advance(7200 - 300)
+    assert await websub.renew() == 1
+    assert (await harness.verify(**denied))[0] == 200
+    [row] = await harness.store.websub_subscriptions()
+    assert row.state == "denied" and row.retry_at is not None
+    assert await websub.renew() == 0
+    harness.clock.advance(constants.WEBSUB_DENIED_RETRY_S * 0.5)
+    assert await websub.renew() == 0
+    harness.clock.advance(constants.WEBSUB_DENIED_RETRY_S * 0.75)
+    assert await websub.renew() == 1 and len(harness.hub_requests) == 3
+    assert harness.hub_requests[-1]["hub.secret"] == harness.hub_requests[0]["hub.secret"]
+    assert await harness.verify() == (200, "c-1")
+    assert websub.subs["gov"].state == "active"
+
+
+async def test_a_restart_keeps_the_stored_subscription_when_a_poll_comes_first(
+    harness: Harness, store_url: str, clock: FakeClock
+) -> None:
+    await harness.subscribed()
+    secret = harness.secret
+    [before] = await harness.store.websub_subscriptions()
+    # a restart on the same database: the scheduler's first poll runs before anything
+    # reads the stored subscriptions, and rediscovers the same hub and topic in a feed
+    # that moved on meanwhile
+    harness.feeds.routes["/feed.atom"] = Route(
+        body=atom(harness.hub_url, harness.topic, ("a1", "Local news"), ("a2", "Weather")),
+        content_type="application/atom+xml",
+    )
+    harness.store = Store(store_url, clock=clock)
+    await harness.store.open()
+    try:
+        websub = await harness.start(seed=2)
+        assert (await websub.pipeline.poll(harness.source)).new_items == 1
+        status, _ = await harness.push(
+            atom(harness.hub_url, harness.topic, story(1)), secret=secret
+        )
+        assert status == 200  # signed with the stored secret, as the hub signs
+        assert await websub.renew() == 0 and len(harness.hub_requests) == 1
+        assert await harness.store.websub_subscriptions() == [before]
+    finally:
+        await harness.store.close()
+
+
+async def test_an_unverified_request_is_asked_again_with_backoff(harness: Harness) -> None:
+    websub = await harness.start()
+    await websub.pipeline.poll(harness.source)
+    assert await websub.renew() == 1  # the hub accepts (202) and never verifies
+    assert await websub.renew() == 0  # not at once...
+    base = constants.WEBSUB_RETRY_BASE_S
+    harness.clock.advance(base * 1.2 + 1)
+    assert await websub.renew() == 1  # ...but after a while
+    harness.clock.advance(base * 1.2 + 1)
+    assert await websub.renew() == 0  # backing off: twice as long now
+    harness.clock.advance(base * 1.2 + 1)
+    assert await websub.renew() == 1
+    # across a restart too, and a hub that refuses is not asked every minute either
+    harness.hub_status = 503
+    websub = await harness.start(seed=2)
+    assert websub.subs == {} and await websub.renew() == 0  # loaded: not due yet
+    assert websub.subs["gov"].state == "requested"
+    harness.clock.advance(base * 4 * 1.2 + 1)
+    assert await websub.renew() == 0  # sent, refused
+    assert len(harness.hub_requests) == 4 and websub.subs["gov"].state == "wanted"
+    harness.clock.advance(60)
+    assert await websub.renew() == 0 and len(harness.hub_requests) == 4
+    harness.hub_status = 202
+    harness.clock.advance(constants.WEBSUB_RETRY_MAX_S * 1.2)
+    assert await websub.renew() == 1
+    assert await harness.verify() == (200, "c-1")  # verified at last
+    assert websub.subs["gov"].state == "active" and websub.subs["gov"].attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("lease", "held_to_s"),
+    [
+        ("99999999999999", constants.WEBSUB_LEASE_MAX_S),
+        ("9" * 5000, 7200),  # more digits than int() reads: invalid, ours
+        ("60", constants.WEBSUB_LEASE_MIN_S),
+        ("0", 7200),
+        ("-3600", 7200),
+        ("soon", 7200),
+        (None, 7200),
+    ],
+)
+async def test_lease_seconds_is_held_to_a_sane_range(
+    harness: Harness, lease: str | None, held_to_s: int
+) -> None:
+    websub = await harness.start()
+    await websub.pipeline.poll(harness.source)
+    assert await websub.renew() == 1
+    now = harness.clock()
+    params = {"hub.lease_seconds": lease} if lease is not None else {}
+    query = {"hub.mode": "subscribe", "hub.topic": harness.topic, "hub.challenge": "c", **params}
+    async with harness.session.get(harness.callback, params=query) as r:
+        assert r.status == 200
+    sub = websub.subs["gov"]
+    assert sub.lease_until == now + timedelta(seconds=held_to_s)
+    assert await websub.renew() == 0  # a short lease is not renewed in a loop
+    harness.clock.advance(held_to_s - 600 - 1)  # renew_before_s = 600
+    assert await websub.renew() == 0
+    harness.clock.advance(2)
+    assert await websub.renew() == 1
 
 
 async def test_a_non_ascii_signature_is_a_bad_signature_not_a_500(

@@ -193,8 +193,12 @@ websub_subscriptions = Table(
     Column("hub", Text, nullable=False),
     Column("topic", Text, nullable=False),
     Column("secret_ref", String(128), nullable=False),
-    Column("state", String(16), nullable=False),  # wanted, requested, active, denied
+    # wanted, requested, active, renewing (active, a renewal asked for), denied
+    Column("state", String(16), nullable=False),
     Column("lease_until", UTCDateTime),
+    # requests in a row the hub refused, never verified or denied; and when to ask next
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("retry_at", UTCDateTime),
 )
 
 email_suppressions = Table(
@@ -309,6 +313,8 @@ class WebSubRow:
     secret_ref: str
     state: str
     lease_until: datetime | None
+    attempts: int = 0
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -766,6 +772,8 @@ class Store:
             "secret_ref": sub.secret_ref,
             "state": sub.state,
             "lease_until": sub.lease_until,
+            "attempts": sub.attempts,
+            "retry_at": sub.retry_at,
         }
         async with self.engine.begin() as conn:
             await conn.execute(

@@ -1,18 +1,35 @@
 """WebSub (W3C): subscribe to the hubs feeds advertise, verify, accept signed pushes, renew.
 
     poll finds <link rel="hub"> ──> renew() subscribes (hub.secret per subscription)
-    hub ──GET  /websub/{source}?hub.challenge=…──> answered when topic matches
+    hub ──GET  /websub/{source}?hub.challenge=…──> answered for a request of ours, topic matching
     hub ──POST /websub/{source} (X-Hub-Signature)──> parse ──> Pipeline.ingest, at once
 
 Polling goes on as before (a hub can fail silently); a pushed item and a polled
 one dedup as usual. Subscriptions are kept in the store (hub, topic, state, lease
-end, and the name of their secret, which the store keeps with its other secrets),
-so after a restart leases are still renewed and signed pushes still accepted.
+end, when to ask the hub next, and the name of their secret, which the store keeps
+with its other secrets), so after a restart leases are still renewed and signed
+pushes still accepted. At start-up the first poll may run before they are read:
+a subscription it rediscovers (the same hub and topic) gives way to the stored
+one, whose secret the hub signs with.
 The secret goes to the hub and into HMACs, never into a log line or an error.
+
+A subscription's states:
+
+    wanted ──request──> requested ──hub verifies──> active ──lease nearly over──> renewing
+    renewing ──hub verifies──> active
+    requested, renewing ──not verified in time──> asked again, backing off
+    requested, renewing ──hub denies──> denied ──a day or more later──> requested
+    a request the hub refuses or cannot take: back as before, asked again backing off
+
+Only a request of ours (requested, renewing) is verified or denied: a challenge or
+a denial nobody asked for is not answered (404), so a third party can neither
+activate a subscription nor turn push off. Pushes are accepted while active (or
+renewing), signed with the subscription's secret, for its topic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -25,6 +42,7 @@ from datetime import datetime, timedelta
 import aiohttp
 from aiohttp import web
 
+from watcher import constants
 from watcher.config import Config
 from watcher.errors import FetchError, ParseError
 from watcher.models import Clock
@@ -36,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 _DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384,
             "sha512": hashlib.sha512}  # fmt: skip
+_PENDING = frozenset({"requested", "renewing"})  # a request is out: its verification is answered
+_PUSHING = frozenset({"active", "renewing"})  # pushes are accepted
 _READ_CHUNK_BYTES = 64 * 1024
 
 
@@ -46,13 +66,23 @@ class Subscription:
     topic: str
     secret_ref: str  # its name in the store
     secret: str = field(default="", repr=False)  # "" until read from (or made by) the store
-    state: str = "wanted"  # wanted -> requested -> active (or denied)
+    state: str = "wanted"  # wanted, requested, active, renewing, denied (see the module doc)
     lease_until: datetime | None = None
+    attempts: int = 0  # requests in a row refused, never verified or denied
+    retry_at: datetime | None = None  # when to ask the hub (again); None: at once
 
     def row(self) -> WebSubRow:
         return WebSubRow(
-            self.source_id, self.hub, self.topic, self.secret_ref, self.state, self.lease_until
-        )
+            self.source_id, self.hub, self.topic, self.secret_ref, self.state, self.lease_until,
+            self.attempts, self.retry_at,
+        )  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: WebSubRow) -> Subscription:
+        return cls(
+            row.source_id, row.hub, row.topic, row.secret_ref, state=row.state,
+            lease_until=row.lease_until, attempts=row.attempts, retry_at=row.retry_at,
+        )  # fmt: skip
 
 
 class WebSub:
@@ -76,22 +106,30 @@ class WebSub:
         self.store = pipeline.store
         self.subs: dict[str, Subscription] = {}
         self._loaded = False
+        self._loading = asyncio.Lock()
         self.sources = {s.id: s for s in config.sources if s.enabled}
         pipeline.on_hub = self.discovered
 
     async def load(self) -> None:
-        """Read the stored subscriptions (once; a later discovery wins over a stored one)."""
-        if self._loaded:
-            return
-        for row in await self.store.websub_subscriptions():
-            if row.source_id in self.sources and row.source_id not in self.subs:
-                sub = Subscription(
-                    row.source_id, row.hub, row.topic, row.secret_ref,
-                    state=row.state, lease_until=row.lease_until,
-                )  # fmt: skip
+        """Read the stored subscriptions, once (before any renewal, verification or push).
+
+        A subscription a poll discovered before they were read, of the same hub and
+        topic, gives way to the stored one: the hub signs its pushes with that one's
+        secret. One discovered for another hub or topic wins: the feed moved.
+        """
+        async with self._loading:  # a push and a verification may both come first
+            if self._loaded:
+                return
+            for row in await self.store.websub_subscriptions():
+                if row.source_id not in self.sources:
+                    continue
+                found = self.subs.get(row.source_id)
+                if found is not None and (found.hub, found.topic) != (row.hub, row.topic):
+                    continue
+                sub = Subscription.from_row(row)
                 sub.secret = (await self.store.secret(row.secret_ref)).decode()
-                self.subs.setdefault(row.source_id, sub)
-        self._loaded = True
+                self.subs[row.source_id] = sub
+            self._loaded = True
 
     def callback(self, source_id: str) -> str:
         return f"{self.base}/websub/{source_id}"
@@ -103,25 +141,51 @@ class WebSub:
             ref = f"websub:{source_id}:{self.rng.getrandbits(64):016x}"
             self.subs[source_id] = Subscription(source_id, hub, topic, ref)
 
+    def _due_at(self, sub: Subscription, now: datetime) -> datetime:
+        if sub.retry_at is not None:
+            return sub.retry_at
+        if sub.state == "active" and sub.lease_until is not None:  # a row from before retry_at
+            return sub.lease_until - timedelta(seconds=self.config.websub.renew_before_s)
+        return now
+
+    def _backoff(self, attempts: int) -> timedelta:
+        """How long to wait before asking again, after `attempts` requests in a row failed."""
+        exponent = min(max(attempts - 1, 0), 30)
+        delay_s = min(constants.WEBSUB_RETRY_BASE_S * 2**exponent, constants.WEBSUB_RETRY_MAX_S)
+        return timedelta(seconds=delay_s * self.rng.uniform(0.8, 1.2))
+
+    def _lease_s(self, value: str | None) -> int:
+        """The hub's hub.lease_seconds, held to a sane range; ours when absent or invalid."""
+        default = self.config.websub.lease_s
+        try:
+            lease = int(value) if value is not None else default
+        except ValueError:
+            lease = default
+        if lease <= 0:
+            lease = default
+        return min(max(lease, constants.WEBSUB_LEASE_MIN_S), constants.WEBSUB_LEASE_MAX_S)
+
     async def renew(self) -> int:
-        """Subscribe where wanted, and again where a lease is about to end; returns requests."""
+        """Subscribe where wanted, again where a lease is about to end, a request went
+        unverified or a denial is old enough; returns requests sent."""
         await self.load()
         now = self.clock()
-        soon = now + timedelta(seconds=self.config.websub.renew_before_s)
         sent = 0
         for sub in list(self.subs.values()):
-            due = sub.state == "wanted" or (
-                sub.state == "active" and sub.lease_until is not None and sub.lease_until <= soon
-            )
-            if due and await self._subscribe(sub):
+            if self._due_at(sub, now) <= now and await self._subscribe(sub):
                 sent += 1
         return sent
 
     async def _subscribe(self, sub: Subscription) -> bool:
         if not sub.secret:
             sub.secret = (await self.store.secret(sub.secret_ref)).decode()
-            # stored before the hub is asked: it may verify and push before it answers
-            await self.store.save_websub(sub.row())
+        before = sub.state
+        sub.state = "renewing" if before in _PUSHING else "requested"
+        sub.attempts += 1
+        # asked again if the hub has not verified by then
+        sub.retry_at = self.clock() + self._backoff(sub.attempts)
+        # stored before the hub is asked: it may verify and push before it answers
+        await self.store.save_websub(sub.row())
         try:
             await self.pipeline.fetcher.check_url(sub.source_id, sub.hub)
             async with self.session.post(
@@ -135,43 +199,55 @@ class WebSub:
                 },
                 timeout=aiohttp.ClientTimeout(total=self.config.polling.timeout_s),
             ) as resp:
-                if resp.status // 100 != 2:
+                refused = resp.status // 100 != 2
+                if refused:
                     logger.warning(
                         "source %s: WebSub hub %s refused the subscription: HTTP %d",
                         sub.source_id, sub.hub, resp.status,
                     )  # fmt: skip
-                    return False
         except (FetchError, aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("source %s: WebSub hub unreachable: %s", sub.source_id, exc)
-            return False
-        if sub.state == "wanted":
-            sub.state = "requested"
+            refused = True
+        if refused and sub.state in _PENDING:  # no verification is coming: back as we were
+            sub.state = "active" if before in _PUSHING else "wanted"
             await self.store.save_websub(sub.row())
-        return True
+        return not refused
 
     # ------------------------------------------------------------ HTTP side
 
     async def verify(self, request: web.Request) -> web.Response:
         await self.load()
-        sub = self.subs.get(request.match_info["source_id"])
+        source_id = request.match_info["source_id"]
+        sub = self.subs.get(source_id)
         q = request.query
+        mode = q.get("hub.mode")
         if sub is None or q.get("hub.topic") != sub.topic:
             raise web.HTTPNotFound()
-        mode = q.get("hub.mode")
+        if sub.state not in _PENDING:
+            logger.warning(
+                "source %s: WebSub %s for a subscription not asked for (%s): not answered",
+                source_id, mode, sub.state,
+            )  # fmt: skip
+            raise web.HTTPNotFound()
+        now = self.clock()
         if mode == "denied":
             sub.state = "denied"
+            sub.retry_at = now + max(
+                self._backoff(sub.attempts),
+                timedelta(seconds=constants.WEBSUB_DENIED_RETRY_S),
+            )
             await self.store.save_websub(sub.row())
-            logger.warning("source %s: WebSub hub denied: %s", sub.source_id, q.get("hub.reason"))
+            logger.warning("source %s: WebSub hub denied: %s", source_id, q.get("hub.reason"))
             return web.Response(text="")
         challenge = q.get("hub.challenge")
         if mode != "subscribe" or not challenge:
             raise web.HTTPNotFound()
-        try:
-            lease = int(q.get("hub.lease_seconds", str(self.config.websub.lease_s)))
-        except ValueError:
-            lease = self.config.websub.lease_s
+        lease_s = self._lease_s(q.get("hub.lease_seconds"))
         sub.state = "active"
-        sub.lease_until = self.clock() + timedelta(seconds=lease)
+        sub.attempts = 0
+        sub.lease_until = now + timedelta(seconds=lease_s)
+        renew_before_s = min(self.config.websub.renew_before_s, lease_s / 2)
+        sub.retry_at = sub.lease_until - timedelta(seconds=renew_before_s)
         await self.store.save_websub(sub.row())
         return web.Response(text=challenge, content_type="text/plain")
 
@@ -180,7 +256,7 @@ class WebSub:
         source_id = request.match_info["source_id"]
         sub = self.subs.get(source_id)
         source = self.sources.get(source_id)
-        if sub is None or source is None or sub.state != "active" or not sub.secret:
+        if sub is None or source is None or sub.state not in _PUSHING or not sub.secret:
             raise web.HTTPNotFound()
         body = await _read_body(request, self.config.polling.max_body_bytes)
         if not self._signed(sub, request.headers.get("X-Hub-Signature", ""), body):
