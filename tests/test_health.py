@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -46,6 +48,25 @@ async def setup(
     )  # fmt: skip
     monitor = HealthMonitor(store=store, config=config, session=session, clock=clock)
     return pipeline, monitor
+
+
+@asynccontextmanager
+async def two_processes(
+    config: Config, store_url: str, clock: FakeClock, session: aiohttp.ClientSession
+) -> AsyncIterator[tuple[Pipeline, HealthMonitor, HealthMonitor]]:
+    """Two processes' monitors on one store, its source polled into "broken" (two errors)."""
+    first, second = Store(store_url, clock=clock), Store(store_url, clock=clock)
+    await first.open()
+    await second.open()
+    try:
+        pipeline, monitor1 = await setup(config, first, clock, session)
+        monitor2 = HealthMonitor(store=second, config=config, session=session, clock=clock)
+        await pipeline.poll(config.sources[0])
+        await pipeline.poll(config.sources[0])
+        yield pipeline, monitor1, monitor2
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_broken_source_notifies_once_then_recovers(
@@ -151,14 +172,7 @@ async def test_two_processes_on_one_store_send_one_notice(
     feed_server.routes["/f"] = Route(status=500)
     webhook_server.delay_s = 0.2  # both checks are judging while the first send is in flight
     config = make_config(feed_server.url("/f"), {"type": "webhook", "url": webhook_server.url})
-    first, second = Store(store_url, clock=clock), Store(store_url, clock=clock)
-    await first.open()
-    await second.open()
-    try:
-        pipeline, monitor1 = await setup(config, first, clock, session)
-        monitor2 = HealthMonitor(store=second, config=config, session=session, clock=clock)
-        await pipeline.poll(config.sources[0])
-        await pipeline.poll(config.sources[0])
+    async with two_processes(config, store_url, clock, session) as (pipeline, monitor1, monitor2):
         results = await asyncio.gather(monitor1.check(), monitor2.check())
         assert sorted(len(r) for r in results) == [0, 1]
         assert [b["state"] for b in webhook_server.json_bodies()] == ["broken"]
@@ -169,9 +183,6 @@ async def test_two_processes_on_one_store_send_one_notice(
         results = await asyncio.gather(monitor2.check(), monitor1.check())
         assert sorted(len(r) for r in results) == [0, 1]
         assert [b["state"] for b in webhook_server.json_bodies()] == ["broken", "recovered"]
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_a_failed_send_is_retried_by_the_other_process_under_the_same_id(
@@ -188,14 +199,7 @@ async def test_a_failed_send_is_retried_by_the_other_process_under_the_same_id(
         feed_server.url("/f"),
         {"type": "webhook", "url": webhook_server.url, "secret_env": "OPS_SECRET"},
     )
-    first, second = Store(store_url, clock=clock), Store(store_url, clock=clock)
-    await first.open()
-    await second.open()
-    try:
-        pipeline, monitor1 = await setup(config, first, clock, session)
-        monitor2 = HealthMonitor(store=second, config=config, session=session, clock=clock)
-        await pipeline.poll(config.sources[0])
-        await pipeline.poll(config.sources[0])
+    async with two_processes(config, store_url, clock, session) as (pipeline, monitor1, monitor2):
         webhook_server.responses.append((503, {}))
         assert await monitor1.check() == []  # the claim is released, not lost
         clock.advance(300)
@@ -221,9 +225,6 @@ async def test_a_failed_send_is_retried_by_the_other_process_under_the_same_id(
         assert again.state == "broken" and again.msg_id != notice.msg_id
         ids = [h["webhook-id"] for h, _ in webhook_server.received]
         assert len(ids) == 4 and len(set(ids)) == 3
-    finally:
-        await first.close()
-        await second.close()
 
 
 async def test_a_claim_left_by_a_process_that_died_is_taken_over_after_its_lease(
@@ -236,17 +237,10 @@ async def test_a_claim_left_by_a_process_that_died_is_taken_over_after_its_lease
     feed_server.routes["/f"] = Route(status=500)
     webhook_server.delay_s = 30  # the first process dies while its send is in flight
     config = make_config(feed_server.url("/f"), {"type": "webhook", "url": webhook_server.url})
-    first, second = Store(store_url, clock=clock), Store(store_url, clock=clock)
-    await first.open()
-    await second.open()
-    try:
-        pipeline, monitor1 = await setup(config, first, clock, session)
-        monitor2 = HealthMonitor(store=second, config=config, session=session, clock=clock)
-        await pipeline.poll(config.sources[0])
-        await pipeline.poll(config.sources[0])
+    async with two_processes(config, store_url, clock, session) as (_, monitor1, monitor2):
         dying = asyncio.create_task(monitor1.check())
         for _ in range(1000):  # until the claim is in the store
-            async with second.engine.connect() as conn:
+            async with monitor2.store.engine.connect() as conn:
                 row = (await conn.execute(source_health.select())).first()
             if row is not None and getattr(row, "claimed_by", None) is not None:
                 break
@@ -261,9 +255,6 @@ async def test_a_claim_left_by_a_process_that_died_is_taken_over_after_its_lease
         clock.advance(601)  # the dead process's lease lapses
         [notice] = await monitor2.check()
         assert notice.state == "broken"
-    finally:
-        await first.close()
-        await second.close()
 
 
 # -- quiet, recovery, and what changed -----------------------------------------------

@@ -38,7 +38,20 @@ from typing import Any
 
 import aiohttp
 import aiosmtplib
-from sqlalchemy import Column, MetaData, String, Table, Text, case, func, or_, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from watcher import constants
 from watcher.config import (
@@ -180,6 +193,16 @@ def _polled_fine_since(state: SourceState | None, row: Any) -> bool:
         return bool(state.last_success_at > row.success_before)
     # it had never succeeded when the problem was raised (or the row predates the column)
     return bool(state.last_success_at >= row.raised_at)
+
+
+def _unclaimed(source_id: str, told: str, now: datetime) -> ColumnElement[bool]:
+    """The source's row, still saying `told`, with no live claim: what a claim may take."""
+    h = source_health.c
+    return and_(
+        h.source_id == source_id,
+        h.problem == told,
+        or_(h.claimed_until.is_(None), h.claimed_until <= now),
+    )
 
 
 class HealthMonitor:
@@ -353,11 +376,7 @@ class HealthMonitor:
             since: datetime | None = (
                 await conn.execute(
                     update(source_health)
-                    .where(
-                        h.source_id == source_id,
-                        h.problem == told,
-                        or_(h.claimed_until.is_(None), h.claimed_until <= now),
-                    )
+                    .where(_unclaimed(source_id, told, now))
                     .values(
                         pending=want,
                         pending_detail=detail[:2000],
@@ -388,15 +407,10 @@ class HealthMonitor:
 
     async def _drop_pending(self, source_id: str, told: str, now: datetime) -> None:
         """Forget a notice never delivered whose problem went away: the next is a new episode."""
-        h = source_health.c
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 update(source_health)
-                .where(
-                    h.source_id == source_id,
-                    h.problem == told,
-                    or_(h.claimed_until.is_(None), h.claimed_until <= now),
-                )
+                .where(_unclaimed(source_id, told, now))
                 .values(pending=None, pending_detail=None, pending_since=None, claimed_by=None)
             )
 
