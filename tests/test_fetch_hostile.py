@@ -498,10 +498,10 @@ async def test_a_redirect_chain_shares_one_timeout(
 ) -> None:
     """Each hop fits the timeout alone, the two together do not."""
     feed_server.routes["/slow-move"] = Route(
-        status=302, delay_s=0.4, headers={"Location": "/slow-feed"}
+        status=302, delay_s=0.5, headers={"Location": "/slow-feed"}
     )
-    feed_server.routes["/slow-feed"] = Route(body=FEED, delay_s=0.4)
-    f = Fetcher(session=session, limits=limits(timeout_s=0.6), clock=clock)
+    feed_server.routes["/slow-feed"] = Route(body=FEED, delay_s=0.5)
+    f = Fetcher(session=session, limits=limits(timeout_s=1.0), clock=clock)
     assert (await f.fetch("s", feed_server.url("/slow-feed"))).body == FEED
     with pytest.raises(FetchError) as err:
         await f.fetch("s", feed_server.url("/slow-move"))
