@@ -182,3 +182,30 @@ def test_broken_markup_never_fails_a_feed(html: str) -> None:
         f"<item><title>t</title><description>{escape(html)}</description></item></channel></rss>"
     )
     _parse_or_bad(body.encode())
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        # feedparser's sanitiser counted a stray end tag below zero, so the next script's
+        # content became text; it kept the text of the elements it dropped
+        ("</script><script>alert(1)</script>ok", "ok"),
+        ("</style><style>p{x:1}</style>ok", "ok"),
+        ("<iframe>frame text</iframe>ok", "ok"),
+        ("<template>template text</template>ok", "ok"),
+        ("<object>object text</object>ok", "ok"),
+    ],
+)
+def test_the_feedparser_fallback_leaves_no_skipped_content(html: str, text: str) -> None:
+    from xml.sax.saxutils import escape
+
+    for doc in (
+        rss(("g", "title", html)),
+        b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>'
+        b'<entry><id>g</id><title type="html">' + escape(html).encode() + b"</title>"
+        b'<summary type="html">' + escape(html).encode() + b"</summary></entry></feed>",
+    ):
+        [item] = parse_feed(doc, source_id="s")
+        assert item.text == text
+        if b"<feed" in doc:
+            assert item.title == text

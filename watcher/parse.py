@@ -363,7 +363,9 @@ def _parse_with_feedparser(
     if base_url:
         headers["content-location"] = base_url
     try:
-        parsed = feedparser.parse(body, response_headers=headers, sanitize_html=True)
+        parsed = feedparser.parse(
+            body, response_headers=headers, sanitize_html=False, resolve_relative_uris=False
+        )
     except Exception as exc:  # feedparser is robust, but the input is hostile
         raise ParseError(f"parser failure: {type(exc).__name__}", source_id=source_id) from exc
     entries = parsed.get("entries") or []
