@@ -161,6 +161,12 @@ _MARKUP = [
         ("a</b", "a"),
         ("a < b", "a < b"),  # a "<" that opens nothing stays text
         ("a <", "a <"),
+        # "/>" closes no HTML element: <script/> starts a script, <svg/> (foreign) is empty
+        ("<script/>alert(1)</script>ok", "ok"),
+        ("<STYLE />p{x:1}</style>ok", "ok"),
+        ("<iframe/>frame text</iframe>ok", "ok"),
+        ("<svg/>ok", "ok"),
+        ("<noembed>x</noembed><noframes>y</noframes>ok", "ok"),
     ],
 )
 def test_broken_markup_reads_as_the_html_standard_says(html: str, text: str) -> None:

@@ -27,7 +27,7 @@ TOKENS = [
     "<P>", "</ P>", "<li>", "<x-y>", "<1>", "a < b", "&", "<p/>", "<h2 id=t>", "</h2>",
     "&am", "p;", ";", "&#", "12", "x41;", "&not", "in;", "\u3000", "\xa0", "\t", "\r\n", "  ",
     '<iframe src="https://v.example/e">', "</iframe>", "<IFRAME/>", "</iframe x=1>", "</iframe/>",
-    '<iframe src="v"></iframe>',
+    '<iframe src="v"></iframe>', "<script/>", "<noembed>", "</noembed>",
 ]  # fmt: skip
 
 

@@ -10,7 +10,12 @@ from html import unescape
 from html.parser import HTMLParser
 from itertools import repeat
 
-_SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "iframe", "object", "svg"})
+_SKIP_TAGS = frozenset(
+    {"script", "style", "noscript", "template", "iframe", "object", "svg", "noembed", "noframes"}
+)
+# HTML elements that "/>" does not close (the HTML standard ignores it on them): `<script/>`
+# starts a script like `<script>`. `<svg/>` is foreign content, closed by it.
+_SKIP_HTML_TAGS = _SKIP_TAGS - {"svg"}
 _BLOCK_TAGS = frozenset(
     {
         "p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr",
@@ -32,7 +37,11 @@ class _TextExtractor(HTMLParser):
             self.parts.append("\n")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _BLOCK_TAGS:
+        if tag in _SKIP_HTML_TAGS:
+            self.handle_starttag(tag, attrs)
+            if tag in self.CDATA_CONTENT_ELEMENTS:  # script, style: raw text to their end tag
+                self.set_cdata_mode(tag)
+        elif tag in _BLOCK_TAGS:
             self.parts.append("\n")
 
     def handle_endtag(self, tag: str) -> None:
@@ -245,8 +254,8 @@ def _only_empty_iframes(parts: list[str], names: list[str]) -> bool:
             if name != "iframe" or not parts[5 * i + 1] or parts[5 * i]:
                 return False
             open_at = -1
-        elif name == "iframe" and not parts[5 * i + 1] and not parts[5 * i + 4]:
-            open_at = i  # a start tag: <iframe/> and a stray </iframe> skip nothing
+        elif name == "iframe" and not parts[5 * i + 1]:
+            open_at = i  # a start tag (<iframe/> too: "/>" closes no HTML element)
     return open_at < 0
 
 
