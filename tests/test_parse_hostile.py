@@ -215,3 +215,26 @@ def test_the_feedparser_fallback_leaves_no_skipped_content(html: str, text: str)
         assert item.text == text
         if b"<feed" in doc:
             assert item.title == text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # &#0; is no XML: feedparser's loose parser reads it as a NUL character
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        b"<item><title>a&#0;b</title><guid>g&#0;1</guid><link>https://x.example/a&#0;b</link>"
+        b"<language>e&#0;n</language><description>c&#0;d</description></item></channel></rss>",
+        b'{"version": "https://jsonfeed.org/version/1.1", "items": [{"id": "g\\u00001",'
+        b' "title": "a\\u0000b", "url": "https://x.example/a\\u0000b",'
+        b' "content_text": "c\\u0000d", "language": "e\\u0000n"}]}',
+        b'{"results": [{"document_number": "2026-0\\u00001", "title": "a\\u0000b",'
+        b' "html_url": "https://x.example/a\\u0000b", "abstract": "c\\u0000d",'
+        b' "type": "Rule\\u0000", "agencies": [{"name": "A\\u0000"}]}]}',
+    ],
+)
+def test_items_hold_no_nul_which_postgresql_text_refuses(body: bytes) -> None:
+    [item] = parse_feed(body, source_id="s")
+    assert "\x00" not in "".join(
+        [item.title, item.text, item.guid, item.url, item.dedup_key, item.language]
+    )
+    assert "ab" in item.title

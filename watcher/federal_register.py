@@ -112,9 +112,10 @@ def _date(value: object) -> datetime | None:
 
 
 def _str(value: object) -> str:
-    """A field's text: the API gives strings (numbers at most); anything else is ignored."""
+    """A field's text: the API gives strings (numbers at most); anything else is ignored.
+    Without NUL (JSON's \u0000), which PostgreSQL text cannot hold."""
     if isinstance(value, str):
-        return value
+        return value.replace("\x00", "")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return ""

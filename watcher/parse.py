@@ -152,10 +152,14 @@ def _item(
     tags: tuple[str, ...],
 ) -> Item:
     """make_item's work, its arguments by position (the parse loops call it per entry)."""
-    title = title[: constants.ITEM_TITLE_MAX_CHARS]
-    text = text[: constants.ITEM_TEXT_MAX_CHARS]
+    # PostgreSQL text holds no NUL: one from a broken feed (`&#0;`, which feedparser's loose
+    # parser reads, or JSON's \u0000) would fail the insert of the whole batch, every poll
+    title = title.replace("\x00", "")[: constants.ITEM_TITLE_MAX_CHARS]
+    text = text.replace("\x00", "")[: constants.ITEM_TEXT_MAX_CHARS]
     chash = content_hash(title, text)
-    guid = guid.strip()
+    guid = guid.replace("\x00", "").strip()
+    url = url.replace("\x00", "")
+    language = language.replace("\x00", "")
     if guid:
         key = f"guid:{guid}"
     elif url:
