@@ -83,6 +83,23 @@ def test_canonical_url_keeps_only_http() -> None:
     assert canonical_url("HTTPS://GOV.example/x?b=1&utm_medium=y") == "https://gov.example/x?b=1"
 
 
+@pytest.mark.parametrize(
+    ("url", "canonical"),
+    [
+        # a user and password are dropped: the link shows the host it goes to
+        ("https://gov.example@evil.example/x", "https://evil.example/x"),
+        ("https://user:Secret@gov.example/x", "https://gov.example/x"),
+        ("//user@gov.example/x", "https://gov.example/x"),
+        # a host no browser reads as urlsplit does, or none at all: no link
+        ("https://gov.example\\@evil.example/", ""),
+        ("https://gov example/x", ""),
+        ("https://user@/x", ""),
+    ],
+)
+def test_canonical_url_gives_the_host_the_link_goes_to(url: str, canonical: str) -> None:
+    assert canonical_url(url, "https://feeds.example/feed") == canonical
+
+
 def test_normalize_folds_case_width_and_accents_but_not_kana_voicing() -> None:
     assert normalize("Exportación ＬＩＣＥＮＣＥ") == "exportacion licence"
     assert normalize("ガリウム") == "ガリウム"
@@ -121,14 +138,17 @@ def _canonical_url_reference(url: str, base: str = "") -> str:
         return ""
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return ""
+    if any(c in parts.netloc for c in '\\<>^|"\x7f') or min(parts.netloc) <= " ":
+        return ""
+    host = parts.netloc.rpartition("@")[2]
+    if not host:
+        return ""
     query = [
         (k, v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
         if not k.lower().startswith("utm_") and k.lower() not in _TRACKING
     ]
-    return urlunsplit(
-        (parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), "")
-    )
+    return urlunsplit((parts.scheme.lower(), host.lower(), parts.path or "/", urlencode(query), ""))
 
 
 _TRACKING = {"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"}
@@ -137,6 +157,7 @@ URL_PARTS = [
     "[::1]", "/x", "/./y", "/../z", ";p", ";", "?", "?a=1", "&b=2", "&utm_x=3", "#f", " ", "\t",
     "%20", "é", "@", "..", "x y", "[", "]", "#", "?utm_a=1", "?fbclid=2&x=", "\n", "\x00",
     "Http://", "hTTpS://", "a]b", "?x#y?z", "é.example", "https://a.example/p?q=1#f",
+    "u:p@", "\\", "|", "\x7f",
 ]  # fmt: skip
 BASES = ["", "https://base.example/dir/feed.xml", "http://base.example", "feed://x", "https:/x"]
 

@@ -35,10 +35,16 @@ _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cm
 
 
 # An absolute http(s) URL as urlsplit splits it (netloc, path, query; the fragment dropped)
-# when it holds nothing urlsplit removes or checks: no tab, CR or LF, no IPv6 brackets.
+# when it holds nothing urlsplit removes or checks: no tab, CR or LF, no IPv6 brackets; and
+# a netloc that is a host as it is (no userinfo, nothing _BAD_HOST finds).
 _HTTP_URL = re.compile(
-    r"(?i:https?)://([^/?#\[\]\t\r\n]+)(/[^?#\t\r\n]*)?(?:\?([^#\t\r\n]*))?(?:#.*)?", re.S
+    r"(?i:https?)://([^/?#\[\]\x00-\x20\x7f@\\<>^|\"]+)(/[^?#\t\r\n]*)?(?:\?([^#\t\r\n]*))?(?:#.*)?",
+    re.S,
 )
+# What no host holds (the WHATWG URL standard's forbidden host code points that urlsplit
+# lets through): a link whose netloc has one is no link ("https://gov.example\\@x.example/"
+# goes to gov.example in a browser, to x.example by urlsplit).
+_BAD_HOST = re.compile(r"[\x00-\x20\x7f\\<>^|\"]")
 
 
 # A query parse_qsl and urlencode give back as it is: name=value pairs of characters
@@ -62,7 +68,8 @@ def _clean_query(query: str) -> str:
 
 
 def canonical_url(url: str, base: str = "") -> str:
-    """Absolute http(s) URL without fragment and tracking parameters; '' if not http(s)."""
+    """Absolute http(s) URL without fragment, user, password and tracking parameters; ''
+    if not http(s) or its host is not one."""
     url = url.strip()
     if not url:
         return ""
@@ -87,9 +94,15 @@ def canonical_url(url: str, base: str = "") -> str:
         return ""
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return ""
+    if _BAD_HOST.search(parts.netloc):
+        return ""
+    # a user and password dropped: "https://gov.example@x.example/" goes to x.example
+    host = parts.netloc.rpartition("@")[2]
+    if not host:
+        return ""
     # most links have no query: no parse_qsl/urlencode round trip then
     query = _clean_query(parts.query) if parts.query else ""
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
+    return urlunsplit((parts.scheme.lower(), host.lower(), parts.path or "/", query, ""))
 
 
 def content_hash(title: str, text: str) -> str:
