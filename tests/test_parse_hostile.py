@@ -50,6 +50,29 @@ def test_entity_declarations_are_refused_in_utf16_too() -> None:
         parse_feed(body, source_id="evil")
 
 
+def _encoded(body: bytes, encoding: str) -> bytes:
+    declared = f'<?xml version="1.0" encoding="{encoding.removesuffix("-le")}"?>'
+    text = body.decode().replace('<?xml version="1.0"?>', declared)
+    if encoding == "utf-7":  # "!" written the other way UTF-7 allows
+        return text.encode().replace(b"<!ENTITY", b"<+ACE-ENTITY")
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize("body", [BILLION_LAUGHS, EXTERNAL, PARAMETER])
+@pytest.mark.parametrize("encoding", ["utf-32", "utf-32-le", "cp037", "cp500", "utf-7"])
+def test_entity_declarations_are_refused_in_any_encoding_feedparser_reads(
+    body: bytes, encoding: str
+) -> None:
+    with pytest.raises(ParseError, match="XML entity declarations are refused"):
+        parse_feed(_encoded(body, encoding), source_id="evil")
+
+
+def test_entity_declarations_are_refused_in_the_http_charset() -> None:
+    body = BILLION_LAUGHS.decode().replace('<?xml version="1.0"?>', "").encode("utf-32-be")
+    with pytest.raises(ParseError, match="XML entity declarations are refused"):
+        parse_feed(body, source_id="evil", content_type="application/xml; charset=utf-32be")
+
+
 def test_predefined_entities_still_work() -> None:
     [item] = parse_feed(rss(("g", "AT&T & co <ltd>", "a &amp; b")), source_id="s")
     assert item.title == "AT&T & co" or item.title.startswith("AT&T & co")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import codecs
 import functools
 import hashlib
 import json
@@ -21,6 +22,7 @@ from typing import Any, Concatenate, ParamSpec, Required, TypedDict, Unpack
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import feedparser
+import feedparser.encodings
 
 from watcher import constants
 from watcher.errors import ParseError
@@ -206,21 +208,64 @@ class ParsedFeed:
 _ENTITY_MARKERS = tuple(
     b"<!ENTITY".decode().encode(codec) for codec in ("utf-8", "utf-16-le", "utf-16-be")
 )
+_ASCII = bytes(range(128))
+# what feedparser reads as a declared encoding: every `encoding="..."` on the first line
+_DECLARED_ENCODING = re.compile(rb"encoding=[\'\"]([^\'\"\n]*)")
+_CONTENT_TYPE_CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\s;\"']*)", re.IGNORECASE)
+_EBCDIC_XML = b"\x4c\x6f\xa7\x94"  # "<?xm" in EBCDIC, which feedparser reads as cp037
 
 
-def refuse_entities(body: bytes, *, source_id: str) -> None:
+@functools.lru_cache(maxsize=64)  # the names come from feeds: a bounded cache
+def _shows_ascii_as_is(encoding: str) -> bool:
+    """Whether a document in this encoding holds "<!ENTITY" as those ASCII bytes: it reads
+    every ASCII byte as itself, and no other byte sequence as ASCII (the stateless
+    single- and multi-byte encodings; not UTF-7, UTF-16/32, EBCDIC or ISO-2022)."""
+    try:
+        codec = codecs.lookup(encoding)
+        return _ASCII.decode(codec.name) == _ASCII.decode("ascii") and codec.name not in ("utf-7")
+    except (LookupError, UnicodeDecodeError, ValueError):
+        return False  # unknown to Python: feedparser tries other encodings, checked below
+
+
+def _feedparser_headers(content_type: str, base_url: str) -> dict[str, str]:
+    headers = {"content-type": content_type} if content_type else {}
+    if base_url:
+        headers["content-location"] = base_url
+    return headers
+
+
+def refuse_entities(
+    body: bytes, *, source_id: str, content_type: str = "", base_url: str = ""
+) -> None:
     """Refuse any XML entity declaration: no billion laughs, no external entities.
 
     Like defusedxml's `forbid_entities`: a feed has no business declaring
     entities, and the predefined ones (&amp; &lt; ...) need no declaration.
+    Whatever encoding feedparser would read the body in (UTF-32, EBCDIC, UTF-7...).
     """
     # the UTF-16 markers hold NUL bytes: a body without one (most) needs no search for them
-    markers = _ENTITY_MARKERS if b"\x00" in body else _ENTITY_MARKERS[:1]
-    if any(marker in body for marker in markers):
+    nul = b"\x00" in body
+    markers = _ENTITY_MARKERS if nul else _ENTITY_MARKERS[:1]
+    found = any(marker in body for marker in markers)
+    if not found and (nul or body[:4] == _EBCDIC_XML or _hides_ascii(body, content_type)):
+        # an encoding the bytes do not show "<!ENTITY" in: search where feedparser reads it
+        headers = _feedparser_headers(content_type, base_url)
+        found = b"<!ENTITY" in feedparser.encodings.convert_to_utf8(headers, body, {})
+    if found:
         raise ParseError(
             "XML entity declarations are refused (entity expansion, external entities)",
             source_id=source_id,
         )
+
+
+def _hides_ascii(body: bytes, content_type: str) -> bool:
+    """Whether the body's declared encoding or the HTTP charset may not show ASCII as it is."""
+    line_end = body.find(b"\n")
+    first_line = body if line_end < 0 else body[:line_end]
+    names = [m[1].decode("latin-1") for m in _DECLARED_ENCODING.finditer(first_line)]
+    if "charset" in content_type.lower():
+        names += _CONTENT_TYPE_CHARSET.findall(content_type)
+    return not all(map(_shows_ascii_as_is, names))
 
 
 def entry_item(
@@ -318,7 +363,7 @@ def parse_document(
         return ParsedFeed(
             _parse_json_feed(body[start:], source_id=source_id, language=language, tags=tags)
         )
-    refuse_entities(body, source_id=source_id)
+    refuse_entities(body, source_id=source_id, content_type=content_type, base_url=base_url)
     fast = fast_parse(
         body,
         source_id=source_id,
@@ -376,9 +421,7 @@ def _parse_with_feedparser(
     language: str,
     tags: Iterable[str],
 ) -> ParsedFeed:
-    headers = {"content-type": content_type} if content_type else {}
-    if base_url:
-        headers["content-location"] = base_url
+    headers = _feedparser_headers(content_type, base_url)
     try:
         parsed = feedparser.parse(
             body, response_headers=headers, sanitize_html=False, resolve_relative_uris=False
