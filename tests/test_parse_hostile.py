@@ -73,6 +73,13 @@ def test_entity_declarations_are_refused_in_the_http_charset() -> None:
         parse_feed(body, source_id="evil", content_type="application/xml; charset=utf-32be")
 
 
+@pytest.mark.parametrize("declared", [b"\x80tf-8", b"\x00utf-8"])
+def test_an_encoding_feedparser_fails_on_is_a_bad_feed(declared: bytes) -> None:
+    body = rss(CURB).replace(b"utf-8", declared, 1)
+    with pytest.raises(ParseError, match="parser failure"):
+        parse_feed(body, source_id="s")
+
+
 def test_predefined_entities_still_work() -> None:
     [item] = parse_feed(rss(("g", "AT&T & co <ltd>", "a &amp; b")), source_id="s")
     assert item.title == "AT&T & co" or item.title.startswith("AT&T & co")

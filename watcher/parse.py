@@ -250,7 +250,10 @@ def refuse_entities(
     if not found and (nul or body[:4] == _EBCDIC_XML or _hides_ascii(body, content_type)):
         # an encoding the bytes do not show "<!ENTITY" in: search where feedparser reads it
         headers = _feedparser_headers(content_type, base_url)
-        found = b"<!ENTITY" in feedparser.encodings.convert_to_utf8(headers, body, {})
+        try:
+            found = b"<!ENTITY" in feedparser.encodings.convert_to_utf8(headers, body, {})
+        except Exception as exc:  # as feedparser.parse would fail: a declared "\x80tf-8"
+            raise ParseError(f"parser failure: {type(exc).__name__}", source_id=source_id) from exc
     if found:
         raise ParseError(
             "XML entity declarations are refused (entity expansion, external entities)",
