@@ -268,3 +268,34 @@ def test_items_hold_no_nul_which_postgresql_text_refuses(body: bytes) -> None:
         [item.title, item.text, item.guid, item.url, item.dedup_key, item.language]
     )
     assert "ab" in item.title
+
+
+JSON_FEED = b'{"version": "https://jsonfeed.org/version/1.1", "items": [%s]}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # dates a UTC instant cannot hold: no date, not an OverflowError
+        JSON_FEED % b'{"id": "1", "date_published": "0001-01-01T00:00:00+01:00"}',
+        JSON_FEED % b'{"id": "1", "date_published": "9999-12-31T23:59:59-01:00"}',
+        b'{"results": [{"document_number": "2026-1", "title": "t",'
+        b' "publication_date": "0001-01-01T00:00:00+01:00"}]}',
+        # a lone surrogate: U+FFFD, not a UnicodeEncodeError when the item is hashed or stored
+        JSON_FEED % b'{"id": "1\\ud800", "title": "a\\udc00b", "url": "https://x.example/\\ud800"}',
+        b'{"results": [{"document_number": "2026-1", "title": "a\\udc00b"}]}',
+    ],
+)
+def test_json_values_no_item_can_hold_are_dropped_or_replaced(body: bytes) -> None:
+    [item] = parse_feed(body, source_id="s")
+    assert item.published is None
+    for value in (item.title, item.text, item.guid, item.url, item.dedup_key):
+        value.encode()
+
+
+def test_json_with_surrogate_bytes_is_invalid() -> None:
+    with pytest.raises(ParseError, match="invalid JSON"):
+        parse_feed(JSON_FEED % b'{"id": "1", "title": "a\xed\xa0\x80b"}', source_id="s")
+    # an escaped pair is one character, as before
+    [item] = parse_feed(JSON_FEED % b'{"id": "1", "title": "\\ud83d\\ude00"}', source_id="s")
+    assert item.title == "\U0001f600"

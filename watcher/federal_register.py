@@ -108,7 +108,10 @@ def _date(value: object) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except OverflowError:  # "0001-01-01T00:00:00+01:00": before the first UTC instant
+        return None
 
 
 def _str(value: object) -> str:

@@ -482,12 +482,20 @@ def _ttl_s(value: object) -> float | None:
     return minutes * 60.0 if 0 < minutes < 10**6 else None
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a surrogate in JSON's \u escape
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _parse_json_feed(
     body: bytes, *, source_id: str, language: str, tags: Iterable[str]
 ) -> list[Item]:
     """JSON Feed 1.0/1.1 (https://jsonfeed.org), which feedparser 6 does not read."""
     try:
-        doc = json.loads(body)
+        # strictly decoded: json.loads would let surrogates through, which no UTF-8 holds
+        text = body.decode(json.detect_encoding(body))
+        doc = json.loads(text)
+        if _SURROGATE_ESCAPE.search(text):  # "\ud800": a lone one becomes U+FFFD
+            doc = json.loads(_SURROGATE.sub("\ufffd", json.dumps(doc, ensure_ascii=False)))
     except (ValueError, RecursionError):
         raise ParseError("invalid JSON", source_id=source_id) from None
     if is_federal_register(doc):
@@ -518,6 +526,11 @@ def _parse_json_feed(
                 continue
             if published.tzinfo is None:
                 published = published.replace(tzinfo=UTC)
+            try:
+                published = published.astimezone(UTC)
+            except OverflowError:  # "0001-01-01T00:00:00+01:00": before the first UTC instant
+                published = None
+                continue
             break
         title = html_to_text(str(entry.get("title") or ""))
         url = canonical_url(str(entry.get("url") or ""), base)
