@@ -39,7 +39,9 @@ def test_fast_path_yields_feedparsers_items(corpus: str, min_fast: int) -> None:
     files = corpus_files(corpus)
     for path in files:
         body = path.read_bytes()
-        results = [_both(body, ct, base) for ct, base in (("", ""), ("application/xml", BASE))]
+        results = [
+            _both(body, ct, base) for ct, base in (("", ""), ("application/xml", BASE), ("", BASE))
+        ]
         for pair in results:
             if pair is not None:
                 fast, slow = pair
@@ -242,3 +244,18 @@ def test_body_tags_answer_the_risky_markup_check(tokens: list[str]) -> None:
     assert text == html_to_text(html), html
     if names is not None and _RISKY_TAGS.isdisjoint(names):
         assert _RISKY_TEXT.search(html) is None, html
+
+
+def test_both_paths_read_utf8_with_a_base_url_and_no_content_type() -> None:
+    """No encoding declared, no Content-Type: UTF-8, as XML says, on both paths (feedparser
+    read ISO-8859-1 when it was given the base URL alone)."""
+    body = (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        "<item><guid>g</guid><title>Caf\u00e9 d\u00e9cret\u00a0</title></item></channel></rss>"
+    ).encode()
+    for content_type, base in (("", BASE), ("", ""), ("application/rss+xml", BASE)):
+        pair = _both(body, content_type, base)
+        assert pair is not None
+        fast, slow = pair
+        assert fast == slow
+        assert [i.title for i in slow] == ["Caf\u00e9 d\u00e9cret"]  # type: ignore[attr-defined]

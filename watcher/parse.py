@@ -228,7 +228,9 @@ def _shows_ascii_as_is(encoding: str) -> bool:
 
 
 def _feedparser_headers(content_type: str, base_url: str) -> dict[str, str]:
-    headers = {"content-type": content_type} if content_type else {}
+    # no Content-Type: XML's default, UTF-8, as with no headers at all. (Headers without
+    # one, only the base URL, would have feedparser read the body as ISO-8859-1.)
+    headers = {"content-type": content_type or "application/xml"}
     if base_url:
         headers["content-location"] = base_url
     return headers
