@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.feeds import CURB, NOISE, rss
+from watcher import constants
 from watcher.errors import ParseError
 from watcher.models import Item
 from watcher.parse import parse_document, parse_feed
@@ -299,3 +300,21 @@ def test_json_with_surrogate_bytes_is_invalid() -> None:
     # an escaped pair is one character, as before
     [item] = parse_feed(JSON_FEED % b'{"id": "1", "title": "\\ud83d\\ude00"}', source_id="s")
     assert item.title == "\U0001f600"
+
+
+def test_an_endless_feed_only_feedparser_could_read_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """feedparser costs ~135 us an entry on an ill-formed body: a 10 MB one of tiny
+    entries would hold the parse thread for most of a minute."""
+    monkeypatch.setattr(constants, "PARSE_FALLBACK_MAX_ENTRIES", 50)
+    item = b"<item><title>x</title></item>"
+    unclosed = b'<rss version="2.0"><channel>'  # ill-formed: lxml refuses it, feedparser reads it
+    with pytest.raises(ParseError, match="more than 50 entries"):
+        parse_feed(unclosed + item * 51, source_id="s")
+    with pytest.raises(ParseError, match="more than 50 entries"):  # any case, any prefix
+        parse_feed(unclosed + b"<rss:ITEM><title>x</title></rss:ITEM>" * 51, source_id="s")
+    assert len(parse_feed(unclosed + item * 50, source_id="s")) == 50
+    # a well-formed feed of any length is read by the fast path
+    well_formed = unclosed + item * 51 + b"</channel></rss>"
+    assert len(parse_feed(well_formed, source_id="s")) == 51

@@ -11,6 +11,7 @@ import calendar
 import codecs
 import functools
 import hashlib
+import itertools
 import json
 import re
 import time
@@ -417,6 +418,22 @@ def _looks_like_html(body: bytes) -> bool:
     return _HTML_START.match(head, prologue.end() if prologue else 0) is not None
 
 
+# the start tag of an RSS item or an Atom entry, any case, any prefix
+_ENTRY_START = re.compile(rb"<(?:[\w.-]+:)?(?:item|entry)[\s>/]", re.IGNORECASE)
+
+
+def _refuse_endless(body: bytes, *, source_id: str) -> None:
+    """Refuse a body with more entries than feedparser should read (see
+    constants.PARSE_FALLBACK_MAX_ENTRIES): counted up to one past the limit."""
+    limit = constants.PARSE_FALLBACK_MAX_ENTRIES
+    starts = _ENTRY_START.finditer(body)
+    if next(itertools.islice(starts, limit, None), None) is not None:
+        raise ParseError(
+            f"more than {limit} entries in a feed the fast parser cannot read: not read",
+            source_id=source_id,
+        )
+
+
 def _parse_with_feedparser(
     body: bytes,
     *,
@@ -426,6 +443,7 @@ def _parse_with_feedparser(
     language: str,
     tags: Iterable[str],
 ) -> ParsedFeed:
+    _refuse_endless(body, source_id=source_id)
     headers = _feedparser_headers(content_type, base_url)
     try:
         parsed = feedparser.parse(
