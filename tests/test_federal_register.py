@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import FakeClock
+from tests.pipelines import loopback_pipeline
 from tests.servers import FeedServer, Route
 from tests.test_corpus import CORPUS
-from watcher.config import Config
 from watcher.fastparse import fast_parse
 from watcher.federal_register import (
     document_number,
@@ -19,9 +19,7 @@ from watcher.federal_register import (
     is_federal_register,
     story_hash,
 )
-from watcher.metrics import Metrics
 from watcher.parse import content_hash, parse_document, parse_feed
-from watcher.pipeline import Pipeline, build_pipeline
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
 
@@ -87,25 +85,10 @@ def published_doc(number: str, title: str) -> dict[str, object]:
     }
 
 
-async def rules_pipeline(
-    store: Store, session: aiohttp.ClientSession, clock: FakeClock, sources: dict[str, str]
-) -> tuple[Pipeline, Config]:
-    """A pipeline with the test rules over these sources (id -> URL), loopback allowed."""
-    config = Config.model_validate(
-        {
-            "polling": {"allow_networks": ["127.0.0.0/8"]},
-            "sources": [{"id": i, "url": url} for i, url in sources.items()],
-        }
-    )
-    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
+def ree_rules() -> Matcher:
     rules, errors = load_rules([RULES])
     assert errors == []
-    matcher = Matcher(rules)
-    pipeline = build_pipeline(
-        config, store=store, session=session, matcher=lambda: matcher, metrics=Metrics(),
-        clock=clock,
-    )  # fmt: skip
-    return pipeline, config
+    return Matcher(rules)
 
 
 async def test_public_inspection_alerts_and_publication_joins_the_story(
@@ -119,9 +102,11 @@ async def test_public_inspection_alerts_and_publication_joins_the_story(
     feed_server.routes["/docs.json"] = Route(
         body=json.dumps({"count": 0, "results": []}).encode(), content_type="application/json"
     )
-    pipeline, config = await rules_pipeline(
-        store, session, clock, {"fr-pi": feed_server.url("/pi.json"),
-                                "fr-bis": feed_server.url("/docs.json")}
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": "fr-pi", "url": feed_server.url("/pi.json")},
+         {"id": "fr-bis", "url": feed_server.url("/docs.json")}],
+        matcher=ree_rules(),
     )  # fmt: skip
     pi, docs = config.sources
     filed = await pipeline.poll(pi)
@@ -259,9 +244,11 @@ async def test_a_filing_then_its_document_in_documents_rss_alert_once(
         content_type="application/json",
     )
     feed_server.routes["/bis.rss"] = Route(body=documents_rss("2026-02222", title))
-    pipeline, config = await rules_pipeline(
-        store, session, clock, {"fr-public-inspection": feed_server.url("/pi.json"),
-                                "fr-bis": feed_server.url("/bis.rss")}
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": "fr-public-inspection", "url": feed_server.url("/pi.json")},
+         {"id": "fr-bis", "url": feed_server.url("/bis.rss")}],
+        matcher=ree_rules(),
     )  # fmt: skip
     pi, rss = config.sources
     filed = await pipeline.poll(pi)

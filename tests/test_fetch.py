@@ -6,6 +6,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import FakeClock
+from tests.pipelines import loopback_pipeline
 from tests.servers import FeedServer, Route
 from watcher.config import Config
 from watcher.errors import FetchError, FetchReason
@@ -17,9 +18,6 @@ from watcher.fetch import (
     parse_networks,
     parse_retry_after,
 )
-from watcher.metrics import Metrics
-from watcher.pipeline import build_pipeline
-from watcher.rules import Matcher
 from watcher.store import Store
 
 LOOPBACK = parse_networks(["127.0.0.0/8"])
@@ -120,23 +118,11 @@ async def test_an_absurd_retry_after_still_schedules_a_next_poll(
     """The pipeline adds Retry-After to the clock (unclamped once a source is flagged
     broken): an uncapped value overflowed it."""
     feed_server.routes["/f"] = Route(status=429, headers={"Retry-After": "999999999999"})
-    config = Config.model_validate(
-        {
-            "polling": {"allow_networks": ["127.0.0.0/8"], "error_limit": 1},
-            "sources": [{"id": "s", "url": feed_server.url("/f")}],
-        }
-    )
-    await store.sync_sources([("s", feed_server.url("/f"))])
     async with aiohttp.ClientSession() as session:
-        matcher = Matcher([])
-        pipeline = build_pipeline(
-            config,
-            store=store,
-            session=session,
-            matcher=lambda: matcher,
-            metrics=Metrics(),
-            clock=clock,
-        )
+        config, pipeline = await loopback_pipeline(
+            store, session, clock, [{"id": "s", "url": feed_server.url("/f")}],
+            polling={"error_limit": 1},
+        )  # fmt: skip
         outcome = await pipeline.poll(config.sources[0])
     assert outcome.outcome == "error" and outcome.broken
     assert isinstance(outcome.error, FetchError)

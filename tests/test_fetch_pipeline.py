@@ -6,18 +6,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
+from tests.pipelines import loopback_pipeline
 from tests.servers import FeedServer, RawServer, Route, raw_response
-from watcher.config import Config
 from watcher.errors import FetchReason
-from watcher.metrics import Metrics
-from watcher.pipeline import Pipeline, build_pipeline
-from watcher.rules import Matcher
+from watcher.pipeline import Pipeline
 from watcher.service import Poller
 from watcher.store import Store
 
@@ -43,24 +42,11 @@ async def make_service(store: Store, clock: FakeClock) -> AsyncIterator[MakeServ
     """Builds the service's poll job for some sources, on a real store and session."""
     async with aiohttp.ClientSession() as session:
 
-        async def make(sources: dict[str, str], **settings: object) -> Service:
-            config = Config.model_validate(
-                {
-                    "polling": {"timeout_s": 2, "allow_networks": ["127.0.0.0/8"]},
-                    "sources": [{"id": k, "url": v} for k, v in sources.items()],
-                    **settings,
-                }
-            )
-            await store.sync_sources((s.id, str(s.url)) for s in config.sources)
-            matcher = Matcher([])
-            pipeline = build_pipeline(
-                config,
-                store=store,
-                session=session,
-                matcher=lambda: matcher,
-                metrics=Metrics(),
-                clock=clock,
-            )
+        async def make(sources: dict[str, str], **settings: Any) -> Service:
+            config, pipeline = await loopback_pipeline(
+                store, session, clock, [{"id": k, "url": v} for k, v in sources.items()],
+                **settings,
+            )  # fmt: skip
             scheduler = AsyncIOScheduler(timezone="UTC")
             poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
             return Service(store, pipeline, poller)

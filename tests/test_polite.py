@@ -10,11 +10,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
 from tests.feeds import CURB, NOISE, rss
+from tests.pipelines import loopback_pipeline
 from tests.servers import FeedServer, Route
 from watcher.config import Config
 from watcher.errors import FetchReason
-from watcher.metrics import Metrics
-from watcher.pipeline import Pipeline, build_pipeline
+from watcher.pipeline import Pipeline
 from watcher.polite import PollPolicy
 from watcher.rules import Matcher
 from watcher.service import Poller
@@ -46,22 +46,9 @@ def test_backoff_doubles_honours_retry_after_and_flags_broken_sources() -> None:
 async def make(
     store: Store, clock: FakeClock, session: aiohttp.ClientSession, url: str, **polling: object
 ) -> tuple[Config, Pipeline]:
-    config = Config.model_validate(
-        {
-            "polling": {"allow_networks": ["127.0.0.0/8"], "timeout_s": 2, **polling},
-            "sources": [{"id": "s", "url": url, "interval_s": 300}],
-        }
+    return await loopback_pipeline(
+        store, session, clock, [{"id": "s", "url": url, "interval_s": 300}], polling=polling
     )
-    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
-    pipeline = build_pipeline(
-        config,
-        store=store,
-        session=session,
-        matcher=lambda: Matcher([]),
-        metrics=Metrics(),
-        clock=clock,
-    )
-    return config, pipeline
 
 
 async def test_server_hints_set_the_next_check(
@@ -158,21 +145,11 @@ async def test_a_restart_keeps_each_sources_stored_next_check(
 ) -> None:
     feed_server.routes["/broken"] = Route(status=500)
     feed_server.routes["/gone"] = Route(status=410)
-    config = Config.model_validate(
-        {
-            "polling": {"allow_networks": ["127.0.0.0/8"], "timeout_s": 2, "error_limit": 1,
-                        "broken_interval_s": 7200},
-            "sources": [
-                {"id": "broken", "url": feed_server.url("/broken"), "interval_s": 300},
-                {"id": "gone", "url": feed_server.url("/gone"), "interval_s": 300},
-                {"id": "new", "url": feed_server.url("/new"), "interval_s": 300},
-            ],
-        }
-    )  # fmt: skip
-    await store.sync_sources((s.id, str(s.url)) for s in config.sources)
-    pipeline = build_pipeline(
-        config, store=store, session=session, matcher=lambda: Matcher([]), metrics=Metrics(),
-        clock=clock,
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": i, "url": feed_server.url(f"/{i}"), "interval_s": 300}
+         for i in ("broken", "gone", "new")],
+        polling={"error_limit": 1, "broken_interval_s": 7200},
     )  # fmt: skip
     for source in config.sources[:2]:
         await pipeline.poll(source)
