@@ -27,7 +27,6 @@ outbox and go straight to the operator's receiver (a signed webhook with
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Mapping
@@ -63,8 +62,8 @@ from watcher.config import (
 from watcher.errors import DeliveryError
 from watcher.migrate import upgrade
 from watcher.models import Clock
-from watcher.notify.slack import text_message
-from watcher.notify.webhook import post_json, sign
+from watcher.notify.slack import SlackNotifier, text_message
+from watcher.notify.webhook import WebhookNotifier
 from watcher.store import SourceState, Store, UTCDateTime, _insert, items, metadata
 
 logger = logging.getLogger(__name__)
@@ -89,10 +88,9 @@ source_health = Table(
     # the source's first successful poll the monitor saw: a source that never brought an
     # item is quiet counted from here
     Column("first_success_at", UTCDateTime),
-    # a notice claimed or tried and not delivered yet: its state, detail, and the start of
-    # its episode (in its id, the same on every try)
+    # a notice claimed or tried and not delivered yet: its state and the start of its
+    # episode (in its id, the same on every try; its detail is worked out afresh each try)
     Column("pending", String(16)),
-    Column("pending_detail", Text),
     Column("pending_since", UTCDateTime),
     # the process sending it, until when
     Column("claimed_by", String(32)),
@@ -108,8 +106,8 @@ class Notice:
     source_id: str
     state: str  # "broken", "quiet" or "recovered"
     detail: str
+    since: datetime  # the start of this notice's episode (in its id)
     previous: str | None = None  # the problem the operator was told before, if any
-    since: datetime | None = None  # the start of this notice's episode (in its id)
 
     @property
     def subject(self) -> str:
@@ -122,8 +120,7 @@ class Notice:
     @property
     def msg_id(self) -> str:
         """The same for every try of one notice, different for the next episode."""
-        since = int(self.since.timestamp()) if self.since is not None else 0
-        return f"wh_{self.source_id}_{self.state}_{since}"
+        return f"wh_{self.source_id}_{self.state}_{int(self.since.timestamp())}"
 
 
 def error_text(source_id: str, reason: str | None, error: str | None) -> str:
@@ -379,7 +376,6 @@ class HealthMonitor:
                     .where(_unclaimed(source_id, told, now))
                     .values(
                         pending=want,
-                        pending_detail=detail[:2000],
                         pending_since=case(
                             (
                                 (h.pending == want) & h.pending_since.is_not(None),
@@ -411,7 +407,7 @@ class HealthMonitor:
             await conn.execute(
                 update(source_health)
                 .where(_unclaimed(source_id, told, now))
-                .values(pending=None, pending_detail=None, pending_since=None, claimed_by=None)
+                .values(pending=None, pending_since=None, claimed_by=None, claimed_until=None)
             )
 
     async def _delivered(self, notice: Notice, want: str, state: SourceState | None) -> None:
@@ -427,7 +423,6 @@ class HealthMonitor:
                     raised_at=notice.since,
                     success_before=state.last_success_at if state is not None else None,
                     pending=None,
-                    pending_detail=None,
                     pending_since=None,
                     claimed_by=None,
                     claimed_until=None,
@@ -442,53 +437,23 @@ class HealthMonitor:
 
     async def _send(self, receiver: OperatorReceiver, notice: Notice) -> None:
         if isinstance(receiver, WebhookReceiverConfig):
-            timestamp = int(self.clock().timestamp())
-            body = json.dumps(
-                {
-                    "version": "1",
-                    "type": "source_health",
-                    "id": notice.msg_id,
-                    "source": notice.source_id,
-                    "state": notice.state,
-                    "previous": notice.previous,
-                    "detail": notice.detail,
-                    "since": notice.since.isoformat() if notice.since else None,
-                    "at": self.clock().isoformat(),
-                }
-            ).encode()
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": notice.msg_id,
-                "webhook-timestamp": str(timestamp),
+            document = {
+                "version": "1",
+                "type": "source_health",
+                "id": notice.msg_id,
+                "source": notice.source_id,
+                "state": notice.state,
+                "previous": notice.previous,
+                "detail": notice.detail,
+                "since": notice.since.isoformat(),
+                "at": self.clock().isoformat(),
             }
-            if receiver.secret is not None:
-                headers["webhook-signature"] = sign(
-                    receiver.secret.get_secret_value(), notice.msg_id, timestamp, body
-                )
-            await post_json(
-                self.session,
-                str(receiver.url),
-                body,
-                headers,
-                timeout_s=receiver.timeout_s,
-                receiver=receiver.id,
-                clock=self.clock,
-            )
+            hook = WebhookNotifier(receiver, session=self.session, clock=self.clock)
+            await hook.post(document, notice.msg_id)
             return
         if isinstance(receiver, SlackReceiverConfig):
-            body = json.dumps(
-                text_message(notice.subject.removeprefix("[watcher] "), notice.detail),
-                ensure_ascii=False,
-            ).encode()
-            await post_json(
-                self.session,
-                receiver.url,
-                body,
-                {"Content-Type": "application/json; charset=utf-8"},
-                timeout_s=receiver.timeout_s,
-                receiver=receiver.id,
-                clock=self.clock,
-            )
+            slack = SlackNotifier(receiver, session=self.session, clock=self.clock)
+            await slack.post(text_message(notice.subject.removeprefix("[watcher] "), notice.detail))
             return
         message = EmailMessage()
         message["From"] = receiver.sender

@@ -8,6 +8,7 @@ is cut to Slack's limits on a word boundary.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -202,7 +203,11 @@ class SlackNotifier:
         self.clock = clock
 
     async def send(self, claimed: ClaimedDelivery) -> None:
-        body = json.dumps(message(claimed), ensure_ascii=False).encode()
+        await self.post(message(claimed))
+
+    async def post(self, document: Mapping[str, Any]) -> None:
+        """POST one message to the incoming webhook."""
+        body = json.dumps(document, ensure_ascii=False).encode()
         await post_json(
             self.session,
             self.config.url,

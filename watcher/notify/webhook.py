@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,8 +126,12 @@ class WebhookNotifier:
         self._signer = Webhook(config.secret.get_secret_value()) if config.secret else None
 
     async def send(self, claimed: ClaimedDelivery) -> None:
-        body = json.dumps(payload(claimed), ensure_ascii=False, separators=(",", ":")).encode()
-        msg_id = claimed.delivery.idempotency_key
+        await self.post(payload(claimed), claimed.delivery.idempotency_key)
+
+    async def post(self, document: Mapping[str, Any], msg_id: str) -> None:
+        """POST one JSON document, signed with `msg_id` as its webhook-id (the same on
+        every try of one message, so the receiver can de-duplicate)."""
+        body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
         timestamp = int(self.clock().timestamp())
         headers = {
             "Content-Type": "application/json",
