@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from watcher import constants
 from watcher.models import Item
 from watcher.text import html_to_text
 
@@ -139,7 +138,7 @@ def items_from_api(doc: Mapping[str, Any], *, source_id: str, tags: Iterable[str
     The answer is untrusted input: an entry that is not a document is skipped, and a
     field of the wrong type is read as absent, so the rest of the document still counts.
     """
-    from watcher.parse import canonical_url  # one implementation of link hygiene
+    from watcher.parse import canonical_url, make_item  # one implementation of each
 
     # a search answer; else one document, or a search with no match (no `results`)
     single = [doc] if "document_number" in doc else []
@@ -166,22 +165,19 @@ def items_from_api(doc: Mapping[str, Any], *, source_id: str, tags: Iterable[str
             "Agencies: " + "; ".join(agencies) if agencies else "",
             html_to_text(_str(r.get("abstract")) or _str(r.get("excerpts"))),
         ]
-        text = "\n".join(p for p in parts if p)[: constants.ITEM_TEXT_MAX_CHARS]
+        text = "\n".join(p for p in parts if p)
         url = canonical_url(_str(r.get("html_url")) or _str(r.get("pdf_url")))
         published = _date(r.get("filed_at")) if inspection else None
         published = published or _date(r.get("publication_date"))
-        items.append(
-            Item(
-                source_id=source_id,
-                dedup_key=f"guid:fr-doc:{number}"[:512],
-                guid=f"fr-doc:{number}"[:512],
-                url=url,
-                title=title[: constants.ITEM_TITLE_MAX_CHARS],
-                text=text,
-                published=published,
-                language="en",
-                tags=inspection_tags if inspection else tag_tuple,
-                content_hash=story_hash(number),
-            )
+        item = make_item(
+            source_id=source_id,
+            guid=f"fr-doc:{number}",
+            url=url,
+            title=title,
+            text=text,
+            published=published,
+            language="en",
+            tags=inspection_tags if inspection else tag_tuple,
         )
+        items.append(item._replace(content_hash=story_hash(number)))
     return items
