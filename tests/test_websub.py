@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -344,13 +345,17 @@ async def test_a_verification_nobody_asked_for_is_not_answered(harness: Harness)
     assert (await harness.verify(**{"hub.challenge": "evil"}))[0] == 404
     assert websub.subs["gov"].state == "wanted"
     forged = atom(harness.hub_url, harness.topic, story(1))
-    assert (await harness.push(forged, secret=""))[0] == 404  # never an empty-key HMAC
+    assert (await harness.push(forged, secret=""))[0] == 404  # no subscription: no push
     assert await harness.store.list_alerts() == []
     # the real subscription goes on as usual
     assert await websub.renew() == 1
     assert await harness.verify() == (200, "c-1")
     assert (await harness.push(forged, secret=""))[0] == 202  # acknowledged, ignored
     assert await harness.store.list_alerts() == []
+    # never an HMAC with an empty key, whatever the header says
+    keyless = dataclasses.replace(websub.subs["gov"], secret="")
+    empty_key_mac = hmac.new(b"", forged, hashlib.sha256).hexdigest()
+    assert not websub._signed(keyless, f"sha256={empty_key_mac}", forged)
     assert (await harness.push(forged))[0] == 200
 
 

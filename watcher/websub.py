@@ -56,7 +56,6 @@ _DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sh
             "sha512": hashlib.sha512}  # fmt: skip
 _PENDING = frozenset({"requested", "renewing"})  # a request is out: its verification is answered
 _PUSHING = frozenset({"active", "renewing"})  # pushes are accepted
-_READ_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass
@@ -256,7 +255,7 @@ class WebSub:
         source_id = request.match_info["source_id"]
         sub = self.subs.get(source_id)
         source = self.sources.get(source_id)
-        if sub is None or source is None or sub.state not in _PUSHING or not sub.secret:
+        if sub is None or source is None or sub.state not in _PUSHING:
             raise web.HTTPNotFound()
         body = await _read_body(request, self.config.polling.max_body_bytes)
         if not self._signed(sub, request.headers.get("X-Hub-Signature", ""), body):
@@ -312,7 +311,7 @@ async def _read_body(request: web.Request, cap: int) -> bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=length)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(_READ_CHUNK_BYTES):
+    async for chunk in request.content.iter_chunked(constants.FETCH_CHUNK_BYTES):
         size += len(chunk)
         if size > cap:
             raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=size)
