@@ -17,6 +17,17 @@ from watcher.redact import redact_url, scrub_urls
         ("/relative?key=v", "/relative?key=…"),
         ("not a url at all", "not a url at all"),
         ("http://[::1", "http://[::1"),  # malformed: still no exception
+        # a password holding "/", "?" or "#" unescaped ends the authority early
+        ("https://u:pa/ss@example.org/feed", "https://example.org/feed"),
+        ("https://u:pa?ss@example.org/feed?k=v", "https://example.org/feed?k=…"),
+        ("https://u:pa#ss@example.org/f", "https://example.org/f"),
+        ("https://u:pa/s@s@example.org/f?mail=a@b", "https://example.org/f?mail=…"),
+        # ... which a port, an "@" in a path or an IPv6 literal is not
+        ("https://example.org:8443/@user?x=a@b", "https://example.org:8443/@user?x=…"),
+        ("https://mastodon.example/@user.rss", "https://mastodon.example/@user.rss"),
+        ("https://[::1]:80/@x", "https://[::1]:80/@x"),
+        ("https://host:/@x", "https://host:/@x"),
+        ("https://host:abc/feed", "https://host:abc/feed"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
@@ -28,3 +39,8 @@ def test_scrub_urls_keeps_the_quotes_around_a_url() -> None:
     text = "400, message='Bad status line', url='http://h:81/feed?token=SECRET'"
     assert scrub_urls(text) == "400, message='Bad status line', url='http://h:81/feed?token=…'"
     assert scrub_urls("see <https://u:pw@h/x?k=v>.") == "see <https://h/x?k=…>."
+
+
+def test_scrub_urls_hides_a_password_holding_a_slash() -> None:
+    text = "400, message='Bad Request', url='https://u:pa/ss@gov.example/f'"
+    assert scrub_urls(text) == "400, message='Bad Request', url='https://gov.example/f'"

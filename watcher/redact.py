@@ -31,17 +31,45 @@ def redact_url(url: str) -> str:
     still enough to tell which source it is, and nothing that authenticates. Works
     on malformed URLs too (no parsing that could raise).
     """
+    start = _AUTHORITY_START.match(url)
+    if start:
+        url = start.group() + _without_userinfo(url[start.end() :])
     rest, hash_, _ = url.partition("#")
     rest, question, query = rest.partition("?")
-    start = _AUTHORITY_START.match(rest)
-    if start:
-        authority, slash, path = rest[start.end() :].partition("/")
-        rest = start.group() + authority.rpartition("@")[2] + slash + path
     if question:
         rest += "?" + "&".join(_hide_value(p) for p in query.split("&"))
     if hash_:
         rest += "#" + HIDDEN
     return rest
+
+
+def _without_userinfo(after: str) -> str:
+    """What follows "scheme://", without its userinfo.
+
+    The authority ends at the first "/", "?" or "#", and its userinfo at its last "@".
+    A password holding one of those three unescaped (`https://u:pa/ss@host/`) ends
+    the authority early, after "u:pa": an authority whose ":" is not followed by a
+    port (digits) is a user and password then, and everything up to the "@" after
+    it goes (the last "@" before the next "/", "?" or "#", should the password hold
+    one too). A password of digits alone with an unescaped delimiter reads as a port.
+    """
+    end = _first_delimiter(after, 0)
+    authority = after[:end]
+    if "@" in authority:
+        return after[authority.rindex("@") + 1 :]
+    _, colon, port = authority.partition(":")
+    if not colon or not port or port.isdigit() or authority.startswith("["):
+        return after  # a host, a host and port, or an IPv6 literal
+    at = after.find("@", end)
+    if at < 0:
+        return after  # no userinfo after all: a malformed port
+    return after[after.rindex("@", at, _first_delimiter(after, at)) + 1 :]
+
+
+def _first_delimiter(text: str, start: int) -> int:
+    """Where the first "/", "?" or "#" from `start` on is, else the end of the text."""
+    found = [i for i in (text.find(c, start) for c in "/?#") if i >= 0]
+    return min(found, default=len(text))
 
 
 def _hide_value(param: str) -> str:
