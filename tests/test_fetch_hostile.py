@@ -281,7 +281,12 @@ class _server:
         ("64:ff9b::7f00:1", False),  # NAT64 to 127.0.0.1
         ("64:ff9b::a00:1", False),  # NAT64 to 10.0.0.1
         ("64:ff9b::5db8:d70e", True),  # NAT64 to 93.184.215.14
-        ("64:ff9b:1::a9fe:a9fe", False),  # local-use NAT64
+        ("64:ff9b:1::a9fe:a9fe", False),  # local-use NAT64, /96 layout
+        # local-use NAT64 in the /48, /56 and /64 layouts (RFC 6052 section 2.2), to 10.0.0.1
+        ("64:ff9b:1:a00:0:100::", False),
+        ("64:ff9b:1:a:0:1::", False),
+        ("64:ff9b:1:0:a:0:100:0", False),
+        ("64:ff9b:1:5db8:d7:e00::", False),  # even to a public address: local use only
         ("::ffff:0:a9fe:a9fe", False),  # SIIT IPv4-translated
         ("2002:a9fe:a9fe::1", False),  # 6to4 of 169.254.169.254
         ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1

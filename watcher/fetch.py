@@ -185,12 +185,14 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
-# IPv6 prefixes whose last 32 bits are an IPv4 address: NAT64 (RFC 6052), local-use
-# NAT64 (RFC 8215, in its common /96 layout) and SIIT's IPv4-translated addresses
-_IPV4_IN_LAST_32_BITS = parse_networks(["64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96"])
-# refused whatever they carry: site-local (deprecated, RFC 3879) and IPv4-compatible
+# IPv6 prefixes whose last 32 bits are an IPv4 address: NAT64's well-known prefix
+# (RFC 6052, only ever a /96) and SIIT's IPv4-translated addresses
+_IPV4_IN_LAST_32_BITS = parse_networks(["64:ff9b::/96", "::ffff:0:0:0/96"])
+# refused whatever they carry: site-local (deprecated, RFC 3879), IPv4-compatible
 # (deprecated, RFC 4291; nothing routes them, and ::a9fe:a9fe spells 169.254.169.254)
-_REFUSED_IPV6 = parse_networks(["fec0::/10", "::/96"])
+# and local-use NAT64 (RFC 8215: not globally reachable, and its operator picks where
+# in the address the IPv4 one sits, /48 to /96, so no one layout can be checked)
+_REFUSED_IPV6 = parse_networks(["fec0::/10", "::/96", "64:ff9b:1::/48"])
 
 
 def _public(ip: IPAddress) -> bool:
@@ -224,7 +226,8 @@ class AddressPolicy:
 
         An IPv6 address that carries an IPv4 one (NAT64, SIIT, 6to4, Teredo) reaches
         that IPv4 address through a gateway, so the IPv4 address must pass too; the
-        deprecated site-local and IPv4-compatible forms are refused outright. Only
+        deprecated site-local and IPv4-compatible forms, and local-use NAT64, are
+        refused outright. Only
         `allow` (the config's allow_networks) overrides either.
         """
         try:
