@@ -154,3 +154,23 @@ async def test_the_pipeline_sends_the_user_agent_with_the_public_url(
     await service.pipeline.poll(service.poller.sources["s"])
     user_agent = feed_server.requests_to("/f")[0]["User-Agent"]
     assert user_agent.startswith("watcher/0.1 (+https://alerts.example.org; ")
+
+
+async def test_the_log_says_when_a_failing_source_is_polled_rarely_and_calls_it_no_name(
+    make_service: MakeService, feed_server: FeedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past polling.error_limit a source is tried once a broken_interval_s, and the log line
+    says that. Whether it is broken is [health] broken_after_errors' call (notices,
+    `sources list`), so the log line does not call it broken at another count."""
+    feed_server.routes["/down"] = Route(status=500)
+    service = await make_service(
+        {"down": feed_server.url("/down")}, polling={"error_limit": 2, "broken_interval_s": 7200}
+    )
+    with caplog.at_level(logging.WARNING):
+        await service.poller.poll("down")
+        first = caplog.text
+        caplog.clear()
+        await service.poller.poll("down")
+    assert "error 1 in a row)" in first and "broken_interval_s" not in first
+    assert "next poll in 7200s (error 2 in a row, past polling.error_limit" in caplog.text
+    assert "broken" not in caplog.text.replace("broken_interval_s", "")

@@ -27,8 +27,8 @@ POLL_JITTER_FRACTION = 0.1
 POLL_BACKOFF_MAX_S = 6 * 3600
 POLL_MISFIRE_GRACE_S = 60
 POLL_NEXT_MAX_S = 24 * 3600  # no server hint may make us poll less often than this
-POLL_ERROR_LIMIT = 10  # consecutive errors after which a source is flagged and polled rarely
-POLL_BROKEN_INTERVAL_S = 24 * 3600  # how often a flagged source is still tried
+POLL_ERROR_LIMIT = 10  # consecutive errors after which a source is polled rarely
+POLL_BROKEN_INTERVAL_S = 24 * 3600  # how often such a source is still tried
 
 # outbox
 OUTBOX_SWEEP_INTERVAL_S = 5.0

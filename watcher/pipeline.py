@@ -61,7 +61,7 @@ class PollOutcome:
     # Items that joined an existing story: its alerts now read "reported by N sources".
     stories_grown: list[StoryAssignment] = field(default_factory=list)
     alerts_updated: list[int] = field(default_factory=list)  # alert rows counting more sources
-    broken: bool = False  # errors past the limit: flagged, polled rarely
+    broken: bool = False  # errors past polling.error_limit: polled rarely
     moved_to: str | None = None  # a 301/308 moved the feed here
 
 

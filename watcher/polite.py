@@ -3,7 +3,8 @@
     next check = clamp(max(interval, RSS ttl, Cache-Control max-age, Expires), min, max)
 
 then, after errors, exponential backoff (Retry-After honoured), and a source past
-its error limit is only tried every `broken_interval_s` and flagged as broken.
+its error limit is only tried every `broken_interval_s`. (Whether a source is
+broken is watcher.health's call, by `[health] broken_after_errors`.)
 The scheduler adds jitter to whatever comes out of here.
 """
 

@@ -152,7 +152,7 @@ class Poller:
             outcome.error,
             delay,
             outcome.error_count,
-            ", flagged broken" if outcome.broken else "",
+            ", past polling.error_limit: tried once a broken_interval_s" if outcome.broken else "",
         )
         self._set_interval(source_id, delay)
 
