@@ -166,3 +166,26 @@ async def test_sources_commands_run_from_the_command_line(
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
         assert proc.returncode == 0, err.decode()
         assert "good" in out.decode()
+
+
+async def test_sources_list_shows_a_quiet_source_as_the_operator_is_told(
+    tmp_path: Path, clock: FakeClock, feed_server: FeedServer
+) -> None:
+    """A source polled fine that brought nothing new for longer than its quiet_after_s is
+    QUIET in the list, as in the operator's notice: a silent source must not look ok."""
+    feed_server.routes["/same"] = Route(body=rss(CURB))
+    feed_server.routes["/busy"] = Route(body=rss(CURB))
+    path = write_config(tmp_path, {"same": feed_server.url("/same")})
+    with path.open("a") as f:
+        f.write("quiet_after_s = 3600\n")  # on the last [[sources]] table: "same"
+        f.write(f'[[sources]]\nid = "busy"\nurl = "{feed_server.url("/busy")}"\n'
+                "quiet_after_s = 3600\n")  # fmt: skip
+    config = load_config(path)
+    await poll_all(config, clock)
+    clock.advance(2 * 3600)
+    feed_server.routes["/busy"] = Route(body=rss(NOISE))  # a new item
+    await poll_all(config, clock)
+    text = await sources_list(config, clock=clock)
+    rows = {line.split()[0]: line for line in text.splitlines()}
+    assert "QUIET (nothing new for 2h)" in rows["same"]
+    assert " ok " in rows["busy"]

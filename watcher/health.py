@@ -51,6 +51,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watcher import constants
 from watcher.config import (
@@ -182,6 +183,29 @@ def diagnose(
     return None
 
 
+async def last_new_items(conn: AsyncConnection) -> dict[str, datetime]:
+    """When each source last brought a new item (its newest item's fetch time)."""
+    query = select(items.c.source_id, func.max(items.c.fetched_at)).group_by(items.c.source_id)
+    return dict((await conn.execute(query)).all())
+
+
+async def quiet_since(store: Store) -> dict[str, tuple[datetime | None, datetime | None]]:
+    """Per source, what `diagnose` counts quiet from: (last new item, first success the
+    monitor noted). Read only, for `watcher sources list`."""
+    await _upgraded(store)
+    async with store.engine.connect() as conn:
+        last_new = await last_new_items(conn)
+        h = source_health.c
+        first = dict((await conn.execute(select(h.source_id, h.first_success_at))).all())
+    return {s: (last_new.get(s), first.get(s)) for s in last_new.keys() | first.keys()}
+
+
+async def _upgraded(store: Store) -> None:
+    """The health table there and current, whatever else the store's metadata holds."""
+    async with store.engine.begin() as conn:
+        await conn.run_sync(upgrade, _OWN_METADATA)
+
+
 def _polled_fine_since(state: SourceState | None, row: Any) -> bool:
     """Whether the source was polled successfully after `row`'s problem was raised."""
     if state is None or state.last_success_at is None:
@@ -220,8 +244,7 @@ class HealthMonitor:
 
     async def _ensure_table(self) -> None:
         if not self._ready:
-            async with self.store.engine.begin() as conn:
-                await conn.run_sync(upgrade, _OWN_METADATA)
+            await _upgraded(self.store)
             self._ready = True
 
     async def check(self) -> list[Notice]:
@@ -233,15 +256,7 @@ class HealthMonitor:
         now = self.clock()
         states = {s.id: s for s in await self.store.list_sources()}
         async with self.store.engine.connect() as conn:
-            last_new = dict(
-                (
-                    await conn.execute(
-                        select(items.c.source_id, func.max(items.c.fetched_at)).group_by(
-                            items.c.source_id
-                        )
-                    )
-                ).all()
-            )
+            last_new = await last_new_items(conn)
             rows = {r.source_id: r for r in await conn.execute(select(source_health))}
         first_success = await self._note_first_success(states, rows)
         sent: list[Notice] = []

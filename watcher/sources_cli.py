@@ -11,7 +11,7 @@ from pathlib import Path
 from watcher.config import Config, SourceConfig, load_config
 from watcher.errors import FetchError, ParseError
 from watcher.fetch import Fetcher, fetch_session, limits_from_config
-from watcher.health import error_text, is_broken
+from watcher.health import diagnose, error_text, is_broken, quiet_since
 from watcher.models import Clock, utc_now
 from watcher.pipeline import parse_fetched
 from watcher.store import SourceState, Store
@@ -34,15 +34,33 @@ def _when(value: datetime | None, now: datetime) -> str:
     return f"{text} ago" if ago else f"in {text}"
 
 
-def _status(source: SourceConfig, state: SourceState | None, broken_after_errors: int) -> str:
+def _status(
+    source: SourceConfig,
+    state: SourceState | None,
+    broken_after_errors: int,
+    quiet: tuple[datetime | None, datetime | None],
+    now: datetime,
+) -> str:
+    """The source's status, by the rules of the operator's notices (watcher.health);
+    `quiet` is what quiet is counted from (health.quiet_since)."""
     if not source.enabled:
         return "disabled"
     if state is not None and not state.active:
         return "gone (410)"
     if state is None or state.last_polled_at is None:
         return "never polled"
-    if is_broken(state, broken_after_errors):  # the rule of the operator's notices
+    if is_broken(state, broken_after_errors):
         return f"BROKEN ({state.error_count} errors)"
+    last_new, first_success = quiet
+    first_success = first_success or state.last_success_at  # as the monitor would note it
+    problem = diagnose(
+        source.id, state, last_new, quiet_after_s=source.quiet_after_s,
+        broken_after_errors=broken_after_errors, now=now, first_success_at=first_success,
+    )  # fmt: skip
+    if problem is not None and problem[0] == "quiet":
+        since = last_new or first_success
+        age = _when(since, now).removesuffix(" ago")
+        return f"QUIET (nothing new for {age})"
     if state.error_count:
         return f"failing ({state.error_count})"
     return "ok"
@@ -62,6 +80,7 @@ async def sources_list(config: Config, *, clock: Clock = utc_now) -> str:
     await store.open()
     try:
         states = {s.id: s for s in await store.list_sources()}
+        quiet = await quiet_since(store)
     finally:
         await store.close()
     now = clock()
@@ -71,10 +90,12 @@ async def sources_list(config: Config, *, clock: Clock = utc_now) -> str:
         error = "-"
         if state is not None and state.last_error and (state.error_count or not state.active):
             error = error_text(source.id, state.last_error_reason, state.last_error)[:60]
+        quiet_from = quiet.get(source.id, (None, None))
+        status = _status(source, state, config.health.broken_after_errors, quiet_from, now)
         rows.append(
             [
                 source.id,
-                _status(source, state, config.health.broken_after_errors),
+                status,
                 _when(state.last_success_at if state else None, now),
                 error,
                 _when(state.next_poll_at if state and state.active else None, now),
