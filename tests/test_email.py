@@ -6,8 +6,10 @@ MIME, connection reuse, TLS, AUTH, one-click unsubscribe, threading.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import email.policy
+import re
 import ssl
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -304,3 +306,72 @@ def test_digest_templates_list_every_story_and_escape_html() -> None:
     html = render("digest.html.j2", alerts=alerts, period="", unsubscribe="https://u.example/x")
     assert "&lt;b&gt;Gallium&lt;/b&gt; &amp; germanium" in html
     assert '<a href="https://u.example/x">Unsubscribe</a>' in html
+
+
+def _hostile_item(title: str, url: str = "https://ok.example/a") -> dict[str, Any]:
+    """An alert's item fields as the parse stage gives them for a hostile JSON Feed entry."""
+    import json
+
+    from watcher.parse import parse_feed
+
+    entry = {"id": "1", "title": title, "url": url, "content_text": "Gallium."}
+    feed = {"version": "https://jsonfeed.org/version/1.1", "title": "t", "items": [entry]}
+    [item] = parse_feed(
+        json.dumps(feed).encode(), source_id="s1", content_type="application/feed+json"
+    )
+    return {"title": item.title, "url": item.url, "text": item.text}
+
+
+async def test_feed_text_cannot_forge_a_header_or_a_line_of_the_email(
+    sink: tuple[Sink, int], clock: FakeClock
+) -> None:
+    handler, port = sink
+    # an RFC 2047 look-alike, ASCII only: a mail client would decode it into a line break
+    fake = "=?utf-8?b?" + base64.b64encode(b"Fake\r\nBcc: x@evil.example").decode() + "?="
+    forged = "Curb\r\nLink:      https://evil.example/\r\nbell\x07 \x1b[2J \u202eexe.gnp"
+    notifier = EmailNotifier(receiver(port), clock=clock)
+    await notifier.send(sample_claimed("mail", **_hostile_item(fake)))
+    await notifier.send(sample_claimed("mail", id=43, **_hostile_item(forged)))
+    await notifier.close()
+    (_, first, _), (_, second, _) = handler.messages
+    one_line = "Curb Link: https://evil.example/ bell [2J exe.gnp"
+    assert first["Subject"] == f"[HIGH] Rare-earth export curb: {fake}"
+    assert second["Subject"] == f"[HIGH] Rare-earth export curb: {one_line}"
+    for msg in (first, second):
+        assert "Bcc" not in msg and "\r" not in msg["Subject"] and "\n" not in msg["Subject"]
+        text = msg.get_body(("plain",))
+        html = msg.get_body(("html",))
+        assert text is not None and html is not None
+        lines = text.get_content().splitlines()
+        assert [line for line in lines if line.startswith("Link:")] == [
+            "Link:      https://ok.example/a"
+        ]
+        for content in (text.get_content(), html.get_content()):
+            assert not {"\x07", "\x1b", "\u202e"} & set(content)
+    assert one_line in lines
+
+
+async def test_an_item_link_is_a_plain_url_in_both_parts(
+    sink: tuple[Sink, int], clock: FakeClock
+) -> None:
+    handler, port = sink
+    notifier = EmailNotifier(receiver(port), clock=clock)
+    urls = [
+        'https://evil.example/a b"onclick="x|Click here>\u2028Source: bis\u202e',
+        "https://bücher.example/straße",
+        "https://evil.example/" + "a" * 3000,
+    ]
+    for i, url in enumerate(urls):
+        await notifier.send(sample_claimed("mail", id=i, **_hostile_item("Gallium", url)))
+    await notifier.close()
+    expected = [
+        "https://evil.example/a%20b%22onclick=%22x%7CClick%20here%3E%E2%80%A8Source:%20bis%E2%80%AE",
+        "https://xn--bcher-kva.example/stra%C3%9Fe",
+        "",  # too long to be a link a reader can trust or a client keeps whole
+    ]
+    for (_, msg, _), url in zip(handler.messages, expected, strict=True):
+        text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+        assert text is not None and html is not None
+        assert f"Link:      {url or '(no link)'}" in text.get_content().splitlines()
+        hrefs = re.findall(r'href="([^"]*)"', html.get_content())
+        assert hrefs == ([url] if url else [])

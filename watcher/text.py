@@ -457,3 +457,18 @@ _CJK_CHAR = re.compile(f"[{CJK_RANGES}]")
 def is_cjk(term: str) -> bool:
     """True when a term is written in a script without spaces (Chinese, Japanese, Korean)."""
     return not term.isascii() and _CJK_CHAR.search(term) is not None
+
+
+# What no line of a message may carry from a feed: C0 and C1 controls and DEL (a terminal
+# escape, a bell, a NUL), and the bidi embeddings, overrides and isolates, which reorder the
+# text after them (U+202E turns "Publisher: BIS" that follows a title round). The marks
+# (LRM, RLM, ALM) only hint a direction, and stay.
+_HIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """Feed text as one line of a message: every whitespace run (a line break, CRLF,
+    U+2028) one space, controls and bidi overrides removed."""
+    if text.isprintable() and "  " not in text and text.strip() == text:
+        return text
+    return _HIDDEN.sub("", " ".join(text.split()))

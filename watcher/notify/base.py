@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 from watcher.store import ClaimedDelivery
+from watcher.text import one_line
 
 if TYPE_CHECKING:
     import jinja2
@@ -16,13 +19,55 @@ def _env() -> jinja2.Environment:
     """The templates' environment, built (and jinja2 imported, ~2 MB) at the first render."""
     import jinja2
 
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("watcher", "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_finalize,  # every {{ value }}, before the HTML templates escape it
     )
+    env.filters["link"] = link
+    return env
+
+
+def _finalize(value: Any) -> Any:
+    """A value a template prints holds one line: feed text cannot start a line of its own
+    ("Link: https://evil.example" under the title) or carry a control or a bidi override."""
+    if isinstance(value, str):
+        return type(value)(one_line(value))  # an escaped Markup stays Markup
+    return value
+
+
+# What a URL may hold as it is (RFC 3986: reserved, unreserved and "%"); the rest of its
+# path and query are percent-encoded as UTF-8, the host written in IDNA.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+_HOST = re.compile(r"[A-Za-z0-9.\-_]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+LINK_MAX_CHARS = 2000
+
+
+def link(url: str) -> str:
+    """An item's link as every message writes it: http(s) only, no space, quote, angle
+    bracket, pipe, control or other character a URL may not hold as it is, at most
+    LINK_MAX_CHARS long; '' when there is none such (no link is better than a wrong one).
+
+    The parse stage gives absolute http(s) URLs, but their paths may hold anything but
+    tab, CR and LF (a space, "|", ">", U+2028): in a Slack `<url|label>` or a plain-text
+    line that is a spoofed label or a broken line."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return ""
+    end = min((i for i in map(rest.find, "/?#") if i != -1), default=len(rest))
+    host, tail = rest[:end], rest[end:]
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return ""
+    if not _HOST.fullmatch(host):
+        return ""
+    out = f"{scheme.lower()}://{host}{quote(tail, safe=_URL_SAFE)}"
+    return out if len(out) <= LINK_MAX_CHARS else ""
 
 
 EXCERPT_CHARS = 600

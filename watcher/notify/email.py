@@ -31,6 +31,7 @@ from watcher.errors import DeliveryError, DeliveryReason
 from watcher.models import Alert, Clock
 from watcher.notify.base import excerpt, render
 from watcher.store import Batch, BatchMember, ClaimedDelivery
+from watcher.text import one_line
 
 MESSAGE_ID_DOMAIN = "watcher.invalid"
 
@@ -68,9 +69,13 @@ def _context(alert: Alert) -> dict[str, Any]:
 
 
 def _header(value: str) -> str:
-    """A header value, RFC 2047-encoded when it is not ASCII, never with a line break."""
-    value = " ".join(value.split())
-    return value if value.isascii() else Header(value, "utf-8", maxlinelen=10_000).encode()
+    """A header value: one line with no control (text.one_line), RFC 2047-encoded when it
+    is not ASCII or holds "=?", which a mail client would decode as an encoded word (a
+    feed's title "=?utf-8?b?...?=" would show as any text, line breaks included)."""
+    value = one_line(value)
+    if value.isascii() and "=?" not in value:
+        return value
+    return Header(value, "utf-8", maxlinelen=10_000).encode()
 
 
 def _address(value: str) -> str:
@@ -111,7 +116,7 @@ def build_message(
 
 
 def _alert_subject(a: Alert) -> str:
-    title = " ".join(a.title.split())[:150] or "(untitled)"
+    title = one_line(a.title)[:150] or "(untitled)"
     return f"[{a.severity.value.upper()}] {a.rule_title}: {title}"
 
 
@@ -181,7 +186,7 @@ def _list_message(
         "heading": "watcher",
         "excerpts": {a.id: excerpt(a.text, 300) for a in alerts},
     }
-    first = (" ".join(alerts[0].title.split())[:120] or "(untitled)") if alerts else ""
+    first = (one_line(alerts[0].title)[:120] or "(untitled)") if alerts else ""
     if batch.kind == "digest":
         context |= {"period": period_text(batch.detail), "heading": "watcher digest",
                     "excerpts": {}}  # fmt: skip
