@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
+from typing import Any
 
 import aiohttp
 import jsonschema
@@ -19,6 +22,7 @@ from watcher.config import SlackReceiverConfig, WebhookReceiverConfig
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.notify.slack import SlackNotifier, blocks, escape
 from watcher.notify.webhook import WebhookNotifier, payload
+from watcher.store import Batch, BatchMember
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -129,3 +133,49 @@ async def test_slack_posts_to_its_webhook_and_hides_the_url_in_errors(
         await notifier.send(sample_claimed("slack"))
     assert err.value.retryable and "T0P-SECRET" not in str(err.value)
     assert "127.0.0.1" not in str(err.value)
+
+
+def _mrkdwn(message: dict[str, Any]) -> list[str]:
+    """Every mrkdwn text of a Slack message, the fallback text first."""
+    out = [message["text"]]
+    for block in message["blocks"]:
+        texts = [block.get("text"), *block.get("fields", []), *block.get("elements", [])]
+        out += [t["text"] for t in texts if isinstance(t, dict) and t.get("type") == "mrkdwn"]
+    return out
+
+
+async def test_slack_links_carry_no_spoofed_label_and_survive_any_url(
+    session: aiohttp.ClientSession, webhook_server: WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHER_TEST_SLACK_URL", webhook_server.url)
+    cfg = SlackReceiverConfig.model_validate(
+        {"type": "slack", "id": "slack", "url_env": "WATCHER_TEST_SLACK_URL"}
+    )
+    notifier = SlackNotifier(cfg, session=session, clock=FakeClock())
+    urls = {  # as the parse stage lets them through: absolute http(s), anything in the path
+        "https://evil.example/a b|Open the BIS notice>?q=1&r=2": (
+            "https://evil.example/a%20b%7COpen%20the%20BIS%20notice%3E?q=1&r=2"
+        ),
+        "https://evil.example/x\u2028*<!channel>": "https://evil.example/x%E2%80%A8*%3C!channel%3E",
+        "https://evil.example/" + "a" * 3000: "",  # longer than a section: no link, no button
+    }
+    title = "Gallium\r\ncurb \x1b[2J\u202eexe.gnp"
+    for i, url in enumerate(urls):
+        claimed = sample_claimed("slack", id=i, title=title, url=url)
+        await notifier.send(claimed)
+        batch = Batch("group", (BatchMember(claimed.alert), BatchMember(claimed.alert)))
+        await notifier.send(replace(claimed, batch=batch))
+    bodies = webhook_server.json_bodies()
+    for n, want in enumerate(urls.values()):
+        single, group = bodies[2 * n], bodies[2 * n + 1]
+        buttons = [b for b in single["blocks"] if b["type"] == "actions"]
+        assert [b["elements"][0]["url"] for b in buttons] == ([want] if want else [])
+        label = "Gallium curb [2Jexe.gnp"
+        link = f"<{want.replace('&', '&amp;')}|{label}>" if want else label
+        assert single["blocks"][1]["text"]["text"].startswith(f"*{link}*\n")
+        assert link in group["blocks"][2]["text"]["text"]
+        for text in _mrkdwn(single) + _mrkdwn(group):
+            assert not {"\r", "\x1b", "\u202e", "\u2028"} & set(text)
+            # every <...> is one whole link: its "|" the one between URL and label
+            assert text.count("<") == text.count(">")
+            assert all(part.count("|") == 1 for part in re.findall(r"<([^>]*)>", text))

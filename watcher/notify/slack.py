@@ -1,8 +1,10 @@
 """Slack: a Block Kit message through an incoming webhook.
 
-Feed text is untrusted: everything that goes into mrkdwn is escaped (`&`, `<`,
-`>`), so an item cannot inject mentions (`<!channel>`) or links, and every text
-is cut to Slack's limits on a word boundary.
+Feed text is untrusted: everything that goes into mrkdwn is one line with no control
+or bidi override (text.one_line) and escaped (`&`, `<`, `>`), so an item cannot inject
+mentions (`<!channel>`) or links; an item's link is base.link's (http(s), nothing a
+`<url|label>` could be split at) or none; every text is cut to Slack's limits on a word
+boundary.
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ import aiohttp
 from watcher import constants
 from watcher.config import SlackReceiverConfig
 from watcher.models import Alert, Clock
-from watcher.notify.base import excerpt
+from watcher.notify.base import excerpt, link
 from watcher.notify.email import period_text
 from watcher.notify.webhook import post_json
 from watcher.store import ClaimedDelivery
+from watcher.text import one_line
 
 HEADER_MAX_CHARS = 150  # header block plain_text
 SECTION_MAX_CHARS = 3000  # section text
 FIELD_MAX_CHARS = 2000  # each section field
 CONTEXT_MAX_CHARS = 2000
-URL_MAX_CHARS = 3000
 SEVERITY_MARK = {"low": "⚪", "medium": "🟡", "high": "🟠", "critical": "🔴"}
 
 
@@ -46,7 +48,7 @@ def truncate(text: str, limit: int) -> str:
 
 def _escaped(text: str, limit: int) -> str:
     # Escape first, then cut without splitting an entity such as "&amp;".
-    out = escape(text)
+    out = escape(one_line(text))
     if len(out) <= limit:
         return out
     cut = truncate(out, limit)
@@ -56,19 +58,21 @@ def _escaped(text: str, limit: int) -> str:
     return cut
 
 
-def _link_url(url: str) -> str:
-    return url.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
+def _linked(url: str, label: str) -> str:
+    """`<url|label>` for an item's link, or the label alone when it has none.
+
+    base.link leaves no "|", "<", ">" or space in the URL and keeps it within 2,000
+    characters, so the link is never cut by a section's limit; its "&" is escaped, as
+    everywhere in mrkdwn."""
+    url = link(url)
+    return f"<{escape(url)}|{label}>" if url else label
 
 
 def blocks(alert: Alert) -> dict[str, Any]:
     """The Slack message for one alert: fallback text plus Block Kit blocks."""
     mark = SEVERITY_MARK.get(alert.severity.value, "")
-    title = " ".join(alert.title.split()) or "(untitled)"
-    headline = (
-        f"*<{_link_url(alert.url)}|{_escaped(title, 500)}>*"
-        if alert.url
-        else (f"*{_escaped(title, 500)}*")
-    )
+    title = one_line(alert.title) or "(untitled)"
+    headline = f"*{_linked(alert.url, _escaped(title, 500))}*"
     body = excerpt(alert.text, 1200)
     fields = [
         f"*Event type*\n{alert.event_type.value}",
@@ -108,7 +112,8 @@ def blocks(alert: Alert) -> dict[str, Any]:
             "elements": [{"type": "mrkdwn", "text": truncate(context, CONTEXT_MAX_CHARS)}],
         },
     ]
-    if alert.url:
+    url = link(alert.url)
+    if url:
         out.append(
             {
                 "type": "actions",
@@ -116,7 +121,7 @@ def blocks(alert: Alert) -> dict[str, Any]:
                     {
                         "type": "button",
                         "text": {"type": "plain_text", "text": "Open the article"},
-                        "url": alert.url[:URL_MAX_CHARS],
+                        "url": url,
                     }
                 ],
             }
@@ -171,10 +176,8 @@ def list_blocks(
     shown = alerts[: constants.GROUP_MAX_ALERTS_SHOWN]
     for alert in shown:
         mark = SEVERITY_MARK.get(alert.severity.value, "")
-        name = " ".join(alert.title.split()) or "(untitled)"
-        headline = (
-            f"<{_link_url(alert.url)}|{_escaped(name, 300)}>" if alert.url else _escaped(name, 300)
-        )
+        name = one_line(alert.title) or "(untitled)"
+        headline = _linked(alert.url, _escaped(name, 300))
         sources = alert.all_sources
         lines = [
             f"{mark} *{_escaped(alert.rule_title, 200)}* · {alert.severity.value}",
