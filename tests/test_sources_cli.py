@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -189,3 +190,19 @@ async def test_sources_list_shows_a_quiet_source_as_the_operator_is_told(
     rows = {line.split()[0]: line for line in text.splitlines()}
     assert "QUIET (nothing new for 2h)" in rows["same"]
     assert " ok " in rows["busy"]
+
+
+async def test_sources_check_prints_a_feed_title_as_one_inert_line(
+    tmp_path: Path, clock: FakeClock, feed_server: FeedServer
+) -> None:
+    # a JSON Feed title may hold any character: ESC, BEL, a line break, U+202E
+    title = "Curb\x1b]0;pwned\x07\ngood: ok: 9 item(s)\u202efdp.exe"
+    feed = {"version": "https://jsonfeed.org/version/1.1", "title": "t",
+            "items": [{"id": "1", "title": title, "content_text": "Gallium."}]}  # fmt: skip
+    body = json.dumps(feed).encode()
+    feed_server.routes["/ok"] = Route(body=body, content_type="application/feed+json")
+    config = load_config(write_config(tmp_path, {"good": feed_server.url("/ok")}))
+    text, code = await sources_check(config, ["good"], clock=clock)
+    assert code == 0, text
+    assert "  - Curb]0;pwned good: ok: 9 item(s)fdp.exe" in text.splitlines()
+    assert not {"\x1b", "\x07", "\u202e"} & set(text)

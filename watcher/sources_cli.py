@@ -15,6 +15,7 @@ from watcher.health import diagnose, error_text, is_broken, quiet_since
 from watcher.models import Clock, utc_now
 from watcher.pipeline import parse_fetched
 from watcher.store import SourceState, Store
+from watcher.text import one_line
 
 
 def _when(value: datetime | None, now: datetime) -> str:
@@ -148,7 +149,8 @@ async def sources_check(
             newest = sorted(
                 parsed.items, key=lambda i: i.published or datetime.min.replace(tzinfo=now.tzinfo)
             )[-3:]
-            out.extend(f"  - {i.title[:90] or i.url or i.guid}" for i in reversed(newest))
+            # a title goes to a terminal: one line, no escape sequence or bidi override
+            out.extend(f"  - {one_line(i.title[:90] or i.url or i.guid)}" for i in reversed(newest))
             return out
 
         for report in await asyncio.gather(*(check(s) for s in chosen)):
