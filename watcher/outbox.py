@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from watcher.backoff import backoff_s
 from watcher.config import OutboxConfig
 from watcher.constants import OUTBOX_READY_PER_SLOT
 from watcher.errors import DeliveryError, DeliveryReason
@@ -45,12 +46,6 @@ class DeliveryOutcome:
     outcome: str  # "sent", "retry", "dead", "deferred"
     error: DeliveryError | None = None
     retry_in_s: float | None = None
-
-
-def backoff_s(attempts: int, *, base_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(max, base * 2^(attempts-1)))."""
-    ceiling = min(max_s, base_s * (2 ** max(0, min(attempts - 1, 30))))
-    return rng.uniform(0, ceiling)
 
 
 @dataclass
