@@ -159,3 +159,47 @@ async def test_the_legacy_one_delivery_per_alert_and_receiver_constraint_is_drop
         assert len(await store.list_deliveries()) == 2
     finally:
         await store.close()
+
+
+async def test_an_old_websub_table_gains_its_version_and_keeps_its_subscriptions(
+    store_url: str, clock: FakeClock
+) -> None:
+    """`websub_subscriptions` as the first WebSub release made it (no attempts, retry_at or
+    version): a stored subscription is kept, and processes can claim it from version 0."""
+    from dataclasses import replace
+
+    from watcher.store import UTCDateTime
+
+    old = MetaData()
+    v0 = Table(
+        "websub_subscriptions",
+        old,
+        Column("source_id", String(64), primary_key=True),
+        Column("hub", Text, nullable=False),
+        Column("topic", Text, nullable=False),
+        Column("secret_ref", String(128), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("lease_until", UTCDateTime),
+    )
+    engine = create_async_engine(store_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(old.create_all)
+        await conn.execute(
+            v0.insert().values(
+                source_id="gov", hub="http://hub/", topic="http://t/", secret_ref="websub:gov:1",
+                state="active", lease_until=clock(),
+            )
+        )  # fmt: skip
+    await engine.dispose()
+
+    store = Store(store_url, clock=clock)
+    await store.open()
+    try:
+        [row] = await store.websub_subscriptions()
+        assert (row.state, row.attempts, row.retry_at, row.version) == ("active", 0, None, 0)
+        renewing = replace(row, state="renewing", attempts=1)
+        assert await store.write_websub(renewing, seen=0) == 1
+        assert await store.write_websub(renewing, seen=0) is None  # another process was first
+        assert await store.websub_subscription("gov") == replace(renewing, version=1)
+    finally:
+        await store.close()

@@ -199,6 +199,9 @@ websub_subscriptions = Table(
     # requests in a row the hub refused, never verified or denied; and when to ask next
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("retry_at", UTCDateTime),
+    # one up on every write: processes sharing the store change a row only from the
+    # version they read (`Store.write_websub`), so of two at once one wins
+    Column("version", Integer, nullable=False, server_default="0"),
 )
 
 email_suppressions = Table(
@@ -315,6 +318,7 @@ class WebSubRow:
     lease_until: datetime | None
     attempts: int = 0
     retry_at: datetime | None = None
+    version: int = 0  # one up on every write (`Store.write_websub`)
 
 
 @dataclass(frozen=True)
@@ -765,7 +769,38 @@ class Store:
             return {r[0] for r in rows}
 
     async def save_websub(self, sub: WebSubRow) -> None:
-        """Create or replace the WebSub subscription of a source."""
+        """Create or replace the WebSub subscription of a source (its version one up)."""
+        values = {
+            "hub": sub.hub,
+            "topic": sub.topic,
+            "secret_ref": sub.secret_ref,
+            "state": sub.state,
+            "lease_until": sub.lease_until,
+            "attempts": sub.attempts,
+            "retry_at": sub.retry_at,
+        }
+        t = websub_subscriptions
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                _insert(conn, t)
+                .values(source_id=sub.source_id, **values)
+                .on_conflict_do_update(
+                    index_elements=["source_id"], set_={**values, "version": t.c.version + 1}
+                )
+            )
+
+    async def write_websub(self, sub: WebSubRow, *, seen: int | None) -> int | None:
+        """Write the WebSub subscription of a source, unless another process changed it first.
+
+        `seen` is the version of the stored row `sub` was worked out from: the row is
+        written only while it still has that version (one conditional statement, so of
+        several processes one wins). None for a subscription not stored yet (a poll's
+        discovery): written when the source has no row, or one of another hub or topic
+        (the feed moved); a row of the same hub and topic stays, whoever wrote it (its
+        secret is the one the hub has, or will have). Returns the written row's version,
+        or None when the stored row won: read it again.
+        """
+        t = websub_subscriptions
         values = {
             "hub": sub.hub,
             "topic": sub.topic,
@@ -776,11 +811,35 @@ class Store:
             "retry_at": sub.retry_at,
         }
         async with self.engine.begin() as conn:
-            await conn.execute(
-                _insert(conn, websub_subscriptions)
-                .values(source_id=sub.source_id, **values)
-                .on_conflict_do_update(index_elements=["source_id"], set_=values)
-            )
+            if seen is None:
+                stmt = (
+                    _insert(conn, t)
+                    .values(source_id=sub.source_id, version=0, **values)
+                    .on_conflict_do_update(
+                        index_elements=["source_id"],
+                        set_={**values, "version": t.c.version + 1},
+                        where=or_(t.c.hub != sub.hub, t.c.topic != sub.topic),
+                    )
+                )
+            else:
+                stmt = (
+                    update(t)
+                    .where(t.c.source_id == sub.source_id, t.c.version == seen)
+                    .values(**values, version=seen + 1)
+                )
+            version = (await conn.execute(stmt.returning(t.c.version))).scalar_one_or_none()
+        return None if version is None else int(version)
+
+    async def websub_subscription(self, source_id: str) -> WebSubRow | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(websub_subscriptions).where(
+                        websub_subscriptions.c.source_id == source_id
+                    )
+                )
+            ).first()
+        return WebSubRow(**row._asdict()) if row else None
 
     async def websub_subscriptions(self) -> list[WebSubRow]:
         async with self.engine.connect() as conn:
