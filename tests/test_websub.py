@@ -20,6 +20,7 @@ from aiohttp import web
 
 from tests.conftest import FakeClock
 from tests.servers import FeedServer, Route
+from tests.test_backoff import Highest, Lowest
 from tests.test_pipeline import RULES
 from watcher import constants
 from watcher.config import Config
@@ -197,12 +198,22 @@ def sign(secret: str, body: bytes, algo: str = "sha256") -> str:
     return f"{algo}=" + hmac.new(secret.encode(), body, getattr(hashlib, algo)).hexdigest()
 
 
+@dataclasses.dataclass
+class Replica:
+    """One service process: its pipeline and WebSub, its callback routes on loopback."""
+
+    websub: WebSub
+    callback: str  # its /websub/gov URL
+    runner: Runner
+
+
 class Harness:
     """A feed advertising a hub, a hub that records requests (and verifies only when told),
     and the service's own callback routes (websub.add_routes) on loopback, on a real store.
 
     `start()` is a (re)start of the service: a new pipeline and WebSub, on a new
-    callback server, the store kept.
+    callback server, the store kept. `replica()` is one more process on a store
+    (another Store object on the same database: its own connections).
     """
 
     def __init__(
@@ -212,80 +223,110 @@ class Harness:
         self.hub_requests: list[dict[str, str]] = []
         self.hub_status = 202
         self.hub = Runner()
-        self.callback_runner: Runner | None = None
+        self.current: Replica | None = None
+        self.replicas: list[Replica] = []
         self.topic = feeds.url("/feed.atom")
-        self.extra: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}  # [polling] settings
+        self.websub_extra: dict[str, Any] = {}  # [websub] settings
 
     async def open(self) -> None:
         async def hub(request: web.Request) -> web.Response:
             self.hub_requests.append(dict(await request.post()))  # type: ignore[arg-type]
+            if self.hub_status == 307:  # to itself, query and all: a redirect loop
+                raise web.HTTPTemporaryRedirect(str(request.url))
             return web.Response(status=self.hub_status)
 
         app = web.Application()
         app.router.add_post("/hub", hub)
-        self.hub_url = await self.hub.start(app) + "/hub"
+        self.hub_base = await self.hub.start(app)
+        self.advertise(self.hub_base + "/hub")
+
+    def advertise(self, hub_url: str) -> None:
+        """The feed names `hub_url` as its hub (from its next poll)."""
+        self.hub_url = hub_url
         self.feeds.routes["/feed.atom"] = Route(
             body=atom(self.hub_url, self.topic, ("a1", "Local news")),
             content_type="application/atom+xml",
         )
 
-    async def start(self, seed: int = 1) -> WebSub:
-        if self.callback_runner is not None:
-            await self.callback_runner.stop()
+    async def replica(
+        self, store: Store | None = None, seed: int = 1, rng: random.Random | None = None
+    ) -> Replica:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        self.callback = f"http://127.0.0.1:{sock.getsockname()[1]}/websub/gov"
+        callback = f"http://127.0.0.1:{sock.getsockname()[1]}/websub/gov"
         config = Config.model_validate(
             {
                 "polling": {"allow_networks": ["127.0.0.0/8"], **self.extra},
-                "websub": {"callback_base_url": self.callback.removesuffix("/websub/gov"),
-                           "lease_s": 7200, "renew_before_s": 600},
+                "websub": {"callback_base_url": callback.removesuffix("/websub/gov"),
+                           "lease_s": 7200, "renew_before_s": 600, **self.websub_extra},
                 "sources": [{"id": "gov", "url": self.topic}],
             }
         )  # fmt: skip
         self.source = config.sources[0]
-        await self.store.sync_sources((s.id, str(s.url)) for s in config.sources)
+        store = store or self.store
+        await store.sync_sources((s.id, str(s.url)) for s in config.sources)
         rules, _ = load_rules([RULES])
         matcher = Matcher(rules)
         pipeline = build_pipeline(
-            config, store=self.store, session=self.session, matcher=lambda: matcher,
+            config, store=store, session=self.session, matcher=lambda: matcher,
             metrics=Metrics(), clock=self.clock,
         )  # fmt: skip
-        self.websub = WebSub(
+        websub = WebSub(
             config=config, pipeline=pipeline, session=self.session, clock=self.clock,
-            rng=random.Random(seed),
+            rng=rng or random.Random(seed),
         )  # fmt: skip
         app = web.Application()
         add_routes(app)
-        app[WEBSUB] = self.websub
-        self.callback_runner = Runner()
-        self.callback_runner.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self.callback_runner.runner.setup()
-        await web.SockSite(self.callback_runner.runner, sock).start()
+        app[WEBSUB] = websub
+        runner = Runner()
+        runner.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.runner.setup()
+        await web.SockSite(runner.runner, sock).start()
+        replica = Replica(websub, callback, runner)
+        self.replicas.append(replica)
+        return replica
+
+    async def start(self, seed: int = 1) -> WebSub:
+        if self.current is not None:
+            await self.current.runner.stop()
+        self.current = await self.replica(seed=seed)
+        self.callback = self.current.callback
+        self.websub = self.current.websub
         return self.websub
 
     async def close(self) -> None:
         await self.hub.stop()
-        if self.callback_runner is not None:
-            await self.callback_runner.stop()
+        for replica in self.replicas:
+            await replica.runner.stop()
 
     @property
     def secret(self) -> str:
         return self.hub_requests[-1]["hub.secret"]
 
     async def verify(self, **params: str) -> tuple[int, str]:
+        return await self.verify_on(self.callback, **params)
+
+    async def verify_on(self, callback: str, **params: str) -> tuple[int, str]:
+        """The hub's verification, sent to `callback` (a replica's)."""
         query = {"hub.mode": "subscribe", "hub.topic": self.topic, "hub.challenge": "c-1",
                  "hub.lease_seconds": "7200", **params}  # fmt: skip
-        async with self.session.get(self.callback, params=query) as r:
+        async with self.session.get(callback, params=query) as r:
             return r.status, await r.text()
 
     async def push(
         self, body: bytes, *, secret: str | None = None, **headers: str
     ) -> tuple[int, str]:
+        return await self.push_to(self.callback, body, secret=secret, **headers)
+
+    async def push_to(
+        self, callback: str, body: bytes, *, secret: str | None = None, **headers: str
+    ) -> tuple[int, str]:
+        """A push signed (with the secret the hub was sent last), sent to `callback`."""
         sig = sign(self.secret if secret is None else secret, body)
         headers = {"X-Hub-Signature": sig, "Content-Type": "application/atom+xml", **headers}
         # a BytesIO: aiohttp warns that large raw bytes would hold the loop
-        async with self.session.post(self.callback, data=io.BytesIO(body), headers=headers) as r:
+        async with self.session.post(callback, data=io.BytesIO(body), headers=headers) as r:
             return r.status, await r.text()
 
     async def subscribed(self) -> WebSub:
@@ -413,29 +454,41 @@ async def test_a_restart_keeps_the_stored_subscription_when_a_poll_comes_first(
 
 
 async def test_an_unverified_request_is_asked_again_with_backoff(harness: Harness) -> None:
+    base = constants.WEBSUB_RETRY_BASE_S
+
+    async def due_within(websub: WebSub, ceiling_s: float) -> float:
+        """The stored time to ask again is after now, within the backoff's ceiling (full
+        jitter: anywhere up to it), and nothing is asked before it: advances the clock to
+        a second before it and returns that second."""
+        [row] = await harness.store.websub_subscriptions()
+        now = harness.clock()
+        assert row.retry_at is not None
+        wait_s = (row.retry_at - now).total_seconds()
+        assert 0 < wait_s <= ceiling_s
+        assert await websub.renew() == 0  # not at once
+        harness.clock.advance(wait_s - 1)
+        assert await websub.renew() == 0  # nor before then
+        return 1
+
     websub = await harness.start()
     await websub.pipeline.poll(harness.source)
     assert await websub.renew() == 1  # the hub accepts (202) and never verifies
-    assert await websub.renew() == 0  # not at once...
-    base = constants.WEBSUB_RETRY_BASE_S
-    harness.clock.advance(base * 1.2 + 1)
+    harness.clock.advance(await due_within(websub, base))
     assert await websub.renew() == 1  # ...but after a while
-    harness.clock.advance(base * 1.2 + 1)
-    assert await websub.renew() == 0  # backing off: twice as long now
-    harness.clock.advance(base * 1.2 + 1)
+    harness.clock.advance(await due_within(websub, base * 2))  # backing off: up to twice as long
     assert await websub.renew() == 1
-    # across a restart too, and a hub that refuses is not asked every minute either
+    # across a restart too, and a hub that refuses is asked again backing off as well
     harness.hub_status = 503
     websub = await harness.start(seed=2)
-    assert websub.subs == {} and await websub.renew() == 0  # loaded: not due yet
+    assert websub.subs == {}
+    harness.clock.advance(await due_within(websub, base * 4))  # loaded: not due before then
     assert websub.subs["gov"].state == "requested"
-    harness.clock.advance(base * 4 * 1.2 + 1)
     assert await websub.renew() == 0  # sent, refused
     assert len(harness.hub_requests) == 4 and websub.subs["gov"].state == "wanted"
-    harness.clock.advance(60)
-    assert await websub.renew() == 0 and len(harness.hub_requests) == 4
+    wait_s = await due_within(websub, base * 8)
+    assert len(harness.hub_requests) == 4
     harness.hub_status = 202
-    harness.clock.advance(constants.WEBSUB_RETRY_MAX_S * 1.2)
+    harness.clock.advance(wait_s)
     assert await websub.renew() == 1
     assert await harness.verify() == (200, "c-1")  # verified at last
     assert websub.subs["gov"].state == "active" and websub.subs["gov"].attempts == 0
@@ -519,3 +572,36 @@ async def test_a_push_for_another_topic_is_ignored(
     link = f'<{harness.hub_url}>; rel="hub", <{harness.topic}>; rel="self"'
     assert (await harness.push(ours, Link=link))[0] == 200
     assert await harness.store.count_items() == 2
+
+
+# ---------------------------------------------------------------- retry and renewal times
+
+
+@pytest.mark.parametrize("rng", [Lowest(), Highest()], ids=["lowest", "highest"])
+async def test_a_request_is_asked_again_after_the_outbox_s_full_jitter_backoff(
+    harness: Harness, rng: random.Random
+) -> None:
+    """One backoff (watcher.backoff) for deliveries and subscription requests: full jitter,
+    so a draw may be anything from nothing to the ceiling (not the ceiling +-20%)."""
+    replica = await harness.replica(rng=rng)
+    await replica.websub.pipeline.poll(harness.source)
+    assert await replica.websub.renew() == 1
+    [row] = await harness.store.websub_subscriptions()
+    ceiling_s = constants.WEBSUB_RETRY_BASE_S
+    assert row.retry_at == harness.clock() + timedelta(seconds=rng.uniform(0, ceiling_s))
+
+
+async def test_a_row_from_before_retry_at_is_renewed_when_a_verification_would_have_set(
+    harness: Harness,
+) -> None:
+    harness.websub_extra = {"renew_before_s": 5000}  # more than half the 7200 s lease
+    websub = await harness.subscribed()
+    [row] = await harness.store.websub_subscriptions()
+    assert row.retry_at == harness.clock() + timedelta(seconds=7200 - 3600)  # half-way
+    # the same row as an earlier watcher stored it: no retry_at
+    stale = dataclasses.replace(row, retry_at=None)
+    assert await harness.store.write_websub(stale, seen=row.version) is not None
+    harness.clock.advance(7200 - 5000)
+    assert await websub.renew() == 0  # not at renew_before_s: at half the lease, as verified
+    harness.clock.advance(3600 - 2200)
+    assert await websub.renew() == 1

@@ -110,5 +110,5 @@ WEBSUB_LEASE_MIN_S = 3600  # a hub's hub.lease_seconds is held to this range...
 WEBSUB_LEASE_MAX_S = 365 * 86400
 # (a lease is renewed renew_before_s before its end, but not before half of it has passed)
 WEBSUB_RETRY_BASE_S = 900.0  # a request the hub refused or never verified: asked again
-WEBSUB_RETRY_MAX_S = 86400.0  # after base * 2**(attempts - 1), at most this, +-20% jitter
+WEBSUB_RETRY_MAX_S = 86400.0  # within base * 2**(attempts - 1), at most this (full jitter)
 WEBSUB_DENIED_RETRY_S = 86400.0  # a denied subscription: asked for again no sooner than this

@@ -43,6 +43,7 @@ import aiohttp
 from aiohttp import web
 
 from watcher import constants
+from watcher.backoff import backoff_s
 from watcher.config import Config
 from watcher.errors import FetchError, ParseError
 from watcher.models import Clock
@@ -140,18 +141,28 @@ class WebSub:
             ref = f"websub:{source_id}:{self.rng.getrandbits(64):016x}"
             self.subs[source_id] = Subscription(source_id, hub, topic, ref)
 
+    def _renew_at(self, lease_until: datetime, lease_s: float) -> datetime:
+        """When to renew a lease of `lease_s` that ends at `lease_until`: renew_before_s
+        before its end, but not before half of it has passed."""
+        return lease_until - timedelta(seconds=min(self.config.websub.renew_before_s, lease_s / 2))
+
     def _due_at(self, sub: Subscription, now: datetime) -> datetime:
         if sub.retry_at is not None:
             return sub.retry_at
         if sub.state == "active" and sub.lease_until is not None:  # a row from before retry_at
-            return sub.lease_until - timedelta(seconds=self.config.websub.renew_before_s)
+            return self._renew_at(sub.lease_until, self._lease_s(None))  # the lease we ask for
         return now
 
     def _backoff(self, attempts: int) -> timedelta:
         """How long to wait before asking again, after `attempts` requests in a row failed."""
-        exponent = min(max(attempts - 1, 0), 30)
-        delay_s = min(constants.WEBSUB_RETRY_BASE_S * 2**exponent, constants.WEBSUB_RETRY_MAX_S)
-        return timedelta(seconds=delay_s * self.rng.uniform(0.8, 1.2))
+        return timedelta(
+            seconds=backoff_s(
+                attempts,
+                base_s=constants.WEBSUB_RETRY_BASE_S,
+                max_s=constants.WEBSUB_RETRY_MAX_S,
+                rng=self.rng,
+            )
+        )
 
     def _lease_s(self, value: str | None) -> int:
         """The hub's hub.lease_seconds, held to a sane range; ours when absent or invalid."""
@@ -245,8 +256,7 @@ class WebSub:
         sub.state = "active"
         sub.attempts = 0
         sub.lease_until = now + timedelta(seconds=lease_s)
-        renew_before_s = min(self.config.websub.renew_before_s, lease_s / 2)
-        sub.retry_at = sub.lease_until - timedelta(seconds=renew_before_s)
+        sub.retry_at = self._renew_at(sub.lease_until, lease_s)
         await self.store.save_websub(sub.row())
         return web.Response(text=challenge, content_type="text/plain")
 
