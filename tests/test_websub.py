@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -605,3 +606,50 @@ async def test_a_row_from_before_retry_at_is_renewed_when_a_verification_would_h
     assert await websub.renew() == 0  # not at renew_before_s: at half the lease, as verified
     harness.clock.advance(3600 - 2200)
     assert await websub.renew() == 1
+
+
+# ---------------------------------------------------------------- keys in URLs
+
+
+async def test_no_key_in_a_hub_or_topic_url_reaches_a_log_line(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="watcher")  # every line of ours, debug too
+    harness.topic = harness.feeds.url("/feed.atom?token=s3cret")
+    harness.advertise(harness.hub_base + "/hub?token=s3cret")
+    websub = await harness.start()
+    await websub.pipeline.poll(harness.source)
+    harness.hub_status = 503  # refused
+    assert await websub.renew() == 0
+    harness.hub_status = 307  # a redirect loop: aiohttp's error quotes the URL
+    harness.clock.advance(constants.WEBSUB_RETRY_MAX_S)
+    assert await websub.renew() == 0
+    harness.advertise("http://127.0.0.1:1/hub?token=s3cret")  # nobody listens there
+    await websub.pipeline.poll(harness.source)
+    harness.clock.advance(constants.WEBSUB_RETRY_MAX_S)
+    assert await websub.renew() == 0
+    harness.advertise(harness.hub_base + "/hub?token=s3cret")
+    await websub.pipeline.poll(harness.source)
+    harness.hub_status = 202
+    harness.clock.advance(constants.WEBSUB_RETRY_MAX_S)
+    assert await websub.renew() == 1
+    assert await harness.verify() == (200, "c-1")
+    # pushes naming another topic, by Link header and by the feed's self link
+    other = "http://127.0.0.1:1/other.atom?token=s3cret"
+    named = atom(harness.hub_url, other, story(1))
+    assert (await harness.push(named, Link=f'<{other}>; rel="self"'))[0] == 202
+    assert (await harness.push(named))[0] == 202
+    # a renewal the hub denies, its reason quoting the URL; a verification not asked for
+    harness.clock.advance(7200 - 300)
+    assert await websub.renew() == 1
+    reason = f"no such hub {harness.hub_url}"
+    assert (await harness.verify(**{"hub.mode": "denied", "hub.reason": reason}))[0] == 200
+    assert (await harness.verify(**{"hub.mode": other}))[0] == 404
+
+    messages = [logging.Formatter().format(r) for r in caplog.records]  # tracebacks too
+    assert sum("refused the subscription" in m for m in messages) == 1
+    assert sum("unreachable" in m for m in messages) == 2
+    assert sum("another" in m for m in messages) == 2
+    assert sum("hub denied" in m for m in messages) == 1
+    assert sum("not asked for" in m for m in messages) == 1
+    assert [m for m in messages if "s3cret" in m] == []

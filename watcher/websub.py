@@ -11,7 +11,8 @@ with its other secrets), so after a restart leases are still renewed and signed
 pushes still accepted. At start-up the first poll may run before they are read:
 a subscription it rediscovers (the same hub and topic) gives way to the stored
 one, whose secret the hub signs with.
-The secret goes to the hub and into HMACs, never into a log line or an error.
+The secret goes to the hub and into HMACs, never into a log line or an error; a
+URL we log is redacted (`watcher.redact`), as a hub or topic may carry a key.
 
 A subscription's states:
 
@@ -35,6 +36,7 @@ import hmac
 import logging
 import random
 import re
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,6 +51,7 @@ from watcher.errors import FetchError, ParseError
 from watcher.models import Clock
 from watcher.parse import canonical_url, parse_off_loop
 from watcher.pipeline import Pipeline
+from watcher.redact import redact_url, scrub_urls
 from watcher.store import WebSubRow
 
 logger = logging.getLogger(__name__)
@@ -213,10 +216,13 @@ class WebSub:
                 if refused:
                     logger.warning(
                         "source %s: WebSub hub %s refused the subscription: HTTP %d",
-                        sub.source_id, sub.hub, resp.status,
+                        sub.source_id, redact_url(sub.hub), resp.status,
                     )  # fmt: skip
         except (FetchError, aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning("source %s: WebSub hub unreachable: %s", sub.source_id, exc)
+            logger.warning(
+                "source %s: WebSub hub %s unreachable: %s",
+                sub.source_id, redact_url(sub.hub), scrub_urls(str(exc)) or type(exc).__name__,
+            )  # fmt: skip
             refused = True
         if refused and sub.state in _PENDING:  # no verification is coming: back as we were
             sub.state = "active" if before in _PUSHING else "wanted"
@@ -235,8 +241,8 @@ class WebSub:
             raise web.HTTPNotFound()
         if sub.state not in _PENDING:
             logger.warning(
-                "source %s: WebSub %s for a subscription not asked for (%s): not answered",
-                source_id, mode, sub.state,
+                "source %s: WebSub %s not asked for (subscription %s): not answered",
+                source_id, scrub_urls(str(mode)), sub.state,
             )  # fmt: skip
             raise web.HTTPNotFound()
         now = self.clock()
@@ -247,7 +253,9 @@ class WebSub:
                 timedelta(seconds=constants.WEBSUB_DENIED_RETRY_S),
             )
             await self.store.save_websub(sub.row())
-            logger.warning("source %s: WebSub hub denied: %s", source_id, q.get("hub.reason"))
+            logger.warning(
+                "source %s: WebSub hub denied: %s", source_id, scrub_urls(q.get("hub.reason", ""))
+            )
             return web.Response(text="")
         challenge = q.get("hub.challenge")
         if mode != "subscribe" or not challenge:
@@ -275,8 +283,9 @@ class WebSub:
         declared = _link_self(request.headers.getall("Link", ()))
         if declared is not None and not _same_topic(declared, sub.topic):
             logger.warning(
-                "source %s: WebSub push for another topic (%s) ignored", source_id, declared
-            )
+                "source %s: WebSub push for another topic (%s) ignored",
+                source_id, redact_url(declared),
+            )  # fmt: skip
             return web.Response(status=202)
         try:
             parsed = await parse_off_loop(
@@ -288,15 +297,20 @@ class WebSub:
                 tags=source.tags,
             )
         except ParseError as exc:
-            logger.warning("%s (WebSub push)", exc)
+            logger.warning("%s (WebSub push)", scrub_urls(str(exc)))
             return web.Response(status=202)
-        except Exception:  # hostile input must not make a 500 the hub retries
-            logger.exception("source %s: WebSub push could not be parsed", source_id)
+        except Exception as exc:  # hostile input must not make a 500 the hub retries
+            # with its traceback, whose text may quote the topic: scrubbed
+            logger.error(
+                "source %s: WebSub push could not be parsed\n%s",
+                source_id, scrub_urls("".join(traceback.format_exception(exc))).rstrip(),
+            )  # fmt: skip
             return web.Response(status=202)
         if declared is None and parsed.self_url and not _same_topic(parsed.self_url, sub.topic):
             logger.warning(
-                "source %s: WebSub push of another feed (%s) ignored", source_id, parsed.self_url
-            )
+                "source %s: WebSub push of another feed (%s) ignored",
+                source_id, redact_url(parsed.self_url),
+            )  # fmt: skip
             return web.Response(status=202)
         outcome = await self.pipeline.ingest(source_id, parsed.items, record_source=False)
         return web.json_response({"items": len(parsed.items), "new": outcome.new_items})
