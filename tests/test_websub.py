@@ -608,6 +608,83 @@ async def test_a_row_from_before_retry_at_is_renewed_when_a_verification_would_h
     assert await websub.renew() == 1
 
 
+# ---------------------------------------------------------------- several processes, one store
+
+
+@pytest.fixture
+async def second_store(store_url: str, clock: FakeClock) -> AsyncIterator[Store]:
+    """The same database as `store`, opened again: another process's connections."""
+    s = Store(store_url, clock=clock)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_a_request_from_one_replica_is_verified_and_pushed_on_another(
+    harness: Harness, second_store: Store
+) -> None:
+    a = await harness.replica(seed=1)
+    b = await harness.replica(second_store, seed=2)
+    assert await b.websub.renew() == 0  # b's renewal job runs first: nothing to do yet
+    await a.websub.pipeline.poll(harness.source)
+    assert await a.websub.renew() == 1
+    # the hub's verification and pushes reach b (behind one callback URL, say)
+    assert await harness.verify_on(b.callback) == (200, "c-1")
+    status, text = await harness.push_to(b.callback, atom(harness.hub_url, harness.topic, story(1)))
+    assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
+    status, text = await harness.push_to(a.callback, atom(harness.hub_url, harness.topic, story(2)))
+    assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
+    assert [a.rule_id for a in await harness.store.list_alerts()] == ["ree-export-curb"] * 2
+    # the lease nearly over: the first replica to look renews, the other leaves it be;
+    # the hub's verification of that renewal reaches the other one
+    harness.clock.advance(7200 - 300)
+    assert await b.websub.renew() == 1
+    assert await a.websub.renew() == 0
+    assert [r["hub.secret"] for r in harness.hub_requests] == [harness.secret] * 2
+    assert await harness.verify_on(a.callback, **{"hub.challenge": "c-2"}) == (200, "c-2")
+    [row] = await harness.store.websub_subscriptions()
+    assert row.state == "active" and row.lease_until == harness.clock() + timedelta(hours=2)
+
+
+async def test_replicas_that_discover_a_hub_at_once_make_one_subscription(
+    harness: Harness, second_store: Store
+) -> None:
+    a = await harness.replica(seed=1)
+    b = await harness.replica(second_store, seed=2)
+
+    async def discover_and_renew() -> None:
+        # at once: each reads the feed before the other stored its validators
+        await asyncio.gather(*(r.websub.pipeline.poll(harness.source) for r in (a, b)))
+        found = [r.websub.subs["gov"] for r in (a, b)]
+        assert [(s.hub, s.version) for s in found] == [(harness.hub_url, None)] * 2
+        assert found[0].secret_ref != found[1].secret_ref  # each would make its own secret
+        assert sorted(await asyncio.gather(a.websub.renew(), b.websub.renew())) == [0, 1]
+        assert await harness.verify_on(b.callback) == (200, "c-1")
+
+    async def pushes_verify_on_both(n: int) -> None:
+        for replica in (a, b):
+            n += 1
+            body = atom(harness.hub_url, harness.topic, story(n))
+            status, text = await harness.push_to(
+                replica.callback, body
+            )  # signed as the hub was told
+            assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
+
+    await discover_and_renew()
+    assert len(harness.hub_requests) == 1  # one request, one secret
+    [row] = await harness.store.websub_subscriptions()
+    assert a.websub.subs["gov"].secret_ref == b.websub.subs["gov"].secret_ref == row.secret_ref
+    await pushes_verify_on_both(0)
+    # the feed moves to another hub: both find it, one subscribes (a new secret) for both
+    harness.advertise(harness.hub_base + "/hub?moved=1")
+    await discover_and_renew()
+    assert len(harness.hub_requests) == 2
+    assert harness.hub_requests[1]["hub.secret"] != harness.hub_requests[0]["hub.secret"]
+    [row] = await harness.store.websub_subscriptions()
+    assert row.hub == harness.hub_url and row.state == "active"
+    await pushes_verify_on_both(2)
+
+
 # ---------------------------------------------------------------- keys in URLs
 
 

@@ -768,27 +768,6 @@ class Store:
             )
             return {r[0] for r in rows}
 
-    async def save_websub(self, sub: WebSubRow) -> None:
-        """Create or replace the WebSub subscription of a source (its version one up)."""
-        values = {
-            "hub": sub.hub,
-            "topic": sub.topic,
-            "secret_ref": sub.secret_ref,
-            "state": sub.state,
-            "lease_until": sub.lease_until,
-            "attempts": sub.attempts,
-            "retry_at": sub.retry_at,
-        }
-        t = websub_subscriptions
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                _insert(conn, t)
-                .values(source_id=sub.source_id, **values)
-                .on_conflict_do_update(
-                    index_elements=["source_id"], set_={**values, "version": t.c.version + 1}
-                )
-            )
-
     async def write_websub(self, sub: WebSubRow, *, seen: int | None) -> int | None:
         """Write the WebSub subscription of a source, unless another process changed it first.
 

@@ -8,9 +8,19 @@ Polling goes on as before (a hub can fail silently); a pushed item and a polled
 one dedup as usual. Subscriptions are kept in the store (hub, topic, state, lease
 end, when to ask the hub next, and the name of their secret, which the store keeps
 with its other secrets), so after a restart leases are still renewed and signed
-pushes still accepted. At start-up the first poll may run before they are read:
-a subscription it rediscovers (the same hub and topic) gives way to the stored
-one, whose secret the hub signs with.
+pushes still accepted.
+
+The store, not a process, is the arbiter: several processes may share it
+(replicas behind one callback URL, or an old and a new process overlapping in a
+restart), and the hub's verification or push may reach any of them. So a
+verification and a push act on the stored row, read afresh (one primary-key read:
+a push goes on to a whole pipeline transaction, and a verification comes once a
+lease), and every change to a row is a conditional write from the version read
+(`Store.write_websub`): of two processes only one asks the hub, the other takes
+the stored row and its secret. A subscription a poll discovers (its hub and topic)
+gives way to a stored one of the same hub and topic, whoever stored it: the hub
+signs its pushes with that one's secret. One of another hub or topic replaces the
+stored one: the feed moved.
 The secret goes to the hub and into HMACs, never into a log line or an error; a
 URL we log is redacted (`watcher.redact`), as a hub or topic may carry a key.
 
@@ -30,7 +40,7 @@ renewing), signed with the subscription's secret, for its topic.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -73,19 +83,26 @@ class Subscription:
     lease_until: datetime | None = None
     attempts: int = 0  # requests in a row refused, never verified or denied
     retry_at: datetime | None = None  # when to ask the hub (again); None: at once
+    version: int | None = None  # the stored row's, as read or written; None: not stored yet
 
     def row(self) -> WebSubRow:
         return WebSubRow(
             self.source_id, self.hub, self.topic, self.secret_ref, self.state, self.lease_until,
-            self.attempts, self.retry_at,
+            self.attempts, self.retry_at, self.version or 0,
         )  # fmt: skip
 
     @classmethod
-    def from_row(cls, row: WebSubRow) -> Subscription:
+    def from_row(cls, row: WebSubRow, secret: str = "") -> Subscription:
         return cls(
-            row.source_id, row.hub, row.topic, row.secret_ref, state=row.state,
+            row.source_id, row.hub, row.topic, row.secret_ref, secret, state=row.state,
             lease_until=row.lease_until, attempts=row.attempts, retry_at=row.retry_at,
+            version=row.version,
         )  # fmt: skip
+
+
+# a verification whose stored row changes under it (another process writes it) is decided
+# again on the new row, this many times at most; then the hub is told to try again later
+_VERIFY_TRIES = 3
 
 
 class WebSub:
@@ -107,32 +124,12 @@ class WebSub:
         self.clock = clock
         self.rng = rng
         self.store = pipeline.store
+        # each source's subscription as this process last read or wrote it in the store,
+        # or as a poll discovered it (version None, until renew() stores it)
         self.subs: dict[str, Subscription] = {}
-        self._loaded = False
-        self._loading = asyncio.Lock()
+        self._secrets: dict[str, str] = {}  # secret_ref -> secret (a name's never changes)
         self.sources = {s.id: s for s in config.sources if s.enabled}
         pipeline.on_hub = self.discovered
-
-    async def load(self) -> None:
-        """Read the stored subscriptions, once (before any renewal, verification or push).
-
-        A subscription a poll discovered before they were read, of the same hub and
-        topic, gives way to the stored one: the hub signs its pushes with that one's
-        secret. One discovered for another hub or topic wins: the feed moved.
-        """
-        async with self._loading:  # a push and a verification may both come first
-            if self._loaded:
-                return
-            for row in await self.store.websub_subscriptions():
-                if row.source_id not in self.sources:
-                    continue
-                found = self.subs.get(row.source_id)
-                if found is not None and (found.hub, found.topic) != (row.hub, row.topic):
-                    continue
-                sub = Subscription.from_row(row)
-                sub.secret = (await self.store.secret(row.secret_ref)).decode()
-                self.subs[row.source_id] = sub
-            self._loaded = True
 
     def callback(self, source_id: str) -> str:
         return f"{self.base}/websub/{source_id}"
@@ -143,6 +140,42 @@ class WebSub:
             # a new subscription gets a new secret: its name is new
             ref = f"websub:{source_id}:{self.rng.getrandbits(64):016x}"
             self.subs[source_id] = Subscription(source_id, hub, topic, ref)
+
+    def _remember(self, sub: Subscription) -> None:
+        """Keep `sub` (as stored) as this process's copy, unless a poll discovered another
+        hub or topic since, not stored yet: the feed moved, and renew() will store that."""
+        mine = self.subs.get(sub.source_id)
+        if (
+            mine is None
+            or mine.version is not None
+            or (mine.hub, mine.topic) == (sub.hub, sub.topic)
+        ):
+            self.subs[sub.source_id] = sub
+
+    async def _secret(self, ref: str) -> str:
+        if ref not in self._secrets:
+            self._secrets[ref] = (await self.store.secret(ref)).decode()
+        return self._secrets[ref]
+
+    async def _stored(self, source_id: str) -> Subscription | None:
+        """The source's subscription as stored now, with its secret (and remembered)."""
+        row = await self.store.websub_subscription(source_id)
+        if row is None or source_id not in self.sources:
+            return None
+        sub = Subscription.from_row(row, await self._secret(row.secret_ref))
+        self._remember(sub)
+        return sub
+
+    async def _write(self, sub: Subscription, *, seen: int | None) -> bool:
+        """Store `sub` if the stored row is still the one it came from (`seen`: its version;
+        None: not stored); False when another process changed it first (then re-read)."""
+        version = await self.store.write_websub(sub.row(), seen=seen)
+        if version is None:
+            await self._stored(sub.source_id)
+            return False
+        sub.version = version
+        self._remember(sub)
+        return True
 
     def _renew_at(self, lease_until: datetime, lease_s: float) -> datetime:
         """When to renew a lease of `lease_s` that ends at `lease_until`: renew_before_s
@@ -180,34 +213,46 @@ class WebSub:
 
     async def renew(self) -> int:
         """Subscribe where wanted, again where a lease is about to end, a request went
-        unverified or a denial is old enough; returns requests sent."""
-        await self.load()
+        unverified or a denial is old enough; returns requests sent.
+
+        The stored subscriptions are read afresh each time: another process may have
+        made, renewed or moved one since.
+        """
+        for row in await self.store.websub_subscriptions():
+            if row.source_id in self.sources:
+                self._remember(Subscription.from_row(row, self._secrets.get(row.secret_ref, "")))
         now = self.clock()
         sent = 0
         for sub in list(self.subs.values()):
-            if self._due_at(sub, now) <= now and await self._subscribe(sub):
+            if self._due_at(sub, now) <= now and await self._subscribe(sub, now):
                 sent += 1
         return sent
 
-    async def _subscribe(self, sub: Subscription) -> bool:
-        if not sub.secret:
-            sub.secret = (await self.store.secret(sub.secret_ref)).decode()
+    async def _subscribe(self, sub: Subscription, now: datetime) -> bool:
         before = sub.state
-        sub.state = "renewing" if before in _PUSHING else "requested"
-        sub.attempts += 1
-        # asked again if the hub has not verified by then
-        sub.retry_at = self.clock() + self._backoff(sub.attempts)
-        # stored before the hub is asked: it may verify and push before it answers
-        await self.store.save_websub(sub.row())
+        asked = dataclasses.replace(
+            sub,
+            state="renewing" if before in _PUSHING else "requested",
+            attempts=sub.attempts + 1,
+            # asked again if the hub has not verified by then
+            retry_at=now + self._backoff(sub.attempts + 1),
+        )
+        # Claimed in the store before the hub is asked: a process that finds the row
+        # changed asks nothing and takes the stored one (its secret is the hub's). Stored
+        # before the hub is asked, too: it may verify and push (anywhere) before it answers.
+        if not await self._write(asked, seen=sub.version):
+            return False
+        asked.secret = await self._secret(asked.secret_ref)
+        hub = redact_url(asked.hub)
         try:
-            await self.pipeline.fetcher.check_url(sub.source_id, sub.hub)
+            await self.pipeline.fetcher.check_url(asked.source_id, asked.hub)
             async with self.session.post(
-                sub.hub,
+                asked.hub,
                 data={
                     "hub.mode": "subscribe",
-                    "hub.topic": sub.topic,
-                    "hub.callback": self.callback(sub.source_id),
-                    "hub.secret": sub.secret,
+                    "hub.topic": asked.topic,
+                    "hub.callback": self.callback(asked.source_id),
+                    "hub.secret": asked.secret,
                     "hub.lease_seconds": str(self.config.websub.lease_s),
                 },
                 timeout=aiohttp.ClientTimeout(total=self.config.polling.timeout_s),
@@ -216,63 +261,69 @@ class WebSub:
                 if refused:
                     logger.warning(
                         "source %s: WebSub hub %s refused the subscription: HTTP %d",
-                        sub.source_id, redact_url(sub.hub), resp.status,
+                        asked.source_id, hub, resp.status,
                     )  # fmt: skip
         except (FetchError, aiohttp.ClientError, TimeoutError) as exc:
             logger.warning(
                 "source %s: WebSub hub %s unreachable: %s",
-                sub.source_id, redact_url(sub.hub), scrub_urls(str(exc)) or type(exc).__name__,
+                asked.source_id, hub, scrub_urls(str(exc)) or type(exc).__name__,
             )  # fmt: skip
             refused = True
-        if refused and sub.state in _PENDING:  # no verification is coming: back as we were
-            sub.state = "active" if before in _PUSHING else "wanted"
-            await self.store.save_websub(sub.row())
+        if refused:  # no verification is coming: back as we were, unless one came anyway
+            back = dataclasses.replace(asked, state="active" if before in _PUSHING else "wanted")
+            await self._write(back, seen=asked.version)
         return not refused
 
     # ------------------------------------------------------------ HTTP side
 
     async def verify(self, request: web.Request) -> web.Response:
-        await self.load()
+        """Answer the hub's verification of intent, from the stored row (any process may
+        have asked): see the module doc for what is answered."""
         source_id = request.match_info["source_id"]
-        sub = self.subs.get(source_id)
         q = request.query
         mode = q.get("hub.mode")
-        if sub is None or q.get("hub.topic") != sub.topic:
-            raise web.HTTPNotFound()
-        if sub.state not in _PENDING:
-            logger.warning(
-                "source %s: WebSub %s not asked for (subscription %s): not answered",
-                source_id, scrub_urls(str(mode)), sub.state,
-            )  # fmt: skip
-            raise web.HTTPNotFound()
-        now = self.clock()
-        if mode == "denied":
-            sub.state = "denied"
-            sub.retry_at = now + max(
-                self._backoff(sub.attempts),
-                timedelta(seconds=constants.WEBSUB_DENIED_RETRY_S),
-            )
-            await self.store.save_websub(sub.row())
-            logger.warning(
-                "source %s: WebSub hub denied: %s", source_id, scrub_urls(q.get("hub.reason", ""))
-            )
-            return web.Response(text="")
         challenge = q.get("hub.challenge")
-        if mode != "subscribe" or not challenge:
-            raise web.HTTPNotFound()
-        lease_s = self._lease_s(q.get("hub.lease_seconds"))
-        sub.state = "active"
-        sub.attempts = 0
-        sub.lease_until = now + timedelta(seconds=lease_s)
-        sub.retry_at = self._renew_at(sub.lease_until, lease_s)
-        await self.store.save_websub(sub.row())
-        return web.Response(text=challenge, content_type="text/plain")
+        for _ in range(_VERIFY_TRIES):
+            sub = await self._stored(source_id)
+            if sub is None or q.get("hub.topic") != sub.topic:
+                raise web.HTTPNotFound()
+            now = self.clock()
+            if mode == "denied" and sub.state in _PENDING:
+                retry_s = max(
+                    self._backoff(sub.attempts), timedelta(seconds=constants.WEBSUB_DENIED_RETRY_S)
+                )
+                new = dataclasses.replace(sub, state="denied", retry_at=now + retry_s)
+                if await self._write(new, seen=sub.version):
+                    logger.warning(
+                        "source %s: WebSub hub denied: %s",
+                        source_id, scrub_urls(q.get("hub.reason", "")),
+                    )  # fmt: skip
+                    return web.Response(text="")
+                continue
+            if mode != "subscribe" or not challenge or sub.state not in _PENDING:
+                logger.warning(
+                    "source %s: WebSub %s not asked for (subscription %s): not answered",
+                    source_id, scrub_urls(str(mode)), sub.state,
+                )  # fmt: skip
+                raise web.HTTPNotFound()
+            lease_s = self._lease_s(q.get("hub.lease_seconds"))
+            lease_until = now + timedelta(seconds=lease_s)
+            new = dataclasses.replace(
+                sub,
+                state="active",
+                attempts=0,
+                lease_until=lease_until,
+                retry_at=self._renew_at(lease_until, lease_s),
+            )
+            if await self._write(new, seen=sub.version):
+                return web.Response(text=challenge, content_type="text/plain")
+        raise web.HTTPServiceUnavailable()  # the row kept changing: the hub asks again
 
     async def push(self, request: web.Request) -> web.Response:
-        await self.load()
         source_id = request.match_info["source_id"]
-        sub = self.subs.get(source_id)
         source = self.sources.get(source_id)
+        # the stored row, whichever process subscribed or renewed it
+        sub = await self._stored(source_id) if source is not None else None
         if sub is None or source is None or sub.state not in _PUSHING:
             raise web.HTTPNotFound()
         body = await _read_body(request, self.config.polling.max_body_bytes)
