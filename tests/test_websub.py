@@ -685,6 +685,92 @@ async def test_replicas_that_discover_a_hub_at_once_make_one_subscription(
     await pushes_verify_on_both(2)
 
 
+# ---------------------------------------------------------------- hubs re-confirming
+
+
+async def test_a_hub_re_confirming_an_active_subscription_is_answered(
+    harness: Harness,
+) -> None:
+    websub = await harness.subscribed()  # lease 7200 s: renewed at 6600 s
+    start = harness.clock()
+    harness.clock.advance(3000)
+    now = harness.clock()
+    # the hub re-confirms on its own (a PubSubHubbub 0.3 hub refreshing the lease), shorter
+    reconfirm = {"hub.challenge": "again", "hub.lease_seconds": "3600"}
+    assert await harness.verify(**reconfirm) == (200, "again")
+    [row] = await harness.store.websub_subscriptions()
+    assert row.state == "active" and row.lease_until == now + timedelta(seconds=3600)
+    assert row.retry_at == now + timedelta(seconds=3600 - 600)  # brought forward
+    # one claiming a long lease (anyone can send it) answers, but never puts renewal off
+    long_lease = {"hub.challenge": "long", "hub.lease_seconds": str(365 * 86400)}
+    assert await harness.verify(**long_lease) == (200, "long")
+    [after] = await harness.store.websub_subscriptions()
+    assert after.state == "active" and after.retry_at == row.retry_at < start + timedelta(
+        seconds=6600
+    )
+    assert (await harness.push(atom(harness.hub_url, harness.topic, story(1))))[0] == 200
+    assert len(harness.hub_requests) == 1  # nothing asked of the hub meanwhile
+    harness.clock.advance(3000 - 1)
+    assert await websub.renew() == 0
+    harness.clock.advance(1)
+    assert await websub.renew() == 1
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hub.mode": "unsubscribe"},
+        {"hub.mode": "denied", "hub.reason": "forged"},
+        {"hub.topic": "http://127.0.0.1:1/other.atom"},
+        {"hub.mode": "unsubscribe", "hub.topic": "http://127.0.0.1:1/other.atom"},
+        {"hub.challenge": ""},
+        {"hub.mode": "resubscribe"},
+    ],
+    ids=["unsubscribe", "denied", "other-topic", "unsubscribe-other-topic", "no-challenge",
+         "unknown-mode"],
+)  # fmt: skip
+async def test_an_active_subscription_cannot_be_downgraded_or_hijacked(
+    harness: Harness, params: dict[str, str]
+) -> None:
+    websub = await harness.subscribed()
+    [before] = await harness.store.websub_subscriptions()
+    assert (await harness.verify(**params))[0] == 404
+    assert await harness.store.websub_subscriptions() == [before]
+    assert websub.subs["gov"].state == "active"
+    assert (await harness.push(atom(harness.hub_url, harness.topic, story(1))))[0] == 200
+
+
+async def test_nothing_is_verified_while_no_subscription_is_asked_for(harness: Harness) -> None:
+    modes = [{"hub.mode": m} for m in ("subscribe", "unsubscribe", "denied")]
+
+    async def all_refused() -> None:
+        for params in modes:
+            assert (await harness.verify(**params))[0] == 404
+            assert (await harness.verify(**params, **{"hub.topic": "http://x/"}))[0] == 404
+
+    websub = await harness.start()
+    await all_refused()  # nothing known at all
+    await websub.pipeline.poll(harness.source)
+    await all_refused()  # a hub discovered, nothing asked of it
+    harness.hub_status = 503
+    assert await websub.renew() == 0  # asked, refused: nothing outstanding
+    await all_refused()
+    [row] = await harness.store.websub_subscriptions()
+    assert row.state == "wanted"
+    # asked, accepted: an unsubscribe (never asked for) or another topic is still refused
+    harness.hub_status = 202
+    harness.clock.advance(constants.WEBSUB_RETRY_BASE_S)
+    assert await websub.renew() == 1
+    assert (await harness.verify(**{"hub.mode": "unsubscribe"}))[0] == 404
+    assert (await harness.verify(**{"hub.topic": "http://x/"}))[0] == 404
+    assert await harness.verify() == (200, "c-1")
+    # a denial honoured: no subscription until asked again
+    harness.clock.advance(7200 - 300)
+    assert await websub.renew() == 1
+    assert (await harness.verify(**{"hub.mode": "denied"}))[0] == 200
+    await all_refused()
+
+
 # ---------------------------------------------------------------- keys in URLs
 
 

@@ -2,6 +2,7 @@
 
     poll finds <link rel="hub"> ──> renew() subscribes (hub.secret per subscription)
     hub ──GET  /websub/{source}?hub.challenge=…──> answered for a request of ours, topic matching
+                                                  (or the hub re-confirming an active one)
     hub ──POST /websub/{source} (X-Hub-Signature)──> parse ──> Pipeline.ingest, at once
 
 Polling goes on as before (a hub can fail silently); a pushed item and a polled
@@ -28,14 +29,20 @@ A subscription's states:
 
     wanted ──request──> requested ──hub verifies──> active ──lease nearly over──> renewing
     renewing ──hub verifies──> active
+    active ──hub re-confirms on its own──> active (renewal brought forward, never put off)
     requested, renewing ──not verified in time──> asked again, backing off
     requested, renewing ──hub denies──> denied ──a day or more later──> requested
     a request the hub refuses or cannot take: back as before, asked again backing off
 
-Only a request of ours (requested, renewing) is verified or denied: a challenge or
-a denial nobody asked for is not answered (404), so a third party can neither
-activate a subscription nor turn push off. Pushes are accepted while active (or
-renewing), signed with the subscription's secret, for its topic.
+A request of ours (requested, renewing) is verified or denied; an active
+subscription may be re-confirmed (PubSubHubbub 0.3 hubs do, e.g. when they refresh
+a lease). Anything else is not answered (404): a denial or an unsubscribe nobody
+asked for, a topic not ours, a subscription never requested. So a third party can
+neither activate a subscription nor turn push off, and a re-confirmation (which
+anyone can forge) brings our renewal forward but never puts it off (else a forged
+one could hold our renewal back until the hub's lease has ended). Pushes are
+accepted while active (or renewing), signed with the subscription's secret, for
+its topic.
 """
 
 from __future__ import annotations
@@ -300,7 +307,7 @@ class WebSub:
                     )  # fmt: skip
                     return web.Response(text="")
                 continue
-            if mode != "subscribe" or not challenge or sub.state not in _PENDING:
+            if mode != "subscribe" or not challenge or sub.state not in {*_PENDING, "active"}:
                 logger.warning(
                     "source %s: WebSub %s not asked for (subscription %s): not answered",
                     source_id, scrub_urls(str(mode)), sub.state,
@@ -308,12 +315,14 @@ class WebSub:
                 raise web.HTTPNotFound()
             lease_s = self._lease_s(q.get("hub.lease_seconds"))
             lease_until = now + timedelta(seconds=lease_s)
+            renew_at = self._renew_at(lease_until, lease_s)
+            if sub.state == "active" and sub.retry_at is not None:
+                # the hub re-confirms on its own: anyone can send this, so it may bring our
+                # renewal forward (a shorter lease), never put it off (a forged long lease
+                # would hold it back until the hub's real lease had ended: push off)
+                renew_at = min(renew_at, sub.retry_at)
             new = dataclasses.replace(
-                sub,
-                state="active",
-                attempts=0,
-                lease_until=lease_until,
-                retry_at=self._renew_at(lease_until, lease_s),
+                sub, state="active", attempts=0, lease_until=lease_until, retry_at=renew_at
             )
             if await self._write(new, seen=sub.version):
                 return web.Response(text=challenge, content_type="text/plain")
