@@ -223,6 +223,7 @@ class Harness:
         self.store, self.clock, self.session, self.feeds = store, clock, session, feeds
         self.hub_requests: list[dict[str, str]] = []
         self.hub_status = 202
+        self.redirect_to = ""
         self.hub = Runner()
         self.current: Replica | None = None
         self.replicas: list[Replica] = []
@@ -233,8 +234,8 @@ class Harness:
     async def open(self) -> None:
         async def hub(request: web.Request) -> web.Response:
             self.hub_requests.append(dict(await request.post()))  # type: ignore[arg-type]
-            if self.hub_status == 307:  # to itself, query and all: a redirect loop
-                raise web.HTTPTemporaryRedirect(str(request.url))
+            if self.hub_status == 307:  # to itself, query and all, or where told
+                raise web.HTTPTemporaryRedirect(self.redirect_to or str(request.url))
             return web.Response(status=self.hub_status)
 
         app = web.Application()
@@ -784,7 +785,7 @@ async def test_no_key_in_a_hub_or_topic_url_reaches_a_log_line(
     await websub.pipeline.poll(harness.source)
     harness.hub_status = 503  # refused
     assert await websub.renew() == 0
-    harness.hub_status = 307  # a redirect loop: aiohttp's error quotes the URL
+    harness.hub_status = 307  # a redirect, to the URL itself: not followed
     harness.clock.advance(constants.WEBSUB_RETRY_MAX_S)
     assert await websub.renew() == 0
     harness.advertise("http://127.0.0.1:1/hub?token=s3cret")  # nobody listens there
@@ -811,8 +812,34 @@ async def test_no_key_in_a_hub_or_topic_url_reaches_a_log_line(
 
     messages = [logging.Formatter().format(r) for r in caplog.records]  # tracebacks too
     assert sum("refused the subscription" in m for m in messages) == 1
-    assert sum("unreachable" in m for m in messages) == 2
+    assert sum("redirected the subscription" in m for m in messages) == 1
+    assert sum("unreachable" in m for m in messages) == 1
     assert sum("another" in m for m in messages) == 2
     assert sum("hub denied" in m for m in messages) == 1
     assert sum("not asked for" in m for m in messages) == 1
     assert [m for m in messages if "s3cret" in m] == []
+
+
+async def test_a_hub_s_redirect_is_not_followed(harness: Harness) -> None:
+    """A redirect would take the subscription (our secret in it) anywhere, an IP literal
+    too, which aiohttp connects to without the resolver's address check: a refusal."""
+    elsewhere: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        elsewhere.append(request.path)
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/metadata", record)
+    other = Runner()
+    base = await other.start(app)
+    try:
+        harness.hub_status = 307
+        harness.redirect_to = base + "/metadata"
+        websub = await harness.start()
+        await websub.pipeline.poll(harness.source)
+        assert await websub.renew() == 0  # refused
+        assert len(harness.hub_requests) == 1 and elsewhere == []
+        assert websub.subs["gov"].state == "wanted"
+    finally:
+        await other.stop()

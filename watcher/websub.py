@@ -263,9 +263,17 @@ class WebSub:
                     "hub.lease_seconds": str(self.config.websub.lease_s),
                 },
                 timeout=aiohttp.ClientTimeout(total=self.config.polling.timeout_s),
+                # not followed: aiohttp connects to an IP literal without the resolver's
+                # address check, so a hub's redirect could reach 169.254.169.254
+                allow_redirects=False,
             ) as resp:
                 refused = resp.status // 100 != 2
-                if refused:
+                if resp.status // 100 == 3:
+                    logger.warning(
+                        "source %s: WebSub hub %s redirected the subscription (HTTP %d, not "
+                        "followed): refused", asked.source_id, hub, resp.status,
+                    )  # fmt: skip
+                elif refused:
                     logger.warning(
                         "source %s: WebSub hub %s refused the subscription: HTTP %d",
                         asked.source_id, hub, resp.status,
