@@ -318,3 +318,25 @@ def test_an_endless_feed_only_feedparser_could_read_is_refused(
     # a well-formed feed of any length is read by the fast path
     well_formed = unclosed + item * 51 + b"</channel></rss>"
     assert len(parse_feed(well_formed, source_id="s")) == 51
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-le", "cp037"])
+def test_an_endless_feed_is_refused_in_any_encoding_feedparser_reads(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """The entries are counted where feedparser reads them: a UTF-16 "<item" is no ASCII."""
+    monkeypatch.setattr(constants, "PARSE_FALLBACK_MAX_ENTRIES", 50)
+    unclosed = f'<?xml version="1.0" encoding="{encoding}"?><rss version="2.0"><channel>'
+    item = "<item><title>x</title></item>"
+    with pytest.raises(ParseError, match="more than 50 entries"):
+        parse_feed((unclosed + item * 51).encode(encoding), source_id="s")
+    assert len(parse_feed((unclosed + item * 50).encode(encoding), source_id="s")) == 50
+
+
+def test_an_endless_feed_is_refused_in_the_http_charset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constants, "PARSE_FALLBACK_MAX_ENTRIES", 50)
+    body = ('<rss version="2.0"><channel>' + "<item><title>x</title></item>" * 51).encode(
+        "utf-32-be"
+    )
+    with pytest.raises(ParseError, match="more than 50 entries"):
+        parse_feed(body, source_id="s", content_type="application/xml; charset=utf-32be")

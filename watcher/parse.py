@@ -250,18 +250,32 @@ def refuse_entities(
     nul = b"\x00" in body
     markers = _ENTITY_MARKERS if nul else _ENTITY_MARKERS[:1]
     found = any(marker in body for marker in markers)
-    if not found and (nul or body[:4] == _EBCDIC_XML or _hides_ascii(body, content_type)):
+    if not found and _may_hide_ascii(body, content_type, nul=nul):
         # an encoding the bytes do not show "<!ENTITY" in: search where feedparser reads it
-        headers = _feedparser_headers(content_type, base_url)
-        try:
-            found = b"<!ENTITY" in feedparser.encodings.convert_to_utf8(headers, body, {})
-        except Exception as exc:  # as feedparser.parse would fail: a declared "\x80tf-8"
-            raise ParseError(f"parser failure: {type(exc).__name__}", source_id=source_id) from exc
+        found = b"<!ENTITY" in _as_feedparser_reads(
+            body, source_id=source_id, content_type=content_type, base_url=base_url
+        )
     if found:
         raise ParseError(
             "XML entity declarations are refused (entity expansion, external entities)",
             source_id=source_id,
         )
+
+
+def _may_hide_ascii(body: bytes, content_type: str, *, nul: bool) -> bool:
+    """Whether feedparser may read the body in an encoding that does not show ASCII as
+    its bytes (UTF-16/32, which hold NUL bytes; EBCDIC; a declared or HTTP charset)."""
+    return nul or body[:4] == _EBCDIC_XML or _hides_ascii(body, content_type)
+
+
+def _as_feedparser_reads(body: bytes, *, source_id: str, content_type: str, base_url: str) -> bytes:
+    """The body as feedparser reads it: converted to UTF-8 by its own encoding rules."""
+    headers = _feedparser_headers(content_type, base_url)
+    try:
+        converted: bytes = feedparser.encodings.convert_to_utf8(headers, body, {})
+    except Exception as exc:  # as feedparser.parse would fail: a declared "\x80tf-8"
+        raise ParseError(f"parser failure: {type(exc).__name__}", source_id=source_id) from exc
+    return converted
 
 
 def _hides_ascii(body: bytes, content_type: str) -> bool:
@@ -422,10 +436,15 @@ def _looks_like_html(body: bytes) -> bool:
 _ENTRY_START = re.compile(rb"<(?:[\w.-]+:)?(?:item|entry)[\s>/]", re.IGNORECASE)
 
 
-def _refuse_endless(body: bytes, *, source_id: str) -> None:
+def _refuse_endless(body: bytes, *, source_id: str, content_type: str, base_url: str) -> None:
     """Refuse a body with more entries than feedparser should read (see
-    constants.PARSE_FALLBACK_MAX_ENTRIES): counted up to one past the limit."""
+    constants.PARSE_FALLBACK_MAX_ENTRIES): counted up to one past the limit, in the
+    encoding feedparser reads (a UTF-16 body shows no "<item" as ASCII bytes)."""
     limit = constants.PARSE_FALLBACK_MAX_ENTRIES
+    if _may_hide_ascii(body, content_type, nul=b"\x00" in body):
+        body = _as_feedparser_reads(
+            body, source_id=source_id, content_type=content_type, base_url=base_url
+        )
     starts = _ENTRY_START.finditer(body)
     if next(itertools.islice(starts, limit, None), None) is not None:
         raise ParseError(
@@ -443,7 +462,7 @@ def _parse_with_feedparser(
     language: str,
     tags: Iterable[str],
 ) -> ParsedFeed:
-    _refuse_endless(body, source_id=source_id)
+    _refuse_endless(body, source_id=source_id, content_type=content_type, base_url=base_url)
     headers = _feedparser_headers(content_type, base_url)
     try:
         parsed = feedparser.parse(
