@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 from tests.feeds import CURB, NOISE, rss
 from watcher import constants
 from watcher.errors import ParseError
+from watcher.fastparse import fast_parse
 from watcher.models import Item
-from watcher.parse import parse_document, parse_feed
+from watcher.parse import _parse_with_feedparser, parse_document, parse_feed, repair_references
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE rss [
@@ -340,3 +341,88 @@ def test_an_endless_feed_is_refused_in_the_http_charset(monkeypatch: pytest.Monk
     )
     with pytest.raises(ParseError, match="more than 50 entries"):
         parse_feed(body, source_id="s", content_type="application/xml; charset=utf-32be")
+
+
+# (reference, what it reads as): U+FFFD for no character, nothing for one XML forbids
+BAD_REFERENCES = [
+    ("&#xD800;", "\ufffd"), ("&#xdfff;", "\ufffd"), ("&#55296;", "\ufffd"),
+    ("&#XD800;", "\ufffd"), ("&#x110000;", "\ufffd"), ("&#99999999999;", "\ufffd"),
+    ("&#x" + "0" * 5000 + "D800;", "\ufffd"), ("&#" + "9" * 5000 + ";", "\ufffd"),
+    ("&#0;", ""), ("&#x1F;", ""), ("&#xB;", ""), ("&#xFFFE;", ""), ("&#xFFFF;", ""),
+]  # fmt: skip
+
+
+def _with_reference(ref: str, *, closed: bool = True) -> bytes:
+    return (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        "<link>https://x.example/</link>"
+        f'<item><title>a{ref}b</title><guid isPermaLink="false">g{ref}1</guid>'
+        f"<link>https://x.example/a{ref}b</link><description>c{ref}d"
+        "<![CDATA[ &#0;&#xD800; ]]></description></item>"
+        "<item><title>ok</title><guid>https://x.example/ok</guid></item>"
+        + ("</channel></rss>" if closed else "")
+    ).encode()
+
+
+@pytest.mark.parametrize(("ref", "read_as"), BAD_REFERENCES)
+def test_a_bad_character_reference_does_not_fail_the_feed(ref: str, read_as: str) -> None:
+    """lxml refused the whole feed for it, and feedparser's loose parser raised on a
+    surrogate or a number past U+10FFFF; a CDATA section's "&#" is no reference."""
+    body = _with_reference(ref)
+    first, second = parse_feed(body, source_id="s")
+    assert first.title == f"a{read_as}b"
+    assert first.text == f"c{read_as}d \ufffd\ufffd"  # the CDATA's, as HTML reads them
+    assert first.guid == f"g{read_as}1"
+    assert second.title == "ok"
+    # the same items on both paths: the fast path reads the repaired body, the feedparser
+    # fallback the body as it came
+    fast = fast_parse(repair_references(body), source_id="s", content_type="", base_url="",
+                      language="", tags=())  # fmt: skip
+    assert fast is not None
+    slow = _parse_with_feedparser(body, source_id="s", content_type="", base_url="",
+                                  language="", tags=())  # fmt: skip
+    assert fast[0] == slow.items == [first, second]
+    # and an ill-formed feed, which only feedparser reads, reads them alike
+    assert parse_feed(_with_reference(ref, closed=False), source_id="s") == [first, second]
+
+
+def test_a_good_feed_is_not_rewritten() -> None:
+    body = _with_reference("&#x1F600;&#65;&#9;&#xe000;&#x10FFFF;")
+    assert repair_references(body) is body
+    assert repair_references(b"no reference at all") == b"no reference at all"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "cp037"])
+def test_a_bad_character_reference_is_repaired_in_any_encoding_feedparser_reads(
+    encoding: str,
+) -> None:
+    declared = f'<?xml version="1.0" encoding="{encoding}"?>'
+    body = _with_reference("&#xD800;").decode().replace('<?xml version="1.0"?>', declared)
+    first, second = parse_feed(body.encode(encoding), source_id="s")
+    assert (first.title, second.title) == ("a\ufffdb", "ok")
+    # a raw NUL byte in a UTF-8 body (feedparser keeps it; the item drops it)
+    first, _ = parse_feed(_with_reference("&#xD800;\x00"), source_id="s")
+    assert first.title == "a\ufffdb"
+
+
+def test_the_bad_reference_search_finds_what_the_repair_changes() -> None:
+    """_ANY_BAD_REFERENCE, the quick search, finds exactly the references
+    _repaired_reference changes: the code points where either changes its answer, and
+    then some, in every spelling."""
+    import re
+
+    from watcher.parse import _ANY_BAD_REFERENCE, _REFERENCE, _repaired_reference
+
+    reference = re.compile(rb"&#([xX][0-9a-fA-F]+|[0-9]+);")
+    edges = [
+        1114119, 1114120, 1114199, 1114200, 1114999, 1115000, 1119999, 1120000, 1199999,
+        1200000, 1999999, 2000000, 9999999, 10**7, 0x1FFFFF, 0x200000, 0xFFFFFF, 10**30,
+    ]  # fmt: skip
+    codes = [*range(0x10010), *range(0x10F000, 0x111000), *range(0x111000, 0x300000, 97), *edges]
+    for code in codes:
+        for spelled in (b"%d" % code, b"x%x" % code, b"X%X" % code, b"x00%X" % code,
+                        b"000%d" % code):  # fmt: skip
+            ref = b"&#" + spelled + b";"
+            changed = _repaired_reference(reference.fullmatch(ref)) != ref  # type: ignore[arg-type]
+            assert (_ANY_BAD_REFERENCE.fullmatch(ref) is not None) == changed, ref
+            assert (_REFERENCE.fullmatch(ref) is not None) == changed, ref

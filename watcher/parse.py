@@ -384,14 +384,23 @@ def parse_document(
             _parse_json_feed(body[start:], source_id=source_id, language=language, tags=tags)
         )
     refuse_entities(body, source_id=source_id, content_type=content_type, base_url=base_url)
-    fast = fast_parse(
-        body,
+    tags = tuple(tags)
+    read = functools.partial(
+        fast_parse,
         source_id=source_id,
         content_type=content_type,
         base_url=base_url,
         language=language,
         tags=tags,
     )
+    fast = read(body)
+    if fast is None:
+        # lxml refuses a whole feed for one reference to a character XML forbids: read
+        # it again without them (a good feed, read above, never pays for the search)
+        repaired = repair_references(body, content_type)
+        if repaired is not body:
+            body = repaired
+            fast = read(body)
     if fast is not None:
         meta = fast[1]
         parsed = ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), meta.get("hub"), meta.get("self"))
@@ -406,6 +415,78 @@ def parse_document(
         )
     join_documents(parsed.items)  # whichever parser read them
     return parsed
+
+
+# A character reference that may be to a character XML forbids or to none, its number
+# in group 1 (a search for one finds nothing in most bodies). A test holds it to
+# _repaired_reference: it finds exactly the references that one changes.
+_BAD_REFERENCE = (
+    rb"&#([xX]0*(?:[0-8bcefBCEF]|1[0-9a-fA-F]|[dD][89a-fA-F][0-9a-fA-F]{2}|[fF]{3}[eEfF]"
+    rb"|1[1-9a-fA-F][0-9a-fA-F]{4}|[2-9a-fA-F][0-9a-fA-F]{5}|[1-9a-fA-F][0-9a-fA-F]{6,})"
+    rb"|0*(?:[0-8]|1[124-9]|2[0-9]|3[01]|5529[6-9]|55[3-9][0-9]{2}|56[0-9]{3}|57[0-2][0-9]{2}"
+    rb"|573[0-3][0-9]|5734[0-3]|6553[45]|111411[2-9]|11141[2-9][0-9]|1114[2-9][0-9]{2}"
+    rb"|111[5-9][0-9]{3}|11[2-9][0-9]{4}|1[2-9][0-9]{5}|[2-9][0-9]{6}|[1-9][0-9]{7,}));"
+)
+_ANY_BAD_REFERENCE = re.compile(_BAD_REFERENCE)
+# ... or a CDATA section or a comment, whose "&#" is none (one never closed runs to the
+# end of the body, so the search never scans the same bytes twice)
+_REFERENCE = re.compile(_BAD_REFERENCE + rb"|<!\[CDATA\[(?:.*?\]\]>|.*)|<!--(?:.*?-->|.*)", re.S)
+_CODE_POINT_MAX_DIGITS = 7  # 1114111 (U+10FFFF), leading zeros aside
+
+
+def _repaired_reference(match: re.Match[bytes]) -> bytes:
+    """What a reference to a character XML forbids or to none becomes (a CDATA section or
+    a comment, and a reference to a character XML allows, stay as they are)."""
+    number = match[1]
+    if number is None:
+        return match[0]
+    hexadecimal = number[:1] in b"xX"
+    digits = (number[1:] if hexadecimal else number).lstrip(b"0") or b"0"
+    code = int(digits, 16 if hexadecimal else 10) if len(digits) <= _CODE_POINT_MAX_DIGITS else -1
+    xml_char = 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
+    if xml_char or code in (0x9, 0xA, 0xD):  # XML's Char production
+        return match[0]
+    if code < 0 or code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        return b"&#xFFFD;"  # no character at all
+    return b""  # a character XML forbids: NUL, a C0 control, U+FFFE, U+FFFF
+
+
+def repair_references(body: bytes, content_type: str = "") -> bytes:
+    """The body without the character references XML forbids, which fail a whole feed:
+    lxml and feedparser's strict parser refuse them, and its loose parser fails on a
+    surrogate or a number past U+10FFFF (it reads the others as the character).
+
+    A reference to no character (a surrogate, past U+10FFFF) becomes U+FFFD, as in HTML
+    and as a lone surrogate in a JSON Feed does here; one to a character XML forbids
+    (NUL, a C0 control but tab, LF and CR, U+FFFE, U+FFFF) becomes nothing, as a NUL
+    always did. Whatever encoding feedparser reads the body in. A body with none is
+    given back as it is (the same object).
+    """
+    if not _may_hide_ascii(body, content_type, nul=b"\x00" in body):
+        return _repaired(body)
+    # UTF-16, UTF-32, EBCDIC...: repaired as feedparser reads it, then written back in
+    # that encoding (when it gives back these very bytes, as the codecs feedparser picks do)
+    result: dict[str, Any] = {}
+    try:
+        utf8 = feedparser.encodings.convert_to_utf8(
+            _feedparser_headers(content_type, ""), body, result
+        )
+        encoding = str(result.get("encoding") or "")
+        if not encoding or _ANY_BAD_REFERENCE.search(utf8) is None:
+            return body
+        text = body.decode(encoding)
+        if text.encode(encoding) != body:
+            return body
+        return _repaired(text.encode()).decode().encode(encoding)
+    except Exception:  # feedparser fails on this body its own way, and says so
+        return body
+
+
+def _repaired(body: bytes) -> bytes:
+    if _ANY_BAD_REFERENCE.search(body) is None:  # most bodies: one search at C speed
+        return body
+    repaired = _REFERENCE.sub(_repaired_reference, body)
+    return body if repaired == body else repaired  # those in CDATA sections, say
 
 
 # what may come before a document's first byte of content: whitespace, a UTF-8 BOM
@@ -463,6 +544,7 @@ def _parse_with_feedparser(
     tags: Iterable[str],
 ) -> ParsedFeed:
     _refuse_endless(body, source_id=source_id, content_type=content_type, base_url=base_url)
+    body = repair_references(body, content_type)
     headers = _feedparser_headers(content_type, base_url)
     try:
         parsed = feedparser.parse(
