@@ -259,3 +259,36 @@ def test_both_paths_read_utf8_with_a_base_url_and_no_content_type() -> None:
         fast, slow = pair
         assert fast == slow
         assert [i.title for i in slow] == ["Caf\u00e9 d\u00e9cret"]  # type: ignore[attr-defined]
+
+
+ATOM_FEED = (
+    '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+    "<title>f</title>%s<entry><title>t</title><id>i</id>%s</entry></feed>"
+)
+
+
+@pytest.mark.parametrize(
+    "href", [" https://x.example/d/ ", "\thttps://x.example/d/\n", "\xa0https://x.example/d/\xa0",
+             "https://x.example \xa0 ", "https://x.example/d/\u2003", " /p/ "],
+)  # fmt: skip
+@pytest.mark.parametrize("entry_link", ["", '<link href="a"/>', '<link href="?q=1"/>',
+                                        '<link href="\xa0c"/>', '<link href=" b "/>'])  # fmt: skip
+@pytest.mark.parametrize("rel", ["alternate", "Alternate", "SELF"])
+def test_fast_path_keeps_the_whitespace_around_atom_links_as_feedparser_does(
+    href: str, entry_link: str, rel: str
+) -> None:
+    """feedparser strips an element's text, never an attribute: an Atom link's href is
+    joined to the base as it is (the fast path stripped it). And rel is read in any case."""
+    feed_links = f'<link rel="{rel}" href="{href}"/><link rel="Hub" href="{href}"/>'
+    body = (ATOM_FEED % (feed_links, entry_link)).encode()
+    for base in ("", BASE):
+        fast = fast_parse(body, source_id="c", content_type="", base_url=base, language="",
+                          tags=())  # fmt: skip
+        assert fast is not None
+        slow = _parse_with_feedparser(body, source_id="c", content_type="", base_url=base,
+                                      language="", tags=())  # fmt: skip
+        assert fast[0] == slow.items
+        # the hub and self URLs: feedparser's, stripped on both paths
+        assert parse_document(body, source_id="c", base_url=base) == slow
+        assert slow.hub is not None
+        assert slow.hub == slow.hub.strip()

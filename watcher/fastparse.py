@@ -324,9 +324,9 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
             out["link"] = _urljoin(base, value)
         elif key == (ATOM, "link"):
             _atom_link(child, out, base)
-            rel = child.get("rel", "")
+            rel = child.get("rel", "").lower()  # feedparser's case for rel and type
             if rel in ("hub", "self") and child.get("href"):
-                out.setdefault(rel, _urljoin(base, child.get("href").strip()))  # WebSub
+                out.setdefault(rel, _urljoin(base, child.get("href")))  # WebSub
         elif key == (ATOM, "id"):
             value = _text(child)  # feedparser: an Atom id doubles as the link when none is given
             out.setdefault("link", _urljoin(base, value) if value else value)
@@ -338,13 +338,13 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
 
 
 def _atom_link(child: Any, out: dict[str, Any], base: str) -> None:
-    rel = child.get("rel", "alternate")
+    rel = child.get("rel", "alternate").lower()  # feedparser's case for rel and type
     ctype = child.get("type", "application/atom+xml" if rel == "self" else "text/html")
     href = child.get("href")
     if href is None or len(child):
         raise _GiveUp
     if rel == "alternate" and ctype.lower() in _HTML_TYPES:
-        out["link"] = _urljoin(base, href.strip())
+        out["link"] = _urljoin(base, href)
 
 
 def _join(base: str, uri: str) -> str:

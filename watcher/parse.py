@@ -403,7 +403,8 @@ def parse_document(
             fast = read(body)
     if fast is not None:
         meta = fast[1]
-        parsed = ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), meta.get("hub"), meta.get("self"))
+        hub, own = _feed_url(meta.get("hub")), _feed_url(meta.get("self"))
+        parsed = ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), hub, own)
     else:
         parsed = _parse_with_feedparser(
             body,
@@ -587,11 +588,15 @@ def _parse_with_feedparser(
         if item is not None:
             items.append(item)
     links = [link for link in feed.get("links") or [] if isinstance(link, Mapping)]
-    hub = next((str(x.get("href")) for x in links if x.get("rel") == "hub" and x.get("href")), None)
-    own = next(
-        (str(x.get("href")) for x in links if x.get("rel") == "self" and x.get("href")), None
-    )
-    return ParsedFeed(items, _ttl_s(feed.get("ttl")), hub, own)
+    hub = next((x.get("href") for x in links if x.get("rel") == "hub" and x.get("href")), None)
+    own = next((x.get("href") for x in links if x.get("rel") == "self" and x.get("href")), None)
+    return ParsedFeed(items, _ttl_s(feed.get("ttl")), _feed_url(hub), _feed_url(own))
+
+
+def _feed_url(href: object) -> str | None:
+    """A hub or self URL as both parsers give it (an Atom link's href, joined to the base
+    as it is), without the whitespace around it: "" is none."""
+    return str(href).strip() or None if href else None
 
 
 def _ttl_s(value: object) -> float | None:
