@@ -261,6 +261,54 @@ def test_both_paths_read_utf8_with_a_base_url_and_no_content_type() -> None:
         assert [i.title for i in slow] == ["Caf\u00e9 d\u00e9cret"]  # type: ignore[attr-defined]
 
 
+# feedparser reads an element's text that is UTF-8 read as ISO-8859-1 back as UTF-8
+# ("CafÃ©" -> "Café"), in every element, not in attributes; then C1 as windows-1252
+MOJIBAKE = ["CafÃ©", "\xa0Ã©\xa0", "Ã©&amp;Ã©", "ÃƒÂ©", "Ã¼ber", "Ã©’", "é", "Â\xa0", "Ã",
+            "\u00e2\u0080\u0099", "Ã\x85", "&#195;&#169;"]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", MOJIBAKE)
+@pytest.mark.parametrize(
+    "change",
+    [
+        (b"rare earth magnets</title>", b"rare earth magnets %s</title>"),
+        (b"processing technology.", b"processing %s"),
+        (b">curb-1</guid>", b">curb-%s</guid>"),
+        (b"news/curb-1</link>", b"news/%s</link>"),
+        (b'<guid isPermaLink="false">curb-1', b"<guid>https://example.org/%s"),
+        (b"<language>en</language>", b"<language>%s</language>"),
+        (b"<link>https://example.org/</link>", b"<link>https://example.org/%s</link>"),
+        (b"10:00:00 GMT</pubDate>", b"10:00:00 GMT%s</pubDate>"),
+    ],
+)
+def test_fast_path_reads_feedparsers_mojibake_repair_alike(
+    change: tuple[bytes, bytes], value: str
+) -> None:
+    old, new = change
+    body = rss(CURB, NOISE).replace(old, new % value.encode(), 1)
+    if old.startswith(b"<link>"):  # the feed's link is the base of a relative item link
+        body = body.replace(b"https://example.org/news/curb-1", b"curb-1")
+    for base in ("", BASE):
+        pair = _both(body, "", base)
+        assert pair is not None or "\x85" in value or "\x80" in value, change  # C1: gives up
+        if pair is not None:
+            assert pair[0] == pair[1], (change, value)
+
+
+def test_fast_path_repairs_mojibake_where_feedparser_does() -> None:
+    body = rss(("g", "CafÃ© Ã¼ber", "Ã©’"), title="x").replace(
+        b"<language>en", "<language>Ã©n".encode()
+    )
+    pair = _both(body, "", "")
+    assert pair is not None
+    fast, slow = pair
+    assert fast == slow
+    assert isinstance(slow, list)
+    [item] = slow
+    # a text with a character past U+00FF is left as it is
+    assert (item.title, item.text, item.language) == ("Café über", "Ã©’", "én")
+
+
 ATOM_FEED = (
     '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
     "<title>f</title>%s<entry><title>t</title><id>i</id>%s</entry></feed>"

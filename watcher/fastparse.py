@@ -28,6 +28,7 @@ from feedparser.datetimes.rfc822 import _parse_date_rfc822
 from feedparser.datetimes.rfc822 import months as _MONTHS
 from feedparser.datetimes.rfc822 import timezone_names as rfc822_zones
 from feedparser.datetimes.w3dtf import _parse_date_w3dtf
+from feedparser.html import _cp1252 as _CP1252
 from feedparser.mixin import _FeedParserMixin
 from feedparser.urls import _urljoin, make_safe_absolute_uri
 from lxml import etree
@@ -137,6 +138,7 @@ _EMPTY_IFRAME = re.compile(r"<iframe\b[^<>]*>\s*</iframe\s*>", re.IGNORECASE)
 _XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 # C1 controls: feedparser reads them as windows-1252 ("demoronizing"); lxml keeps them.
 _C1 = re.compile("[\x80-\x9f]")
+_PAST_LATIN1 = re.compile("[^\x00-\xff]")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.IGNORECASE)
 _PARSER = etree.XMLParser(
     resolve_entities=False,
@@ -178,6 +180,27 @@ def _text(el: Any) -> str:
         raise _GiveUp  # markup as child elements: feedparser serialises it its own way
     text = el.text
     return text.strip() if text else ""
+
+
+def _popped(value: str) -> str:
+    """The last of feedparser's work on an element's text, stripped (its pop()): text that
+    is UTF-8 read as ISO-8859-1 ("CafÃ©") read back as UTF-8 ("Café"), then C1 controls
+    read as windows-1252. Not on attributes (an Atom link's href). ASCII (most) is as is."""
+    if value.isascii():
+        return value
+    value = _utf8_read_back(value)
+    return value.translate(_CP1252) if _C1.search(value) else value
+
+
+def _utf8_read_back(value: str) -> str:
+    """_popped without the C1 step, for text already known to hold no C1 control (it
+    holds none after this either: U+0080-U+009F come only from C1 in the text)."""
+    if value.isascii() or _PAST_LATIN1.search(value):  # most text, found at C speed
+        return value
+    try:
+        return value.encode("iso-8859-1").decode("utf-8")
+    except UnicodeDecodeError:  # not UTF-8 after all
+        return value
 
 
 def _document_encoding(body: bytes) -> str:
@@ -321,7 +344,7 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
             value = _text(child)
             if not value:
                 raise _GiveUp
-            out["link"] = _urljoin(base, value)
+            out["link"] = _popped(_urljoin(base, value))
         elif key == (ATOM, "link"):
             _atom_link(child, out, base)
             rel = child.get("rel", "").lower()  # feedparser's case for rel and type
@@ -329,11 +352,11 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
                 out.setdefault(rel, _urljoin(base, child.get("href")))  # WebSub
         elif key == (ATOM, "id"):
             value = _text(child)  # feedparser: an Atom id doubles as the link when none is given
-            out.setdefault("link", _urljoin(base, value) if value else value)
+            out.setdefault("link", _popped(_urljoin(base, value)) if value else value)
         elif key in ((plain, "language"), (DC, "language")):
-            out["language"] = _text(child)
+            out["language"] = _popped(_text(child))
         elif key == (plain, "ttl"):
-            out["ttl"] = _text(child)
+            out["ttl"] = _popped(_text(child))
     return out
 
 
@@ -367,7 +390,7 @@ def _markup(el: Any, *, atom: bool) -> str:
         raise _GiveUp  # e.g. media:description type="html" mode="base64"
     if not value.isascii() and _C1.search(value):
         raise _GiveUp
-    return value  # (its markup is checked by _check_markup, in _read)
+    return _utf8_read_back(value)  # (its markup is checked by _check_markup, in _read)
 
 
 def _check_markup(value: str) -> None:
@@ -499,18 +522,19 @@ def _fields(
         value = (child.text or "").strip()
         if name == "link":
             # an empty <link/> is an empty link to feedparser, whatever the base
-            out["link"] = _join(base, value) if value else ""
+            out["link"] = _popped(_join(base, value)) if value else ""
         elif name == "id":
             is_link = atom or child.get("isPermaLink", child.get("ispermalink", "true")) == "true"
             if is_link and value:
                 value = _join(base, value)
+            value = _popped(value)
             out["id"] = value
             if is_link:
                 out.setdefault("link", value)
         elif name == "published" or name == "updated":
-            out[name] = value  # read by _published: the second only if the first does not
+            out[name] = _popped(value)  # read by _published: the second only if the first does not
         elif name == "language":
-            out["language"] = value
+            out["language"] = _popped(value)
     return out
 
 
