@@ -97,6 +97,12 @@ MEDIA = b'xmlns:media="http://search.yahoo.com/mrss/"'
          b"<description>"),
         # an empty <link/> is an empty link, with or without a base
         (b"<link>https://example.org/news/curb-1</link>", b"<link/>"),
+        # a guid's isPermaLink, its name in any case (of two spellings, the last)
+        (b'<guid isPermaLink="false">', b'<guid IsPermaLink="false">'),
+        (b'<guid isPermaLink="false">', b'<guid ISPERMALINK="false">'),
+        (b'<guid isPermaLink="false">', b'<guid isPermaLink="true" ispermalink="false">'),
+        (b'<guid isPermaLink="false">', b'<guid ispermalink="false" isPermaLink="true">'),
+        (b'<guid isPermaLink="false">', b'<guid x:isPermaLink="true" xmlns:x="urn:x">'),
     ],
 )  # fmt: skip
 def test_fast_path_reads_feedparsers_quirks_alike(change: tuple[bytes, bytes]) -> None:

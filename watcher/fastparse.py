@@ -524,7 +524,7 @@ def _fields(
             # an empty <link/> is an empty link to feedparser, whatever the base
             out["link"] = _popped(_join(base, value)) if value else ""
         elif name == "id":
-            is_link = atom or child.get("isPermaLink", child.get("ispermalink", "true")) == "true"
+            is_link = atom or _is_permalink(child)
             if is_link and value:
                 value = _join(base, value)
             value = _popped(value)
@@ -536,6 +536,16 @@ def _fields(
         elif name == "language":
             out["language"] = _popped(value)
     return out
+
+
+def _is_permalink(guid: Any) -> bool:
+    """feedparser's guidislink: isPermaLink="true" or none, its name in any case (it reads
+    every attribute name in lower case; of two spellings, the last)."""
+    value = "true"
+    for name, given in guid.items():
+        if name.lower() == "ispermalink":
+            value = given
+    return value == "true"
 
 
 _DATE_ERRORS = (KeyError, OverflowError, ValueError, AttributeError)  # what _parse_date skips
