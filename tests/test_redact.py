@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from watcher.redact import redact_url, scrub_urls
@@ -44,3 +47,26 @@ def test_scrub_urls_keeps_the_quotes_around_a_url() -> None:
 def test_scrub_urls_hides_a_password_holding_a_slash() -> None:
     text = "400, message='Bad Request', url='https://u:pa/ss@gov.example/f'"
     assert scrub_urls(text) == "400, message='Bad Request', url='https://gov.example/f'"
+
+
+def test_the_service_log_scrubs_urls_out_of_tracebacks() -> None:
+    """What `watcher run` logs goes through the same redaction as error text: a
+    traceback quoting a library's exception holds no credentials or query values."""
+    script = (
+        "import logging\n"
+        "from watcher.cli import _setup_logging\n"
+        "_setup_logging(verbose=False)\n"
+        "try:\n"
+        "    raise ValueError('hub refused https://user:s3cret@hub.example/sub?key=k3y')\n"
+        "except ValueError:\n"
+        "    logging.getLogger('watcher.service').exception('WebSub renewal failed')\n"
+        "logging.getLogger('watcher').info('polled %s', 'http://x.example/f?token=t0ken')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    log = done.stderr
+    assert "WebSub renewal failed" in log and "Traceback" in log and "ValueError" in log
+    assert "https://hub.example/sub?key=…" in log and "http://x.example/f?token=…" in log
+    for secret in ("s3cret", "user:", "k3y", "t0ken"):
+        assert secret not in log

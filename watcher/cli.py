@@ -15,6 +15,7 @@ from watcher.config import load_config
 from watcher.errors import WatcherError
 from watcher.inputs import read_items
 from watcher.models import DeliveryState
+from watcher.redact import ScrubbingFormatter
 from watcher.rulecache import RuleCache
 from watcher.rules import Matcher, check_examples, load_rules
 from watcher.sources_cli import add_commands as add_sources_commands
@@ -25,11 +26,10 @@ DEFAULT_RULES = [Path("rules")]
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # every line scrubbed: a traceback may quote a URL with its credentials
+    handler.setFormatter(ScrubbingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("apscheduler", "aiosqlite", "asyncio", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -11,6 +11,7 @@ error can carry a secret whatever raised it.
 
 from __future__ import annotations
 
+import logging
 import re
 
 HIDDEN = "…"
@@ -88,3 +89,15 @@ def _redact_match(match: re.Match[str]) -> str:
     found = match.group()
     url = found.rstrip(_CLOSING)
     return redact_url(url) + found[len(url) :]
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """A log line, its traceback included, with every URL in it redacted.
+
+    Our own messages redact the URLs they name; this catches what they quote from
+    elsewhere: a library's exception text or a traceback (`logger.exception`), which
+    may hold a source's or a receiver's credentials.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub_urls(super().format(record))
