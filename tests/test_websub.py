@@ -686,6 +686,40 @@ async def test_replicas_that_discover_a_hub_at_once_make_one_subscription(
     await pushes_verify_on_both(2)
 
 
+async def test_a_verification_that_keeps_losing_the_row_is_503_and_answered_when_asked_again(
+    harness: Harness, second_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process changes the row between each read and write of the verification:
+    after three lost writes the hub gets a 503 (it asks again), nothing half-written."""
+    a = await harness.replica(seed=1)
+    b = await harness.replica(second_store, seed=2)
+    await a.websub.pipeline.poll(harness.source)
+    assert await a.websub.renew() == 1
+    [asked] = await harness.store.websub_subscriptions()
+    write = second_store.write_websub
+    lost = 0
+
+    async def another_process_first(row: Any, *, seen: int | None) -> int | None:
+        nonlocal lost
+        # a's process rewrites the row (same content, a new version) just before b writes
+        current = await harness.store.websub_subscription(row.source_id)
+        assert current is not None
+        assert await harness.store.write_websub(current, seen=current.version) is not None
+        lost += 1
+        return await write(row, seen=seen)
+
+    monkeypatch.setattr(second_store, "write_websub", another_process_first)
+    assert (await harness.verify_on(b.callback))[0] == 503
+    assert lost == 3
+    [row] = await harness.store.websub_subscriptions()
+    assert (row.state, row.lease_until) == (asked.state, asked.lease_until)  # still asked
+    assert row.version == asked.version + 3
+    monkeypatch.setattr(second_store, "write_websub", write)
+    assert await harness.verify_on(b.callback) == (200, "c-1")  # the hub's retry
+    [row] = await harness.store.websub_subscriptions()
+    assert row.state == "active" and row.lease_until == harness.clock() + timedelta(hours=2)
+
+
 # ---------------------------------------------------------------- hubs re-confirming
 
 
