@@ -182,3 +182,41 @@ async def test_an_unexpected_failure_is_recorded_on_the_source(
     assert state is not None and state.error_count == 1 and state.last_error_reason == "internal"
     assert "RuntimeError" in (state.last_error or "") and "hunter2" not in (state.last_error or "")
     assert state.next_poll_at == clock() + timedelta(seconds=600)  # backed off like any error
+
+
+async def test_a_poll_slower_than_its_interval_keeps_the_interval(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    """A poll whose transaction waits on a busy store longer than the interval: the next
+    poll is still an interval after it, never "-100 s" (an interval of no time or less
+    made APScheduler's catch-up loop run backwards forever: service blocked, memory gone)."""
+    feed_server.routes["/f"] = Route(body=rss(CURB))
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    start = clock()
+    matcher = pipeline.matcher
+
+    def slow_matcher() -> Matcher:
+        clock.advance(400)  # inside the poll's transaction: more than the 300 s interval
+        return matcher()
+
+    pipeline.matcher = slow_matcher
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    outcome = await pipeline.poll(config.sources[0])
+    assert outcome.outcome == "new" and outcome.next_poll_in_s == 300
+    state = await store.source_state("s")
+    assert state is not None and state.next_poll_at == start + timedelta(seconds=300)
+    feed_server.routes["/f"] = Route(body=rss(CURB, NOISE))  # a new item: a slow poll again
+    await poller.poll("s")
+    job = scheduler.get_job("poll:s")
+    assert job is not None and job.trigger.interval == timedelta(seconds=300)
+    assert (await store.count_items()) == 2
+    # whatever asks, the scheduler is given no interval of no time or less
+    for seconds in (-0.5, 0.0, float("nan")):
+        poller._set_interval("s", seconds)
+        assert job.trigger.interval == timedelta(seconds=300)
+    poller._set_interval("s", 0.5)  # below polling.min_interval_s: that minimum
+    job = scheduler.get_job("poll:s")
+    assert job is not None and job.trigger.interval == timedelta(seconds=10)
+

@@ -166,6 +166,11 @@ class Poller:
         self._set_interval(source.id, delay)
 
     def _set_interval(self, source_id: str, seconds: float) -> None:
+        # never below the policy's minimum: APScheduler loops forever on an interval of 0 or
+        # less (its catch-up of missed run times never reaches now), blocking the service
+        if not seconds > 0:  # 0, negative or NaN: the source's own interval
+            seconds = float(self.sources[source_id].interval_s)
+        seconds = max(seconds, self.pipeline.policy.min_s)
         if self._interval_s.get(source_id) == seconds:
             return
         self._interval_s[source_id] = seconds
