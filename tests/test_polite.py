@@ -220,3 +220,23 @@ async def test_a_poll_slower_than_its_interval_keeps_the_interval(
     job = scheduler.get_job("poll:s")
     assert job is not None and job.trigger.interval == timedelta(seconds=10)
 
+
+async def test_first_polls_of_many_sources_are_spread_at_start_up(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    """1,000 sources never polled start over 10 s (100 a second), not all at once; one
+    whose interval is shorter than that starts within its interval."""
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": f"s{i}", "url": f"http://127.0.0.1:9/{i}", "interval_s": 900 if i else 10}
+         for i in range(1000)],
+    )  # fmt: skip
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    starts = [(job.next_run_time - clock()).total_seconds() for job in scheduler.get_jobs()]
+    assert len(starts) == 1000 and 0 <= min(starts) and 9 < max(starts) <= 10
+    per_second = [sum(1 for s in starts if n <= s < n + 1) for n in range(10)]
+    assert max(per_second) < 150  # ~100 each
+    job = scheduler.get_job("poll:s0")
+    assert job is not None and job.next_run_time <= clock() + timedelta(seconds=10)

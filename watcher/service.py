@@ -94,16 +94,21 @@ class Poller:
     ) -> None:
         """One poll job per enabled source. The first poll keeps the next check a previous
         run stored (backoff, a broken source's rare tries, the server's hints), within the
-        policy's bounds; sources never polled, or due, start staggered over a few seconds
-        so start-up is not a burst. Sources a 410 stopped get no job."""
+        policy's bounds; sources never polled, or due, start spread out so start-up is not a
+        burst: over 2 s, or as long as it takes to start POLL_STARTUP_PER_S a second
+        (100 s for 10,000 sources), but within each source's interval. Sources a 410
+        stopped get no job."""
         now = self.clock()
         policy = self.pipeline.policy
         latest = now + timedelta(seconds=max(policy.max_s, policy.broken_interval_s))
+        jobs = []
         for source in self.sources.values():
             state = stored.get(source.id) if stored else None
-            if state is not None and not state.active:
-                continue
-            first = now + timedelta(seconds=rng.uniform(0, min(2.0, source.interval_s / 10)))
+            if state is None or state.active:
+                jobs.append((source, state))
+        window_s = max(2.0, len(jobs) / constants.POLL_STARTUP_PER_S)
+        for source, state in jobs:
+            first = now + timedelta(seconds=rng.uniform(0, min(window_s, source.interval_s)))
             if state is not None and state.next_poll_at is not None:
                 first = max(first, min(state.next_poll_at, latest))
             self.scheduler.add_job(
