@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
@@ -240,3 +243,52 @@ async def test_first_polls_of_many_sources_are_spread_at_start_up(
     assert max(per_second) < 150  # ~100 each
     job = scheduler.get_job("poll:s0")
     assert job is not None and job.next_run_time <= clock() + timedelta(seconds=10)
+
+
+async def test_polls_skipped_while_the_last_still_runs_are_counted_and_summed_up(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Polling falling behind: each poll due while its source's last one still runs is
+    skipped, counted, and said in one line a minute (not APScheduler's line per poll)."""
+    feed_server.routes["/f"] = Route(body=rss(CURB), delay_s=1.5)  # a slow source
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    clock.now = datetime.now(UTC)  # the scheduler runs on real time
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    caplog.set_level(logging.WARNING)
+    scheduler.start()
+    try:
+        for _ in range(500):  # until the first poll is in flight
+            if feed_server.requests_to("/f"):
+                break
+            await asyncio.sleep(0.01)
+
+        async def due_again() -> None:
+            scheduler.modify_job("poll:s", next_run_time=datetime.now(UTC))
+            await asyncio.sleep(0.05)  # the scheduler wakes up and skips it
+
+        await due_again()
+        await due_again()
+        clock.advance(61)
+        await due_again()
+        skipped = pipeline.metrics.registry.get_sample_value(
+            "watcher_polls_total", {"outcome": "skipped"}
+        )
+        assert skipped == 3
+        lines = [r.getMessage() for r in caplog.records if "falling behind" in r.getMessage()]
+        assert len(lines) == 2
+        assert lines[0].startswith("polling is falling behind: 1 poll(s) skipped, each")
+        assert lines[1].startswith("polling is falling behind: 2 poll(s) skipped in the last 61s")
+        assert not [r for r in caplog.records if r.name.startswith("apscheduler")]
+        for _ in range(100):  # the slow poll ends as usual
+            if not poller.active:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        scheduler.shutdown(wait=False)
+    assert await store.count_items() == 1

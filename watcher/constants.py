@@ -29,6 +29,8 @@ POLL_MISFIRE_GRACE_S = 60
 # First polls at start-up (sources never polled, or due) are spread so that about this
 # many start per second: 10,000 sources due at once made 10,000 polls in flight (~85 MB)
 POLL_STARTUP_PER_S = 100
+# polls skipped because the last one still ran are logged in one line this often at most
+POLL_SKIPPED_LOG_S = 60
 POLL_NEXT_MAX_S = 24 * 3600  # no server hint may make us poll less often than this
 POLL_ERROR_LIMIT = 10  # consecutive errors after which a source is polled rarely
 POLL_BROKEN_INTERVAL_S = 24 * 3600  # how often such a source is still tried

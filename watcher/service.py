@@ -13,11 +13,12 @@ import html
 import logging
 import random
 from collections.abc import AsyncIterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -63,6 +64,20 @@ SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 UNSUBSCRIBE_KEY = web.AppKey("unsubscribe_key", bytes)
 
 
+class _NoPollSkipWarnings(logging.Filter):
+    """APScheduler warns of every run it skips while the job's last one still runs: with
+    thousands of sources falling behind, thousands of lines an interval. Poller sums
+    those of poll jobs up instead (`Poller.skipped`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        skipped = str(record.msg).startswith("Execution of job") and "skipped" in str(record.msg)
+        return not (skipped and str(getattr(job, "id", "")).startswith("poll:"))
+
+
+_NO_POLL_SKIP_WARNINGS = _NoPollSkipWarnings()
+
+
 class Poller:
     """The scheduler's poll job for each source; adapts the interval on errors."""
 
@@ -76,6 +91,11 @@ class Poller:
         self.sources = {s.id: s for s in config.sources if s.enabled}
         self.active = 0  # polls in flight
         self._interval_s = {s.id: float(s.interval_s) for s in self.sources.values()}
+        self._skipped = 0  # polls skipped since the last line that said so
+        self._skipped_said_at: datetime | None = None
+        self._skipped_metric = pipeline.metrics.polls.labels("skipped")
+        scheduler.add_listener(self.skipped, EVENT_JOB_MAX_INSTANCES)
+        logging.getLogger("apscheduler.scheduler").addFilter(_NO_POLL_SKIP_WARNINGS)
 
     def job_id(self, source_id: str) -> str:
         return f"poll:{source_id}"
@@ -123,6 +143,27 @@ class Poller:
                 next_run_time=first,
                 replace_existing=True,
             )
+
+    def skipped(self, event: JobSubmissionEvent) -> None:
+        """A poll due while the source's previous one still runs is skipped (polling is
+        falling behind): counted (`watcher_polls_total{outcome="skipped"}`), and said in
+        one line a minute at most, with how many."""
+        if not event.job_id.startswith("poll:"):
+            return
+        self._skipped_metric.inc()
+        self._skipped += 1
+        now = self.clock()
+        said = self._skipped_said_at
+        if said is not None and now - said < timedelta(seconds=constants.POLL_SKIPPED_LOG_S):
+            return
+        logger.warning(
+            "polling is falling behind: %d poll(s) skipped%s, each because its source's "
+            "previous poll was still running (a busy store or network, or more sources than "
+            "this process can poll at their intervals)",
+            self._skipped,
+            "" if said is None else f" in the last {(now - said).total_seconds():.0f}s",
+        )
+        self._skipped, self._skipped_said_at = 0, now
 
     async def poll(self, source_id: str) -> None:
         source = self.sources[source_id]
