@@ -36,6 +36,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +96,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait_for(port: int) -> None:
-    for _ in range(200):
+async def _wait_for(
+    port: int,
+    *,
+    timeout_s: float = 10,
+    what: str = "the bench feed server",
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Wait until something listens on the port (`alive`: while the process that will)."""
+    for _ in range(int(timeout_s / 0.05)):
+        if not alive():
+            raise RuntimeError(f"{what} exited at start-up")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
             return
         except OSError:
             await asyncio.sleep(0.05)
-    raise RuntimeError("the bench feed server did not start")
+    raise RuntimeError(f"{what} did not start in {timeout_s:.0f} s")
 
 
 async def poll_rates(port: int) -> dict[str, float]:

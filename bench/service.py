@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 
-from bench.poll import _free_port, _serve  # noqa: E402
+from bench.poll import _free_port, _serve, _wait_for  # noqa: E402
 
 SOURCES = int(os.environ.get("BENCH_SOURCES", "10000"))
 INTERVAL_S = 120  # each source's interval: the second round starts 120-132 s after the first
@@ -89,23 +89,10 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-async def _api_up(pid: int, port: int) -> None:
-    """Wait for the service's API: it listens once the config, store and jobs are ready."""
-    for _ in range(1200):
-        if not _alive(pid):
-            raise RuntimeError("the service exited at start-up")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the service's API did not come up in 120 s")
-
-
 async def _watch(pid: int, api_port: int) -> dict[str, object]:
     api = f"http://127.0.0.1:{api_port}"
-    await _api_up(pid, api_port)
+    # it listens once the config, store and scheduler jobs are ready
+    await _wait_for(api_port, timeout_s=120, what="the service", alive=lambda: _alive(pid))
     start = time.perf_counter()
     at_start, _ = _memory_mb(pid)
     first_done = None
