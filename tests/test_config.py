@@ -168,3 +168,23 @@ def test_example_and_readme_document_the_health_settings() -> None:
 def test_check_config_reports_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "-c", str(DATA / "unknown_key.toml")]) == 2
     assert "intervall_s" in capsys.readouterr().err
+
+
+def test_intervals_of_scheduled_jobs_are_a_second_or_more(tmp_path: Path) -> None:
+    """A job's interval below a second is refused by name: APScheduler lists every run a
+    job missed at each wake-up, so a tiny one costs a run per microsecond the service is
+    late (a poll interval of less than nothing hung it)."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[rules]\nreload_interval_s = 0.001\n"
+        "[polling]\nmin_interval_s = 0.5\n"
+        "[health]\ncheck_interval_s = 0.000001\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "rules.reload_interval_s: " in text and "0 (never) or at least 1 second" in text
+    assert "polling.min_interval_s: " in text and "health.check_interval_s: " in text
+    path.write_text("[rules]\nreload_interval_s = 0\n[health]\ncheck_interval_s = 1\n")
+    config = load_config(path)
+    assert (config.rules.reload_interval_s, config.health.check_interval_s) == (0, 1)

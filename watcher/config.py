@@ -82,6 +82,15 @@ class RulesConfig(_Strict):
         description="where compiled rule files are cached by content hash; none: no cache",
     )
 
+    @field_validator("reload_interval_s")
+    @classmethod
+    def _off_or_a_second(cls, value: float) -> float:
+        # a scheduled job's interval: APScheduler lists every run it missed at each wake-up,
+        # so a tiny one costs a run per microsecond of delay
+        if 0 < value < 1:
+            raise ValueError("must be 0 (never) or at least 1 second")
+        return value
+
 
 class PollingConfig(_Strict):
     timeout_s: float = Field(default=constants.FETCH_TIMEOUT_S, gt=0)
@@ -100,7 +109,7 @@ class PollingConfig(_Strict):
         description="the User-Agent sent to sources; default: watcher's, with [api] public_url",
     )
     # next check = clamp(max(interval, RSS ttl, max-age, Expires), min_interval_s, max_interval_s)
-    min_interval_s: float = Field(default=constants.POLL_INTERVAL_MIN_S, gt=0)
+    min_interval_s: float = Field(default=constants.POLL_INTERVAL_MIN_S, ge=1)
     max_interval_s: float = Field(default=constants.POLL_NEXT_MAX_S, gt=0)
     error_limit: int = Field(default=constants.POLL_ERROR_LIMIT, ge=1)
     broken_interval_s: float = Field(default=constants.POLL_BROKEN_INTERVAL_S, gt=0)
@@ -111,7 +120,7 @@ class HealthConfig(_Strict):
 
     operator_receiver: str | None = None
     broken_after_errors: int = Field(default=5, ge=1)
-    check_interval_s: float = Field(default=300.0, gt=0)
+    check_interval_s: float = Field(default=300.0, ge=1)
 
 
 class WebSubConfig(_Strict):
