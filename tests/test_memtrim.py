@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from watcher import constants, memtrim
@@ -68,3 +72,50 @@ def test_the_heap_is_trimmed_once_a_megabyte_was_parsed(monkeypatch: pytest.Monk
     with pytest.raises(TypeError):
         parse_document("not bytes", source_id="str")  # type: ignore[arg-type]
     assert memtrim._parsed_since_trim == 0
+
+
+_COUNT_HEAPS = """
+import ctypes, sys, threading
+from watcher.memtrim import limit_arenas
+limited = limit_arenas() if sys.argv[1] == "limit" else None
+def work():
+    held = [bytearray(10_000) for _ in range(100)]  # from glibc's heaps (under mmap's size)
+    barrier.wait()  # every thread holds its memory at once
+barrier = threading.Barrier(4)
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(None)
+buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+libc.open_memstream.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(limited, buf.value.decode().count("<heap nr="))
+"""
+
+
+@glibc_only
+@pytest.mark.parametrize("how", ["limit", "default"])
+def test_the_service_s_threads_share_one_c_heap(how: str) -> None:
+    """`watcher run` limits glibc to one heap: threads that allocate at once get heaps of
+    their own otherwise (here 4 threads, 5 heaps)."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", _COUNT_HEAPS, how],
+        capture_output=True, text=True, check=True, env=env, timeout=60,
+    ).stdout.split()  # fmt: skip
+    limited, heaps = out[0], int(out[1])
+    if how == "limit":
+        assert (limited, heaps) == ("True", 1)
+    else:
+        assert limited == "None" and heaps > 1
+
+
+def test_an_arena_limit_the_environment_sets_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memtrim.limit_arenas() is False

@@ -44,8 +44,10 @@ def _load_matcher_or_report(paths: Sequence[Path], cache: RuleCache | None = Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from watcher.memtrim import limit_arenas
     from watcher.service import run
 
+    limit_arenas()  # one C heap for the service's threads (see watcher.memtrim)
     config = load_config(args.config)
     cache = RuleCache(config.rules.cache_dir) if config.rules.cache_dir else None
     matcher = _load_matcher_or_report(config.rules.paths, cache)
