@@ -49,6 +49,7 @@ from lxml import etree  # noqa: E402
 
 from watcher.config import Config  # noqa: E402
 from watcher.errors import ParseError  # noqa: E402
+from watcher.memtrim import limit_arenas  # noqa: E402
 from watcher.metrics import Metrics  # noqa: E402
 from watcher.models import utc_now  # noqa: E402
 from watcher.parse import _parse_with_feedparser, parse_document  # noqa: E402
@@ -257,6 +258,7 @@ def main() -> None:
     if "--parse-only" in sys.argv[1:]:  # the parse figures alone, without the 10,000 sources
         print(json.dumps({"bench": "poll", **parse_rates()}))
         return
+    limit_arenas()  # as `watcher run` does: one C heap for every thread
     # what the imported stack (aiohttp, SQLAlchemy, feedparser, lxml, ...) costs before any source
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result: dict[str, object] = {"bench": "poll", "baseline_rss_mb": round(baseline, 1)}
