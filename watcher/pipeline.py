@@ -165,7 +165,7 @@ class Pipeline:
             ttl_s=parsed.ttl_s,
         )
         outcome.moved_to = result.moved_to
-        # the policy's delay, not what is left of it: a slow transaction (a busy store)
+        # the policy's delay, not what is left of it after the transaction: a busy store
         # may have used it all up, and the next poll is still that far from this one
         outcome.next_poll_in_s = delay
         self._polled["new"].inc()
@@ -310,9 +310,6 @@ class Pipeline:
             deliveries=dispatched.deliveries,
             staged=dispatched.staged + updates.staged,
             alerts_updated=updates.alert_ids,
-            next_poll_in_s=(
-                max(0.0, (next_poll_at - self.clock()).total_seconds()) if next_poll_at else None
-            ),
             stories_grown=[a for a in story_of.values() if not a.new_story],
         )
 
