@@ -29,21 +29,27 @@ import ctypes
 import os
 from collections.abc import Callable
 from functools import cache
+from typing import Any, cast
 
 from watcher import constants
 
 _parsed_since_trim = 0  # bytes of bodies parsed (approximate: threads may race on it)
 
 
-@cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _c_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """`name` from the process's own C library, returning an int; None where it has none."""
     try:
-        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return cast("Callable[..., int]", function)
+
+
+@cache
+def _malloc_trim() -> Callable[..., int] | None:
+    return _c_function("malloc_trim", ctypes.c_size_t)
 
 
 def release_free_memory() -> None:
@@ -70,10 +76,5 @@ def limit_arenas(count: int = 1) -> bool:
     where the C library has no mallopt or MALLOC_ARENA_MAX already says how many."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, count))
+    mallopt = _c_function("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, count))
