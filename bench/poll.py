@@ -36,7 +36,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,23 @@ def _serve(port: int, ready: Any) -> None:
     app.router.add_get("/feed/{n}", handle)
     ready.set()
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+@contextlib.contextmanager
+def feed_server() -> Iterator[int]:
+    """The bench feed server (`_serve`) in a child process, for as long as the block runs;
+    yields its port."""
+    port = _free_port()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    server = ctx.Process(target=_serve, args=(port, ready), daemon=True)
+    server.start()
+    try:
+        ready.wait(30)
+        yield port
+    finally:
+        server.terminate()
+        server.join(10)
 
 
 def _free_port() -> int:
@@ -268,17 +285,8 @@ def main() -> None:
         result.update(parse_rates())
     else:
         result["parse_skipped"] = f"{CORPUS} is absent"
-    port = _free_port()
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    server = ctx.Process(target=_serve, args=(port, ready), daemon=True)
-    server.start()
-    try:
-        ready.wait(30)
+    with feed_server() as port:
         result.update(asyncio.run(poll_rates(port)))
-    finally:
-        server.terminate()
-        server.join(10)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["peak_rss_mb"] = round(peak, 1)
     result["rss_over_baseline_mb"] = round(peak - baseline, 1)

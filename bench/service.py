@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import re
 import subprocess
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 
-from bench.poll import _free_port, _serve, _wait_for  # noqa: E402
+from bench.poll import _free_port, _wait_for, feed_server  # noqa: E402
 
 SOURCES = int(os.environ.get("BENCH_SOURCES", "10000"))
 INTERVAL_S = 120  # each source's interval: the second round starts 120-132 s after the first
@@ -121,31 +120,22 @@ async def _watch(pid: int, api_port: int) -> dict[str, object]:
 
 
 def main() -> None:
-    port, api_port = _free_port(), _free_port()
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    server = ctx.Process(target=_serve, args=(port, ready), daemon=True)
-    server.start()
-    try:
-        ready.wait(30)
-        with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "config.toml"
-            config.write_text(_config(port, api_port, Path(tmp)))
-            watcher = Path(sys.executable).parent / "watcher"
-            with (
-                open(Path(tmp) / "service.log", "wb") as log,
-                subprocess.Popen(
-                    [str(watcher), "run", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=log
-                ) as service,
-            ):
-                try:
-                    result = asyncio.run(_watch(service.pid, api_port))
-                finally:
-                    service.terminate()
-                    service.wait(30)
-    finally:
-        server.terminate()
-        server.join(10)
+    api_port = _free_port()
+    with feed_server() as port, tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.toml"
+        config.write_text(_config(port, api_port, Path(tmp)))
+        watcher = Path(sys.executable).parent / "watcher"
+        with (
+            open(Path(tmp) / "service.log", "wb") as log,
+            subprocess.Popen(
+                [str(watcher), "run", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=log
+            ) as service,
+        ):
+            try:
+                result = asyncio.run(_watch(service.pid, api_port))
+            finally:
+                service.terminate()
+                service.wait(30)
     result = {"bench": "service", "sources": SOURCES, **result, "target_peak_rss_mb": TARGET_MB}
     print(json.dumps(result))
 
