@@ -267,6 +267,7 @@ async def test_polls_skipped_while_the_last_still_runs_are_counted_and_summed_up
             if feed_server.requests_to("/f"):
                 break
             await asyncio.sleep(0.01)
+        assert poller.active == 1  # the slow poll holds its job's one instance
 
         async def due_again() -> None:
             scheduler.modify_job("poll:s", next_run_time=datetime.now(UTC))
