@@ -10,7 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
 from tests.pipelines import loopback_pipeline
@@ -47,8 +46,7 @@ async def make_service(store: Store, clock: FakeClock) -> AsyncIterator[MakeServ
                 store, session, clock, [{"id": k, "url": v} for k, v in sources.items()],
                 **settings,
             )  # fmt: skip
-            scheduler = AsyncIOScheduler(timezone="UTC")
-            poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+            poller = Poller(pipeline=pipeline, config=config, clock=clock)
             return Service(store, pipeline, poller)
 
         yield make

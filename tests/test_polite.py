@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import aiohttp
 import pytest
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.conftest import FakeClock
 from tests.feeds import CURB, NOISE, rss
@@ -157,14 +156,12 @@ async def test_a_restart_keeps_each_sources_stored_next_check(
     for source in config.sources[:2]:
         await pipeline.poll(source)
     # the service restarts: a new scheduler, the store as the last run left it
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
-    poller.schedule_all(random.Random(0), {s.id: s for s in await store.list_sources()})
-    broken = scheduler.get_job("poll:broken")
-    assert broken is not None and broken.next_run_time == clock() + timedelta(seconds=7200)
-    new = scheduler.get_job("poll:new")  # never polled: at once, staggered
-    assert new is not None and new.next_run_time <= clock() + timedelta(seconds=2)
-    assert scheduler.get_job("poll:gone") is None  # a 410 stopped it
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
+    poller.schedule_all(random.Random(0), await store.poll_schedules())
+    assert poller.next_poll_at("broken") == clock() + timedelta(seconds=7200)
+    new = poller.next_poll_at("new")  # never polled: at once, staggered
+    assert new is not None and new <= clock() + timedelta(seconds=2)
+    assert poller.next_poll_at("gone") is None  # a 410 stopped it
 
 
 async def test_an_unexpected_failure_is_recorded_on_the_source(
@@ -177,8 +174,7 @@ async def test_an_unexpected_failure_is_recorded_on_the_source(
         raise RuntimeError("a bug with a secret=hunter2 in its message")
 
     pipeline.matcher = broken_matcher
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
     poller.schedule_all(random.Random(0))
     await poller.poll("s")  # raises inside; the job survives and the source shows it
     state = await store.source_state("s")
@@ -203,8 +199,7 @@ async def test_a_poll_slower_than_its_interval_keeps_the_interval(
         return matcher()
 
     pipeline.matcher = slow_matcher
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
     poller.schedule_all(random.Random(0))
     outcome = await pipeline.poll(config.sources[0])
     assert outcome.outcome == "new" and outcome.next_poll_in_s == 300
@@ -212,16 +207,16 @@ async def test_a_poll_slower_than_its_interval_keeps_the_interval(
     assert state is not None and state.next_poll_at == start + timedelta(seconds=300)
     feed_server.routes["/f"] = Route(body=rss(CURB, NOISE))  # a new item: a slow poll again
     await poller.poll("s")
-    job = scheduler.get_job("poll:s")
-    assert job is not None and job.trigger.interval == timedelta(seconds=300)
+    assert poller.interval_s("s") == 300
     assert (await store.count_items()) == 2
-    # whatever asks, the scheduler is given no interval of no time or less
+    # whatever asks, the clock is given no interval of no time or less
     for seconds in (-0.5, 0.0, float("nan")):
         poller._set_interval("s", seconds)
-        assert job.trigger.interval == timedelta(seconds=300)
+        assert poller.interval_s("s") == 300
     poller._set_interval("s", 0.5)  # below polling.min_interval_s: that minimum
-    job = scheduler.get_job("poll:s")
-    assert job is not None and job.trigger.interval == timedelta(seconds=10)
+    assert poller.interval_s("s") == 10
+    next_at = poller.next_poll_at("s")  # the new interval counts from now, jitter added
+    assert next_at is not None and 10 <= (next_at - clock()).total_seconds() <= 11
 
 
 async def test_first_polls_of_many_sources_are_spread_at_start_up(
@@ -234,15 +229,15 @@ async def test_first_polls_of_many_sources_are_spread_at_start_up(
         [{"id": f"s{i}", "url": f"http://127.0.0.1:9/{i}", "interval_s": 900 if i else 10}
          for i in range(1000)],
     )  # fmt: skip
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
     poller.schedule_all(random.Random(0))
-    starts = [(job.next_run_time - clock()).total_seconds() for job in scheduler.get_jobs()]
+    firsts = [poller.next_poll_at(f"s{i}") for i in range(1000)]
+    starts = [(first - clock()).total_seconds() for first in firsts if first is not None]
     assert len(starts) == 1000 and min(starts) >= 0 and 9 < max(starts) <= 10
     per_second = [sum(1 for s in starts if n <= s < n + 1) for n in range(10)]
     assert max(per_second) < 150  # ~100 each
-    job = scheduler.get_job("poll:s0")
-    assert job is not None and job.next_run_time <= clock() + timedelta(seconds=10)
+    first = poller.next_poll_at("s0")
+    assert first is not None and first <= clock() + timedelta(seconds=10)
 
 
 async def test_polls_skipped_while_the_last_still_runs_are_counted_and_summed_up(
@@ -253,43 +248,109 @@ async def test_polls_skipped_while_the_last_still_runs_are_counted_and_summed_up
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Polling falling behind: each poll due while its source's last one still runs is
-    skipped, counted, and said in one line a minute (not APScheduler's line per poll)."""
+    skipped, counted, and said in one line a minute (not a line per poll)."""
     feed_server.routes["/f"] = Route(body=rss(CURB), delay_s=1.5)  # a slow source
     config, pipeline = await make(store, clock, session, feed_server.url("/f"))
-    clock.now = datetime.now(UTC)  # the scheduler runs on real time
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    poller = Poller(pipeline=pipeline, scheduler=scheduler, config=config, clock=clock)
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
     poller.schedule_all(random.Random(0))
     caplog.set_level(logging.WARNING)
-    scheduler.start()
+
+    async def due_now() -> None:
+        poller._schedule("s", clock().timestamp())  # as when its interval has passed
+        await asyncio.sleep(0.05)  # the clock wakes up and starts (or skips) it
+
+    poller.start()
     try:
+        await due_now()
         for _ in range(500):  # until the first poll is in flight
             if feed_server.requests_to("/f"):
                 break
             await asyncio.sleep(0.01)
-        assert poller.active == 1  # the slow poll holds its job's one instance
-
-        async def due_again() -> None:
-            scheduler.modify_job("poll:s", next_run_time=datetime.now(UTC))
-            await asyncio.sleep(0.05)  # the scheduler wakes up and skips it
-
-        await due_again()
-        await due_again()
+        assert poller.active == 1  # the slow poll: the source's one poll at a time
+        await due_now()
+        await due_now()
         clock.advance(61)
-        await due_again()
+        await due_now()
         skipped = pipeline.metrics.registry.get_sample_value(
             "watcher_polls_total", {"outcome": "skipped"}
         )
-        assert skipped == 3
+        assert skipped == 3 and len(feed_server.requests_to("/f")) == 1
         lines = [r.getMessage() for r in caplog.records if "falling behind" in r.getMessage()]
         assert len(lines) == 2
         assert lines[0].startswith("polling is falling behind: 1 poll(s) skipped, each")
         assert lines[1].startswith("polling is falling behind: 2 poll(s) skipped in the last 61s")
-        assert not [r for r in caplog.records if r.name.startswith("apscheduler")]
-        for _ in range(100):  # the slow poll ends as usual
-            if not poller.active:
-                break
-            await asyncio.sleep(0.05)
     finally:
-        scheduler.shutdown(wait=False)
+        await poller.stop(grace_s=10)  # the slow poll ends as usual
+    assert poller.active == 0 and await store.count_items() == 1
+
+
+async def test_the_poll_clock_polls_each_source_an_interval_on_and_stops_a_gone_one(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    """The clock starts each source's polls as they fall due on the service's clock: the
+    first within the start-up spread, the next an interval (and its jitter) on; a source
+    a 410 stopped is not polled again."""
+    feed_server.routes["/f"] = Route(body=rss(CURB))
+    feed_server.routes["/g"] = Route(status=410)
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": i, "url": feed_server.url(f"/{i}"), "interval_s": 300} for i in ("f", "g")],
+    )  # fmt: skip
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+
+    async def polled(path: str, times: int) -> bool:
+        for _ in range(300):
+            if len(feed_server.requests_to(path)) >= times and not poller.active:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    poller.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert not feed_server.requests_to("/f")  # not due yet: the clock has not moved
+        clock.advance(2)  # past the start-up spread
+        assert await polled("/f", 1) and await polled("/g", 1)
+        assert poller.next_poll_at("g") is None  # gone
+        next_f = poller.next_poll_at("f")
+        assert next_f is not None and 300 <= (next_f - clock()).total_seconds() <= 331
+        clock.advance(299)
+        await asyncio.sleep(1.2)  # more than a tick of the clock
+        assert len(feed_server.requests_to("/f")) == 1
+        clock.advance(32)
+        assert await polled("/f", 2)
+        assert len(feed_server.requests_to("/g")) == 1
+    finally:
+        await poller.stop(grace_s=10)
     assert await store.count_items() == 1
+
+
+async def test_a_poll_still_running_at_shutdown_is_cancelled_after_the_grace(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Shutdown waits for polls in flight, up to a grace; one still running then is
+    cancelled before the store closes, and its source is left to poll again: its
+    validators and items were not saved."""
+    feed_server.routes["/f"] = Route(body=rss(CURB), delay_s=30)
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    poller.start()
+    poller._schedule("s", clock().timestamp())
+    for _ in range(500):
+        if feed_server.requests_to("/f"):
+            break
+        await asyncio.sleep(0.01)
+    assert poller.active == 1
+    with caplog.at_level(logging.WARNING):
+        await poller.stop(grace_s=0.1)
+    assert poller.active == 0
+    assert "1 poll(s) still running at shutdown were cancelled" in caplog.text
+    state = await store.source_state("s")
+    assert state is not None and state.last_polled_at is None and state.etag is None
+    assert await store.count_items() == 0

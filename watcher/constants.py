@@ -25,7 +25,10 @@ POLL_INTERVAL_DEFAULT_S = 900
 POLL_INTERVAL_MIN_S = 10
 POLL_JITTER_FRACTION = 0.1
 POLL_BACKOFF_MAX_S = 6 * 3600
-POLL_MISFIRE_GRACE_S = 60
+# the poll clock looks at the time at least this often (see service.Poller)
+POLL_CLOCK_TICK_S = 1.0
+# at shutdown, polls in flight get this long to finish before they are cancelled
+POLL_SHUTDOWN_GRACE_S = 10.0
 # First polls at start-up (sources never polled, or due) are spread so that about this
 # many start per second: 10,000 sources due at once made 10,000 polls in flight (~85 MB)
 POLL_STARTUP_PER_S = 100

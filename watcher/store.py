@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -290,6 +290,13 @@ class SourceState:
     def poll_url(self) -> str:
         """The URL to poll: where a permanent redirect moved the feed, else the configured one."""
         return self.moved_url or self.url
+
+
+class SourceSchedule(NamedTuple):
+    """What the poll clock reads of a source's row at start-up (see `Store.poll_schedules`)."""
+
+    active: bool  # False once a 410 stopped the source
+    next_poll_at: datetime | None  # when the last run said to poll it next
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,6 +703,14 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(sources).order_by(sources.c.id))
             return [SourceState(**r._asdict()) for r in rows]
+
+    async def poll_schedules(self) -> dict[str, SourceSchedule]:
+        """Each source's activity and next check, by id: what the service needs of the rows
+        at start-up (not `list_sources`' whole rows: at 10,000 sources those took 4 MB)."""
+        query = select(sources.c.id, sources.c.active, sources.c.next_poll_at)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query)
+            return {r.id: SourceSchedule(bool(r.active), r.next_poll_at) for r in rows}
 
     async def record_poll_unchanged(self, source_id: str, *, next_poll_at: datetime | None) -> None:
         """A 304 or a byte-identical body: the source is healthy, nothing new."""
