@@ -354,3 +354,39 @@ async def test_a_poll_still_running_at_shutdown_is_cancelled_after_the_grace(
     state = await store.source_state("s")
     assert state is not None and state.last_polled_at is None and state.etag is None
     assert await store.count_items() == 0
+
+
+async def test_a_failure_of_the_poll_clock_is_logged_and_polling_goes_on(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    feed_server.routes["/f"] = Route(body=rss(CURB))
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    start_due = poller._start_due
+    failures: list[float] = []
+
+    def failing_once(now: float) -> None:
+        if not failures:
+            failures.append(now)
+            raise RuntimeError("a bug")
+        start_due(now)
+
+    poller._start_due = failing_once  # type: ignore[method-assign]
+    clock.advance(2)  # the first poll is due
+    with caplog.at_level(logging.ERROR):
+        poller.start()
+        try:
+            for _ in range(300):  # a tick later, the clock tries again
+                if feed_server.requests_to("/f") and not poller.active:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await poller.stop(grace_s=10)
+    assert failures and len(feed_server.requests_to("/f")) == 1
+    assert "the poll clock failed to start the polls due" in caplog.text
+    assert await store.count_items() == 1

@@ -163,12 +163,14 @@ class Poller:
         self._wake = wake = asyncio.Event()
         while True:
             now = self.clock().timestamp()
+            # never longer than a tick, so a clock that jumps (a suspended machine) is noticed
+            wait_s = constants.POLL_CLOCK_TICK_S
             try:
                 self._start_due(now)
-            except Exception:  # a bug: the other sources' polls must go on
+                if self._due:
+                    wait_s = min(self._due[0][0] - now, wait_s)
+            except Exception:  # a bug: the other sources' polls must go on (a tick later)
                 logger.exception("the poll clock failed to start the polls due")
-            # never longer than a tick, so a clock that jumps (a suspended machine) is noticed
-            wait_s = min(self._due[0][0] - now if self._due else 1e9, constants.POLL_CLOCK_TICK_S)
             self._wake_at = now + wait_s
             wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -516,9 +518,9 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:
         body.update(status="error", store=f"error: {type(exc).__name__}")
     try:
-        states = await app[STORE].list_sources()
         body["sources"] = {
-            s.id: {"error_count": s.error_count, "last_error": s.last_error} for s in states
+            id_: {"error_count": count, "last_error": error}
+            for id_, count, error in await app[STORE].source_errors()
         }
     except Exception:
         body["sources"] = {}

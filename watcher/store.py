@@ -704,6 +704,14 @@ class Store:
             rows = await conn.execute(select(sources).order_by(sources.c.id))
             return [SourceState(**r._asdict()) for r in rows]
 
+    async def source_errors(self) -> list[tuple[str, int, str | None]]:
+        """(id, error count, last error) of every source, by id: what /healthz shows, read
+        alone (whole rows, at 10,000 sources, took 4 MB at every health probe)."""
+        query = select(sources.c.id, sources.c.error_count, sources.c.last_error)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(sources.c.id))
+            return [(r.id, r.error_count, r.last_error) for r in rows]
+
     async def poll_schedules(self) -> dict[str, SourceSchedule]:
         """Each source's activity and next check, by id: what the service needs of the rows
         at start-up (not `list_sources`' whole rows: at 10,000 sources those took 4 MB)."""
