@@ -390,3 +390,36 @@ async def test_a_failure_of_the_poll_clock_is_logged_and_polling_goes_on(
     assert failures and len(feed_server.requests_to("/f")) == 1
     assert "the poll clock failed to start the polls due" in caplog.text
     assert await store.count_items() == 1
+
+
+async def test_polls_beyond_polling_concurrency_wait_for_a_slot(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    """At most polling.concurrency polls are in flight: the others due wait (not skipped,
+    at no cost) and start as slots free up, so a backlog cannot pile up polls in memory."""
+    for i in range(5):
+        feed_server.routes[f"/{i}"] = Route(body=rss(CURB), delay_s=0.2)
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": f"s{i}", "url": feed_server.url(f"/{i}"), "interval_s": 300} for i in range(5)],
+        polling={"concurrency": 2, "per_host_concurrency": 5},
+    )  # fmt: skip
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    clock.advance(2)  # all five are due
+    most = 0
+    poller.start()
+    try:
+        for _ in range(500):
+            most = max(most, poller.active)
+            if all(feed_server.requests_to(f"/{i}") for i in range(5)) and not poller.active:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await poller.stop(grace_s=10)
+    assert most == 2
+    assert all(len(feed_server.requests_to(f"/{i}")) == 1 for i in range(5))
+    skipped = pipeline.metrics.registry.get_sample_value(
+        "watcher_polls_total", {"outcome": "skipped"}
+    )
+    assert not skipped

@@ -103,6 +103,11 @@ class PollingConfig(_Strict):
     # (for example "127.0.0.0/8" for a feed served on this machine).
     allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
     per_host_concurrency: int = Field(default=constants.FETCH_PER_HOST_CONCURRENCY, ge=1)
+    concurrency: int = Field(
+        default=constants.POLL_CONCURRENCY,
+        ge=1,
+        description="polls in flight at once; polls due beyond it start as others end",
+    )
     max_decompression_ratio: int = Field(default=constants.FETCH_MAX_DECOMPRESSION_RATIO, ge=1)
     user_agent: str | None = Field(
         default=None,

@@ -77,7 +77,10 @@ class Poller:
       with the next: that one is skipped, counted (`watcher_polls_total{outcome=
       "skipped"}`) and said in one line a minute at most;
     - a new interval (backoff, a server's hint) counts from when it is set;
-    - polls due while the service could not start them (a busy loop) start late, once.
+    - at most `polling.concurrency` polls are in flight; polls due beyond it wait for a
+      slot, earliest due first, and start late, once (as do polls due while the event
+      loop was busy). Waiting costs nothing; a poll in flight (a task holding its
+      response and items) a few KB.
 
     The rest of the service's jobs (digests, health checks, rule reloads, WebSub
     renewals) stay on APScheduler.
@@ -167,7 +170,7 @@ class Poller:
             wait_s = constants.POLL_CLOCK_TICK_S
             try:
                 self._start_due(now)
-                if self._due:
+                if self._due and self._due[0][0] > now:  # (else all slots are taken)
                     wait_s = min(self._due[0][0] - now, wait_s)
             except Exception:  # a bug: the other sources' polls must go on (a tick later)
                 logger.exception("the poll clock failed to start the polls due")
@@ -178,7 +181,10 @@ class Poller:
 
     def _start_due(self, now: float) -> None:
         due = self._due
+        slots = self.config.polling.concurrency
         while due and due[0][0] <= now:
+            if len(self._running) >= slots:
+                return  # the rest wait: a poll that ends wakes the clock
             when, source_id = heapq.heappop(due)
             if self._next.get(source_id) != when:
                 continue  # rescheduled or stopped since: a stale entry
@@ -196,6 +202,8 @@ class Poller:
             logger.exception("source %s: poll failed unexpectedly", source_id)
         finally:
             self._running.pop(source_id, None)
+            if self._wake is not None and self._due and self._due[0][0] <= self.clock().timestamp():
+                self._wake.set()  # a slot for a poll that waits for one
 
     def _delay(self, source_id: str) -> float:
         # up to `jitter_fraction` more, never less: never earlier than the polite interval
