@@ -407,17 +407,26 @@ async def test_polls_beyond_polling_concurrency_wait_for_a_slot(
     poller = Poller(pipeline=pipeline, config=config, clock=clock)
     poller.schedule_all(random.Random(0))
     clock.advance(2)  # all five are due
-    most = 0
+    most, lag, in_flight = 0, 0.0, 0.0
+    sample = pipeline.metrics.registry.get_sample_value
     poller.start()
     try:
         for _ in range(500):
+            if poller.active == 2 and not in_flight:  # two in flight, three waiting
+                in_flight = sample("watcher_polls_in_flight", {}) or 0.0
+                lag = sample("watcher_poll_lag_seconds", {}) or 0.0
             most = max(most, poller.active)
             if all(feed_server.requests_to(f"/{i}") for i in range(5)) and not poller.active:
                 break
             await asyncio.sleep(0.01)
     finally:
         await poller.stop(grace_s=10)
-    assert most == 2
+    assert (
+        most == in_flight == 2 and 0 < lag <= 2
+    )  # the overdue ones were due within the start-up spread
+    assert (
+        sample("watcher_polls_in_flight", {}) == 0 and sample("watcher_poll_lag_seconds", {}) == 0
+    )
     assert all(len(feed_server.requests_to(f"/{i}")) == 1 for i in range(5))
     skipped = pipeline.metrics.registry.get_sample_value(
         "watcher_polls_total", {"outcome": "skipped"}

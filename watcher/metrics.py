@@ -12,6 +12,17 @@ class Metrics:
         # No per-source label: 10,000 sources would be 30,000 series (and ~17 MB here);
         # each source's health is in the store (`watcher sources list`, /healthz).
         self.polls = Counter("watcher_polls", "Source polls by outcome", ["outcome"], registry=r)
+        self.polls_in_flight = Gauge(
+            "watcher_polls_in_flight",
+            "Polls running now (at most [polling] concurrency)",
+            registry=r,
+        )
+        self.poll_lag = Gauge(
+            "watcher_poll_lag_seconds",
+            "How long the most overdue source has been due without its poll starting "
+            "(0 while polling keeps up)",
+            registry=r,
+        )
         self.items = Counter("watcher_items", "New items ingested", registry=r)
         self.alerts = Counter("watcher_alerts", "Alerts raised", ["rule", "event_type"], registry=r)
         self.deliveries = Counter(

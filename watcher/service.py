@@ -104,6 +104,8 @@ class Poller:
         self._skipped = 0  # polls skipped since the last line that said so
         self._skipped_said_at: datetime | None = None
         self._skipped_metric = pipeline.metrics.polls.labels("skipped")
+        pipeline.metrics.polls_in_flight.set_function(lambda: len(self._running))
+        pipeline.metrics.poll_lag.set_function(self.lag_s)
 
     def schedule_all(
         self, rng: random.Random, stored: Mapping[str, SourceSchedule] | None = None
@@ -138,6 +140,14 @@ class Poller:
     def interval_s(self, source_id: str) -> float:
         """The source's interval now: its configured one, or what the last poll set."""
         return self._interval_s.get(source_id, float(self.sources[source_id].interval_s))
+
+    def lag_s(self) -> float:
+        """How long the most overdue source has been due without its poll starting: 0 while
+        polling keeps up; more while every slot is taken, or the event loop is busy."""
+        due = self._due
+        while due and self._next.get(due[0][1]) != due[0][0]:
+            heapq.heappop(due)  # stale entries first: they are skipped anyway
+        return max(0.0, self.clock().timestamp() - due[0][0]) if due else 0.0
 
     def start(self) -> None:
         """Start polling (on the running event loop)."""
