@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from datetime import timedelta
 
 import aiohttp
@@ -51,6 +52,27 @@ async def make(
     return await loopback_pipeline(
         store, session, clock, [{"id": "s", "url": url, "interval_s": 300}], polling=polling
     )
+
+
+async def clock_poller(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer,
+    route: Route,
+) -> tuple[Poller, Pipeline]:  # fmt: skip
+    """A poll clock (not started) for one source "s" whose feed /f answers with route."""
+    feed_server.routes["/f"] = route
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    poller = Poller(pipeline=pipeline, config=config, clock=clock)
+    poller.schedule_all(random.Random(0))
+    return poller, pipeline
+
+
+async def eventually(condition: Callable[[], object], seconds: float = 5.0) -> bool:
+    """Whether condition() holds within `seconds` (looked at every 10 ms)."""
+    for _ in range(int(seconds * 100)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(condition())
 
 
 async def test_server_hints_set_the_next_check(
@@ -249,10 +271,8 @@ async def test_polls_skipped_while_the_last_still_runs_are_counted_and_summed_up
 ) -> None:
     """Polling falling behind: each poll due while its source's last one still runs is
     skipped, counted, and said in one line a minute (not a line per poll)."""
-    feed_server.routes["/f"] = Route(body=rss(CURB), delay_s=1.5)  # a slow source
-    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
-    poller = Poller(pipeline=pipeline, config=config, clock=clock)
-    poller.schedule_all(random.Random(0))
+    slow = Route(body=rss(CURB), delay_s=1.5)
+    poller, pipeline = await clock_poller(store, clock, session, feed_server, slow)
     caplog.set_level(logging.WARNING)
 
     async def due_now() -> None:
@@ -262,10 +282,7 @@ async def test_polls_skipped_while_the_last_still_runs_are_counted_and_summed_up
     poller.start()
     try:
         await due_now()
-        for _ in range(500):  # until the first poll is in flight
-            if feed_server.requests_to("/f"):
-                break
-            await asyncio.sleep(0.01)
+        assert await eventually(lambda: feed_server.requests_to("/f"))  # the first poll
         assert poller.active == 1  # the slow poll: the source's one poll at a time
         await due_now()
         await due_now()
@@ -300,11 +317,9 @@ async def test_the_poll_clock_polls_each_source_an_interval_on_and_stops_a_gone_
     poller.schedule_all(random.Random(0))
 
     async def polled(path: str, times: int) -> bool:
-        for _ in range(300):
-            if len(feed_server.requests_to(path)) >= times and not poller.active:
-                return True
-            await asyncio.sleep(0.01)
-        return False
+        return await eventually(
+            lambda: len(feed_server.requests_to(path)) >= times and not poller.active
+        )
 
     poller.start()
     try:
@@ -336,16 +351,11 @@ async def test_a_poll_still_running_at_shutdown_is_cancelled_after_the_grace(
     """Shutdown waits for polls in flight, up to a grace; one still running then is
     cancelled before the store closes, and its source is left to poll again: its
     validators and items were not saved."""
-    feed_server.routes["/f"] = Route(body=rss(CURB), delay_s=30)
-    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
-    poller = Poller(pipeline=pipeline, config=config, clock=clock)
-    poller.schedule_all(random.Random(0))
+    hanging = Route(body=rss(CURB), delay_s=30)
+    poller, _ = await clock_poller(store, clock, session, feed_server, hanging)
     poller.start()
     poller._schedule("s", clock().timestamp())
-    for _ in range(500):
-        if feed_server.requests_to("/f"):
-            break
-        await asyncio.sleep(0.01)
+    assert await eventually(lambda: feed_server.requests_to("/f"))
     assert poller.active == 1
     with caplog.at_level(logging.WARNING):
         await poller.stop(grace_s=0.1)
@@ -363,10 +373,8 @@ async def test_a_failure_of_the_poll_clock_is_logged_and_polling_goes_on(
     feed_server: FeedServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    feed_server.routes["/f"] = Route(body=rss(CURB))
-    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
-    poller = Poller(pipeline=pipeline, config=config, clock=clock)
-    poller.schedule_all(random.Random(0))
+    route = Route(body=rss(CURB))
+    poller, _ = await clock_poller(store, clock, session, feed_server, route)
     start_due = poller._start_due
     failures: list[float] = []
 
@@ -380,11 +388,8 @@ async def test_a_failure_of_the_poll_clock_is_logged_and_polling_goes_on(
     clock.advance(2)  # the first poll is due
     with caplog.at_level(logging.ERROR):
         poller.start()
-        try:
-            for _ in range(300):  # a tick later, the clock tries again
-                if feed_server.requests_to("/f") and not poller.active:
-                    break
-                await asyncio.sleep(0.01)
+        try:  # a tick later, the clock tries again
+            await eventually(lambda: feed_server.requests_to("/f") and not poller.active)
         finally:
             await poller.stop(grace_s=10)
     assert failures and len(feed_server.requests_to("/f")) == 1
