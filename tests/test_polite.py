@@ -442,8 +442,9 @@ async def test_polls_beyond_polling_concurrency_wait_for_a_slot(
 async def test_the_narrow_reads_of_source_rows_agree_with_the_whole_rows(
     store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
 ) -> None:
-    """poll_schedules (start-up) and source_errors (/healthz) read a few columns of every
-    source row: the same values list_sources gives, on either store."""
+    """poll_schedules (start-up), source_errors (/healthz) and health_states (the health
+    monitor) read a few columns of every source row: the same values list_sources gives,
+    on either store."""
     feed_server.routes["/ok"] = Route(body=rss(CURB))
     feed_server.routes["/bad"] = Route(status=500)
     feed_server.routes["/gone"] = Route(status=410)
@@ -460,3 +461,10 @@ async def test_the_narrow_reads_of_source_rows_agree_with_the_whole_rows(
     schedules = await store.poll_schedules()
     assert schedules == {s.id: (s.active, s.next_poll_at) for s in rows}
     assert not schedules["gone"].active and schedules["ok"].next_poll_at is not None
+    health = await store.health_states()
+    assert health == {
+        s.id: (s.id, s.active, s.error_count, s.last_error, s.last_error_reason,
+               s.last_polled_at, s.last_success_at)
+        for s in rows
+    }  # fmt: skip
+    assert health["bad"].last_error_reason and health["ok"].last_success_at is not None

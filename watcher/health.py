@@ -65,7 +65,15 @@ from watcher.migrate import upgrade
 from watcher.models import Clock
 from watcher.notify.slack import SlackNotifier, text_message
 from watcher.notify.webhook import WebhookNotifier
-from watcher.store import SourceState, Store, UTCDateTime, _insert, items, metadata
+from watcher.store import (
+    SourceHealth,
+    SourceState,
+    Store,
+    UTCDateTime,
+    _insert,
+    items,
+    metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +147,14 @@ def error_text(source_id: str, reason: str | None, error: str | None) -> str:
     return f"{reason}: {text}" if text else reason
 
 
-def is_broken(state: SourceState, broken_after_errors: int) -> bool:
+def is_broken(state: SourceState | SourceHealth, broken_after_errors: int) -> bool:
     """The one rule for "broken", shared by the notices and `watcher sources list`."""
     return not state.active or state.error_count >= broken_after_errors
 
 
 def diagnose(
     source_id: str,
-    state: SourceState | None,
+    state: SourceState | SourceHealth | None,
     last_new_item_at: datetime | None,
     *,
     quiet_after_s: int | None,
@@ -206,7 +214,7 @@ async def _upgraded(store: Store) -> None:
         await conn.run_sync(upgrade, _OWN_METADATA)
 
 
-def _polled_fine_since(state: SourceState | None, row: Any) -> bool:
+def _polled_fine_since(state: SourceHealth | None, row: Any) -> bool:
     """Whether the source was polled successfully after `row`'s problem was raised."""
     if state is None or state.last_success_at is None:
         return False
@@ -254,7 +262,7 @@ class HealthMonitor:
         if not isinstance(receiver, OperatorReceiver):
             return []  # none configured
         now = self.clock()
-        states = {s.id: s for s in await self.store.list_sources()}
+        states = await self.store.health_states()
         async with self.store.engine.connect() as conn:
             last_new = await last_new_items(conn)
             rows = {r.source_id: r for r in await conn.execute(select(source_health))}
@@ -317,7 +325,7 @@ class HealthMonitor:
         return sent
 
     async def _note_first_success(
-        self, states: Mapping[str, SourceState], rows: Mapping[str, Any]
+        self, states: Mapping[str, SourceHealth], rows: Mapping[str, Any]
     ) -> dict[str, datetime]:
         """Each source's first successful poll the monitor saw, noting the new ones."""
         first: dict[str, datetime] = {}
@@ -425,7 +433,7 @@ class HealthMonitor:
                 .values(pending=None, pending_since=None, claimed_by=None, claimed_until=None)
             )
 
-    async def _delivered(self, notice: Notice, want: str, state: SourceState | None) -> None:
+    async def _delivered(self, notice: Notice, want: str, state: SourceHealth | None) -> None:
         """What the operator was told is now `want`; the claim is done."""
         h = source_health.c
         async with self.store.engine.begin() as conn:
