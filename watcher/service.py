@@ -91,7 +91,6 @@ class Poller:
         self.config = config
         self.clock = clock
         self.sources = {s.id: s for s in config.sources if s.enabled}
-        self.active = 0  # polls in flight
         # a source's interval where it is not its configured one (backoff, server hints)
         self._interval_s: dict[str, float] = {}
         self._next: dict[str, float] = {}  # source id -> when its next poll is due (POSIX s)
@@ -104,7 +103,7 @@ class Poller:
         self._skipped = 0  # polls skipped since the last line that said so
         self._skipped_said_at: datetime | None = None
         self._skipped_metric = pipeline.metrics.polls.labels("skipped")
-        pipeline.metrics.polls_in_flight.set_function(lambda: len(self._running))
+        pipeline.metrics.polls_in_flight.set_function(lambda: self.active)
         pipeline.metrics.poll_lag.set_function(self.lag_s)
 
     def schedule_all(
@@ -131,6 +130,11 @@ class Poller:
             if state is not None and state.next_poll_at is not None:
                 first = max(first, min(state.next_poll_at, latest))
             self._schedule(source.id, first.timestamp())
+
+    @property
+    def active(self) -> int:
+        """Polls in flight."""
+        return len(self._running)
 
     def next_poll_at(self, source_id: str) -> datetime | None:
         """When the source's next poll is due; None if it is not polled (a 410, disabled)."""
@@ -193,7 +197,7 @@ class Poller:
         due = self._due
         slots = self.config.polling.concurrency
         while due and due[0][0] <= now:
-            if len(self._running) >= slots:
+            if self.active >= slots:
                 return  # the rest wait: a poll that ends wakes the clock
             when, source_id = heapq.heappop(due)
             if self._next.get(source_id) != when:
@@ -254,15 +258,12 @@ class Poller:
 
     async def poll(self, source_id: str) -> None:
         source = self.sources[source_id]
-        self.active += 1
         try:
             outcome = await self.pipeline.poll(source)
-        except Exception as exc:  # a bug or a store outage must not kill the job
+        except Exception as exc:  # a bug or a store outage must not stop the source's polls
             logger.exception("source %s: poll failed unexpectedly", source_id)
             await self._record_unexpected(source, exc)
             return
-        finally:
-            self.active -= 1
         if outcome.outcome in ("gone", "inactive"):
             if outcome.error is not None:
                 logger.warning("%s; polling stopped until the source's URL changes", outcome.error)
@@ -298,8 +299,8 @@ class Poller:
         self._set_interval(source.id, delay)
 
     def _set_interval(self, source_id: str, seconds: float) -> None:
-        # never below the policy's minimum, nor 0 or less (APScheduler, which ran the polls
-        # before, looped forever on such an interval, blocking the service)
+        # never below the policy's minimum, nor 0 or less: the clock would start the source's
+        # poll again as soon as it started it, blocking the service
         if not seconds > 0:  # 0, negative or NaN: the source's own interval
             seconds = float(self.sources[source_id].interval_s)
         seconds = max(seconds, self.pipeline.policy.min_s)
