@@ -537,9 +537,10 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:
         body.update(status="error", store=f"error: {type(exc).__name__}")
     try:
+        states = await app[STORE].health_states()
         body["sources"] = {
-            id_: {"error_count": count, "last_error": error}
-            for id_, count, error in await app[STORE].source_errors()
+            id_: {"error_count": states[id_].error_count, "last_error": states[id_].last_error}
+            for id_ in sorted(states)
         }
     except Exception:
         body["sources"] = {}

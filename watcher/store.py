@@ -295,6 +295,7 @@ class SourceState:
 class SourceSchedule(NamedTuple):
     """What the poll clock reads of a source's row at start-up (see `Store.poll_schedules`)."""
 
+    id: str
     active: bool  # False once a 410 stopped the source
     next_poll_at: datetime | None  # when the last run said to poll it next
 
@@ -309,6 +310,10 @@ class SourceHealth(NamedTuple):
     last_error_reason: str | None
     last_polled_at: datetime | None
     last_success_at: datetime | None
+
+
+# the narrow reads of source rows (Store._source_columns)
+_Row = TypeVar("_Row", SourceHealth, SourceSchedule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,28 +721,21 @@ class Store:
             rows = await conn.execute(select(sources).order_by(sources.c.id))
             return [SourceState(**r._asdict()) for r in rows]
 
-    async def source_errors(self) -> list[tuple[str, int, str | None]]:
-        """(id, error count, last error) of every source, by id: what /healthz shows, read
-        alone (whole rows, at 10,000 sources, took 4 MB at every health probe)."""
-        query = select(sources.c.id, sources.c.error_count, sources.c.last_error)
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(query.order_by(sources.c.id))
-            return [(r.id, r.error_count, r.last_error) for r in rows]
-
     async def health_states(self) -> dict[str, SourceHealth]:
-        """What the health monitor judges each source by, by id (not whole rows: it reads
-        them every check, and at 10,000 sources those took 4 MB)."""
-        query = select(*(sources.c[name] for name in SourceHealth._fields))
-        async with self.engine.connect() as conn:
-            return {r.id: SourceHealth._make(r) for r in await conn.execute(query)}
+        """What the health monitor judges each source by and /healthz shows, by id."""
+        return await self._source_columns(SourceHealth)
 
     async def poll_schedules(self) -> dict[str, SourceSchedule]:
-        """Each source's activity and next check, by id: what the service needs of the rows
-        at start-up (not `list_sources`' whole rows: at 10,000 sources those took 4 MB)."""
-        query = select(sources.c.id, sources.c.active, sources.c.next_poll_at)
+        """Each source's activity and next check, by id: what the poll clock needs at
+        start-up."""
+        return await self._source_columns(SourceSchedule)
+
+    async def _source_columns(self, row_type: type[_Row]) -> dict[str, _Row]:
+        """The columns `row_type` names (its fields, `id` among them) of every source row,
+        by id: not whole rows, which at 10,000 sources took 4 MB at every read."""
+        query = select(*(sources.c[name] for name in row_type._fields))
         async with self.engine.connect() as conn:
-            rows = await conn.execute(query)
-            return {r.id: SourceSchedule(bool(r.active), r.next_poll_at) for r in rows}
+            return {r.id: row_type._make(r) for r in await conn.execute(query)}
 
     async def record_poll_unchanged(self, source_id: str, *, next_poll_at: datetime | None) -> None:
         """A 304 or a byte-identical body: the source is healthy, nothing new."""
