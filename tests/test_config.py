@@ -171,9 +171,10 @@ def test_check_config_reports_errors(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_intervals_of_scheduled_jobs_are_a_second_or_more(tmp_path: Path) -> None:
-    """A job's interval below a second is refused by name: APScheduler lists every run a
-    job missed at each wake-up, so a tiny one costs a run per microsecond the service is
-    late (a poll interval of less than nothing hung it)."""
+    """An interval below a second is refused by name: rule reloads and health checks are
+    APScheduler jobs, which list every run they missed at each wake-up (a run per
+    microsecond the service is late), and a poll interval that small would have the poll
+    clock poll a source without pause (one of less than nothing hung the service)."""
     path = tmp_path / "config.toml"
     path.write_text(
         "[rules]\nreload_interval_s = 0.001\n"
