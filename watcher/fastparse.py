@@ -16,6 +16,7 @@ functions are used, so the two paths cannot drift apart.
 from __future__ import annotations
 
 import calendar
+import codecs
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -41,7 +42,9 @@ RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC = "http://purl.org/dc/elements/1.1/"
 CONTENT = "http://purl.org/rss/1.0/modules/content/"
 MEDIA = "http://search.yahoo.com/mrss/"
-_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+XML = "http://www.w3.org/XML/1998/namespace"
+_XML_LANG = f"{{{XML}}}lang"
+_XML_BASE = f"{{{XML}}}base"
 
 # Namespaces feedparser knows: their elements may map onto fields we read, so an
 # element from one of them that is not listed below sends the document to feedparser.
@@ -108,13 +111,102 @@ _TAG_OF = attrgetter("tag")
 
 
 def _base_attribute(body: bytes) -> bool:
+    """A `base` attribute but the root's xml:base (which _read checks): plain, or in a
+    namespace feedparser does not know (whose prefix it drops: `x:base` is `base`)."""
     low = body.lower()  # ASCII-only, as a bytes pattern's IGNORECASE would be
-    return any(low[m.start() - 1 : m.start()].isspace() for m in _BASE_ATTR.finditer(low))
+    for m in _BASE_ATTR.finditer(low):
+        start = m.start()
+        before = low[start - 1 : start]
+        if before.isspace():
+            return True
+        if before == b":" and not (
+            low[start - 4 : start] == b"xml:" and low[start - 5 : start - 4].isspace()
+        ):
+            return True
+    return False
 
 
-def _risky_elements(root: Any) -> bool:
-    tags = set(map(_TAG_OF, root.iter()))  # the few distinct tags, collected at C speed
-    return any(_split(tag)[1] in _RISKY_ELEMENTS for tag in tags)
+# What a tag is to _check_tags (filled on demand): read where _read looks for it, an
+# entry, in a namespace feedparser does not know, or a reason to give up.
+_OK, _ENTRY, _CONTENT, _UNKNOWN = "#ok", "#entry", "#content", "#unknown"
+# Elements that set feedparser's "has content" flag, which only the end of an entry clears
+_CONTENT_NAMES = frozenset({"content", "content_encoded", "fullitem"})
+_CONTENTS = "#contents"  # _fields' count of an entry's content elements
+_TAG_KINDS: dict[Any, str] = {}
+# Namespaces feedparser reads as plain RSS: their item and entry elements are entries
+_PLAIN_NS = frozenset(k.lower() for k, v in _FeedParserMixin.namespaces.items() if v == "")
+
+
+def _tag_kind(tag: Any) -> str:
+    ns, local = _split(tag)
+    if ns == "#" or local in _RISKY_ELEMENTS:
+        return _OK if ns == "#" else _GIVE_UP
+    low = ns.lower()
+    if low in _KNOWN_NS:
+        if low in _PLAIN_NS and local in ("item", "entry"):
+            return _ENTRY
+        return _CONTENT if _feedparser_name((ns, local)) in _CONTENT_NAMES else _OK
+    if "backend.userland.com/rss" in low:
+        return _GIVE_UP  # feedparser reads any such namespace as plain RSS
+    return _UNKNOWN
+
+
+def _check_tags(root: Any, entries: list[Any]) -> int:
+    """Give up on elements feedparser reads where _read does not look for them: an entry
+    anywhere but in the entry list (feedparser takes any item or entry, in any of the
+    namespaces it reads as plain RSS, at any depth), content anywhere but in an entry
+    (it would carry feedparser's "has content" flag into the next entry), and an
+    element of a namespace feedparser does not know that it reads all the same (see
+    _check_unknown). Each distinct tag is looked at once, from a set collected at C
+    speed. Returns the number of content elements, which _read holds to those in entries."""
+    entry_key = _split(entries[0].tag) if entries else None
+    entry_tags = []
+    content_tags = []
+    for tag in set(map(_TAG_OF, root.iter())):
+        kind = _TAG_KINDS.get(tag)
+        if kind is None:
+            kind = _tag_kind(tag)
+            if len(_TAG_KINDS) < _KEYS_MAX:
+                _TAG_KINDS[tag] = kind
+        if kind == _OK:
+            continue
+        if kind == _ENTRY and _split(tag) == entry_key:
+            entry_tags.append(tag)
+        elif kind == _CONTENT:
+            content_tags.append(tag)
+        elif kind == _UNKNOWN:
+            _check_unknown(root, tag)
+        else:
+            raise _GiveUp
+    if entry_tags and sum(1 for _ in root.iter(*entry_tags)) != len(entries):
+        raise _GiveUp  # nested entries
+    return sum(1 for _ in root.iter(*content_tags)) if content_tags else 0
+
+
+def _check_unknown(root: Any, tag: str) -> None:
+    """An element of a namespace feedparser does not know is stored apart, as a key of
+    its own, unless its name (the prefix it is written with, if any, and its local
+    name: `<title xmlns="urn:x">` is a title, `<dc:date xmlns:dc="urn:x">` a dc:date)
+    is one feedparser handles; and feedparser reads the elements inside it."""
+    local = _split(tag)[1]
+    for el in root.iter(tag):
+        prefix = el.prefix
+        if len(el) or _has_handler(f"{prefix.lower()}_{local}" if prefix else local):
+            raise _GiveUp
+
+
+# What an entry or feed element may carry: xml:lang, xml:base (_read allows it on the root
+# alone), and on RSS 1.0 RDF's about (an entry's id)
+_ENTRY_ATTRIBUTES = frozenset({_XML_LANG, _XML_BASE})
+_RDF_ATTRIBUTES = frozenset({_XML_LANG, _XML_BASE, f"{{{RDF}}}about"})
+
+
+def _check_attributes(el: Any, rdf: bool) -> None:
+    """Give up on an entry's or the feed's attribute other than these: feedparser reads
+    `href` and `lastmod` there (its CDF link and date), rdf:about outside RSS 1.0 (an
+    entry's id), and an unknown namespace's attribute as a plain one."""
+    if not (_RDF_ATTRIBUTES if rdf else _ENTRY_ATTRIBUTES).issuperset(el.keys()):
+        raise _GiveUp
 
 
 _RISKY_NAMES = (
@@ -135,7 +227,6 @@ _RISKY_TEXT = re.compile(r"<(?:!|\s*/?\s*(?:" + "|".join(map(_any_case, _RISKY_N
 _RISKY_TAGS = frozenset(_RISKY_NAMES)
 # An empty <iframe ...></iframe> (an embed) reads the same both ways: nothing.
 _EMPTY_IFRAME = re.compile(r"<iframe\b[^<>]*>\s*</iframe\s*>", re.IGNORECASE)
-_XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 # C1 controls: feedparser reads them as windows-1252 ("demoronizing"); lxml keeps them.
 _C1 = re.compile("[\x80-\x9f]")
 _PAST_LATIN1 = re.compile("[^\x00-\xff]")
@@ -203,6 +294,18 @@ def _utf8_read_back(value: str) -> str:
         return value
 
 
+# Encodings lxml and Python's codecs (feedparser's) decode alike, by their codec names.
+# (Of windows-1252, the five bytes Python's codec leaves undefined are errors to lxml.)
+_SAME_DECODING = frozenset({"utf-8", "ascii", "iso8859-1", "cp1252"})
+
+
+def _codec(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return ""
+
+
 def _document_encoding(body: bytes) -> str:
     head = body[:200]
     m = re.match(rb"\s*<\?xml[^>]*encoding\s*=\s*[\"']([\w.:-]+)", head)
@@ -220,10 +323,14 @@ def fast_parse(
 ) -> tuple[list[Item], Any] | None:
     """(items, feed fields: link, language, ttl, hub, self) when the fast path reproduces
     feedparser exactly, else None."""
-    if _base_attribute(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")):
+    # UTF-16 and UTF-32, with or without a BOM: lxml detects them where feedparser may not
+    if _base_attribute(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]:
         return None
+    encoding = _document_encoding(body)
+    if encoding not in _SAME_DECODING and _codec(encoding) not in _SAME_DECODING:
+        return None  # lxml (iconv) and Python's codecs read legacy encodings apart
     m = _CHARSET.search(content_type)
-    if m and m.group(1).lower() != _document_encoding(body):
+    if m and m.group(1).lower() != encoding:
         return None
     if content_type and not content_type.lower().startswith(
         ("application/", "text/xml", "text/plain")
@@ -234,7 +341,7 @@ def fast_parse(
     except (etree.XMLSyntaxError, ValueError):
         return None
     tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None or _risky_elements(root):
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         return None
     try:
         return _read(root, source_id, base_url, language, tuple(tags))
@@ -249,25 +356,30 @@ def _read(
     from watcher.text import html_to_text, html_to_text_and_tags
 
     ns, local = _split(root.tag)
-    root_lang = root.get(_XML_LANG)
+    rdf = ns == RDF
+    # feedparser sets the feed's language from the root's xml:lang, but not on rdf:RDF
+    # (it compares the lower-cased tag with "rdf:RDF")
+    root_lang = None if rdf else root.get(_XML_LANG)
     page_url = base_url  # parse.py falls back to this for the feed's link
     xml_base = root.get(_XML_BASE)
     if root.xpath("count(//@xml:base)") != (0 if xml_base is None else 1):
         raise _GiveUp  # bases below the root: feedparser's stack of them is its business
+    if any(_split(name)[1] == "lang" for name in root.attrib if name != _XML_LANG):
+        raise _GiveUp  # a plain or unknown-namespace lang: feedparser's xml:lang
     if xml_base is not None:
         # feedparser's rule for the document element's xml:base
         if base_url:
             base_url = make_safe_absolute_uri(base_url, xml_base) or base_url
         else:
             base_url = _urljoin(base_url, xml_base)
+    if base_url and make_safe_absolute_uri(base_url, base_url) != base_url:
+        raise _GiveUp  # feedparser joins the base to itself at each element: it would change
     if ns == "" and local == "rss":
         channels = [c for c in root if _split(c.tag) == ("", "channel")]
         if len(channels) != 1 or len(root) != 1:
             raise _GiveUp
         channel = channels[0]
         entries = [c for c in channel if _split(c.tag) == ("", "item")]
-        if sum(1 for _ in root.iter("item")) != len(entries):
-            raise _GiveUp
         feed_el = channel
         fields = _FIELDS
         atom = False
@@ -286,16 +398,22 @@ def _read(
         atom = True
     else:
         raise _GiveUp
-    feed = _feed_fields(feed_el, ns == RDF, base_url)
+    contents_left = _check_tags(root, entries)
+    _check_attributes(feed_el, rdf)
+    feed = _feed_fields(feed_el, rdf, base_url)
     feed_link = feed.get("link") or page_url
+    # an empty <language/> is the feed's language all the same: '' (then the argument)
     feed_lang = _language(
-        feed.get("language") or (root_lang.replace("_", "-") if root_lang else None), language
-    )
+        feed["language"] if "language" in feed else root_lang.replace("_", "-") if root_lang
+        else None, language,
+    )  # fmt: skip
     entry_lang = _language(feed_lang)  # an entry's language, unless it has its own
-    rdf = ns == RDF
     items: list[Item] = []
     for el in entries:
+        if el.keys():
+            _check_attributes(el, rdf)
         entry = _fields(el, fields, base_url, atom=atom)
+        contents_left -= entry.get(_CONTENTS, 0)
         if rdf and el.get(f"{{{RDF}}}about") and "id" not in entry:
             entry["id"] = el.get(f"{{{RDF}}}about")
         title = entry.get("title", "")
@@ -319,6 +437,8 @@ def _read(
             items.append(
                 _item(source_id, guid, url, title, text, _published(entry), language, tags)
             )
+    if contents_left:
+        raise _GiveUp  # content outside an entry: feedparser carries its flag into the next
     return items, feed
 
 
@@ -339,11 +459,11 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
     for child in el:
         key = _split(child.tag)
         if key in ((plain, "link"), ("", "link")) and not (key[0] == "" and rss1):
-            if "link" in out:
-                raise _GiveUp
+            if "link" in out or child.keys():
+                raise _GiveUp  # an href, url or uri attribute is the link to feedparser
             value = _text(child)
-            if not value:
-                raise _GiveUp
+            if not value or _ESCAPED_IN_LINK.search(value):
+                raise _GiveUp  # (feedparser's "query fix" of a link, see _link)
             out["link"] = _popped(_urljoin(base, value))
         elif key == (ATOM, "link"):
             _atom_link(child, out, base)
@@ -351,23 +471,73 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
             if rel in ("hub", "self") and child.get("href"):
                 out.setdefault(rel, _urljoin(base, child.get("href")))  # WebSub
         elif key == (ATOM, "id"):
+            if child.keys():
+                raise _GiveUp  # isPermaLink="false" keeps it from being the link
             value = _text(child)  # feedparser: an Atom id doubles as the link when none is given
             out.setdefault("link", _popped(_urljoin(base, value)) if value else value)
         elif key in ((plain, "language"), (DC, "language")):
             out["language"] = _popped(_text(child))
         elif key == (plain, "ttl"):
             out["ttl"] = _popped(_text(child))
+        else:
+            name = _feedparser_name(key)
+            if name in _FEED_LEVEL_READS:
+                raise _GiveUp  # e.g. a channel's guid, which feedparser makes its link
+            if name in _FLAGGED_CHILDREN:
+                _check_flagged(child, _FLAGGED_CHILDREN[name])
     return out
 
 
+# What feedparser calls an element of a namespace it knows: its prefix for the namespace
+# and the local name ("dc_date"), or the local name alone (plain RSS, Atom, RSS 1.0 ...)
+_PREFIXES = {k.lower(): v for k, v in _FeedParserMixin.namespaces.items()}
+
+
+def _feedparser_name(key: tuple[str, str]) -> str | None:
+    prefix = _PREFIXES.get(key[0].lower())
+    if prefix is None:
+        return None  # an unknown namespace: _check_tags has looked at those
+    return f"{prefix}_{key[1]}" if prefix else key[1]
+
+
+# Feed-level elements whose handlers set what entries get, unless _feed_fields reads them
+_FEED_LEVEL_READS = frozenset(
+    {"link", "language", "guid", "id", "ttl", "content", "content_encoded", "fullitem"}
+)
+# An image or textinput: feedparser tracks that it is inside one by a flag that any plain
+# element but these clears (in ill-formed feeds, it says), after which a link inside it
+# is the feed's link
+_FLAGGED_CHILDREN = {
+    "image": frozenset({"title", "link", "description", "url", "href", "width", "height"}),
+    "textinput": frozenset({"title", "link", "description", "name"}),
+}
+
+
+def _check_flagged(el: Any, allowed: frozenset[str]) -> None:
+    for child in el.iterdescendants():
+        ns, local = _split(child.tag)
+        prefix = _PREFIXES.get(ns.lower())
+        if ns == "#" or prefix or (prefix == "" and local in allowed):
+            continue  # an element with a prefix (feedparser's) clears no flag
+        raise _GiveUp
+
+
 def _atom_link(child: Any, out: dict[str, Any], base: str) -> None:
+    keys = child.keys()
+    if not _LINK_ATTRIBUTES.issuperset(keys):
+        raise _GiveUp  # feedparser reads names in any case, and url or uri before href
     rel = child.get("rel", "alternate").lower()  # feedparser's case for rel and type
     ctype = child.get("type", "application/atom+xml" if rel == "self" else "text/html")
+    if ctype.lower() in ("html", "xhtml"):
+        raise _GiveUp  # feedparser's names for text/html and application/xhtml+xml
     href = child.get("href")
     if href is None or len(child):
         raise _GiveUp
     if rel == "alternate" and ctype.lower() in _HTML_TYPES:
         out["link"] = _urljoin(base, href)
+
+
+_LINK_ATTRIBUTES = frozenset({"rel", "type", "href", "hreflang", "title", "length", _XML_LANG})
 
 
 def _join(base: str, uri: str) -> str:
@@ -383,6 +553,8 @@ def _markup(el: Any, *, atom: bool) -> str:
     contents, and _read checks each)."""
     value = _text(el)
     if atom:
+        if not _TEXT_ATTRIBUTES.issuperset(el.keys()):
+            raise _GiveUp  # e.g. mode="base64", which feedparser decodes
         ctype = el.get("type", "text").lower()
         if ctype not in ("text", "html", "text/html", "text/plain") or el.get("src"):
             raise _GiveUp
@@ -391,6 +563,9 @@ def _markup(el: Any, *, atom: bool) -> str:
     if not value.isascii() and _C1.search(value):
         raise _GiveUp
     return _utf8_read_back(value)  # (its markup is checked by _check_markup, in _read)
+
+
+_TEXT_ATTRIBUTES = frozenset({"type", _XML_LANG})
 
 
 def _check_markup(value: str) -> None:
@@ -494,7 +669,9 @@ def _fields(
                 inner = _split(c.tag)
                 if inner not in allowed:
                     raise _GiveUp  # e.g. an <image> inside a <category>: feedparser reads it
-                if inner == (MEDIA, "description") and not atom:
+                if inner == (MEDIA, "description"):
+                    if atom:
+                        raise _GiveUp  # feedparser's summary or content then: not modelled
                     _description(out, _markup(c, atom=False))
             continue
         if name == _GIVE_UP:
@@ -512,6 +689,7 @@ def _fields(
             out[name] = _markup(child, atom=atom)
             continue
         if name == "content":
+            out[_CONTENTS] = out.get(_CONTENTS, 0) + 1
             value = _xml_content(child) if atom else None
             out.setdefault("contents", []).append(
                 _markup(child, atom=atom) if value is None else value
@@ -521,9 +699,13 @@ def _fields(
             raise _GiveUp  # markup as child elements: feedparser serialises it its own way
         value = (child.text or "").strip()
         if name == "link":
+            if child.keys():
+                raise _GiveUp  # an href, url or uri attribute is the link to feedparser
             # an empty <link/> is an empty link to feedparser, whatever the base
-            out["link"] = _popped(_join(base, value)) if value else ""
+            out["link"] = _link(_popped(_join(base, value))) if value else ""
         elif name == "id":
+            if atom and child.keys():
+                raise _GiveUp  # isPermaLink="false" keeps it from being the link
             is_link = atom or _is_permalink(child)
             if is_link and value:
                 value = _join(base, value)
@@ -538,12 +720,27 @@ def _fields(
     return out
 
 
+# "&amp;" or a reference-like "&name;" left in a link's text once XML has decoded it
+_ESCAPED_IN_LINK = re.compile("&(?:amp;|[A-Za-z0-9_]+;)")
+_NAME_REF = re.compile("&([A-Za-z0-9_]+);")
+
+
+def _link(value: str) -> str:
+    """feedparser's fix of an entry link's query: "&amp;" is "&", "&name;" is "&name"
+    (`?a=1&amp;amp;b=2`, escaped twice, is `?a=1&b=2`)."""
+    if "&" not in value:
+        return value
+    return _NAME_REF.sub(r"&\g<1>", value.replace("&amp;", "&"))
+
+
 def _is_permalink(guid: Any) -> bool:
     """feedparser's guidislink: isPermaLink="true" or none, its name in any case (it reads
-    every attribute name in lower case; of two spellings, the last)."""
+    every attribute name in lower case; of two spellings, the last), in no namespace or
+    one it does not prefix (an unknown one loses its prefix: `x:isPermaLink` counts)."""
     value = "true"
     for name, given in guid.items():
-        if name.lower() == "ispermalink":
+        ns, local = _split(name)
+        if local == "ispermalink" and not _PREFIXES.get(ns.lower()):
             value = given
     return value == "true"
 
