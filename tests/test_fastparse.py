@@ -203,6 +203,27 @@ FEEDPARSERS_READINGS = {
     "atom-media-description": _atom(
         b'<summary>S</summary><media:content url="x"><media:description>caption long text'
         b"</media:description></media:content>", root=b" " + MEDIA),
+    # a second round of it: fields nested in other feed-level elements, structure again,
+    # namespaces in other case, keys feedparser keeps, declarations it reads its own way
+    "nested-feed-language": _rss(b"", channel=b"<category><language>fr</language></category>"),
+    "nested-feed-link": _rss(b"<link>x</link>",
+                             channel=b"<foo><link>http://c.example/d/</link></foo>"),
+    "width-in-title": _rss(b"").replace(b"<channel>", b"<channel><title><width/></title>"),
+    "second-rss": _rss(b"", channel=b'<rss xml:lang="de"/>'),
+    "nested-channel-href": _rss(b"<link>x</link>",
+                                channel=b'<channel href="http://c.example/d/"/>'),
+    "dc-namespace-case": _rss(b"", channel=b'<dc:language xmlns:dc="HTTP://PURL.ORG/DC/'
+                              b'ELEMENTS/1.1/">fr</dc:language>'),
+    "two-permalinks": _rss(b'<guid xmlns:x="urn:x" isPermaLink="false" x:isPermaLink="true">'
+                           b"http://g.example/1</guid>"),
+    "unknown-links": _rss(b'<links xmlns="urn:x">t</links><link>http://l.example/</link>'),
+    "xml-content-links": _atom(b'<content type="text/xml"><links>t</links></content>'
+                               b'<link href="http://l.example/"/>'),
+    "bom-and-declared-encoding": b'\xef\xbb\xbf<?xml version="1.0" encoding="windows-1252"?>'
+    + _rss(b"").replace(b"<title>A</title>", b"<title>a\xe2\x80\x99b</title>"),
+    "stylesheet-encoding": b'<?xml version="1.0" encoding="utf-8"?><?xml-stylesheet '
+    b'type="text/xsl" encoding="windows-1252" href="s.xsl"?>'
+    + _rss(b"").replace(b"<title>A</title>", b"<title>a\xe2\x80\x99b</title>"),
     # encodings lxml and Python's codecs read apart; windows-1252 they read alike
     "windows-1252": b'<?xml version="1.0" encoding="windows-1252"?>' + _rss(b"").replace(
         b"<title>A</title>", b"<title>" + bytes(range(0xA0, 0x100)) + b"\x80\x85\x99</title>"),
@@ -218,6 +239,10 @@ FEEDPARSERS_READINGS = {
         # a base feedparser normalises (it joins the base to itself at every element)
         pytest.param(_rss(b"<link>x</link>"), "", "http:h.example", id="base-normalised"),
         pytest.param(_rss(b"<guid>a/b</guid>"), "", "http:///x/", id="base-extra-slash"),
+        # two charsets: feedparser takes the last
+        pytest.param(_rss(b"").replace(b"<title>A</title>", b"<title>a\xe2\x80\x99b</title>"),
+                     "application/xml; charset=utf-8; charset=windows-1252", "",
+                     id="two-charsets"),
         # UTF-16 without a BOM: lxml reads it, feedparser believes the HTTP charset
         pytest.param(
             '<?xml version="1.0" encoding="utf-16"?><rss><channel><item><title>A</title>'

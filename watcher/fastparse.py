@@ -9,8 +9,15 @@ or markup whose sanitising could differ. `parse.parse_document` then falls back
 to feedparser, so robustness is unchanged; a test holds the two paths to the
 same items on every corpus file the fast path accepts.
 
-Where the rules are feedparser's (date formats, relative-URI joining), its own
-functions are used, so the two paths cannot drift apart.
+Where the rules are feedparser's (date formats, relative-URI joining, reading the
+declared encoding and the HTTP charset), its own functions are used, so the two paths
+cannot drift apart.
+
+One difference is left on purpose: a prefix declared for two namespaces in one
+document. feedparser maps a known namespace's prefix to its own once for the whole
+document, so `xmlns:content` declared for Dublin Core anywhere makes a later
+content:encoded a "dc_encoded" to it. Finding such declarations takes a scan of the
+whole body (~2.5% of a parse); the fast path reads such a document by its namespaces.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from feedparser.datetimes.rfc822 import _parse_date_rfc822
 from feedparser.datetimes.rfc822 import months as _MONTHS
 from feedparser.datetimes.rfc822 import timezone_names as rfc822_zones
 from feedparser.datetimes.w3dtf import _parse_date_w3dtf
+from feedparser.encodings import RE_XML_PI_ENCODING, parse_content_type
 from feedparser.html import _cp1252 as _CP1252
 from feedparser.mixin import _FeedParserMixin
 from feedparser.urls import _urljoin, make_safe_absolute_uri
@@ -129,6 +137,10 @@ def _base_attribute(body: bytes) -> bool:
 # What a tag is to _check_tags (filled on demand): read where _read looks for it, an
 # entry, in a namespace feedparser does not know, or a reason to give up.
 _OK, _ENTRY, _CONTENT, _UNKNOWN = "#ok", "#entry", "#content", "#unknown"
+# The document's own structure: another rss, channel or feed element anywhere (feedparser
+# sets the feed's language from one, and its CDF link; its end leaves the feed)
+_STRUCTURE = "#structure"
+_STRUCTURE_NAMES = frozenset({"rss", "channel", "feed", "rdf_rdf"})
 # Elements that set feedparser's "has content" flag, which only the end of an entry clears
 _CONTENT_NAMES = frozenset({"content", "content_encoded", "fullitem"})
 _CONTENTS = "#contents"  # _fields' count of an entry's content elements
@@ -145,13 +157,16 @@ def _tag_kind(tag: Any) -> str:
     if low in _KNOWN_NS:
         if low in _PLAIN_NS and local in ("item", "entry"):
             return _ENTRY
-        return _CONTENT if _feedparser_name((ns, local)) in _CONTENT_NAMES else _OK
+        name = _feedparser_name((ns, local))
+        if name in _STRUCTURE_NAMES:
+            return _STRUCTURE
+        return _CONTENT if name in _CONTENT_NAMES else _OK
     if "backend.userland.com/rss" in low:
         return _GIVE_UP  # feedparser reads any such namespace as plain RSS
     return _UNKNOWN
 
 
-def _check_tags(root: Any, entries: list[Any]) -> int:
+def _check_tags(root: Any, entries: list[Any], structure: int) -> int:
     """Give up on elements feedparser reads where _read does not look for them: an entry
     anywhere but in the entry list (feedparser takes any item or entry, in any of the
     namespaces it reads as plain RSS, at any depth), content anywhere but in an entry
@@ -162,6 +177,7 @@ def _check_tags(root: Any, entries: list[Any]) -> int:
     entry_key = _split(entries[0].tag) if entries else None
     entry_tags = []
     content_tags = []
+    structure_tags = []
     for tag in set(map(_TAG_OF, root.iter())):
         kind = _TAG_KINDS.get(tag)
         if kind is None:
@@ -174,12 +190,16 @@ def _check_tags(root: Any, entries: list[Any]) -> int:
             entry_tags.append(tag)
         elif kind == _CONTENT:
             content_tags.append(tag)
+        elif kind == _STRUCTURE:
+            structure_tags.append(tag)
         elif kind == _UNKNOWN:
             _check_unknown(root, tag)
         else:
             raise _GiveUp
     if entry_tags and sum(1 for _ in root.iter(*entry_tags)) != len(entries):
         raise _GiveUp  # nested entries
+    if structure_tags and sum(1 for _ in root.iter(*structure_tags)) != structure:
+        raise _GiveUp  # a second rss, channel or feed element
     return sum(1 for _ in root.iter(*content_tags)) if content_tags else 0
 
 
@@ -191,8 +211,23 @@ def _check_unknown(root: Any, tag: str) -> None:
     local = _split(tag)[1]
     for el in root.iter(tag):
         prefix = el.prefix
-        if len(el) or _has_handler(f"{prefix.lower()}_{local}" if prefix else local):
+        name = f"{prefix.lower()}_{local}" if prefix else local
+        if len(el) or _has_handler(name) or name in _ENTRY_KEYS or name.endswith("_detail"):
             raise _GiveUp
+
+
+# Keys feedparser's handlers keep in an entry or the feed, of their own types (`links` is a
+# list), which an element it has no handler for would take as its name (`<links
+# xmlns="urn:x">` makes `links` a string, and the link after it is lost); and names
+# ending in "_detail" or "_parsed", which it derives
+_ENTRY_KEYS = frozenset(
+    {"authors", "chapters", "content", "contributors", "enclosures", "generator_detail",
+     "guidislink", "href", "id", "image", "license", "link", "links", "media_content",
+     "media_credit", "media_license", "media_player", "media_rating", "media_restriction",
+     "media_thumbnail", "newlocation", "psc_chapters", "rel", "scheme", "source", "summary",
+     "tags", "textinput", "title", "type", "where", "width", "height", "language", "name",
+     "validity_start", "validity_end"}
+)  # fmt: skip
 
 
 # What an entry or feed element may carry: xml:lang, xml:base (_read allows it on the root
@@ -230,7 +265,6 @@ _EMPTY_IFRAME = re.compile(r"<iframe\b[^<>]*>\s*</iframe\s*>", re.IGNORECASE)
 # C1 controls: feedparser reads them as windows-1252 ("demoronizing"); lxml keeps them.
 _C1 = re.compile("[\x80-\x9f]")
 _PAST_LATIN1 = re.compile("[^\x00-\xff]")
-_CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.IGNORECASE)
 _PARSER = etree.XMLParser(
     resolve_entities=False,
     no_network=True,
@@ -306,10 +340,23 @@ def _codec(name: str) -> str:
         return ""
 
 
+# The declared encoding as XML (lxml) reads it
+_XML_DECLARED = re.compile(rb"<\?xml[^>]*encoding\s*=\s*[\"']([\w.:-]+)")
+
+
 def _document_encoding(body: bytes) -> str:
-    head = body[:200]
-    m = re.match(rb"\s*<\?xml[^>]*encoding\s*=\s*[\"']([\w.:-]+)", head)
-    return m.group(1).decode().lower() if m else "utf-8"
+    """The codec name both lxml and feedparser read the body in, or "" when they may not
+    agree: feedparser reads the declaration with its own pattern, over the whole first
+    line (the last `encoding="..."` before a `?>` there), and lxml follows a UTF-8 BOM
+    whatever the declaration says."""
+    data = body[3:] if body.startswith(codecs.BOM_UTF8) else body
+    m = _XML_DECLARED.match(data)
+    ours = _codec(m.group(1).decode()) if m else "utf-8"
+    m = RE_XML_PI_ENCODING.match(data)
+    theirs = _codec(m.group(1).decode("latin-1")) if m else "utf-8"
+    if ours != theirs or (data is not body and ours != "utf-8"):
+        return ""
+    return ours
 
 
 def fast_parse(
@@ -324,13 +371,15 @@ def fast_parse(
     """(items, feed fields: link, language, ttl, hub, self) when the fast path reproduces
     feedparser exactly, else None."""
     # UTF-16 and UTF-32, with or without a BOM: lxml detects them where feedparser may not
-    if _base_attribute(body) or body.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]:
+    if body.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]:
+        return None
+    if _base_attribute(body):
         return None
     encoding = _document_encoding(body)
-    if encoding not in _SAME_DECODING and _codec(encoding) not in _SAME_DECODING:
+    if encoding not in _SAME_DECODING:
         return None  # lxml (iconv) and Python's codecs read legacy encodings apart
-    m = _CHARSET.search(content_type)
-    if m and m.group(1).lower() != encoding:
+    charset = parse_content_type(content_type)[1]  # feedparser's reading: the last charset
+    if charset and _codec(charset) != encoding:
         return None
     if content_type and not content_type.lower().startswith(
         ("application/", "text/xml", "text/plain")
@@ -398,7 +447,8 @@ def _read(
         atom = True
     else:
         raise _GiveUp
-    contents_left = _check_tags(root, entries)
+    # rss and its channel, rdf:RDF and its channel, or the Atom feed
+    contents_left = _check_tags(root, entries, 1 if atom else 2)
     _check_attributes(feed_el, rdf)
     feed = _feed_fields(feed_el, rdf, base_url)
     feed_link = feed.get("link") or page_url
@@ -480,12 +530,27 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
         elif key == (plain, "ttl"):
             out["ttl"] = _popped(_text(child))
         else:
-            name = _feedparser_name(key)
-            if name in _FEED_LEVEL_READS:
-                raise _GiveUp  # e.g. a channel's guid, which feedparser makes its link
-            if name in _FLAGGED_CHILDREN:
-                _check_flagged(child, _FLAGGED_CHILDREN[name])
+            _feed_child(child, key)
     return out
+
+
+def _feed_child(child: Any, key: tuple[str, str]) -> None:
+    """Give up on a feed-level element _feed_fields does not read, or on what is inside it,
+    where feedparser reads a field entries get (a channel's guid becomes the base of
+    relative links; a link or language at any depth is the feed's)."""
+    name = _feedparser_name(key)
+    if name in ("item", "entry"):
+        return  # an entry: _check_tags has made sure it is one _read reads
+    if name in _FEED_LEVEL_READS:
+        raise _GiveUp
+    if name in _FLAGGED_CHILDREN:
+        _check_flagged(child, _FLAGGED_CHILDREN[name])
+    elif len(child):
+        allowed = _FEED_CONTAINERS.get(name or "", frozenset())
+        for inner in child.iterdescendants():
+            inner_name = _feedparser_name(_split(inner.tag))
+            if inner_name not in allowed and inner_name is not None and _has_handler(inner_name):
+                raise _GiveUp
 
 
 # What feedparser calls an element of a namespace it knows: its prefix for the namespace
@@ -502,8 +567,18 @@ def _feedparser_name(key: tuple[str, str]) -> str | None:
 
 # Feed-level elements whose handlers set what entries get, unless _feed_fields reads them
 _FEED_LEVEL_READS = frozenset(
-    {"link", "language", "guid", "id", "ttl", "content", "content_encoded", "fullitem"}
-)
+    {"link", "language", "dc_language", "guid", "id", "ttl", "content", "content_encoded",
+     "fullitem"}
+)  # fmt: skip
+# Feed-level elements whose children feedparser keeps apart (the flagged ones: see below)
+_FEED_CONTAINERS = {
+    "author": frozenset({"name", "email", "uri", "url", "href"}),
+    "contributor": frozenset({"name", "email", "uri", "url", "href"}),
+    "itunes_owner": frozenset({"itunes_name", "itunes_email"}),
+    "itunes_category": frozenset({"itunes_category"}),
+    "skiphours": frozenset({"hour"}),
+    "skipdays": frozenset({"day"}),
+}
 # An image or textinput: feedparser tracks that it is inside one by a flag that any plain
 # element but these clears (in ill-formed feeds, it says), after which a link inside it
 # is the feed's link
@@ -598,6 +673,8 @@ def _xml_content(el: Any) -> str | None:
             or child.keys()
             or (child.tail or "").strip()
             or _has_handler(local)
+            or local in _ENTRY_KEYS
+            or local.endswith("_detail")
         ):
             return None
     return ""
@@ -737,12 +814,14 @@ def _is_permalink(guid: Any) -> bool:
     """feedparser's guidislink: isPermaLink="true" or none, its name in any case (it reads
     every attribute name in lower case; of two spellings, the last), in no namespace or
     one it does not prefix (an unknown one loses its prefix: `x:isPermaLink` counts)."""
-    value = "true"
+    value = None
     for name, given in guid.items():
         ns, local = _split(name)
         if local == "ispermalink" and not _PREFIXES.get(ns.lower()):
+            if value is not None and name[0] == "{":
+                raise _GiveUp  # two, one in a namespace: the order feedparser sees is expat's
             value = given
-    return value == "true"
+    return value is None or value == "true"
 
 
 _DATE_ERRORS = (KeyError, OverflowError, ValueError, AttributeError)  # what _parse_date skips
