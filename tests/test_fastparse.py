@@ -216,6 +216,16 @@ FEEDPARSERS_READINGS = {
                               b'ELEMENTS/1.1/">fr</dc:language>'),
     "two-permalinks": _rss(b'<guid xmlns:x="urn:x" isPermaLink="false" x:isPermaLink="true">'
                            b"http://g.example/1</guid>"),
+    "gml-at-feed-level": _rss(b"", channel=b'<gml:pos xmlns:gml="http://www.opengis.net/gml">'
+                              b"1 2</gml:pos>"),
+    "feed-level-links": _rss(b"<link>x</link>", channel=b"<links>t</links>"
+                             b"<link>http://c.example/d/</link>"),
+    "unknown-authors": _rss(b'<authors xmlns="urn:x"/><author>a@b.example (A)</author>'),
+    "channel-summary": _rss(b"<description>A</description><description></description>",
+                            channel=b"<summary>S</summary><description>D</description>"),
+    "rdf-guid-beside-channel": b"<rdf:RDF " + RDF_NS + b' xmlns="http://purl.org/rss/1.0/">'
+    b"<channel/><guid>http://c.example/d/</guid><item><title>A</title><link>x</link></item>"
+    b"</rdf:RDF>",
     "unknown-links": _rss(b'<links xmlns="urn:x">t</links><link>http://l.example/</link>'),
     "xml-content-links": _atom(b'<content type="text/xml"><links>t</links></content>'
                                b'<link href="http://l.example/"/>'),

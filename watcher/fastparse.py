@@ -450,6 +450,11 @@ def _read(
     # rss and its channel, rdf:RDF and its channel, or the Atom feed
     contents_left = _check_tags(root, entries, 1 if atom else 2)
     _check_attributes(feed_el, rdf)
+    if rdf:  # RSS 1.0's image, textinput and anything else beside the channel
+        for child in root:
+            key = _split(child.tag)
+            if child is not feed_el and key != (RSS1, "item"):
+                _feed_child(child, key)
     feed = _feed_fields(feed_el, rdf, base_url)
     feed_link = feed.get("link") or page_url
     # an empty <language/> is the feed's language all the same: '' (then the argument)
@@ -541,8 +546,10 @@ def _feed_child(child: Any, key: tuple[str, str]) -> None:
     name = _feedparser_name(key)
     if name in ("item", "entry"):
         return  # an entry: _check_tags has made sure it is one _read reads
-    if name in _FEED_LEVEL_READS:
-        raise _GiveUp
+    if name in _FEED_LEVEL_READS or (name or "").startswith("gml_"):
+        raise _GiveUp  # (feedparser fails on GML outside a georss:where)
+    if name in _ENTRY_KEYS and not _has_handler(name):
+        raise _GiveUp  # a key of its own, where feedparser keeps one of another type
     if name in _FLAGGED_CHILDREN:
         _check_flagged(child, _FLAGGED_CHILDREN[name])
     elif len(child):
@@ -566,9 +573,10 @@ def _feedparser_name(key: tuple[str, str]) -> str | None:
 
 
 # Feed-level elements whose handlers set what entries get, unless _feed_fields reads them
+# (a summary makes the description after it content, which sets the content flag)
 _FEED_LEVEL_READS = frozenset(
     {"link", "language", "dc_language", "guid", "id", "ttl", "content", "content_encoded",
-     "fullitem"}
+     "fullitem", "summary"}
 )  # fmt: skip
 # Feed-level elements whose children feedparser keeps apart (the flagged ones: see below)
 _FEED_CONTAINERS = {
