@@ -450,11 +450,14 @@ def _read(
     # rss and its channel, rdf:RDF and its channel, or the Atom feed
     contents_left = _check_tags(root, entries, 1 if atom else 2)
     _check_attributes(feed_el, rdf)
-    if rdf:  # RSS 1.0's image, textinput and anything else beside the channel
+    if rdf:  # RSS 1.0's image and textinput beside the channel; nothing else there
         for child in root:
             key = _split(child.tag)
-            if child is not feed_el and key != (RSS1, "item"):
-                _feed_child(child, key)
+            if child is feed_el or key == (RSS1, "item"):
+                continue
+            if key not in ((RSS1, "image"), (RSS1, "textinput")):
+                raise _GiveUp  # e.g. a guid, which feedparser makes the feed's link
+            _feed_child(child, key)
     feed = _feed_fields(feed_el, rdf, base_url)
     feed_link = feed.get("link") or page_url
     # an empty <language/> is the feed's language all the same: '' (then the argument)
@@ -533,6 +536,8 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
         elif key in ((plain, "language"), (DC, "language")):
             out["language"] = _popped(_text(child))
         elif key == (plain, "ttl"):
+            if child.keys():
+                raise _GiveUp  # feedparser keeps such a ttl apart
             out["ttl"] = _popped(_text(child))
         else:
             _feed_child(child, key)
