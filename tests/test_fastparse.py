@@ -227,8 +227,8 @@ FEEDPARSERS_READINGS = {
     b"<channel/><guid>http://c.example/d/</guid><item><title>A</title><link>x</link></item>"
     b"</rdf:RDF>",
     "rdf-license-beside-channel": b"<rdf:RDF " + RDF_NS + b' xmlns="http://purl.org/rss/1.0/"'
-    b' xmlns:cc="http://web.resource.org/cc/"><channel/><cc:License rdf:about="x"/>'
-    b"<item><title>A</title></item></rdf:RDF>",
+    b' xmlns:cc="http://backend.userland.com/creativeCommonsRssModule"><channel/>'
+    b"<cc:license>http://l.example/</cc:license><item><title>A</title></item></rdf:RDF>",
     "unknown-links": _rss(b'<links xmlns="urn:x">t</links><link>http://l.example/</link>'),
     "xml-content-links": _atom(b'<content type="text/xml"><links>t</links></content>'
                                b'<link href="http://l.example/"/>'),
