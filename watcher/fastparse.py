@@ -208,11 +208,15 @@ def _check_unknown(root: Any, tag: str) -> None:
     its own, unless its name (the prefix it is written with, if any, and its local
     name: `<title xmlns="urn:x">` is a title, `<dc:date xmlns:dc="urn:x">` a dc:date)
     is one feedparser handles; and feedparser reads the elements inside it."""
-    local = _split(tag)[1]
+    prefixes = set()
     for el in root.iter(tag):
-        prefix = el.prefix
+        if len(el):
+            raise _GiveUp
+        prefixes.add(el.prefix)
+    local = _split(tag)[1]
+    for prefix in prefixes:
         name = f"{prefix.lower()}_{local}" if prefix else local
-        if len(el) or _has_handler(name) or name in _ENTRY_KEYS or name.endswith("_detail"):
+        if _has_handler(name) or name in _ENTRY_KEYS or name.endswith("_detail"):
             raise _GiveUp
 
 
@@ -516,6 +520,8 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
     plain = RSS1 if rss1 else ""
     for child in el:
         key = _split(child.tag)
+        if key in _ENTRY_KEYS_OF_FEEDS:
+            continue  # an entry (_check_tags has made sure it is one _read reads)
         if key in ((plain, "link"), ("", "link")) and not (key[0] == "" and rss1):
             if "link" in out or child.keys():
                 raise _GiveUp  # an href, url or uri attribute is the link to feedparser
@@ -549,8 +555,6 @@ def _feed_child(child: Any, key: tuple[str, str]) -> None:
     where feedparser reads a field entries get (a channel's guid becomes the base of
     relative links; a link or language at any depth is the feed's)."""
     name = _feedparser_name(key)
-    if name in ("item", "entry"):
-        return  # an entry: _check_tags has made sure it is one _read reads
     if name in _FEED_LEVEL_READS or (name or "").startswith("gml_"):
         raise _GiveUp  # (feedparser fails on GML outside a georss:where)
     if name in _ENTRY_KEYS and not _has_handler(name):
@@ -570,13 +574,21 @@ def _feed_child(child: Any, key: tuple[str, str]) -> None:
 _PREFIXES = {k.lower(): v for k, v in _FeedParserMixin.namespaces.items()}
 
 
+_NAMES: dict[tuple[str, str], str | None] = {}  # filled on demand, as _KEYS
+
+
 def _feedparser_name(key: tuple[str, str]) -> str | None:
-    prefix = _PREFIXES.get(key[0].lower())
-    if prefix is None:
-        return None  # an unknown namespace: _check_tags has looked at those
-    return f"{prefix}_{key[1]}" if prefix else key[1]
+    name = _NAMES.get(key, "")
+    if name != "":
+        return name
+    prefix = _PREFIXES.get(key[0].lower())  # None: an unknown namespace (see _check_tags)
+    name = key[1] if prefix == "" else None if prefix is None else f"{prefix}_{key[1]}"
+    if len(_NAMES) < _KEYS_MAX:
+        _NAMES[key] = name
+    return name
 
 
+_ENTRY_KEYS_OF_FEEDS = frozenset({("", "item"), (ATOM, "entry")})
 # Feed-level elements whose handlers set what entries get, unless _feed_fields reads them
 # (a summary makes the description after it content, which sets the content flag)
 _FEED_LEVEL_READS = frozenset(
