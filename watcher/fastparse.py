@@ -520,7 +520,7 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
     plain = RSS1 if rss1 else ""
     for child in el:
         key = _split(child.tag)
-        if key in _ENTRY_KEYS_OF_FEEDS:
+        if key in _ENTRY_ELEMENTS:
             continue  # an entry (_check_tags has made sure it is one _read reads)
         if key in ((plain, "link"), ("", "link")) and not (key[0] == "" and rss1):
             if "link" in out or child.keys():
@@ -588,7 +588,7 @@ def _feedparser_name(key: tuple[str, str]) -> str | None:
     return name
 
 
-_ENTRY_KEYS_OF_FEEDS = frozenset({("", "item"), (ATOM, "entry")})
+_ENTRY_ELEMENTS = frozenset({("", "item"), (ATOM, "entry")})
 # Feed-level elements whose handlers set what entries get, unless _feed_fields reads them
 # (a summary makes the description after it content, which sets the content flag)
 _FEED_LEVEL_READS = frozenset(
