@@ -10,12 +10,18 @@ from tests.feeds import CURB, NOISE, rss
 from tests.test_corpus import corpus_files
 from watcher.errors import ParseError
 from watcher.fastparse import _date, fast_parse
-from watcher.parse import _parse_with_feedparser, parse_document, refuse_entities
+from watcher.parse import (
+    ParsedFeed,
+    _parse_with_feedparser,
+    fast_parsed,
+    parse_document,
+    refuse_entities,
+)
 
 BASE = "https://feeds.example.org/dir/feed.xml"
 
 
-def _both(body: bytes, content_type: str, base: str) -> tuple[object, object] | None:
+def _both(body: bytes, content_type: str, base: str) -> tuple[ParsedFeed, ParsedFeed] | None:
     try:
         refuse_entities(body, source_id="c")
     except ParseError:
@@ -26,13 +32,13 @@ def _both(body: bytes, content_type: str, base: str) -> tuple[object, object] | 
         return None
     slow = _parse_with_feedparser(body, source_id="c", content_type=content_type,
                                   base_url=base, language="", tags=("t",))  # fmt: skip
-    return (fast[0], slow.items)
+    return (fast_parsed(fast), slow)  # items, ttl, hub and self
 
 
 @pytest.mark.parametrize(
     # (corpus, files the fast path must at least accept)
     ("corpus", "min_fast"),
-    [("real-feeds", 26), ("feedparser-tests", 750)],
+    [("real-feeds", 26), ("feedparser-tests", 745)],
 )
 def test_fast_path_yields_feedparsers_items(corpus: str, min_fast: int) -> None:
     accepted = 0
@@ -229,6 +235,17 @@ FEEDPARSERS_READINGS = {
     "rdf-license-beside-channel": b"<rdf:RDF " + RDF_NS + b' xmlns="http://purl.org/rss/1.0/"'
     b' xmlns:cc="http://backend.userland.com/creativeCommonsRssModule"><channel/>'
     b"<cc:license>http://l.example/</cc:license><item><title>A</title></item></rdf:RDF>",
+    # a third: a ttl or a kept key nested at the feed level, an empty self or hub href
+    "unknown-ttl": _rss(b"", channel=b'<ttl xmlns="urn:x">5</ttl>'),
+    "nested-ttl": _rss(b"", channel=b"<category><ttl>5</ttl></category>"),
+    "nested-links": _rss(b"<link>x</link>", channel=b"<category><links>t</links></category>"
+                         b"<link>http://c.example/d/</link>"),
+    "author-detail": _rss(b"", channel=b"<author_detail>x</author_detail>"
+                          b"<author><name>n</name></author>"),
+    "publisher-attributes": _rss(b"", channel=b'<publisher x=""/><itunes:owner/>',
+                                 root=b' xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"'),
+    "empty-self-href": _atom(b"", feed=b'<link rel="self" href=""/>',
+                             root=b' xml:base="http://b.example/f"'),
     "unknown-links": _rss(b'<links xmlns="urn:x">t</links><link>http://l.example/</link>'),
     "xml-content-links": _atom(b'<content type="text/xml"><links>t</links></content>'
                                b'<link href="http://l.example/"/>'),
@@ -269,10 +286,10 @@ def test_fast_path_gives_up_or_reads_as_feedparser(
 ) -> None:
     fast = fast_parse(body, source_id="c", content_type=content_type, base_url=base,
                       language="", tags=("t",))  # fmt: skip
-    if fast is not None:  # then feedparser reads it too, to the same items
+    if fast is not None:  # then feedparser reads it too, to the same items, ttl, hub, self
         slow = _parse_with_feedparser(body, source_id="c", content_type=content_type,
                                       base_url=base, language="", tags=("t",))  # fmt: skip
-        assert fast[0] == slow.items
+        assert fast_parsed(fast) == slow
 
 
 DATE_PARTS = [
@@ -426,7 +443,7 @@ def test_both_paths_read_utf8_with_a_base_url_and_no_content_type() -> None:
         assert pair is not None
         fast, slow = pair
         assert fast == slow
-        assert [i.title for i in slow] == ["Caf\u00e9 d\u00e9cret"]  # type: ignore[attr-defined]
+        assert [i.title for i in slow.items] == ["Caf\u00e9 d\u00e9cret"]
 
 
 # feedparser reads an element's text that is UTF-8 read as ISO-8859-1 back as UTF-8
@@ -471,8 +488,7 @@ def test_fast_path_repairs_mojibake_where_feedparser_does() -> None:
     assert pair is not None
     fast, slow = pair
     assert fast == slow
-    assert isinstance(slow, list)
-    [item] = slow
+    [item] = slow.items
     # a text with a character past U+00FF is left as it is
     assert (item.title, item.text, item.language) == ("Café über", "Ã©’", "én")
 
@@ -599,4 +615,4 @@ def test_mutated_feeds_read_alike_on_both_paths(
     if fast is not None:
         slow = _parse_with_feedparser(body, source_id="c", content_type="", base_url=base,
                                       language="", tags=())  # fmt: skip
-        assert fast[0] == slow.items
+        assert fast_parsed(fast) == slow

@@ -230,7 +230,7 @@ _ENTRY_KEYS = frozenset(
      "media_credit", "media_license", "media_player", "media_rating", "media_restriction",
      "media_thumbnail", "newlocation", "psc_chapters", "rel", "scheme", "source", "summary",
      "tags", "textinput", "title", "type", "where", "width", "height", "language", "name",
-     "validity_start", "validity_end"}
+     "validity_start", "validity_end", "author", "publisher", "ttl"}
 )  # fmt: skip
 
 
@@ -532,6 +532,8 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
         elif key == (ATOM, "link"):
             _atom_link(child, out, base)
             rel = child.get("rel", "").lower()  # feedparser's case for rel and type
+            if rel in ("hub", "self") and child.get("href") == "":
+                raise _GiveUp  # feedparser's is the base: an empty href resolves to it
             if rel in ("hub", "self") and child.get("href"):
                 out.setdefault(rel, _urljoin(base, child.get("href")))  # WebSub
         elif key == (ATOM, "id"):
@@ -557,7 +559,7 @@ def _feed_child(child: Any, key: tuple[str, str]) -> None:
     name = _feedparser_name(key)
     if name in _FEED_LEVEL_READS or (name or "").startswith("gml_"):
         raise _GiveUp  # (feedparser fails on GML outside a georss:where)
-    if name in _ENTRY_KEYS and not _has_handler(name):
+    if name is not None and _keeps_apart(name):
         raise _GiveUp  # a key of its own, where feedparser keeps one of another type
     if name in _FLAGGED_CHILDREN:
         _check_flagged(child, _FLAGGED_CHILDREN[name])
@@ -565,8 +567,16 @@ def _feed_child(child: Any, key: tuple[str, str]) -> None:
         allowed = _FEED_CONTAINERS.get(name or "", frozenset())
         for inner in child.iterdescendants():
             inner_name = _feedparser_name(_split(inner.tag))
-            if inner_name not in allowed and inner_name is not None and _has_handler(inner_name):
+            if inner_name is None or inner_name in allowed:
+                continue
+            if _has_handler(inner_name) or _keeps_apart(inner_name):
                 raise _GiveUp
+
+
+def _keeps_apart(name: str) -> bool:
+    """An element feedparser has no handler for, stored under its name, which is a key its
+    handlers keep (see _ENTRY_KEYS) or derive ("_detail")."""
+    return (name in _ENTRY_KEYS or name.endswith("_detail")) and not _has_handler(name)
 
 
 # What feedparser calls an element of a namespace it knows: its prefix for the namespace

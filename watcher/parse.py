@@ -402,9 +402,7 @@ def parse_document(
             body = repaired
             fast = read(body)
     if fast is not None:
-        meta = fast[1]
-        hub, own = _feed_url(meta.get("hub")), _feed_url(meta.get("self"))
-        parsed = ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), hub, own)
+        parsed = fast_parsed(fast)
     else:
         parsed = _parse_with_feedparser(
             body,
@@ -416,6 +414,13 @@ def parse_document(
         )
     join_documents(parsed.items)  # whichever parser read them
     return parsed
+
+
+def fast_parsed(fast: tuple[list[Item], Any]) -> ParsedFeed:
+    """The ParsedFeed of what fast_parse read: its items, and the feed's ttl, hub and self."""
+    meta = fast[1]
+    hub, own = _feed_url(meta.get("hub")), _feed_url(meta.get("self"))
+    return ParsedFeed(fast[0], _ttl_s(meta.get("ttl")), hub, own)
 
 
 # A character reference that may be to a character XML forbids or to none, its number
