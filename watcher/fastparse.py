@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import calendar
 import codecs
+import functools
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -215,8 +216,7 @@ def _check_unknown(root: Any, tag: str) -> None:
         prefixes.add(el.prefix)
     local = _split(tag)[1]
     for prefix in prefixes:
-        name = f"{prefix.lower()}_{local}" if prefix else local
-        if _has_handler(name) or name in _ENTRY_KEYS or name.endswith("_detail"):
+        if _read_by_feedparser(f"{prefix.lower()}_{local}" if prefix else local):
             raise _GiveUp
 
 
@@ -526,7 +526,7 @@ def _feed_fields(el: Any, rss1: bool, base: str) -> dict[str, Any]:
             if "link" in out or child.keys():
                 raise _GiveUp  # an href, url or uri attribute is the link to feedparser
             value = _text(child)
-            if not value or _ESCAPED_IN_LINK.search(value):
+            if not value or _NAME_REF.search(value):
                 raise _GiveUp  # (feedparser's "query fix" of a link, see _link)
             out["link"] = _popped(_urljoin(base, value))
         elif key == (ATOM, "link"):
@@ -559,7 +559,7 @@ def _feed_child(child: Any, key: tuple[str, str]) -> None:
     name = _feedparser_name(key)
     if name in _FEED_LEVEL_READS or (name or "").startswith("gml_"):
         raise _GiveUp  # (feedparser fails on GML outside a georss:where)
-    if name is not None and _keeps_apart(name):
+    if name is not None and not _has_handler(name) and _read_by_feedparser(name):
         raise _GiveUp  # a key of its own, where feedparser keeps one of another type
     if name in _FLAGGED_CHILDREN:
         _check_flagged(child, _FLAGGED_CHILDREN[name])
@@ -567,16 +567,12 @@ def _feed_child(child: Any, key: tuple[str, str]) -> None:
         allowed = _FEED_CONTAINERS.get(name or "", frozenset())
         for inner in child.iterdescendants():
             inner_name = _feedparser_name(_split(inner.tag))
-            if inner_name is None or inner_name in allowed:
-                continue
-            if _has_handler(inner_name) or _keeps_apart(inner_name):
+            if (
+                inner_name is not None
+                and inner_name not in allowed
+                and _read_by_feedparser(inner_name)
+            ):
                 raise _GiveUp
-
-
-def _keeps_apart(name: str) -> bool:
-    """An element feedparser has no handler for, stored under its name, which is a key its
-    handlers keep (see _ENTRY_KEYS) or derive ("_detail")."""
-    return (name in _ENTRY_KEYS or name.endswith("_detail")) and not _has_handler(name)
 
 
 # What feedparser calls an element of a namespace it knows: its prefix for the namespace
@@ -584,18 +580,10 @@ def _keeps_apart(name: str) -> bool:
 _PREFIXES = {k.lower(): v for k, v in _FeedParserMixin.namespaces.items()}
 
 
-_NAMES: dict[tuple[str, str], str | None] = {}  # filled on demand, as _KEYS
-
-
+@functools.lru_cache(maxsize=_KEYS_MAX)  # a hostile feed's made-up tags cannot grow it past this
 def _feedparser_name(key: tuple[str, str]) -> str | None:
-    name = _NAMES.get(key, "")
-    if name != "":
-        return name
     prefix = _PREFIXES.get(key[0].lower())  # None: an unknown namespace (see _check_tags)
-    name = key[1] if prefix == "" else None if prefix is None else f"{prefix}_{key[1]}"
-    if len(_NAMES) < _KEYS_MAX:
-        _NAMES[key] = name
-    return name
+    return key[1] if prefix == "" else None if prefix is None else f"{prefix}_{key[1]}"
 
 
 _ENTRY_ELEMENTS = frozenset({("", "item"), (ATOM, "entry")})
@@ -707,12 +695,16 @@ def _xml_content(el: Any) -> str | None:
             or len(child)
             or child.keys()
             or (child.tail or "").strip()
-            or _has_handler(local)
-            or local in _ENTRY_KEYS
-            or local.endswith("_detail")
+            or _read_by_feedparser(local)
         ):
             return None
     return ""
+
+
+def _read_by_feedparser(name: str) -> bool:
+    """feedparser reads an element by this name: it has a handler for it, or, having none,
+    stores it under a key its handlers keep (see _ENTRY_KEYS) or derive ("_detail")."""
+    return _has_handler(name) or name in _ENTRY_KEYS or name.endswith("_detail")
 
 
 _HANDLED: dict[str, bool] = {}  # local name -> feedparser handles it, or makes it "_parsed"
@@ -832,8 +824,7 @@ def _fields(
     return out
 
 
-# "&amp;" or a reference-like "&name;" left in a link's text once XML has decoded it
-_ESCAPED_IN_LINK = re.compile("&(?:amp;|[A-Za-z0-9_]+;)")
+# "&amp;" or another reference-like "&name;" left in a link's text once XML has decoded it
 _NAME_REF = re.compile("&([A-Za-z0-9_]+);")
 
 
