@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tests.feeds import CURB, NOISE, rss
 from tests.test_corpus import corpus_files
 from watcher.errors import ParseError
-from watcher.fastparse import _date, fast_parse
+from watcher.fastparse import XML, _date, fast_parse
 from watcher.parse import (
     ParsedFeed,
     _parse_with_feedparser,
@@ -292,6 +292,19 @@ def test_fast_path_gives_up_or_reads_as_feedparser(
         assert fast_parsed(fast) == slow
 
 
+# Of those, the ones the fast path reads itself, by feedparser's rule: it must not give up
+READ_BY_FEEDPARSERS_RULE = [
+    "unknown-ns-permalink", "empty-language-xml-lang", "xml-lang-on-rdf", "windows-1252",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", READ_BY_FEEDPARSERS_RULE)
+def test_fast_path_reads_some_of_feedparsers_readings_itself(name: str) -> None:
+    pair = _both(FEEDPARSERS_READINGS[name], "", "")
+    assert pair is not None
+    assert pair[0] == pair[1]
+
+
 DATE_PARTS = [
     "Fri, ", "sun, ", "Mon ", "24", "1", "31", "00", " ", "  ", "Jan", "feb", "FEB", "Foo",
     "2025", "1899", "99", "11:00:00", "23:59:60", "24:00:00", "9:0", " -0500", " +0000",
@@ -566,11 +579,10 @@ _SNIPPETS = [
     b"<category>c</category>",
     b"<ttl>60</ttl>",
 ]
-_XMLNS = "http://www.w3.org/XML/1998/namespace"
 _ATTRIBUTES = [
     ("href", "http://h.example/"), ("lastmod", "2025-01-01"), ("isPermaLink", "false"),
-    ("{urn:x}isPermaLink", "false"), ("lang", "fr"), (f"{{{_XMLNS}}}lang", "de"),
-    (f"{{{_XMLNS}}}base", "http://b.example/d/"), ("base", "http://b.example/"),
+    ("{urn:x}isPermaLink", "false"), ("lang", "fr"), (f"{{{XML}}}lang", "de"),
+    (f"{{{XML}}}base", "http://b.example/d/"), ("base", "http://b.example/"),
     ("type", "html"), ("mode", "base64"), ("rel", "self"), ("Rel", "alternate"),
     ("url", "http://u.example/"), ("{urn:x}href", "http://x.example/"),
     ("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}about", "urn:a"),
@@ -598,6 +610,14 @@ def _mutated(seed: bytes, mutations: list[tuple[str, int, object]]) -> bytes:
         else:
             target.tag = target.tag.upper() if target.tag[0] != "{" else target.tag
     return bytes(etree.tostring(root))
+
+
+@pytest.mark.parametrize("seed", _SEEDS)
+def test_the_fuzzing_seeds_are_read_by_the_fast_path(seed: bytes) -> None:
+    """(Else the mutants of a seed would all go to feedparser, and compare nothing.)"""
+    pair = _both(seed, "", "")
+    assert pair is not None
+    assert pair[0] == pair[1]
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)
