@@ -76,6 +76,12 @@ async def test_run_polls_delivers_serves_health_and_stops_on_sigterm(
             assert health["status"] == "ok" and health["store"] == "ok" and health["rules"] == 1
             assert health["sources"]["good"]["error_count"] == 0
             assert health["sources"]["offline"]["error_count"] >= 1
+            # said once, as `watcher sources list` says it: the source is the key already
+            offline_error = health["sources"]["offline"]["last_error"]
+            assert offline_error.startswith("connect: cannot connect"), offline_error
+            assert "offline" not in offline_error and str(offline_port) in offline_error
+            assert health["sources"]["good"]["last_error"] == ""
+            assert health["sources"]["offline"]["active"] is True
             async with http.get(f"http://127.0.0.1:{api_port}/metrics") as resp:
                 metrics = await resp.text()
         assert 'watcher_polls_total{outcome="new"} 1.0' in metrics

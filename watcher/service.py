@@ -33,7 +33,7 @@ from watcher.group import (
     throttled_receivers,
     waiting_notices,
 )
-from watcher.health import HealthMonitor
+from watcher.health import HealthMonitor, error_text
 from watcher.metrics import Metrics
 from watcher.models import Clock, utc_now
 from watcher.notify import build_notifiers
@@ -538,9 +538,17 @@ async def healthz(request: web.Request) -> web.Response:
         body.update(status="error", store=f"error: {type(exc).__name__}")
     try:
         states = await app[STORE].health_states()
+        # the error as `watcher sources list` says it: "reason: message", the source's
+        # name not repeated (it is the key); "" when the last poll succeeded
         body["sources"] = {
-            id_: {"error_count": states[id_].error_count, "last_error": states[id_].last_error}
-            for id_ in sorted(states)
+            id_: {
+                "error_count": state.error_count,
+                "last_error": error_text(id_, state.last_error_reason, state.last_error)
+                if state.last_error or state.last_error_reason
+                else "",
+                "active": state.active,
+            }
+            for id_, state in sorted(states.items())
         }
     except Exception:
         body["sources"] = {}
