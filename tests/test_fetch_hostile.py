@@ -172,17 +172,52 @@ async def test_broken_brotli_is_a_decoding_error(
     assert str(err.value).startswith("source 'bad': decoding:")
 
 
+def _deflated(data: bytes, wbits: int) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return z.compress(data) + z.flush()
+
+
+_LONG_FEED = FEED.replace(b"</channel>", b"<item><title>x</title></item>" * 2000 + b"</channel>")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("gzip", b"not gzip at all"),
+        # cut short: zlib's flush() takes it for the whole body, which would lose the
+        # items after the cut (and, answered 304 afterwards, lose them for good)
+        ("gzip", gzip.compress(_LONG_FEED)[: len(gzip.compress(_LONG_FEED)) // 2]),
+        ("gzip", gzip.compress(_LONG_FEED)[:-4]),  # the length trailer only
+        ("deflate", _deflated(_LONG_FEED, 15)[:-30]),
+        ("deflate", _deflated(_LONG_FEED, -15)[:-30]),  # raw deflate
+    ],
+    ids=["garbage", "gzip-cut-in-half", "gzip-without-its-length", "deflate-cut", "raw-cut"],
+)
 async def test_broken_gzip_is_a_decoding_error(
-    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
+    feed_server: FeedServer,
+    session: aiohttp.ClientSession,
+    clock: FakeClock,
+    encoding: str,
+    body: bytes,
 ) -> None:
-    feed_server.routes["/bad.gz"] = Route(
-        body=b"not gzip at all", headers={"Content-Encoding": "gzip"}
-    )
+    feed_server.routes["/bad.gz"] = Route(body=body, headers={"Content-Encoding": encoding})
     f = Fetcher(session=session, limits=limits(), clock=clock)
     with pytest.raises(FetchError) as err:
         await f.fetch("bad", feed_server.url("/bad.gz"))
     assert err.value.reason is FetchReason.DECODING
     assert str(err.value).startswith("source 'bad': decoding:")
+
+
+@pytest.mark.parametrize("wbits", [31, 15, -15], ids=["gzip", "deflate", "raw-deflate"])
+async def test_whole_compressed_bodies_decode(
+    feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock, wbits: int
+) -> None:
+    encoding = "gzip" if wbits == 31 else "deflate"
+    feed_server.routes["/ok.z"] = Route(
+        body=_deflated(_LONG_FEED, wbits), headers={"Content-Encoding": encoding}
+    )
+    f = Fetcher(session=session, limits=limits(), clock=clock)
+    assert (await f.fetch("ok", feed_server.url("/ok.z"))).body == _LONG_FEED
 
 
 async def test_body_over_the_cap_without_content_length_is_cut(

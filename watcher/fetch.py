@@ -405,9 +405,15 @@ class _Decoder:
         if self._trailing_junk:
             return b""
         try:
-            return bytes(self._z.flush())
+            rest = bytes(self._z.flush())
         except zlib.error as exc:
             raise _BrokenEncoding(str(exc)) from None
+        # zlib's flush() does not complain of a stream cut short: a gzip or deflate body
+        # that ends before its last block (and gzip's checksum) is the feed's first part
+        # only, and read as the whole it would lose the items after the cut for good
+        if self._seen_any and not self._z.eof:
+            raise _BrokenEncoding(f"truncated {'gzip' if self._gzip else 'deflate'} stream")
+        return rest
 
 
 class Fetcher:
