@@ -145,6 +145,89 @@ async def test_temporary_redirect_keeps_the_url(
     assert state is not None and state.poll_url == feed_server.url("/old")
 
 
+async def test_permanent_redirect_to_a_page_that_is_no_feed_moves_nothing(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    """An expired domain's 301 to a parking page, or a login page: the poll fails, and the
+    source stays at its URL, polled there again once the feed is back."""
+    feed_server.routes["/f"] = Route(status=301, headers={"Location": "/parked"})
+    feed_server.routes["/parked"] = Route(
+        body=b"<!doctype html><html><body>This domain is for sale</body></html>",
+        content_type="text/html",
+    )
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    failed = await pipeline.poll(config.sources[0])
+    assert failed.outcome == "error" and "HTML page" in str(failed.error)
+    state = await store.source_state("s")
+    assert state is not None and state.poll_url == feed_server.url("/f")
+    feed_server.routes["/f"] = Route(body=rss(CURB))
+    back = await pipeline.poll(config.sources[0])
+    assert back.outcome == "new" and back.new_items == 1
+    assert len(feed_server.requests_to("/parked")) == 1
+
+
+async def test_permanent_redirect_answered_304_moves_the_source(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/f"] = Route(body=rss(CURB))
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    assert (await pipeline.poll(config.sources[0])).outcome == "new"
+    # the same feed moves: the new URL answers the conditional GET with 304
+    feed_server.routes["/new"] = feed_server.routes["/f"]
+    feed_server.routes["/f"] = Route(status=301, headers={"Location": "/new"})
+    moved = await pipeline.poll(config.sources[0])
+    assert moved.outcome == "unchanged" and moved.moved_to == feed_server.url("/new")
+    state = await store.source_state("s")
+    assert state is not None and state.poll_url == feed_server.url("/new")
+
+
+async def test_the_same_body_again_keeps_its_new_validators(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    """A server that starts sending an ETag, or rotates it (several backends), with the
+    body of the last poll: the validators are kept, and the next poll is answered 304."""
+    body = rss(CURB)
+    feed_server.routes["/f"] = Route(body=body, etag=False)
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    assert (await pipeline.poll(config.sources[0])).outcome == "new"
+    feed_server.routes["/f"] = Route(body=body)  # an ETag from now on
+    assert (await pipeline.poll(config.sources[0])).outcome == "unchanged"
+    state = await store.source_state("s")
+    assert state is not None and state.etag is not None
+    etag = state.etag
+    assert (await pipeline.poll(config.sources[0])).outcome == "unchanged"
+    assert feed_server.requests_to("/f")[-1].get("If-None-Match") == etag
+    served = [h.get("If-None-Match") for h in feed_server.requests_to("/f")]
+    assert served == [None, None, etag]
+    # rotated: a 200 with the same body and another ETag, Last-Modified added
+    feed_server.routes["/f"] = Route(
+        body=body,
+        etag=False,
+        headers={"ETag": '"b2"', "Last-Modified": "Tue, 03 Feb 2026 10:00:00 GMT"},
+    )
+    assert (await pipeline.poll(config.sources[0])).outcome == "unchanged"
+    state = await store.source_state("s")
+    assert state is not None
+    assert (state.etag, state.last_modified) == ('"b2"', "Tue, 03 Feb 2026 10:00:00 GMT")
+
+
+async def test_a_304_may_update_the_validators(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    feed_server.routes["/f"] = Route(body=rss(CURB), etag=False, headers={"ETag": '"a"'})
+    config, pipeline = await make(store, clock, session, feed_server.url("/f"))
+    assert (await pipeline.poll(config.sources[0])).outcome == "new"
+    feed_server.routes["/f"] = Route(status=304, etag=False, headers={"ETag": '"a2"'})
+    assert (await pipeline.poll(config.sources[0])).outcome == "unchanged"
+    state = await store.source_state("s")
+    assert state is not None and state.etag == '"a2"'
+    feed_server.routes["/f"] = Route(status=304, etag=False)  # none given: the stored one kept
+    assert (await pipeline.poll(config.sources[0])).outcome == "unchanged"
+    state = await store.source_state("s")
+    assert state is not None and state.etag == '"a2"'
+    assert [h.get("If-None-Match") for h in feed_server.requests_to("/f")] == [None, '"a"', '"a2"']
+
+
 async def test_410_deactivates_the_source(
     store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
 ) -> None:

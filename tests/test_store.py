@@ -14,7 +14,7 @@ from tests.conftest import FakeClock
 from watcher.constants import SQLITE_CACHE_KIB, SQLITE_LOOP_CACHE_KIB
 from watcher.models import DeliveryState
 from watcher.parse import make_item
-from watcher.store import NewAlert, Outcome, Store
+from watcher.store import NewAlert, Outcome, Store, UnchangedPoll
 
 
 def item(key: str, source: str = "s1"):
@@ -224,7 +224,7 @@ async def test_batched_poll_statements_come_in_a_few_lengths(
             wanted = [*ids[:n], "nope"]
             states = await store.poll_states(wanted)
             assert [s.id if s else None for s in states] == [*ids[:n], None]
-            await store.record_polls_unchanged([(i, 60.0) for i in ids[:n]])
+            await store.record_polls_unchanged([UnchangedPoll(i, 60.0) for i in ids[:n]])
             saved = {s.id for s in await store.list_sources() if s.last_polled_at == clock()}
             assert saved == set(ids[:n])
     finally:
@@ -248,7 +248,9 @@ async def test_poll_states_and_unchanged_polls_in_batches(store: Store, clock: F
     assert s2.poll_url == "http://x/moved"
     assert (s3.etag, s3.last_modified, s3.body_hash) == ('"e"', "lm", "h")
     # one save for the batch: errors reset, next poll counted from the save
-    await store.record_polls_unchanged([("s1", 600.0), ("s2", 600.0), ("s3", 30.0)])
+    await store.record_polls_unchanged(
+        [UnchangedPoll("s1", 600.0), UnchangedPoll("s2", 600.0), UnchangedPoll("s3", 30.0)]
+    )
     for source_id, delay_s in (("s1", 600), ("s2", 600), ("s3", 30)):
         state = await store.source_state(source_id)
         assert state is not None and state.last_polled_at == clock()

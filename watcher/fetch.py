@@ -593,8 +593,16 @@ class Fetcher:
                 resp.headers.get("Date"),
                 self.clock(),
             )
-            if status == 304:
-                return FetchResult(304, b"", etag, last_modified, "", url, fresh_for_s=fresh_for_s)
+            if status == 304:  # its validators, if it sends any, replace ours (RFC 9111 4.3.4)
+                return FetchResult(
+                    304,
+                    b"",
+                    resp.headers.get("ETag") or etag,
+                    resp.headers.get("Last-Modified") or last_modified,
+                    "",
+                    url,
+                    fresh_for_s=fresh_for_s,
+                )
             if status == 410:
                 raise FetchError(
                     FetchReason.GONE,

@@ -32,7 +32,7 @@ from watcher.redact import redact_url
 from watcher.route import Route, Router
 from watcher.rules import Matcher
 from watcher.silence import list_silences, silenced
-from watcher.store import NewAlert, PollState, Store
+from watcher.store import NewAlert, PollState, Store, UnchangedPoll
 from watcher.story_store import StoryAssignment, StoryIndex
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,22 @@ async def parse_fetched(source: SourceConfig, result: FetchResult) -> ParsedFeed
     )
 
 
+def _new_validators(
+    state: PollState | None, result: FetchResult
+) -> tuple[str | None, str | None] | None:
+    """The (ETag, Last-Modified) to keep after a poll that brought nothing new, when they
+    differ from the stored ones; else None. The body of the last poll again, answered 200,
+    brings its own validators (a server that has started sending an ETag, or rotates it):
+    kept, the next poll can be answered 304. A 304 may update them (RFC 9110 13.1.1);
+    one without them keeps the stored ones."""
+    stored = (state.etag, state.last_modified) if state else (None, None)
+    if result.not_modified:
+        given = (result.etag or stored[0], result.last_modified or stored[1])
+    else:
+        given = (result.etag, result.last_modified)
+    return None if given == stored else given
+
+
 class Pipeline:
     def __init__(
         self,
@@ -100,7 +116,7 @@ class Pipeline:
         self.policy = policy or PollPolicy()
         # group commit for the common, cheap case: many polls share one round trip
         self._states: Batcher[str, PollState | None] = Batcher(store.poll_states)
-        self._unchanged: Batcher[tuple[str, float], None] = Batcher(store.record_polls_unchanged)
+        self._unchanged: Batcher[UnchangedPoll, None] = Batcher(store.record_polls_unchanged)
         # WebSub: told (source id, hub, topic) when a polled feed advertises a hub
         self.on_hub: Callable[[str, str, str], None] | None = None
         self.store = store
@@ -130,11 +146,6 @@ class Pipeline:
                 etag=state.etag if state else None,
                 last_modified=state.last_modified if state else None,
             )
-            if result.moved_to and result.moved_to != url:
-                await self.store.record_moved(source.id, result.moved_to)
-                logger.info(
-                    "source %s: moved permanently to %s", source.id, redact_url(result.moved_to)
-                )
             body_hash = hashlib.sha256(result.body).hexdigest() if not result.not_modified else None
             if result.not_modified or (state and body_hash == state.body_hash):
                 delay = self.policy.next_check_s(
@@ -142,7 +153,9 @@ class Pipeline:
                     ttl_s=state.ttl_s if state else None,  # the ttl of the body not parsed again
                     fresh_for_s=result.fresh_for_s,
                 )
-                await self._unchanged.run((source.id, delay))
+                await self._record_moved(source, url, result)
+                validators = _new_validators(state, result)
+                await self._unchanged.run(UnchangedPoll(source.id, delay, validators))
                 self._polled["unchanged"].inc()
                 return PollOutcome(
                     source.id, "unchanged", next_poll_in_s=delay, moved_to=result.moved_to
@@ -150,6 +163,9 @@ class Pipeline:
             parsed = await parse_fetched(source, result)
         except (FetchError, ParseError) as exc:
             return await self._failed(source, exc, state.error_count if state else 0)
+        # a move is kept only once the new URL gave a feed: a 301 to a parked domain's page
+        # or a login page would otherwise take the source from its feed for good
+        await self._record_moved(source, url, result)
         if parsed.hub and self.on_hub is not None:
             self.on_hub(source.id, parsed.hub, parsed.self_url or result.url)
         delay = self.policy.next_check_s(
@@ -170,6 +186,13 @@ class Pipeline:
         outcome.next_poll_in_s = delay
         self._polled["new"].inc()
         return outcome
+
+    async def _record_moved(self, source: SourceConfig, url: str, result: FetchResult) -> None:
+        if result.moved_to and result.moved_to != url:
+            await self.store.record_moved(source.id, result.moved_to)
+            logger.info(
+                "source %s: moved permanently to %s", source.id, redact_url(result.moved_to)
+            )
 
     async def record_unexpected(self, source: SourceConfig, exc: Exception) -> float:
         """Record a poll that raised what no stage expects (a bug, a store hiccup) on the

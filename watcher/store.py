@@ -268,6 +268,15 @@ def _padded(ids: list[str]) -> list[str]:
     return ids + ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
 
 
+class UnchangedPoll(NamedTuple):
+    """A poll that brought nothing new (a 304, or the body of the last poll again)."""
+
+    source_id: str
+    delay_s: float  # until the next poll
+    # (ETag, Last-Modified) to send from now on, when the answer brought others; else None
+    validators: tuple[str | None, str | None] | None = None
+
+
 @dataclass(frozen=True)
 class SourceState:
     id: str
@@ -879,23 +888,36 @@ class Store:
         by_id = await self._loop_tx(read)
         return [by_id.get(i) for i in source_ids]
 
-    async def record_polls_unchanged(self, polls: Sequence[tuple[str, float]]) -> list[None]:
-        """Many `record_poll_unchanged` in one transaction: (source id, seconds to its next poll).
+    async def record_polls_unchanged(self, polls: Sequence[UnchangedPoll]) -> list[None]:
+        """Many `record_poll_unchanged` in one transaction: (source id, seconds to its next
+        poll, and the validators to keep from now on when the answer changed them).
 
-        Sources due again after the same delay share one statement, so a batch is
-        usually one UPDATE, not one per source; every next poll time is counted
-        from the time saved as `last_polled_at`.
+        Sources due again after the same delay, their validators unchanged (most), share
+        one statement, so a batch is usually one UPDATE, not one per source; every next
+        poll time is counted from the time saved as `last_polled_at`.
         """
         now = self.clock()
         by_delay: dict[float, list[str]] = {}
-        for source_id, delay_s in polls:
-            by_delay.setdefault(delay_s, []).append(source_id)
+        new_validators: list[UnchangedPoll] = []
+        for poll in polls:
+            if poll.validators is None:
+                by_delay.setdefault(poll.delay_s, []).append(poll.source_id)
+            else:
+                new_validators.append(poll)
 
         def save(conn: Connection) -> None:
             for delay_s, ids in by_delay.items():
                 next_at = now + timedelta(seconds=delay_s)
                 params = {"ids": _padded(ids), "now": now, "next_at": next_at}
                 conn.execute(_POLLED_UNCHANGED, params)
+            for poll in new_validators:
+                assert poll.validators is not None
+                etag, last_modified = poll.validators
+                next_at = now + timedelta(seconds=poll.delay_s)
+                conn.execute(
+                    _POLLED_UNCHANGED.values(etag=etag, last_modified=last_modified),
+                    {"ids": [poll.source_id], "now": now, "next_at": next_at},
+                )
 
         await self._loop_tx(save)
         return [None] * len(polls)
