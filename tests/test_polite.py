@@ -46,6 +46,18 @@ def test_backoff_doubles_honours_retry_after_and_flags_broken_sources() -> None:
     assert p.after_error_s(60, 1, None) <= 3600
 
 
+def test_backoff_never_polls_more_often_than_a_healthy_source() -> None:
+    """Backing off means polling less often: a daily feed that fails is not tried every
+    backoff_max_s, nor a broken one every broken_interval_s, nor sooner than its ttl."""
+    p = PollPolicy(max_s=86_400, backoff_max_s=21_600, error_limit=5, broken_interval_s=3600)
+    assert [p.after_error_s(43_200, n, None) for n in (1, 2, 3)] == [43_200] * 3
+    assert p.after_error_s(7200, 5, None) == 7200  # broken, and still not sooner
+    assert p.after_error_s(600, 1, None, ttl_s=7200) == 7200  # the feed's <ttl>
+    assert p.after_error_s(600, 2, None, ttl_s=60) == 2400  # a small ttl changes nothing
+    q = PollPolicy(backoff_max_s=600)
+    assert q.after_error_s(900, 1, None) == 900
+
+
 async def make(
     store: Store, clock: FakeClock, session: aiohttp.ClientSession, url: str, **polling: object
 ) -> tuple[Config, Pipeline]:

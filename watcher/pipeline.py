@@ -162,7 +162,7 @@ class Pipeline:
                 )
             parsed = await parse_fetched(source, result)
         except (FetchError, ParseError) as exc:
-            return await self._failed(source, exc, state.error_count if state else 0)
+            return await self._failed(source, exc, state)
         # a move is kept only once the new URL gave a feed: a 301 to a parked domain's page
         # or a login page would otherwise take the source from its feed for good
         await self._record_moved(source, url, result)
@@ -200,7 +200,9 @@ class Pipeline:
         same way at every interval unseen; returns the seconds until its next try."""
         state = await self.store.source_state(source.id)
         errors = (state.error_count if state else 0) + 1
-        delay = self.policy.after_error_s(float(source.interval_s), errors, None)
+        delay = self.policy.after_error_s(
+            float(source.interval_s), errors, None, ttl_s=state.ttl_s if state else None
+        )
         await self.store.record_poll_error(
             source.id,
             reason="internal",
@@ -211,15 +213,19 @@ class Pipeline:
         return delay
 
     async def _failed(
-        self, source: SourceConfig, exc: FetchError | ParseError, previous_errors: int
+        self, source: SourceConfig, exc: FetchError | ParseError, state: PollState | None
     ) -> PollOutcome:
+        previous_errors = state.error_count if state else 0
+        ttl_s = state.ttl_s if state else None
         if isinstance(exc, FetchError) and exc.reason is FetchReason.GONE:
             await self.store.deactivate_source(source.id, str(exc))
             self._polled["error"].inc()
             return PollOutcome(source.id, "gone", error=exc, error_count=previous_errors + 1)
         retry_after = exc.retry_after_s if isinstance(exc, FetchError) else None
         errors = previous_errors + 1
-        delay = self.policy.after_error_s(float(source.interval_s), errors, retry_after)
+        delay = self.policy.after_error_s(
+            float(source.interval_s), errors, retry_after, ttl_s=ttl_s
+        )
         errors = await self.store.record_poll_error(
             source.id,
             reason=exc.reason.value if isinstance(exc, FetchError) else "not_a_feed",

@@ -30,13 +30,26 @@ class PollPolicy:
         wanted = max(interval_s, ttl_s or 0.0, fresh_for_s or 0.0)
         return min(max(wanted, self.min_s), self.max_s)
 
-    def after_error_s(self, interval_s: float, errors: int, retry_after_s: float | None) -> float:
-        """Seconds until the next try after `errors` consecutive failures (errors >= 1)."""
+    def after_error_s(
+        self,
+        interval_s: float,
+        errors: int,
+        retry_after_s: float | None,
+        *,
+        ttl_s: float | None = None,
+    ) -> float:
+        """Seconds until the next try after `errors` consecutive failures (errors >= 1).
+
+        Never sooner than a healthy source's next check (its interval, and the RSS ttl
+        of its last good body): backoff polls less often, never more. A source whose
+        interval is past `backoff_max_s` (a daily feed) is simply tried at its interval.
+        """
+        healthy = self.next_check_s(interval_s, ttl_s=ttl_s)
         if errors >= self.error_limit:
             # a server's Retry-After may hold a broken source back longer, within bounds
             ceiling = max(self.broken_interval_s, self.max_s)
-            return min(max(self.broken_interval_s, retry_after_s or 0.0), ceiling)
-        delay = min(interval_s * float(2 ** min(errors, 20)), self.backoff_max_s)
+            return min(max(self.broken_interval_s, healthy, retry_after_s or 0.0), ceiling)
+        delay = max(min(interval_s * float(2 ** min(errors, 20)), self.backoff_max_s), healthy)
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self.max_s))
         return delay
