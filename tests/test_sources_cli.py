@@ -206,3 +206,23 @@ async def test_sources_check_prints_a_feed_title_as_one_inert_line(
     assert code == 0, text
     assert "  - Curb]0;pwned good: ok: 9 item(s)fdp.exe" in text.splitlines()
     assert not {"\x1b", "\x07", "\u202e"} & set(text)
+
+
+async def test_sources_commands_say_a_moved_url_without_its_secrets(
+    tmp_path: Path, clock: FakeClock, feed_server: FeedServer
+) -> None:
+    """The URL a 301 moved a source to keeps the configured credentials (a relative
+    Location) and may carry a key of its own: both commands say it redacted, as the log
+    does."""
+    feed_server.routes["/old"] = Route(status=301, headers={"Location": "/new?apikey=SECRETKEY"})
+    feed_server.routes["/new"] = Route(body=rss(CURB))
+    url = feed_server.url("/old?apikey=SECRETKEY").replace("http://", "http://alice:hunter2@")
+    config = load_config(write_config(tmp_path, {"private": url}))
+    await poll_all(config, clock)
+    listed = await sources_list(config, clock=clock)
+    checked, code = await sources_check(config, [], clock=clock)
+    assert code == 0, checked
+    moved = f"moved permanently to http://127.0.0.1:{feed_server.port}/new?apikey=…"
+    for out in (listed, checked):
+        assert moved in out, out
+        assert "hunter2" not in out and "SECRETKEY" not in out and "alice" not in out, out

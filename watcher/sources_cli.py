@@ -14,6 +14,7 @@ from watcher.fetch import Fetcher, fetch_session, limits_from_config
 from watcher.health import diagnose, error_text, is_broken, quiet_since
 from watcher.models import Clock, utc_now
 from watcher.pipeline import parse_fetched
+from watcher.redact import redact_url
 from watcher.store import SourceState, Store
 from watcher.text import one_line
 
@@ -104,7 +105,7 @@ async def sources_list(config: Config, *, clock: Clock = utc_now) -> str:
             ]
         )
     moved = [
-        f"{s.id}: moved permanently to {states[s.id].moved_url}"
+        f"{s.id}: moved permanently to {redact_url(states[s.id].moved_url or '')}"
         for s in config.sources
         if s.id in states and states[s.id].moved_url
     ]
@@ -140,7 +141,7 @@ async def sources_check(
                 f"in {ms:.0f} ms ({result.content_type or 'no content type'})"
             ]
             if result.moved_to:
-                out.append(f"  moved permanently to {result.moved_to}")
+                out.append(f"  moved permanently to {redact_url(result.moved_to)}")
             if parsed.ttl_s or result.fresh_for_s:
                 out.append(
                     f"  server hints: ttl {parsed.ttl_s or '-'} s, fresh for "
