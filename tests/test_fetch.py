@@ -105,6 +105,11 @@ def test_retry_after_parsing(clock: FakeClock) -> None:
     # the obsolete forms a recipient must still accept (RFC 9110 5.6.7)
     assert parse_retry_after("Thursday, 05-Feb-26 13:00:00 GMT", clock()) == 3600
     assert parse_retry_after("Thu Feb  5 13:00:00 2026", clock()) == 3600  # asctime: no zone
+    # a date from a server whose clock is an hour ahead: counted from its own Date
+    ahead = "Thu, 05 Feb 2026 13:00:00 GMT"
+    assert parse_retry_after("Thu, 05 Feb 2026 13:02:00 GMT", clock(), ahead) == 120
+    assert parse_retry_after("Thu, 05 Feb 2026 13:02:00 GMT", clock(), "garbage") == 3720
+    assert parse_retry_after("30", clock(), ahead) == 30
 
 
 @pytest.mark.parametrize("value", ["999999999999", "9" * 400, "Fri, 31 Dec 9999 23:59:59 GMT"])

@@ -447,14 +447,20 @@ async def test_410_is_gone(
 async def test_503_with_http_date_retry_after(
     feed_server: FeedServer, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
-    feed_server.routes["/busy"] = Route(
-        status=503, headers={"Retry-After": "Thu, 05 Feb 2026 13:00:00 GMT"}
-    )
-    with pytest.raises(FetchError) as err:
-        await Fetcher(session=session, limits=limits(), clock=clock).fetch(
-            "s", feed_server.url("/busy")
+    # the server's clock agrees with ours (the fake one), then runs an hour ahead: the
+    # date counts from the server's own Date, so the wait is the same hour both times
+    for date, retry_at in (
+        ("Thu, 05 Feb 2026 12:00:00 GMT", "Thu, 05 Feb 2026 13:00:00 GMT"),
+        ("Thu, 05 Feb 2026 13:00:00 GMT", "Thu, 05 Feb 2026 14:00:00 GMT"),
+    ):
+        feed_server.routes["/busy"] = Route(
+            status=503, headers={"Retry-After": retry_at, "Date": date}
         )
-    assert err.value.status == 503 and err.value.retry_after_s == 3600
+        with pytest.raises(FetchError) as err:
+            await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+                "s", feed_server.url("/busy")
+            )
+        assert err.value.status == 503 and err.value.retry_after_s == 3600
 
 
 async def test_freshness_headers_are_reported(
@@ -465,6 +471,14 @@ async def test_freshness_headers_are_reported(
         "s", feed_server.url("/f")
     )
     assert result.fresh_for_s == 1800
+    # from a cache (a CDN) that has held it for 25 of its 30 minutes
+    feed_server.routes["/f"] = Route(
+        body=FEED, headers={"Cache-Control": "public, max-age=1800", "Age": "1500"}
+    )
+    result = await Fetcher(session=session, limits=limits(), clock=clock).fetch(
+        "s", feed_server.url("/f")
+    )
+    assert result.fresh_for_s == 300
 
 
 def test_parse_freshness(clock: FakeClock) -> None:
@@ -482,6 +496,11 @@ def test_parse_freshness(clock: FakeClock) -> None:
     assert parse_freshness(None, "0", None, now) is None
     assert parse_freshness(None, None, None, now) is None
     assert parse_freshness(None, "Thu Feb  5 13:00:00 2026", None, now) == 3600  # asctime
+    # a copy a cache has held for 59 of its 60 minutes is fresh for one more (Age)
+    assert parse_freshness("max-age=3600", None, None, now, "3540") == 60
+    assert parse_freshness("max-age=3600", None, None, now, "7200") == 0
+    assert parse_freshness(None, "Thu, 05 Feb 2026 13:00:00 GMT", None, now, "600") == 3000
+    assert parse_freshness("max-age=3600", None, None, now, "soon") == 3600
 
 
 async def test_per_host_concurrency_is_limited(

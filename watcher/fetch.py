@@ -67,11 +67,13 @@ class FetchResult:
         return self.status == 304
 
 
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
+def parse_retry_after(value: str | None, now: datetime, date: str | None = None) -> float | None:
     """Retry-After as delta-seconds or an HTTP date; seconds from now, or None.
 
-    Capped at FETCH_RETRY_AFTER_MAX_S: a server's "999999999999" would otherwise
-    overflow the datetime arithmetic of the next poll time.
+    An HTTP date is taken relative to the server's own Date when it sent one (as
+    Expires is), so a server whose clock is an hour off does not hold us back an
+    hour more. Capped at FETCH_RETRY_AFTER_MAX_S: a server's "999999999999" would
+    otherwise overflow the datetime arithmetic of the next poll time.
     """
     if not value:
         return None
@@ -82,7 +84,8 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         when = _http_date(value)
         if when is None:
             return None
-        seconds = max(0.0, (when - now).total_seconds())
+        base = (_http_date(date) if date else None) or now
+        seconds = max(0.0, (when - base).total_seconds())
     return min(seconds, constants.FETCH_RETRY_AFTER_MAX_S)
 
 
@@ -100,14 +103,30 @@ def _http_date(value: str) -> datetime | None:
 
 
 def parse_freshness(
-    cache_control: str | None, expires: str | None, date: str | None, now: datetime
+    cache_control: str | None,
+    expires: str | None,
+    date: str | None,
+    now: datetime,
+    age: str | None = None,
 ) -> float | None:
     """How long the server says the response stays fresh, in seconds (None: no hint).
 
     `Cache-Control: max-age` wins over `Expires` (RFC 9111); `no-cache`/`no-store`
     give no hint rather than "poll constantly". Expires is taken relative to the
-    server's Date when there is one, so a skewed server clock does not matter.
+    server's Date when there is one, so a skewed server clock does not matter. What
+    is left is the lifetime less the response's `Age` (RFC 9111 4.2.3): a copy a CDN
+    has held for 59 of its 60 minutes is fresh for one more.
     """
+    fresh = _freshness_lifetime(cache_control, expires, date, now)
+    if fresh is None:
+        return None
+    age = (age or "").strip()
+    return max(0.0, fresh - float(age)) if _DIGITS.fullmatch(age) else fresh
+
+
+def _freshness_lifetime(
+    cache_control: str | None, expires: str | None, date: str | None, now: datetime
+) -> float | None:
     if cache_control:
         directives = [d.strip().lower() for d in cache_control.split(",")]
         for d in directives:
@@ -592,13 +611,14 @@ class Fetcher:
                 resp.headers.get("Expires"),
                 resp.headers.get("Date"),
                 self.clock(),
+                resp.headers.get("Age"),
             )
             if status == 304:  # its validators, if it sends any, replace ours (RFC 9111 4.3.4)
                 return FetchResult(
                     304,
                     b"",
-                    resp.headers.get("ETag") or etag,
-                    resp.headers.get("Last-Modified") or last_modified,
+                    _validator(resp.headers.get("ETag")) or etag,
+                    _validator(resp.headers.get("Last-Modified")) or last_modified,
                     "",
                     url,
                     fresh_for_s=fresh_for_s,
@@ -616,7 +636,9 @@ class Fetcher:
                     f"HTTP {status}",
                     source_id=source_id,
                     status=status,
-                    retry_after_s=parse_retry_after(resp.headers.get("Retry-After"), self.clock()),
+                    retry_after_s=parse_retry_after(
+                        resp.headers.get("Retry-After"), self.clock(), resp.headers.get("Date")
+                    ),
                 )
             if status != 200:
                 raise FetchError(

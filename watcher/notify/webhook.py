@@ -59,7 +59,9 @@ def _sign(signer: Webhook, msg_id: str, timestamp: int, body: bytes) -> str:
     return signer.sign(msg_id=msg_id, timestamp=when, data=body.decode())
 
 
-def classify_status(receiver: str, status: int, retry_after: str | None, clock: Clock) -> None:
+def classify_status(
+    receiver: str, status: int, retry_after: str | None, clock: Clock, date: str | None = None
+) -> None:
     """2xx ok; 429 and 5xx retry (honouring Retry-After); other statuses are permanent."""
     if 200 <= status < 300:
         return
@@ -69,7 +71,7 @@ def classify_status(receiver: str, status: int, retry_after: str | None, clock: 
             f"HTTP {status}",
             receiver=receiver,
             retryable=True,
-            retry_after_s=parse_retry_after(retry_after, clock()),
+            retry_after_s=parse_retry_after(retry_after, clock(), date),
         )
     raise DeliveryError(
         DeliveryReason.CLIENT_ERROR, f"HTTP {status}", receiver=receiver, retryable=False
@@ -99,7 +101,13 @@ async def post_json(
             allow_redirects=False,
         ) as resp:
             await resp.read()
-            classify_status(receiver, resp.status, resp.headers.get("Retry-After"), clock)
+            classify_status(
+                receiver,
+                resp.status,
+                resp.headers.get("Retry-After"),
+                clock,
+                resp.headers.get("Date"),
+            )
     except DeliveryError:
         raise
     except TimeoutError:
