@@ -558,7 +558,9 @@ async def test_the_narrow_reads_of_source_rows_agree_with_the_whole_rows(
     health = await store.health_states()
     assert health == {
         s.id: (s.id, s.active, s.error_count, s.last_error, s.last_error_reason,
-               s.last_polled_at, s.last_success_at)
+               s.last_polled_at, s.last_success_at, s.first_success_at)
         for s in rows
     }  # fmt: skip
     assert health["bad"].last_error_reason and health["ok"].last_success_at is not None
+    assert health["ok"].first_success_at == health["ok"].last_success_at
+    assert health["bad"].first_success_at is None

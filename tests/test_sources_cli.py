@@ -19,7 +19,7 @@ from watcher.metrics import Metrics
 from watcher.pipeline import build_pipeline
 from watcher.rules import Matcher
 from watcher.sources_cli import sources_check, sources_list
-from watcher.store import Store
+from watcher.store import SourceState, Store
 
 
 def write_config(
@@ -190,6 +190,37 @@ async def test_sources_list_shows_a_quiet_source_as_the_operator_is_told(
     rows = {line.split()[0]: line for line in text.splitlines()}
     assert "QUIET (nothing new for 2h)" in rows["same"]
     assert " ok " in rows["busy"]
+
+
+async def test_a_source_that_never_brought_an_item_is_quiet_from_its_first_success(
+    tmp_path: Path, clock: FakeClock, feed_server: FeedServer
+) -> None:
+    """With no operator receiver, no health monitor notes first successes: the source
+    row keeps its own, so every later healthy poll does not restart the quiet clock."""
+    feed_server.routes["/empty"] = Route(body=rss())
+    path = write_config(tmp_path, {"empty": feed_server.url("/empty")})
+    with path.open("a") as f:
+        f.write("quiet_after_s = 3600\n")
+    config = load_config(path)
+    await poll_all(config, clock)
+    first = clock()
+    for _ in range(4):  # polled fine every 30 minutes, never an item
+        clock.advance(1800)
+        await poll_all(config, clock)
+    text = await sources_list(config, clock=clock)
+    assert "QUIET (nothing new for 2h)" in text, text
+    states = {s.id: s for s in await _states(config, clock)}
+    assert states["empty"].first_success_at == first
+    assert states["empty"].last_success_at == clock()
+
+
+async def _states(config: Config, clock: FakeClock) -> list[SourceState]:
+    store = Store(config.store.url, clock=clock)
+    await store.open()
+    try:
+        return await store.list_sources()
+    finally:
+        await store.close()
 
 
 async def test_sources_check_prints_a_feed_title_as_one_inert_line(

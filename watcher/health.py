@@ -336,19 +336,22 @@ class HealthMonitor:
             if row is not None and row.first_success_at is not None:
                 first[source.id] = row.first_success_at
             elif state is not None and state.last_success_at is not None:
-                first[source.id] = state.last_success_at
+                # the row's own first success (kept by every poll since it was added),
+                # else the latest one: what a store from before that column knows
+                at = state.first_success_at or state.last_success_at
+                first[source.id] = at
                 if row is None:
                     new_rows.append(
                         {
                             "source_id": source.id,
                             "problem": OK,
                             "detail": "",
-                            "raised_at": state.last_success_at,
-                            "first_success_at": state.last_success_at,
+                            "raised_at": at,
+                            "first_success_at": at,
                         }
                     )
                 else:
-                    later.append((source.id, state.last_success_at))
+                    later.append((source.id, at))
         if new_rows or later:
             async with self.store.engine.begin() as conn:
                 if new_rows:

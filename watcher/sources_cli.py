@@ -54,7 +54,8 @@ def _status(
     if is_broken(state, broken_after_errors):
         return f"BROKEN ({state.error_count} errors)"
     last_new, first_success = quiet
-    first_success = first_success or state.last_success_at  # as the monitor would note it
+    # as the monitor notes it (the row's first success), whether or not it runs
+    first_success = first_success or state.first_success_at or state.last_success_at
     problem = diagnose(
         source.id, state, last_new, quiet_after_s=source.quiet_after_s,
         broken_after_errors=broken_after_errors, now=now, first_success_at=first_success,

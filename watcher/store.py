@@ -40,6 +40,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal,
     or_,
     select,
     text,
@@ -107,6 +108,9 @@ sources = Table(
     # the RSS <ttl> of the last body parsed, in seconds: a 304 or a byte-identical body is
     # not parsed again, and its next check still honours the feed's own ttl
     Column("ttl_s", Float),
+    # the first successful poll (kept): a source that never brings an item is quiet from
+    # then on, not from its last poll, which every healthy poll moves
+    Column("first_success_at", UTCDateTime),
 )
 
 items = Table(
@@ -230,6 +234,9 @@ _POLLED_UNCHANGED = (
     .values(
         last_polled_at=bindparam("now", type_=UTCDateTime),
         last_success_at=bindparam("now", type_=UTCDateTime),
+        first_success_at=func.coalesce(
+            sources.c.first_success_at, bindparam("now", type_=UTCDateTime)
+        ),
         last_error=None,
         last_error_reason=None,
         error_count=0,
@@ -268,6 +275,11 @@ def _padded(ids: list[str]) -> list[str]:
     return ids + ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
 
 
+def _kept_first(now: datetime) -> Any:
+    """first_success_at's value in an update of a successful poll: the first one kept."""
+    return func.coalesce(sources.c.first_success_at, literal(now, type_=UTCDateTime))
+
+
 class UnchangedPoll(NamedTuple):
     """A poll that brought nothing new (a 304, or the body of the last poll again)."""
 
@@ -294,6 +306,7 @@ class SourceState:
     moved_url: str | None = None
     active: bool = True
     ttl_s: float | None = None
+    first_success_at: datetime | None = None
 
     @property
     def poll_url(self) -> str:
@@ -319,6 +332,7 @@ class SourceHealth(NamedTuple):
     last_error_reason: str | None
     last_polled_at: datetime | None
     last_success_at: datetime | None
+    first_success_at: datetime | None
 
 
 # the narrow reads of source rows (Store._source_columns)
@@ -529,6 +543,7 @@ class Tx:
                 body_hash=body_hash,
                 last_polled_at=self.now,
                 last_success_at=self.now,
+                first_success_at=_kept_first(self.now),
                 last_error=None,
                 last_error_reason=None,
                 error_count=0,
@@ -756,6 +771,7 @@ class Store:
                 .values(
                     last_polled_at=now,
                     last_success_at=now,
+                    first_success_at=_kept_first(now),
                     last_error=None,
                     last_error_reason=None,
                     error_count=0,
