@@ -260,3 +260,24 @@ async def test_a_filing_then_its_document_in_documents_rss_alert_once(
     assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
     [alert] = await store.list_alerts()
     assert alert.id == filed.alerts[0].alert_id
+
+
+@pytest.mark.parametrize(
+    "spelling", ["C1-2026-02222", "c1-2026-02222", " C1-2026-02222\u00a0", "FR Doc. C1-2026-02222"]
+)
+def test_a_document_number_is_one_identity_however_it_is_spelled(spelling: str) -> None:
+    answer = {"count": 1, "results": [{"document_number": spelling, "title": "A correction"}]}
+    [api] = parse_feed(json.dumps(answer).encode(), source_id="fr")
+    assert api.guid == "fr-doc:C1-2026-02222" and api.dedup_key == "guid:fr-doc:C1-2026-02222"
+    assert api.content_hash == story_hash("C1-2026-02222") == story_hash(spelling)
+    # a feed linking the document's page with the number in lower case: the same story
+    link = "https://www.federalregister.gov/d/c1-2026-02222"
+    assert document_number(link) == "C1-2026-02222"
+    rss = (
+        '<rss version="2.0"><channel><title>t</title><link>https://x.example/</link>'
+        f"<item><title>Another title</title><link>{link}</link><guid>{link}</guid></item>"
+        "</channel></rss>"
+    ).encode()
+    [entry] = parse_feed(rss, source_id="news", content_type="application/rss+xml")
+    assert entry.content_hash == api.content_hash
+    assert entry.guid == link  # the feed's own identity stays as the feed wrote it

@@ -65,9 +65,26 @@ def is_federal_register(doc: object) -> bool:
     return "document_number" in doc and ("html_url" in doc or "title" in doc)
 
 
+# "FR Doc. 2026-02222", as the printed Federal Register cites a document
+_FR_DOC_PREFIX = re.compile(r"fr\s*doc\b\.?\s*", re.IGNORECASE)
+
+
+def normal_number(number: str) -> str:
+    """A document number as the Federal Register writes it: "C1-2026-02222".
+
+    Every path that reads a number (the API's field, a document page's URL) goes
+    through here, so one document has one identity however a source spells it:
+    without the whitespace around it or an "FR Doc." citation prefix, upper case.
+    """
+    number = number.strip()
+    if prefix := _FR_DOC_PREFIX.match(number):
+        number = number[prefix.end() :]
+    return number.upper()
+
+
 def story_hash(document_number: str) -> str:
     """The content hash (story key) of a Federal Register document: its number."""
-    return hashlib.sha256(f"fr-doc:{document_number}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"fr-doc:{normal_number(document_number)}".encode()).hexdigest()[:32]
 
 
 # A document's page: /documents/YYYY/MM/DD/<number>/<slug>, or the short form /d/<number>
@@ -81,7 +98,7 @@ _DOCUMENT_URL = re.compile(
 def document_number(url: str) -> str | None:
     """The document number a federalregister.gov document URL names, else None."""
     m = _DOCUMENT_URL.match(url)
-    return m[1] if m else None
+    return normal_number(m[1]) if m else None
 
 
 def join_documents(items: list[Item]) -> None:
@@ -151,7 +168,7 @@ def items_from_api(doc: Mapping[str, Any], *, source_id: str, tags: Iterable[str
     for r in results if isinstance(results, list) else []:
         if not isinstance(r, Mapping):
             continue
-        number = _str(r.get("document_number")).strip()
+        number = normal_number(_str(r.get("document_number")))
         if not number:
             continue
         inspection = "filed_at" in r or "filing_type" in r
