@@ -19,6 +19,7 @@ from watcher.federal_register import (
     is_federal_register,
     story_hash,
 )
+from watcher.inputs import read_items
 from watcher.parse import content_hash, parse_document, parse_feed
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
@@ -281,3 +282,52 @@ def test_a_document_number_is_one_identity_however_it_is_spelled(spelling: str) 
     [entry] = parse_feed(rss, source_id="news", content_type="application/rss+xml")
     assert entry.content_hash == api.content_hash
     assert entry.guid == link  # the feed's own identity stays as the feed wrote it
+
+
+def json_feed(number: str, title: str) -> bytes:
+    url = f"https://www.federalregister.gov/documents/2026/02/05/{number}/export-controls"
+    entry = {
+        "id": url,
+        "url": url,
+        "title": title,
+        "content_text": published_doc(number, title)["abstract"],
+        "date_published": "2026-02-05T05:00:00Z",
+    }
+    feed = {"version": "https://jsonfeed.org/version/1.1", "title": "FR BIS", "items": [entry]}
+    return json.dumps(feed).encode()
+
+
+async def test_a_filing_then_its_document_in_a_json_feed_alert_once(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+) -> None:
+    title = "Export Controls on Rare Earth Magnets and Related Items"
+    feed_server.routes["/pi.json"] = Route(
+        body=json.dumps({"results": [pi_doc("2026-02222", title)]}).encode(),
+        content_type="application/json",
+    )
+    feed_server.routes["/bis.json"] = Route(
+        body=json_feed("2026-02222", "Revisions to the EAR: rare earth magnet export controls"),
+        content_type="application/feed+json",
+    )
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": "fr-public-inspection", "url": feed_server.url("/pi.json")},
+         {"id": "fr-bis-feed", "url": feed_server.url("/bis.json")}],
+        matcher=ree_rules(),
+    )  # fmt: skip
+    pi, feed = config.sources
+    filed = await pipeline.poll(pi)
+    assert [a.hit.rule_id for a in filed.alerts] == ["ree-export-curb"]
+    clock.advance(86_400)
+    published = await pipeline.poll(feed)
+    assert published.new_items == 1 and published.alerts == []
+    [grown] = published.stories_grown
+    assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
+
+
+def test_json_lines_entries_linking_a_document_take_its_identity(tmp_path: Path) -> None:
+    url = "https://www.federalregister.gov/documents/2026/02/05/2026-02222/export-controls"
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps({"id": "a", "url": url, "title": "A rule"}) + "\n")
+    [(ident, item)] = read_items(path)
+    assert ident == "a" and item.content_hash == story_hash("2026-02222")

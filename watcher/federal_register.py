@@ -108,9 +108,12 @@ def join_documents(items: list[Item]) -> None:
     document's page; its number gives it the content hash the API adapter gives the
     filing and the published document, so it joins their story instead of alerting
     again. Its guid and dedup key stay the feed's own: an item already stored is not
-    new again. Changes `items` in place.
+    new again. An item the API adapter read has its document's identity already (from
+    its number, whatever page it links). Changes `items` in place.
     """
     for i, item in enumerate(items):
+        if item.guid.startswith("fr-doc:"):
+            continue
         for link in (item.url, item.guid):
             if "federalregister.gov/" in link and (number := document_number(link)):
                 items[i] = item._replace(content_hash=story_hash(number))

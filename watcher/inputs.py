@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from watcher.errors import WatcherError
+from watcher.federal_register import join_documents
 from watcher.models import Item
 from watcher.parse import canonical_url, make_item, parse_feed
 
@@ -58,6 +59,9 @@ def read_items(path: Path) -> list[tuple[str, Item]]:
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{n}: expected a JSON object")
             out.append(_jsonl_item(obj, n, path))
-        return out
+        # as a feed's entries: one linking a Federal Register document takes its identity
+        joined = [item for _, item in out]
+        join_documents(joined)
+        return [(ident, item) for (ident, _), item in zip(out, joined, strict=True)]
     items = parse_feed(data, source_id=path.stem or "input")
     return [(i.guid or i.url or i.dedup_key, i) for i in items]

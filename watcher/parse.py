@@ -380,11 +380,33 @@ def parse_document(
     if start == len(body):
         raise ParseError("empty body", source_id=source_id)
     if body[start : start + 1] in (b"{", b"["):
-        return ParsedFeed(
+        parsed = ParsedFeed(
             _parse_json_feed(body[start:], source_id=source_id, language=language, tags=tags)
         )
+    else:
+        parsed = _parse_xml(
+            body,
+            source_id=source_id,
+            content_type=content_type,
+            base_url=base_url,
+            language=language,
+            tags=tuple(tags),
+        )
+    join_documents(parsed.items)  # whichever parser read them, JSON Feed included
+    return parsed
+
+
+def _parse_xml(
+    body: bytes,
+    *,
+    source_id: str,
+    content_type: str,
+    base_url: str,
+    language: str,
+    tags: tuple[str, ...],
+) -> ParsedFeed:
+    """An RSS, Atom or RDF body: the fast parser, else feedparser."""
     refuse_entities(body, source_id=source_id, content_type=content_type, base_url=base_url)
-    tags = tuple(tags)
     read = functools.partial(
         fast_parse,
         source_id=source_id,
@@ -402,18 +424,15 @@ def parse_document(
             body = repaired
             fast = read(body)
     if fast is not None:
-        parsed = fast_parsed(fast)
-    else:
-        parsed = _parse_with_feedparser(
-            body,
-            source_id=source_id,
-            content_type=content_type,
-            base_url=base_url,
-            language=language,
-            tags=tags,
-        )
-    join_documents(parsed.items)  # whichever parser read them
-    return parsed
+        return fast_parsed(fast)
+    return _parse_with_feedparser(
+        body,
+        source_id=source_id,
+        content_type=content_type,
+        base_url=base_url,
+        language=language,
+        tags=tags,
+    )
 
 
 def fast_parsed(fast: tuple[list[Item], Any]) -> ParsedFeed:
