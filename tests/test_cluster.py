@@ -510,3 +510,27 @@ async def test_a_store_without_the_candidate_index_has_it_filled(
     async with store.engine.connect() as conn:
         stored = (await conn.execute(select(func.count()).select_from(story_keys))).scalar()
     assert stored and stored > 9
+
+
+FIRST_DAY = datetime(1, 1, 2, tzinfo=UTC)
+LAST_DAY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("cap", [constants.CLUSTER_MEMORY_ITEMS, 4])
+async def test_items_dated_near_the_ends_of_time_are_assigned(
+    store: Store, clock: FakeClock, cap: int
+) -> None:
+    """A feed may date an item in year 1 or 9999: its window reaches past what a datetime
+    holds, which means "from the start", not an error that fails every poll. With a small
+    cap, the window also reaches past the memory (the store's candidate index is asked)."""
+    index = StoryIndex(memory_items=cap)
+    await assign_all(store, _others(8, clock.now - timedelta(hours=2)), index)
+    a, b, c = _copies(FIRST_DAY)
+    [first, other] = await assign_all(store, [a, c], index)
+    [second] = await assign_all(store, [b], index)  # the same day, as far back as it goes
+    assert second == first != other
+    late = _item("late", "late", "Codelco output 1.4 million", "Codelco output.", LAST_DAY)
+    [story] = await assign_all(store, [late], index)  # a future date counts as now
+    async with store.engine.connect() as conn:
+        info = await story_info(conn, story)
+    assert info is not None and info.first_at == clock.now

@@ -9,9 +9,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import FakeClock
 from tests.feeds import CURB, NOISE, rss
+from tests.pipelines import loopback_pipeline
 from tests.servers import FeedServer, Route, WebhookServer
 from watcher.config import Config
 from watcher.demo import SmtpSink, free_port
@@ -299,3 +301,61 @@ async def test_deliveries_carry_the_storys_sources_and_facets(
         }
     finally:
         await h.store.close()
+
+
+def _dated(first: str, last: str) -> tuple[tuple[str, str, str], ...]:
+    return (("first", "Gallium output falls", first), ("last", "Lithium prices rise", last))
+
+
+_ATOM_ENDS_OF_TIME = (
+    '<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>'
+    + "".join(
+        f"<entry><id>urn:{i}</id><title>{t}</title><updated>{d}</updated></entry>"
+        for i, t, d in _dated("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z")
+    )
+    + "</feed>"
+).encode()
+_RSS_ENDS_OF_TIME = (
+    '<rss version="2.0"><channel><title>t</title><link>https://example.org/</link>'
+    + "".join(
+        f"<item><guid>{i}</guid><title>{t}</title><pubDate>{d}</pubDate></item>"
+        for i, t, d in _dated("Mon, 01 Jan 0001 00:00:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT")
+    )
+    + "</channel></rss>"
+).encode()
+_JSON_FEED_ENDS_OF_TIME = json.dumps(
+    {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": "t",
+        "items": [
+            {"id": i, "title": t, "date_published": d}
+            for i, t, d in _dated("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z")
+        ],
+    }
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (_RSS_ENDS_OF_TIME, "application/rss+xml"),
+        (_ATOM_ENDS_OF_TIME, "application/atom+xml"),
+        (_JSON_FEED_ENDS_OF_TIME, "application/feed+json"),
+    ],
+)
+async def test_feed_items_dated_in_year_1_or_9999_are_stored(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    body: bytes,
+    content_type: str,
+) -> None:
+    """The feed parsers keep such dates (as feedparser reads them); the story store
+    must take them without failing the poll."""
+    feed_server.routes["/f"] = Route(body=body, content_type=content_type)
+    config, pipeline = await loopback_pipeline(
+        store, session, clock, [{"id": "f", "url": feed_server.url("/f")}]
+    )
+    outcome = await pipeline.poll(config.sources[0])
+    assert outcome.error is None and outcome.new_items == 2

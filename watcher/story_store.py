@@ -487,8 +487,16 @@ def _statements(conn: AsyncConnection) -> _Statements:
     return built
 
 
+# The first and last instants a datetime holds, in POSIX seconds.
+_FIRST_S = datetime.min.replace(tzinfo=UTC).timestamp()
+_LAST_S = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def _at(posix_s: float) -> datetime:
-    return datetime.fromtimestamp(posix_s, tz=UTC)
+    """The instant of POSIX seconds, within what a datetime holds: a window around an item
+    dated near the ends of time (a feed's year 1) reaches past them, and means "from the
+    start" (or "to the end"), not an error that fails the poll."""
+    return datetime.fromtimestamp(min(max(posix_s, _FIRST_S), _LAST_S), tz=UTC)
 
 
 def _just_after(posix_s: float) -> float:
