@@ -331,3 +331,49 @@ def test_json_lines_entries_linking_a_document_take_its_identity(tmp_path: Path)
     path.write_text(json.dumps({"id": "a", "url": url, "title": "A rule"}) + "\n")
     [(ident, item)] = read_items(path)
     assert ident == "a" and item.content_hash == story_hash("2026-02222")
+
+
+def test_a_date_alone_is_midnight_in_washington() -> None:
+    winter = published_doc("2026-02222", "A rule")  # publication_date 2026-02-05: EST
+    summer = {**published_doc("2025-14789", "B rule"), "publication_date": "2025-08-04"}  # EDT
+    filed = pi_doc("2026-02223", "C rule")  # filed_at has its offset: kept as it is
+    answer = json.dumps({"count": 3, "results": [winter, summer, filed]}).encode()
+    a, b, c = parse_feed(answer, source_id="fr")
+    assert a.published is not None and a.published.isoformat() == "2026-02-05T05:00:00+00:00"
+    assert b.published is not None and b.published.isoformat() == "2025-08-04T04:00:00+00:00"
+    assert c.published is not None and c.published.isoformat() == "2026-02-04T13:45:00+00:00"
+    # the instant the agency's documents.rss gives the same document
+    [entry] = parse_feed(documents_rss("2026-02222", "A rule"), source_id="fr-bis")
+    assert entry.published == a.published
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        {"publication_date": "0001-01-02"},
+        {"publication_date": "9999-12-31"},
+        {"filed_at": "0001-01-01T00:00:00+01:00", "publication_date": "0001-01-02"},
+        {"filed_at": "0001-01-02T08:45:00.000-05:00", "publication_date": "0001-01-02"},
+    ],
+)
+async def test_a_date_out_of_range_is_no_date_and_the_answer_still_counts(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    dates: dict[str, str],
+) -> None:
+    title = "Export Controls on Rare Earth Magnets and Related Items"
+    odd = {**published_doc("2026-02223", "Odd dates"), **dates}
+    answer = {"count": 2, "results": [published_doc("2026-02222", title), odd]}
+    body = json.dumps(answer).encode()
+    good, broken = parse_feed(body, source_id="fr")
+    assert good.published is not None and broken.published is None
+    feed_server.routes["/docs.json"] = Route(body=body, content_type="application/json")
+    config, pipeline = await loopback_pipeline(
+        store, session, clock, [{"id": "fr-bis-json", "url": feed_server.url("/docs.json")}],
+        matcher=ree_rules(),
+    )  # fmt: skip
+    outcome = await pipeline.poll(config.sources[0])
+    assert outcome.error is None and outcome.new_items == 2
+    assert {a.item.guid for a in outcome.alerts} >= {"fr-doc:2026-02222"}

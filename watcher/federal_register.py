@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import cache
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from watcher.models import Item
 from watcher.text import html_to_text
@@ -120,17 +122,40 @@ def join_documents(items: list[Item]) -> None:
                 break
 
 
+# The years a date is believed in, as the feed parser's (fastparse._utc): a document
+# "published" in year 1 is a broken field, read as no date.
+_YEARS = range(1900, 2201)
+
+
+@cache
+def _washington() -> tzinfo:
+    """The Federal Register's time zone: its dates are days in Washington."""
+    try:
+        return ZoneInfo("America/New_York")
+    except ZoneInfoNotFoundError:
+        # no tz database on this machine (the tzdata package is a dependency, so only a
+        # broken install): Eastern Standard Time, an hour early in summer but on the day
+        return timezone(timedelta(hours=-5), "EST")
+
+
 def _date(value: object) -> datetime | None:
+    """A date or time of the API, in UTC; None when absent, unreadable or out of range.
+
+    A date alone ("2026-02-05", a publication date) is midnight in Washington, the
+    instant the agencies' documents.rss gives the same document; so is a time without
+    an offset, which only Washington's clock can have written.
+    """
     if not isinstance(value, str) or not value:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    try:
-        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    except OverflowError:  # "0001-01-01T00:00:00+01:00": before the first UTC instant
+    if parsed.year not in _YEARS:
         return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_washington())
+    return parsed.astimezone(UTC)
 
 
 def _str(value: object) -> str:
