@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -16,11 +17,12 @@ from watcher.fastparse import fast_parse
 from watcher.federal_register import (
     document_number,
     documents_url,
+    has_document_identity,
     is_federal_register,
     story_hash,
 )
 from watcher.inputs import read_items
-from watcher.parse import content_hash, parse_document, parse_feed
+from watcher.parse import content_hash, make_item, parse_document, parse_feed
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
 
@@ -377,3 +379,113 @@ async def test_a_date_out_of_range_is_no_date_and_the_answer_still_counts(
     outcome = await pipeline.poll(config.sources[0])
     assert outcome.error is None and outcome.new_items == 2
     assert {a.item.guid for a in outcome.alerts} >= {"fr-doc:2026-02222"}
+
+
+FRIDAY = datetime(2026, 2, 6, 15, 0, tzinfo=UTC)
+MONDAY = datetime(2026, 2, 9, 12, 0, tzinfo=UTC)
+
+
+def friday_filing(number: str, title: str) -> bytes:
+    filing = {
+        **pi_doc(number, title),
+        "filed_at": "2026-02-06T08:45:00.000-05:00",  # Friday morning in Washington
+        "publication_date": "2026-02-09",  # Monday, the next business day
+    }
+    return json.dumps({"count": 1, "results": [filing]}).encode()
+
+
+def monday_document(number: str, title: str) -> bytes:
+    published = {
+        **published_doc(number, title),
+        "publication_date": "2026-02-09",
+        "html_url": f"https://www.federalregister.gov/documents/2026/02/09/{number}/x",
+    }
+    return json.dumps({"count": 1, "results": [published]}).encode()
+
+
+@pytest.mark.parametrize("window_days", [1, 2])
+async def test_a_friday_filing_and_its_monday_publication_alert_once_whatever_the_window(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    window_days: int,
+) -> None:
+    """Two and a half days apart: past a one- or two-day window (and, for one day, past
+    what the story memory holds), yet one document and one story."""
+    title = "Export Controls on Rare Earth Magnets and Related Items"
+    feed_server.routes["/pi.json"] = Route(
+        body=friday_filing("2026-02222", title), content_type="application/json"
+    )
+    feed_server.routes["/docs.json"] = Route(
+        body=monday_document("2026-02222", title), content_type="application/json"
+    )
+    config, pipeline = await loopback_pipeline(
+        store, session, clock,
+        [{"id": "fr-public-inspection", "url": feed_server.url("/pi.json")},
+         {"id": "fr-bis-json", "url": feed_server.url("/docs.json")}],
+        matcher=ree_rules(), stories={"window_days": window_days},
+    )  # fmt: skip
+    pi, docs = config.sources
+    clock.now = FRIDAY
+    filed = await pipeline.poll(pi)
+    assert [a.hit.rule_id for a in filed.alerts] == ["ree-export-curb"]
+    clock.now = MONDAY
+    published = await pipeline.poll(docs)
+    assert published.new_items == 1 and published.alerts == []
+    [grown] = published.stories_grown
+    assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
+    assert len(await store.list_alerts()) == 1
+
+
+async def test_a_publication_after_a_restart_joins_a_filing_older_than_the_window(
+    store: Store,
+    store_url: str,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+) -> None:
+    """A new process reads only the recent past into memory: the filing is found in the
+    store by its identity. The publication comes through documents.rss this time."""
+    title = "Export Controls on Rare Earth Magnets and Related Items"
+    feed_server.routes["/pi.json"] = Route(
+        body=friday_filing("2026-02222", title), content_type="application/json"
+    )
+    rss = documents_rss("2026-02222", title).replace(b"2026/02/05", b"2026/02/09")
+    feed_server.routes["/bis.rss"] = Route(
+        body=rss.replace(b"Thu, 05 Feb 2026 05:00:00 GMT", b"Mon, 09 Feb 2026 05:00:00 GMT")
+    )
+    sources = [
+        {"id": "fr-public-inspection", "url": feed_server.url("/pi.json")},
+        {"id": "fr-bis", "url": feed_server.url("/bis.rss")},
+    ]
+    clock.now = FRIDAY
+    config, pipeline = await loopback_pipeline(
+        store, session, clock, sources, matcher=ree_rules(), stories={"window_days": 1}
+    )
+    filed = await pipeline.poll(config.sources[0])
+    assert [a.hit.rule_id for a in filed.alerts] == ["ree-export-curb"]
+    clock.now = MONDAY
+    restarted = Store(store_url, clock=clock)
+    await restarted.open()
+    try:
+        config, pipeline = await loopback_pipeline(
+            restarted, session, clock, sources, matcher=ree_rules(), stories={"window_days": 1}
+        )
+        published = await pipeline.poll(config.sources[1])
+    finally:
+        await restarted.close()
+    assert published.new_items == 1 and published.alerts == []
+    [grown] = published.stories_grown
+    assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
+    assert len(await store.list_alerts()) == 1
+
+
+def test_only_a_document_itself_has_its_identity() -> None:
+    [api] = parse_feed(json.dumps(published_doc("2026-02222", "A rule")).encode(), source_id="f")
+    [entry] = parse_feed(documents_rss("2026-02222", "A rule"), source_id="fr-bis")
+    assert has_document_identity(api) and has_document_identity(entry)
+    # a guid that only looks like one: its content hash is its text's, a window's worth
+    lookalike = make_item(source_id="s", guid="fr-doc:2026-02222", title="A rule")
+    assert not has_document_identity(lookalike)
+    assert not has_document_identity(make_item(source_id="s", url="https://example.org/a"))

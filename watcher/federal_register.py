@@ -122,8 +122,27 @@ def join_documents(items: list[Item]) -> None:
                 break
 
 
-# The years a date is believed in, as the feed parser's (fastparse._utc): a document
-# "published" in year 1 is a broken field, read as no date.
+def has_document_identity(item: Item) -> bool:
+    """Whether the item's content hash is a document's story key, not a digest of its text.
+
+    Such an item is the document itself (read by the API adapter, or a feed entry that
+    links the document's page): one story with every other item of that number, however
+    far apart in time, since a document number is never given to another document.
+    """
+    for ident in (item.guid, item.url):
+        if ident.startswith("fr-doc:"):
+            number: str | None = ident.removeprefix("fr-doc:")
+        elif "federalregister.gov/" in ident:
+            number = document_number(ident)
+        else:
+            continue
+        if number and item.content_hash == story_hash(number):
+            return True
+    return False
+
+
+# The years an API date is believed in: a document "published" in year 1 is a broken
+# field, read as no date (the span the fast feed parser reads dates in by itself).
 _YEARS = range(1900, 2201)
 
 
@@ -134,7 +153,7 @@ def _washington() -> tzinfo:
         return ZoneInfo("America/New_York")
     except ZoneInfoNotFoundError:
         # no tz database on this machine (the tzdata package is a dependency, so only a
-        # broken install): Eastern Standard Time, an hour early in summer but on the day
+        # broken install): Eastern Standard Time, an hour late in summer but on the day
         return timezone(timedelta(hours=-5), "EST")
 
 

@@ -83,6 +83,7 @@ from sqlalchemy.engine import Connection, Engine
 from watcher import constants
 from watcher.asyncdb import AsyncConnection
 from watcher.cluster import Features, features, similarity, vetoed, weigh
+from watcher.federal_register import has_document_identity
 from watcher.models import Item
 from watcher.store import UTCDateTime, _Id, _insert, alerts, items, metadata
 
@@ -487,6 +488,7 @@ def _statements(conn: AsyncConnection) -> _Statements:
     return built
 
 
+_FOREVER_S = float("inf")  # a time span with no bound
 # The first and last instants a datetime holds, in POSIX seconds.
 _FIRST_S = datetime.min.replace(tzinfo=UTC).timestamp()
 _LAST_S = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
@@ -573,8 +575,13 @@ class StoryIndex:
         window_s: float = constants.CLUSTER_WINDOW_S,
         threshold: float = constants.CLUSTER_THRESHOLD,
         memory_items: int = constants.CLUSTER_MEMORY_ITEMS,
+        is_identity: Callable[[Item], bool] = has_document_identity,
     ) -> None:
         self.memory_items = memory_items
+        # Whether an item's content hash names what it is (a document number), not what it
+        # says: items with such a hash are one story whenever they come, not only within
+        # the window (a Public Inspection filing on Friday, its publication on Monday).
+        self.is_identity = is_identity
         self.window = timedelta(seconds=window_s)
         self.window_s = float(window_s)
         self.threshold = threshold
@@ -598,17 +605,23 @@ class StoryIndex:
         df, docs, previous = await self._count_documents(conn, feats, token)
         memory = self._memories.setdefault(conn.sync_engine, _Memory())
         earliest = min(at.timestamp() for at in ats) - self.window_s
+        identities = [self.is_identity(item) for _, item in batch]
         try:
             await self._catch_up(conn, memory, previous, docs - len(batch), earliest, now)
+            named = [item.content_hash for (_, item), i in zip(batch, identities, strict=True) if i]
+            if named:
+                await self._recall_identities(conn, memory, named)
             # Known only when the next assignment sees whose token it replaced.
             pending = memory.pending = _Pending(token=token, version=docs)
             run = _Run(memory=memory, pending=pending, now=now)
             out: dict[int, StoryAssignment] = {}
-            for n, ((item_id, item), feat, at) in enumerate(zip(batch, feats, ats, strict=True)):
+            for n, ((item_id, item), feat, at, identity) in enumerate(
+                zip(batch, feats, ats, identities, strict=True)
+            ):
                 vector = weigh(feat.counts, df, docs - len(batch) + n)
                 df.update({k: df.get(k, 0) + 1 for k in feat.counts})
                 out[item_id] = await self._assign_one(
-                    conn, run, item_id, item, feat, vector, at, df
+                    conn, run, item_id, item, feat, vector, at, df, identity=identity
                 )
             await self._write(conn, run, docs)
             memory.shrink(self.memory_items)
@@ -627,6 +640,8 @@ class StoryIndex:
         vector: dict[str, float],
         at: datetime,
         df: Mapping[str, int],
+        *,
+        identity: bool,
     ) -> StoryAssignment:
         memory = run.memory
         at_s = at.timestamp()
@@ -635,10 +650,12 @@ class StoryIndex:
         if lo < memory.low and memory.shrunk:  # the window reaches past what memory holds
             await self._recall(conn, memory, ranked, df, item.content_hash, item_id, lo, hi)
         matches = self._matching_stories(memory, vector, feats, ranked, lo, hi)
-        # The same content within the window (a syndicated copy, or a Federal
-        # Register document and its Public Inspection filing, which share an
-        # identity) is the same story, whatever the similarity says.
-        same = memory.same_content(item.content_hash, item_id, lo, hi)
+        # The same content within the window (a syndicated copy) is the same story,
+        # whatever the similarity says; the same identity (a Federal Register document
+        # and its Public Inspection filing) at any time: `_recall_identities` read in
+        # the stories memory lacked.
+        same_lo, same_hi = (-_FOREVER_S, _FOREVER_S) if identity else (lo, hi)
+        same = memory.same_content(item.content_hash, item_id, same_lo, same_hi)
         if same is not None:
             matches.setdefault(same, 1.0)
         best_sim = max(matches.values(), default=0.0)
@@ -906,6 +923,23 @@ class StoryIndex:
         if missing:
             await self._load(conn, memory, lambda t: t.story_id.in_(missing))
 
+    async def _recall_identities(
+        self, conn: AsyncConnection, memory: _Memory, hashes: Sequence[str]
+    ) -> None:
+        """Load the stories memory lacks that hold an item with one of these identities.
+
+        Whenever they were stored: a document's filing may be older than the memory
+        reaches (a short window, a long weekend, a restart). One indexed query per batch
+        (items.content_hash), which finds a handful of rows per document at most.
+        """
+        found: set[int] = set()
+        for chunk in _chunks(sorted(set(hashes))):
+            rows = await conn.execute(_SAME_IDENTITY, {"hashes": list(chunk)})
+            found.update(int(story_id) for story_id in rows.scalars())
+        missing = sorted(found - memory.stories.keys())
+        if missing:
+            await self._load(conn, memory, lambda t: t.story_id.in_(missing))
+
     async def _backfill_keys(self, conn: AsyncConnection) -> None:
         """Fill the store's candidate index for a store written before it existed."""
         if (await conn.execute(select(story_keys.c.item_id).limit(1))).first() is not None:
@@ -1123,6 +1157,13 @@ _SAME_CONTENT = (
         story_items.c.at >= bindparam("lo"),
         story_items.c.at <= bindparam("hi"),
     )
+)
+
+_SAME_IDENTITY = (  # what `_SAME_CONTENT` finds, at any time, for many hashes at once
+    select(story_items.c.story_id)
+    .distinct()
+    .select_from(items.join(story_items, story_items.c.item_id == items.c.id))
+    .where(items.c.content_hash.in_(bindparam("hashes", expanding=True)))
 )
 
 _named = stories.alias("named")
