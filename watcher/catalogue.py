@@ -2,9 +2,10 @@
 
     catalogue = ["fr-bis", "govuk-ecju"]     # in config.toml, at the top level
 
-A `[[sources]]` entry with the same id wins over the catalogue's, so any field
-can be overridden. The URLs come from public documentation and public code
-(each entry says where) and were not checked live from the development machine.
+A `[[sources]]` entry with the same id overrides the catalogue's field by field:
+its own fields win, and the catalogue fills in the ones it leaves out. The URLs
+come from public documentation and public code (each entry says where) and were
+not checked live from the development machine.
 """
 
 from __future__ import annotations
@@ -57,17 +58,32 @@ def catalogue() -> dict[str, CatalogueEntry]:
     }
 
 
-def expand(ids: list[str], configured: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Configured sources plus the catalogue entries named by id (configured ones win).
-
-    Raises ValueError naming any id the catalogue does not have.
-    """
+def check_ids(ids: list[str]) -> list[str]:
+    """`ids`, when the catalogue has every one; else ValueError naming those it lacks
+    and the ones it has."""
     known = catalogue()
-    unknown = [i for i in ids if i not in known]
+    unknown = [i for i in dict.fromkeys(ids) if i not in known]
     if unknown:
         raise ValueError(
-            f"catalogue: unknown source id(s) {', '.join(repr(u) for u in unknown)}; "
+            f"unknown source id(s) {', '.join(repr(u) for u in unknown)}; "
             f"known: {', '.join(sorted(known))}"
         )
-    have = {str(s.get("id")) for s in configured}
-    return configured + [known[i].as_source() for i in dict.fromkeys(ids) if i not in have]
+    return ids
+
+
+def expand(ids: list[Any], configured: list[Any]) -> list[Any]:
+    """Configured sources plus the catalogue entries named by id.
+
+    A configured source with the id of an entry named here overrides it field by
+    field: its own fields win, the catalogue's fill in the rest (its URL, tags,
+    language, interval). What is not a known id, or not a source table, is passed
+    over as it is, for validation to report where it is (`check_ids` for ids).
+    """
+    known = catalogue()
+    named = {i: known[i].as_source() for i in ids if isinstance(i, str) and i in known}
+    sources = []
+    for source in configured:
+        ident = source.get("id") if isinstance(source, dict) else None
+        entry = named.pop(ident, None) if isinstance(ident, str) else None
+        sources.append(source if entry is None else {**entry, **source})
+    return sources + list(named.values())

@@ -393,14 +393,16 @@ class Config(_Strict):
             if overrides is None:
                 overrides = environment_overrides(os.environ)[0]
             data = _deep_merge(data, overrides)
-        if isinstance(data, dict) and data.get("catalogue"):
-            from watcher.catalogue import expand
-
-            configured = [
-                s if isinstance(s, dict) else asdict(s) for s in data.get("sources") or []
-            ]
-            data = {**data, "sources": expand(list(data["catalogue"]), configured)}
+        if isinstance(data, dict) and isinstance(data.get("catalogue"), list):
+            data = _with_catalogue(data)
         return data
+
+    @field_validator("catalogue")
+    @classmethod
+    def _known_ids(cls, ids: list[str]) -> list[str]:
+        from watcher.catalogue import check_ids
+
+        return check_ids(ids)
 
     @model_validator(mode="after")
     def _check_references(self) -> Config:
@@ -431,6 +433,18 @@ class Config(_Strict):
 
     def receiver(self, receiver_id: str) -> AnyReceiverConfig | None:
         return next((r for r in self.receivers if r.id == receiver_id), None)
+
+
+def _with_catalogue(data: dict[str, Any]) -> dict[str, Any]:
+    """The config's sources with the catalogue entries it names (see catalogue.expand)."""
+    from watcher.catalogue import expand
+
+    configured = data.get("sources") or []
+    if not isinstance(configured, list):
+        return data  # not a list of sources: validation says so
+    # a source already validated (a Config validated again) as the table it came from
+    tables = [asdict(s) if isinstance(s, SourceConfig) else s for s in configured]
+    return {**data, "sources": expand(data["catalogue"], tables)}
 
 
 _ENVIRONMENT = "environment"  # validation context: the overrides load_config has read
