@@ -877,3 +877,27 @@ async def test_a_hub_s_redirect_is_not_followed(harness: Harness) -> None:
         assert websub.subs["gov"].state == "wanted"
     finally:
         await other.stop()
+
+
+# ---------------------------------------------------------------- what anyone may send, logged
+
+
+async def test_what_a_verification_says_is_logged_on_one_line_bounded(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone may send a verification: a line break in hub.mode or hub.reason must not
+    write a genuine-looking line of theirs into our log, nor a bidi override reorder ours."""
+    websub = await harness.subscribed()
+    forged = "x\n2026-02-05 12:00:00,000 CRITICAL watcher.health: all sources healthy"
+    assert (await harness.verify(**{"hub.mode": forged + "\u202e" + "y" * 5000}))[0] == 404
+    harness.clock.advance(7200 - 300)
+    assert await websub.renew() == 1
+    denied = {"hub.mode": "denied", "hub.reason": "no\r\n2026-02-05 12:00:01,000 INFO ok\x1b[2J"}
+    assert (await harness.verify(**denied))[0] == 200
+    logged = [r.getMessage() for r in caplog.records if r.name == "watcher.websub"]
+    assert len(logged) == 2
+    for message in logged:
+        assert message.isprintable() and "\u202e" not in message
+        assert len(message) < constants.WEBSUB_LOGGED_MAX_CHARS + 100
+    assert "x 2026-02-05 12:00:00,000 CRITICAL watcher.health" in logged[0]
+    assert logged[1].endswith("no 2026-02-05 12:00:01,000 INFO ok[2J")

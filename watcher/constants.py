@@ -123,3 +123,4 @@ WEBSUB_LEASE_MAX_S = 365 * 86400
 WEBSUB_RETRY_BASE_S = 900.0  # a request the hub refused or never verified: asked again
 WEBSUB_RETRY_MAX_S = 86400.0  # within base * 2**(attempts - 1), at most this (full jitter)
 WEBSUB_DENIED_RETRY_S = 86400.0  # a denied subscription: asked for again no sooner than this
+WEBSUB_LOGGED_MAX_CHARS = 200  # what a request says (hub.mode, hub.reason) quoted in a log line

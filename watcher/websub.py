@@ -70,6 +70,7 @@ from watcher.parse import canonical_url, parse_off_loop
 from watcher.pipeline import Pipeline
 from watcher.redact import redact_url, scrub_urls
 from watcher.store import WebSubRow
+from watcher.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -311,14 +312,14 @@ class WebSub:
                 if await self._write(new, seen=sub.version):
                     logger.warning(
                         "source %s: WebSub hub denied: %s",
-                        source_id, scrub_urls(q.get("hub.reason", "")),
+                        source_id, _loggable(q.get("hub.reason", "")),
                     )  # fmt: skip
                     return web.Response(text="")
                 continue
             if mode != "subscribe" or not challenge or sub.state not in {*_PENDING, "active"}:
                 logger.warning(
                     "source %s: WebSub %s not asked for (subscription %s): not answered",
-                    source_id, scrub_urls(str(mode)), sub.state,
+                    source_id, _loggable(str(mode)), sub.state,
                 )  # fmt: skip
                 raise web.HTTPNotFound()
             lease_s = self._lease_s(q.get("hub.lease_seconds"))
@@ -352,7 +353,7 @@ class WebSub:
         if declared is not None and not _same_topic(declared, sub.topic):
             logger.warning(
                 "source %s: WebSub push for another topic (%s) ignored",
-                source_id, redact_url(declared),
+                source_id, _loggable(redact_url(declared)),
             )  # fmt: skip
             return web.Response(status=202)
         try:
@@ -377,7 +378,7 @@ class WebSub:
         if declared is None and parsed.self_url and not _same_topic(parsed.self_url, sub.topic):
             logger.warning(
                 "source %s: WebSub push of another feed (%s) ignored",
-                source_id, redact_url(parsed.self_url),
+                source_id, _loggable(redact_url(parsed.self_url)),
             )  # fmt: skip
             return web.Response(status=202)
         outcome = await self.pipeline.ingest(source_id, parsed.items, record_source=False)
@@ -394,6 +395,16 @@ class WebSub:
             return False
         expected = hmac.new(sub.secret.encode(), body, digest).hexdigest()
         return hmac.compare_digest(expected, signature)
+
+
+def _loggable(text: str) -> str:
+    """What a request says, fit to quote in a log line: anyone may send a verification, so
+    a line break in it would write a line of their own into our log (and a bidi override
+    reorder ours), and a URL in it may carry a key: one line, no controls, URLs redacted,
+    and bounded."""
+    text = scrub_urls(one_line(text))
+    limit = constants.WEBSUB_LOGGED_MAX_CHARS
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 async def _read_body(request: web.Request, cap: int) -> bytes:
