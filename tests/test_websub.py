@@ -901,3 +901,25 @@ async def test_what_a_verification_says_is_logged_on_one_line_bounded(
         assert len(message) < constants.WEBSUB_LOGGED_MAX_CHARS + 100
     assert "x 2026-02-05 12:00:00,000 CRITICAL watcher.health" in logged[0]
     assert logged[1].endswith("no 2026-02-05 12:00:01,000 INFO ok[2J")
+
+
+async def test_pushed_items_count_in_items_seen_and_leave_the_poll_state_alone(
+    harness: Harness,
+) -> None:
+    await harness.subscribed()  # polled once: one item
+    [before] = await harness.store.list_sources()
+    assert before.items_seen == 1
+    for n in (1, 2):
+        status, text = await harness.push(atom(harness.hub_url, harness.topic, story(n)))
+        assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
+    assert (await harness.push(atom(harness.hub_url, harness.topic, story(2))))[0] == 200  # again
+    [after] = await harness.store.list_sources()
+    assert after == dataclasses.replace(before, items_seen=3)  # validators, errors, next poll kept
+    # the poll that later carries them finds nothing new: nothing counted twice
+    harness.feeds.routes["/feed.atom"] = Route(
+        body=atom(harness.hub_url, harness.topic, ("a1", "Local news"), story(1), story(2)),
+        content_type="application/atom+xml",
+    )
+    assert (await harness.websub.pipeline.poll(harness.source)).new_items == 0
+    [polled] = await harness.store.list_sources()
+    assert polled.items_seen == 3 == await harness.store.count_items()

@@ -259,7 +259,9 @@ class Pipeline:
         A later copy of a story joins it (its items and sources grow) and raises
         no second alert for a rule that already alerted on the story; the
         story's alerts count its new sources (and, for subscriptions that asked,
-        an update notification follows).
+        an update notification follows). Without `record_source` (items that came
+        other than by a poll: a WebSub push, a replay) the source's poll state is left
+        alone, and only its new items are counted.
         """
         matcher = self.matcher()
         raised: list[RaisedAlert] = []
@@ -322,6 +324,8 @@ class Pipeline:
                     next_poll_at=next_poll_at,
                     ttl_s=ttl_s,
                 )
+            elif new:  # a push: its new items count as seen, the poll state is the polls'
+                await tx.count_new_items(source_id, len(new))
         if new:
             self.metrics.items.inc(len(new))
         for a in raised:

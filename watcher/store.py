@@ -553,6 +553,15 @@ class Tx:
             )
         )
 
+    async def count_new_items(self, source_id: str, new_items: int) -> None:
+        """Items that came other than by a poll (a WebSub push): counted in the source's
+        items seen, its poll state (validators, errors, next poll) left as the polls set it."""
+        await self.conn.execute(
+            update(sources)
+            .where(sources.c.id == source_id)
+            .values(items_seen=sources.c.items_seen + new_items)
+        )
+
 
 def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
