@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Route:
     etag: bool = True
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    links: tuple[str, ...] = ()  # each sent as a Link header of its own
 
 
 class FeedServer:
@@ -43,7 +45,9 @@ class FeedServer:
             raise web.HTTPNotFound()
         if route.delay_s:
             await asyncio.sleep(route.delay_s)
-        headers = dict(route.headers)
+        headers = CIMultiDict(route.headers)
+        for link in route.links:
+            headers.add("Link", link)
         if route.status == 200 and route.etag:
             etag = '"' + hashlib.sha256(route.body).hexdigest()[:16] + '"'
             headers["ETag"] = etag

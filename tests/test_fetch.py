@@ -165,3 +165,21 @@ async def test_the_user_agent_names_watcher_and_its_url(
     async with fetch_session(limits) as session:
         await Fetcher(session=session, limits=limits, clock=clock).fetch("s", feed_server.url("/f"))
     assert feed_server.requests_to("/f")[0]["User-Agent"] == user_agent
+
+
+async def test_the_hub_and_self_links_of_the_response_are_kept(
+    feed_server: FeedServer, fetcher: Fetcher
+) -> None:
+    """WebSub discovery by Link headers: several headers, resolved against the URL that
+    answered (after a redirect), not the one asked."""
+    feed_server.routes["/old"] = Route(status=301, headers={"Location": "/feeds/new.atom"})
+    feed_server.routes["/feeds/new.atom"] = Route(
+        body=b"<rss/>",
+        links=('</hub>; rel="hub"', '<new.atom?v=1>; rel="self", <https://x/>; rel="alternate"'),
+    )
+    result = await fetcher.fetch("s", feed_server.url("/old"))
+    assert result.hub == feed_server.url("/hub")
+    assert result.self_url == feed_server.url("/feeds/new.atom?v=1")
+    feed_server.routes["/plain"] = Route(body=b"<rss/>")
+    result = await fetcher.fetch("s", feed_server.url("/plain"))
+    assert (result.hub, result.self_url) == (None, None)

@@ -923,3 +923,34 @@ async def test_pushed_items_count_in_items_seen_and_leave_the_poll_state_alone(
     assert (await harness.websub.pipeline.poll(harness.source)).new_items == 0
     [polled] = await harness.store.list_sources()
     assert polled.items_seen == 3 == await harness.store.count_items()
+
+
+# ---------------------------------------------------------------- discovery by Link headers
+
+
+@pytest.mark.parametrize("in_body", [False, True], ids=["headers-only", "headers-win"])
+async def test_a_hub_advertised_in_link_headers_is_subscribed_to(
+    harness: Harness, in_body: bool
+) -> None:
+    """WebSub 4: the hub and topic in the feed response's Link headers (relative ones
+    resolved against its URL) are preferred to those in its body."""
+    body = atom("http://127.0.0.1:1/body-hub", harness.feeds.url("/body-self"), ("a1", "News"))
+    if not in_body:
+        body = body.replace(b'<link rel="hub" href="http://127.0.0.1:1/body-hub"/>', b"")
+        body = body.replace(
+            f'<link rel="self" href="{harness.feeds.url("/body-self")}"/>'.encode(), b""
+        )
+        assert b'rel="hub"' not in body and b'rel="self"' not in body
+    harness.feeds.routes["/feed.atom"] = Route(
+        body=body,
+        content_type="application/atom+xml",
+        links=(f'<{harness.hub_url}>; rel="hub"', '</feed.atom>; rel="self"'),
+    )
+    websub = await harness.start()
+    await websub.pipeline.poll(harness.source)
+    assert await websub.renew() == 1
+    [req] = harness.hub_requests
+    assert req["hub.topic"] == harness.topic  # /feed.atom, resolved against the feed's URL
+    [row] = await harness.store.websub_subscriptions()
+    assert (row.hub, row.topic) == (harness.hub_url, harness.topic)
+    assert await harness.verify() == (200, "c-1")

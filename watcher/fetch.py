@@ -31,6 +31,7 @@ from aiohttp.resolver import DefaultResolver
 from watcher import constants
 from watcher.config import PollingConfig
 from watcher.errors import FetchError, FetchReason
+from watcher.links import links
 from watcher.models import Clock
 from watcher.redact import redact_url
 
@@ -61,6 +62,9 @@ class FetchResult:
     url: str
     moved_to: str | None = None  # the new URL when every redirect was permanent (301/308)
     fresh_for_s: float | None = None  # from Cache-Control max-age or Expires
+    # WebSub discovery from the Link headers (rel="hub", rel="self"), resolved against `url`
+    hub: str | None = None
+    self_url: str | None = None
 
     @property
     def not_modified(self) -> bool:
@@ -645,6 +649,7 @@ class Fetcher:
                     FetchReason.HTTP_STATUS, f"HTTP {status}", source_id=source_id, status=status
                 )
             body = await self._read_capped(source_id, resp)
+            found = links(resp.headers.getall("Link", ()), url)
             return FetchResult(
                 200,
                 body,
@@ -653,6 +658,8 @@ class Fetcher:
                 resp.headers.get("Content-Type", ""),
                 url,
                 fresh_for_s=fresh_for_s,
+                hub=found.get("hub"),
+                self_url=found.get("self"),
             )
 
     async def _read_capped(self, source_id: str, resp: aiohttp.ClientResponse) -> bytes:

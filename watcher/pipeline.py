@@ -166,8 +166,7 @@ class Pipeline:
         # a move is kept only once the new URL gave a feed: a 301 to a parked domain's page
         # or a login page would otherwise take the source from its feed for good
         await self._record_moved(source, url, result)
-        if parsed.hub and self.on_hub is not None:
-            self.on_hub(source.id, parsed.hub, parsed.self_url or result.url)
+        self._discover_hub(source.id, result, parsed)
         delay = self.policy.next_check_s(
             source.interval_s, ttl_s=parsed.ttl_s, fresh_for_s=result.fresh_for_s
         )
@@ -186,6 +185,13 @@ class Pipeline:
         outcome.next_poll_in_s = delay
         self._polled["new"].inc()
         return outcome
+
+    def _discover_hub(self, source_id: str, result: FetchResult, parsed: ParsedFeed) -> None:
+        """Tell WebSub of the hub a feed advertises: in its response's Link headers, which
+        win (WebSub 4 prefers them), else in its body; its topic likewise, else its URL."""
+        hub = result.hub or parsed.hub
+        if hub and self.on_hub is not None:
+            self.on_hub(source_id, hub, result.self_url or parsed.self_url or result.url)
 
     async def _record_moved(self, source: SourceConfig, url: str, result: FetchResult) -> None:
         if result.moved_to and result.moved_to != url:

@@ -1,6 +1,7 @@
 """WebSub (W3C): subscribe to the hubs feeds advertise, verify, accept signed pushes, renew.
 
-    poll finds <link rel="hub"> ──> renew() subscribes (hub.secret per subscription)
+    poll finds a hub (Link: rel="hub", else <link rel="hub">)
+        ──> renew() subscribes (hub.secret per subscription)
     hub ──GET  /websub/{source}?hub.challenge=…──> answered for a request of ours, topic matching
                                                   (or the hub re-confirming an active one)
     hub ──POST /websub/{source} (X-Hub-Signature)──> parse ──> Pipeline.ingest, at once
@@ -52,9 +53,7 @@ import hashlib
 import hmac
 import logging
 import random
-import re
 import traceback
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -65,6 +64,7 @@ from watcher import constants
 from watcher.backoff import backoff_s
 from watcher.config import Config
 from watcher.errors import FetchError, ParseError
+from watcher.links import links
 from watcher.models import Clock
 from watcher.parse import canonical_url, parse_off_loop
 from watcher.pipeline import Pipeline
@@ -349,7 +349,7 @@ class WebSub:
             # The spec: acknowledge, but ignore content whose signature does not match.
             logger.warning("source %s: WebSub push with a bad signature ignored", source_id)
             return web.Response(status=202)
-        declared = _link_self(request.headers.getall("Link", ()))
+        declared = links(request.headers.getall("Link", ()), sub.topic).get("self")
         if declared is not None and not _same_topic(declared, sub.topic):
             logger.warning(
                 "source %s: WebSub push for another topic (%s) ignored",
@@ -420,20 +420,6 @@ async def _read_body(request: web.Request, cap: int) -> bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=size)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-_LINK = re.compile(r"<([^>]*)>([^<]*)")
-_REL = re.compile(r";\s*rel\s*=\s*(?:\"([^\"]*)\"|([^\s;,]+))", re.IGNORECASE)
-
-
-def _link_self(values: Iterable[str]) -> str | None:
-    """The URL a Link header declares rel="self" (a hub's push names its topic so)."""
-    for value in values:
-        for m in _LINK.finditer(value):
-            rel = _REL.search(m[2])
-            if rel and "self" in (rel[1] or rel[2] or "").lower().split():
-                return m[1].strip()
-    return None
 
 
 def _same_topic(declared: str, topic: str) -> bool:
