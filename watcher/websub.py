@@ -324,7 +324,11 @@ class WebSub:
                 raise web.HTTPNotFound()
             lease_s = self._lease_s(q.get("hub.lease_seconds"))
             lease_until = now + timedelta(seconds=lease_s)
-            renew_at = self._renew_at(lease_until, lease_s)
+            # renewed on our schedule, whatever lease the verification claims: a hub may
+            # grant less than we asked (renewed sooner), but none can put it off beyond
+            # the lease we asked for, nor can anyone who forges a verification
+            ours_s = min(lease_s, self.config.websub.lease_s)
+            renew_at = self._renew_at(now + timedelta(seconds=ours_s), ours_s)
             if sub.state == "active" and sub.retry_at is not None:
                 # the hub re-confirms on its own: anyone can send this, so it may bring our
                 # renewal forward (a shorter lease), never put it off (a forged long lease
