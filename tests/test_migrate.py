@@ -164,8 +164,9 @@ async def test_the_legacy_one_delivery_per_alert_and_receiver_constraint_is_drop
 async def test_an_old_websub_table_gains_its_version_and_keeps_its_subscriptions(
     store_url: str, clock: FakeClock
 ) -> None:
-    """`websub_subscriptions` as the first WebSub release made it (no attempts, retry_at or
-    version): a stored subscription is kept, and processes can claim it from version 0."""
+    """`websub_subscriptions` as the first WebSub release made it (no attempts, retry_at,
+    version or callback_base): a stored subscription is kept, and processes can claim it
+    from version 0; its callback_base is NULL, as its callback had no token."""
     from dataclasses import replace
 
     from watcher.store import UTCDateTime
@@ -197,9 +198,13 @@ async def test_an_old_websub_table_gains_its_version_and_keeps_its_subscriptions
     try:
         [row] = await store.websub_subscriptions()
         assert (row.state, row.attempts, row.retry_at, row.version) == ("active", 0, None, 0)
+        assert row.callback_base is None
         renewing = replace(row, state="renewing", attempts=1)
         assert await store.write_websub(renewing, seen=0) == 1
         assert await store.write_websub(renewing, seen=0) is None  # another process was first
         assert await store.websub_subscription("gov") == replace(renewing, version=1)
+        asked = replace(renewing, version=1, callback_base="https://watcher.example/api")
+        assert await store.write_websub(asked, seen=1) == 2
+        assert await store.websub_subscription("gov") == replace(asked, version=2)
     finally:
         await store.close()

@@ -206,6 +206,11 @@ websub_subscriptions = Table(
     # one up on every write: processes sharing the store change a row only from the
     # version they read (`Store.write_websub`), so of two at once one wins
     Column("version", Integer, nullable=False, server_default="0"),
+    # the [websub] callback_base_url the hub was last asked with (the callback's rest is
+    # the source and a token from the secret, not kept here: the token lets a hub's
+    # verification through); NULL: never asked, or asked by a watcher whose callbacks
+    # had no token
+    Column("callback_base", Text),
 )
 
 email_suppressions = Table(
@@ -366,6 +371,7 @@ class WebSubRow:
     attempts: int = 0
     retry_at: datetime | None = None
     version: int = 0  # one up on every write (`Store.write_websub`)
+    callback_base: str | None = None  # the callback_base_url the hub was last asked with
 
 
 @dataclass(frozen=True)
@@ -862,6 +868,7 @@ class Store:
             "lease_until": sub.lease_until,
             "attempts": sub.attempts,
             "retry_at": sub.retry_at,
+            "callback_base": sub.callback_base,
         }
         async with self.engine.begin() as conn:
             if seen is None:
