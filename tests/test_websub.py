@@ -10,10 +10,12 @@ import io
 import json
 import logging
 import random
+import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -80,8 +82,8 @@ async def test_subscribe_verify_push_and_renew(
         return await holder["w"].push(request)
 
     callback_app = web.Application()
-    callback_app.router.add_get("/websub/{source_id}", verify)
-    callback_app.router.add_post("/websub/{source_id}", push)
+    callback_app.router.add_get("/websub/{source_id}/{token}", verify)
+    callback_app.router.add_post("/websub/{source_id}/{token}", push)
     hub_runner, callback_runner = Runner(), Runner()
     hub_base = await hub_runner.start(hub_app)
     callback_base = await callback_runner.start(callback_app)
@@ -125,7 +127,7 @@ async def test_subscribe_verify_push_and_renew(
         assert await websub.renew() == 1
         [req] = hub_requests
         assert req["hub.mode"] == "subscribe" and req["hub.topic"] == topic
-        assert req["hub.callback"] == f"{callback_base}/websub/gov"
+        assert re.fullmatch(f"{callback_base}/websub/gov/[0-9a-f]{{32}}", req["hub.callback"])
         assert req["hub.lease_seconds"] == "7200" and len(req["hub.secret"]) >= 32
         secret = req["hub.secret"]
         callback = req["hub.callback"]
@@ -186,8 +188,9 @@ async def test_push_to_an_unknown_subscription_is_404(
     runner = Runner()
     base = await runner.start(app)
     try:
-        async with session.post(f"{base}/websub/x", data=b"<feed/>") as r:
-            assert r.status == 404
+        for path in ("/websub/x", f"/websub/x/{'0' * 32}"):
+            async with session.post(base + path, data=b"<feed/>") as r:
+                assert r.status == 404
     finally:
         await runner.stop()
 
@@ -204,7 +207,7 @@ class Replica:
     """One service process: its pipeline and WebSub, its callback routes on loopback."""
 
     websub: WebSub
-    callback: str  # its /websub/gov URL
+    address: str  # where its callback routes listen: http://127.0.0.1:<port>
     runner: Runner
 
 
@@ -214,7 +217,9 @@ class Harness:
 
     `start()` is a (re)start of the service: a new pipeline and WebSub, on a new
     callback server, the store kept. `replica()` is one more process on a store
-    (another Store object on the same database: its own connections).
+    (another Store object on the same database: its own connections). All have one
+    callback_base_url (`public_base`: the first one's address, as if behind one proxy)
+    unless a test changes it; the hub's calls are sent to a replica's own address.
     """
 
     def __init__(
@@ -230,6 +235,7 @@ class Harness:
         self.topic = feeds.url("/feed.atom")
         self.extra: dict[str, Any] = {}  # [polling] settings
         self.websub_extra: dict[str, Any] = {}  # [websub] settings
+        self.public_base = ""  # [websub] callback_base_url; "": the first replica's address
 
     async def open(self) -> None:
         async def hub(request: web.Request) -> web.Response:
@@ -256,11 +262,12 @@ class Harness:
     ) -> Replica:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        callback = f"http://127.0.0.1:{sock.getsockname()[1]}/websub/gov"
+        address = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.public_base = self.public_base or address
         config = Config.model_validate(
             {
                 "polling": {"allow_networks": ["127.0.0.0/8"], **self.extra},
-                "websub": {"callback_base_url": callback.removesuffix("/websub/gov"),
+                "websub": {"callback_base_url": self.public_base,
                            "lease_s": 7200, "renew_before_s": 600, **self.websub_extra},
                 "sources": [{"id": "gov", "url": self.topic}],
             }
@@ -285,7 +292,7 @@ class Harness:
         runner.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await runner.runner.setup()
         await web.SockSite(runner.runner, sock).start()
-        replica = Replica(websub, callback, runner)
+        replica = Replica(websub, address, runner)
         self.replicas.append(replica)
         return replica
 
@@ -293,9 +300,25 @@ class Harness:
         if self.current is not None:
             await self.current.runner.stop()
         self.current = await self.replica(seed=seed)
-        self.callback = self.current.callback
         self.websub = self.current.websub
         return self.websub
+
+    @property
+    def callback(self) -> str:
+        """The callback the hub was last told, on the running service."""
+        assert self.current is not None
+        return self.callback_on(self.current)
+
+    @property
+    def tokenless(self) -> str:
+        """The callback earlier watchers told hubs (no token), on the running service."""
+        assert self.current is not None
+        return f"{self.current.address}/websub/gov"
+
+    def callback_on(self, replica: Replica) -> str:
+        """The callback the hub was last told (its path), on `replica`'s address."""
+        told = self.hub_requests[-1]["hub.callback"] if self.hub_requests else "/websub/gov"
+        return replica.address + urlsplit(told).path
 
     async def close(self) -> None:
         await self.hub.stop()
@@ -535,10 +558,11 @@ async def test_a_non_ascii_signature_is_a_bad_signature_not_a_500(
 ) -> None:
     await harness.subscribed()
     body = atom(harness.hub_url, harness.topic, story(1))
-    port = int(harness.callback.split(":")[2].split("/")[0])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    callback = urlsplit(harness.callback)
+    reader, writer = await asyncio.open_connection("127.0.0.1", callback.port)
     writer.write(
-        b"POST /websub/gov HTTP/1.1\r\nHost: x\r\nContent-Type: application/atom+xml\r\n"
+        f"POST {callback.path} HTTP/1.1\r\n".encode()
+        + b"Host: x\r\nContent-Type: application/atom+xml\r\n"
         b"X-Hub-Signature: sha256=\xe9\xe9\r\nContent-Length: %d\r\n"
         b"Connection: close\r\n\r\n" % len(body) + body
     )
@@ -632,10 +656,14 @@ async def test_a_request_from_one_replica_is_verified_and_pushed_on_another(
     await a.websub.pipeline.poll(harness.source)
     assert await a.websub.renew() == 1
     # the hub's verification and pushes reach b (behind one callback URL, say)
-    assert await harness.verify_on(b.callback) == (200, "c-1")
-    status, text = await harness.push_to(b.callback, atom(harness.hub_url, harness.topic, story(1)))
+    assert await harness.verify_on(harness.callback_on(b)) == (200, "c-1")
+    status, text = await harness.push_to(
+        harness.callback_on(b), atom(harness.hub_url, harness.topic, story(1))
+    )
     assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
-    status, text = await harness.push_to(a.callback, atom(harness.hub_url, harness.topic, story(2)))
+    status, text = await harness.push_to(
+        harness.callback_on(a), atom(harness.hub_url, harness.topic, story(2))
+    )
     assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
     assert [a.rule_id for a in await harness.store.list_alerts()] == ["ree-export-curb"] * 2
     # the lease nearly over: the first replica to look renews, the other leaves it be;
@@ -644,7 +672,10 @@ async def test_a_request_from_one_replica_is_verified_and_pushed_on_another(
     assert await b.websub.renew() == 1
     assert await a.websub.renew() == 0
     assert [r["hub.secret"] for r in harness.hub_requests] == [harness.secret] * 2
-    assert await harness.verify_on(a.callback, **{"hub.challenge": "c-2"}) == (200, "c-2")
+    assert await harness.verify_on(harness.callback_on(a), **{"hub.challenge": "c-2"}) == (
+        200,
+        "c-2",
+    )
     [row] = await harness.store.websub_subscriptions()
     assert row.state == "active" and row.lease_until == harness.clock() + timedelta(hours=2)
 
@@ -662,14 +693,14 @@ async def test_replicas_that_discover_a_hub_at_once_make_one_subscription(
         assert [(s.hub, s.version) for s in found] == [(harness.hub_url, None)] * 2
         assert found[0].secret_ref != found[1].secret_ref  # each would make its own secret
         assert sorted(await asyncio.gather(a.websub.renew(), b.websub.renew())) == [0, 1]
-        assert await harness.verify_on(b.callback) == (200, "c-1")
+        assert await harness.verify_on(harness.callback_on(b)) == (200, "c-1")
 
     async def pushes_verify_on_both(n: int) -> None:
         for replica in (a, b):
             n += 1
             body = atom(harness.hub_url, harness.topic, story(n))
             status, text = await harness.push_to(
-                replica.callback, body
+                harness.callback_on(replica), body
             )  # signed as the hub was told
             assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
 
@@ -711,13 +742,13 @@ async def test_a_verification_that_keeps_losing_the_row_is_503_and_answered_when
         return await write(row, seen=seen)
 
     monkeypatch.setattr(second_store, "write_websub", another_process_first)
-    assert (await harness.verify_on(b.callback))[0] == 503
+    assert (await harness.verify_on(harness.callback_on(b)))[0] == 503
     assert lost == 3
     [row] = await harness.store.websub_subscriptions()
     assert (row.state, row.lease_until) == (asked.state, asked.lease_until)  # still asked
     assert row.version == asked.version + 3
     monkeypatch.setattr(second_store, "write_websub", write)
-    assert await harness.verify_on(b.callback) == (200, "c-1")  # the hub's retry
+    assert await harness.verify_on(harness.callback_on(b)) == (200, "c-1")  # the hub's retry
     [row] = await harness.store.websub_subscriptions()
     assert row.state == "active" and row.lease_until == harness.clock() + timedelta(hours=2)
 
@@ -956,3 +987,90 @@ async def test_a_hub_advertised_in_link_headers_is_subscribed_to(
     [row] = await harness.store.websub_subscriptions()
     assert (row.hub, row.topic) == (harness.hub_url, harness.topic)
     assert await harness.verify() == (200, "c-1")
+
+
+# ---------------------------------------------------------------- the callback's token
+
+
+async def test_a_verification_or_push_without_the_callback_s_token_is_not_answered(
+    harness: Harness,
+) -> None:
+    """The topic is public (it is in the feed): a third party who forges the hub's
+    verification while a request of ours is outstanding must not activate it (and have
+    the hub's real denial refused), as it could when the callback was /websub/<source>."""
+    websub = await harness.subscribed()
+    bare = harness.tokenless
+    harness.clock.advance(7200 - 300)
+    assert await websub.renew() == 1  # the renewal is outstanding
+    forged = {"hub.challenge": "evil", "hub.lease_seconds": str(365 * 86400)}
+    for url in (
+        bare,
+        f"{bare}/{'0' * 32}",
+        f"{bare}/{harness.callback[-32:].upper()}",
+        f"{bare}/é",
+    ):
+        assert (await harness.verify_on(url, **forged))[0] == 404
+        # a push there is refused too, signed or not
+        assert (await harness.push_to(url, atom(harness.hub_url, harness.topic, story(1))))[
+            0
+        ] == 404
+    [row] = await harness.store.websub_subscriptions()
+    assert row.state == "renewing"
+    assert await harness.store.count_items() == 1  # the polled one only
+    # the hub, on the callback it was told, is answered: its denial honoured
+    assert (await harness.verify(**{"hub.mode": "denied"}))[0] == 200
+    [row] = await harness.store.websub_subscriptions()
+    assert row.state == "denied"
+    told = harness.hub_requests[-1]["hub.callback"]
+    assert re.fullmatch(f"{harness.public_base}/websub/gov/[0-9a-f]{{32}}", told)
+
+
+async def test_a_subscription_asked_for_without_a_token_is_served_until_asked_again_at_once(
+    harness: Harness,
+) -> None:
+    """A subscription an earlier watcher made has the hub call /websub/<source>: that
+    callback still serves it after the upgrade, and it is asked for again at start-up,
+    with a token, after which the callback without one serves nothing."""
+    await harness.subscribed()
+    secret = harness.secret
+    [row] = await harness.store.websub_subscriptions()
+    legacy = dataclasses.replace(row, callback_base=None)  # as the earlier watcher stored it
+    assert await harness.store.write_websub(legacy, seen=row.version) is not None
+    websub = await harness.start(seed=2)  # the upgraded watcher starts
+    bare = harness.tokenless
+    status, text = await harness.push_to(bare, atom(harness.hub_url, harness.topic, story(1)))
+    assert (status, json.loads(text)) == (200, {"items": 1, "new": 1})
+    assert await harness.verify_on(bare, **{"hub.challenge": "again"}) == (200, "again")
+    assert await websub.renew() == 1  # at once, lease or not
+    [req] = harness.hub_requests[1:]
+    assert req["hub.callback"].startswith(f"{harness.public_base}/websub/gov/")
+    assert req["hub.secret"] == secret  # the same subscription, on its new callback
+    assert await websub.renew() == 0  # once
+    assert await harness.verify() == (200, "c-1")
+    assert (await harness.verify_on(bare, **{"hub.challenge": "again"}))[0] == 404
+    assert (await harness.push_to(bare, atom(harness.hub_url, harness.topic, story(2))))[0] == 404
+    assert (await harness.push(atom(harness.hub_url, harness.topic, story(2))))[0] == 200
+    [row] = await harness.store.websub_subscriptions()
+    assert (row.state, row.callback_base) == ("active", harness.public_base)
+
+
+async def test_a_changed_callback_base_url_is_given_to_the_hub_at_once(harness: Harness) -> None:
+    await harness.subscribed()
+    secret = harness.secret
+    [before] = await harness.store.websub_subscriptions()
+    harness.public_base = "http://localhost:9"  # the service moved: a new public URL
+    harness.hub_status = 503  # ...and the hub refuses at first
+    websub = await harness.start(seed=2)
+    assert await websub.renew() == 0  # asked at once: refused
+    assert harness.hub_requests[-1]["hub.callback"].startswith("http://localhost:9/websub/gov/")
+    [row] = await harness.store.websub_subscriptions()
+    assert (row.state, row.callback_base) == ("active", before.callback_base)  # as it was
+    assert await websub.renew() == 0 and len(harness.hub_requests) == 2  # then backing off
+    harness.hub_status = 202
+    harness.clock.advance(constants.WEBSUB_RETRY_BASE_S)
+    assert await websub.renew() == 1
+    assert [r["hub.secret"] for r in harness.hub_requests] == [secret] * 3
+    assert await harness.verify() == (200, "c-1")
+    [row] = await harness.store.websub_subscriptions()
+    assert (row.state, row.callback_base) == ("active", "http://localhost:9")
+    assert await websub.renew() == 0

@@ -2,15 +2,24 @@
 
     poll finds a hub (Link: rel="hub", else <link rel="hub">)
         ──> renew() subscribes (hub.secret per subscription)
-    hub ──GET  /websub/{source}?hub.challenge=…──> answered for a request of ours, topic matching
-                                                  (or the hub re-confirming an active one)
-    hub ──POST /websub/{source} (X-Hub-Signature)──> parse ──> Pipeline.ingest, at once
+    hub ──GET  /websub/{source}/{token}?hub.challenge=…──> answered for a request of ours,
+                          topic matching (or the hub re-confirming an active one)
+    hub ──POST /websub/{source}/{token} (X-Hub-Signature)──> parse ──> Pipeline.ingest, at once
+
+The callback (hub.callback) is `{callback_base_url}/websub/{source}/{token}`, the
+token an HMAC of the subscription's secret (so no column of its own): only the hub
+we asked learns it, so no one else can answer our request's verification (the
+topic alone, public in the feed, is not enough), and a request without it is not
+answered (404). Subscriptions an earlier watcher asked for, with the callback
+`/websub/{source}` (their row has no callback_base), are still served there, and
+asked for again at once, with a token; so is an active one asked for under another
+callback_base_url (the service moved), as the hub calls where it was told.
 
 Polling goes on as before (a hub can fail silently); a pushed item and a polled
 one dedup as usual. Subscriptions are kept in the store (hub, topic, state, lease
-end, when to ask the hub next, and the name of their secret, which the store keeps
-with its other secrets), so after a restart leases are still renewed and signed
-pushes still accepted.
+end, when to ask the hub next, the callback_base_url it was asked with, and the name
+of their secret, which the store keeps with its other secrets), so after a restart
+leases are still renewed and signed pushes still accepted.
 
 The store, not a process, is the arbiter: several processes may share it
 (replicas behind one callback URL, or an old and a new process overlapping in a
@@ -29,6 +38,7 @@ URL we log is redacted (`watcher.redact`), as a hub or topic may carry a key.
 A subscription's states:
 
     wanted ──request──> requested ──hub verifies──> active ──lease nearly over──> renewing
+    active ──asked under another callback_base_url (or none)──> renewing, at once
     renewing ──hub verifies──> active
     active ──hub re-confirms on its own──> active (renewal brought forward, never put off)
     requested, renewing ──not verified in time──> asked again, backing off
@@ -40,10 +50,12 @@ subscription may be re-confirmed (PubSubHubbub 0.3 hubs do, e.g. when they refre
 a lease). Anything else is not answered (404): a denial or an unsubscribe nobody
 asked for, a topic not ours, a subscription never requested. So a third party can
 neither activate a subscription nor turn push off, and a re-confirmation (which
-anyone can forge) brings our renewal forward but never puts it off (else a forged
-one could hold our renewal back until the hub's lease has ended). Pushes are
-accepted while active (or renewing), signed with the subscription's secret, for
-its topic.
+whoever learns the callback could forge) brings our renewal forward but never puts
+it off (else a forged one could hold our renewal back until the hub's lease has
+ended). No verification
+puts renewal later than the lease we asked for (lease_s) would. Pushes are
+accepted while active (or renewing), on the callback with the token, signed with
+the subscription's secret, for its topic.
 """
 
 from __future__ import annotations
@@ -92,11 +104,14 @@ class Subscription:
     attempts: int = 0  # requests in a row refused, never verified or denied
     retry_at: datetime | None = None  # when to ask the hub (again); None: at once
     version: int | None = None  # the stored row's, as read or written; None: not stored yet
+    # the callback_base_url the hub was last asked with; None: never asked, or asked by a
+    # watcher whose callback had no token (`/websub/{source}`)
+    callback_base: str | None = None
 
     def row(self) -> WebSubRow:
         return WebSubRow(
             self.source_id, self.hub, self.topic, self.secret_ref, self.state, self.lease_until,
-            self.attempts, self.retry_at, self.version or 0,
+            self.attempts, self.retry_at, self.version or 0, callback_base=self.callback_base,
         )  # fmt: skip
 
     @classmethod
@@ -104,8 +119,21 @@ class Subscription:
         return cls(
             row.source_id, row.hub, row.topic, row.secret_ref, secret, state=row.state,
             lease_until=row.lease_until, attempts=row.attempts, retry_at=row.retry_at,
-            version=row.version,
+            version=row.version, callback_base=row.callback_base,
         )  # fmt: skip
+
+    def reached(self, token: str | None) -> bool:
+        """Whether a request to the callback with `token` (None: the one without) is for
+        this subscription. The callback's token comes from the secret, so only the hub we
+        asked knows it: a third party, who may know the topic (it is in the feed), cannot
+        answer our request's verification for the hub. A subscription an earlier watcher
+        asked for has a callback without a token: that one is still reached, until it is
+        asked again (at once: see WebSub._moved)."""
+        if token is None:
+            return self.callback_base is None
+        if not self.secret or not token.isascii():
+            return False
+        return hmac.compare_digest(token, _token(self.secret))
 
 
 # a verification whose stored row changes under it (another process writes it) is decided
@@ -139,8 +167,9 @@ class WebSub:
         self.sources = {s.id: s for s in config.sources if s.enabled}
         pipeline.on_hub = self.discovered
 
-    def callback(self, source_id: str) -> str:
-        return f"{self.base}/websub/{source_id}"
+    def callback(self, sub: Subscription) -> str:
+        """Where the hub is to call: per subscription, with a token only the hub learns."""
+        return f"{self.base}/websub/{sub.source_id}/{_token(sub.secret)}"
 
     def discovered(self, source_id: str, hub: str, topic: str) -> None:
         sub = self.subs.get(source_id)
@@ -190,7 +219,15 @@ class WebSub:
         before its end, but not before half of it has passed."""
         return lease_until - timedelta(seconds=min(self.config.websub.renew_before_s, lease_s / 2))
 
+    def _moved(self, sub: Subscription) -> bool:
+        """Whether an active subscription has the hub call another callback than ours: the
+        callback_base_url changed since it was asked for (the hub's calls may not reach us
+        there), or an earlier watcher asked for it with a callback without a token."""
+        return sub.state == "active" and sub.callback_base != self.base
+
     def _due_at(self, sub: Subscription, now: datetime) -> datetime:
+        if self._moved(sub) and sub.attempts == 0:  # asked at once, but once: then backing off
+            return now
         if sub.retry_at is not None:
             return sub.retry_at
         if sub.state == "active" and sub.lease_until is not None:  # a row from before retry_at
@@ -244,6 +281,7 @@ class WebSub:
             attempts=sub.attempts + 1,
             # asked again if the hub has not verified by then
             retry_at=now + self._backoff(sub.attempts + 1),
+            callback_base=self.base,
         )
         # Claimed in the store before the hub is asked: a process that finds the row
         # changed asks nothing and takes the stored one (its secret is the hub's). Stored
@@ -259,7 +297,7 @@ class WebSub:
                 data={
                     "hub.mode": "subscribe",
                     "hub.topic": asked.topic,
-                    "hub.callback": self.callback(asked.source_id),
+                    "hub.callback": self.callback(asked),
                     "hub.secret": asked.secret,
                     "hub.lease_seconds": str(self.config.websub.lease_s),
                 },
@@ -286,7 +324,11 @@ class WebSub:
             )  # fmt: skip
             refused = True
         if refused:  # no verification is coming: back as we were, unless one came anyway
-            back = dataclasses.replace(asked, state="active" if before in _PUSHING else "wanted")
+            back = dataclasses.replace(
+                asked,
+                state="active" if before in _PUSHING else "wanted",
+                callback_base=sub.callback_base,  # the hub still calls where it did
+            )
             await self._write(back, seen=asked.version)
         return not refused
 
@@ -299,9 +341,10 @@ class WebSub:
         q = request.query
         mode = q.get("hub.mode")
         challenge = q.get("hub.challenge")
+        token = request.match_info.get("token")
         for _ in range(_VERIFY_TRIES):
             sub = await self._stored(source_id)
-            if sub is None or q.get("hub.topic") != sub.topic:
+            if sub is None or not sub.reached(token) or q.get("hub.topic") != sub.topic:
                 raise web.HTTPNotFound()
             now = self.clock()
             if mode == "denied" and sub.state in _PENDING:
@@ -346,7 +389,12 @@ class WebSub:
         source = self.sources.get(source_id)
         # the stored row, whichever process subscribed or renewed it
         sub = await self._stored(source_id) if source is not None else None
-        if sub is None or source is None or sub.state not in _PUSHING:
+        if (
+            sub is None
+            or source is None
+            or sub.state not in _PUSHING
+            or not sub.reached(request.match_info.get("token"))
+        ):
             raise web.HTTPNotFound()
         body = await _read_body(request, self.config.polling.max_body_bytes)
         if not self._signed(sub, request.headers.get("X-Hub-Signature", ""), body):
@@ -401,6 +449,12 @@ class WebSub:
         return hmac.compare_digest(expected, signature)
 
 
+def _token(secret: str) -> str:
+    """The callback's token: from the subscription's secret, so it needs no column of its
+    own, and tells nothing of the secret."""
+    return hmac.new(secret.encode(), b"websub callback", hashlib.sha256).hexdigest()[:32]
+
+
 def _loggable(text: str) -> str:
     """What a request says, fit to quote in a log line: anyone may send a verification, so
     a line break in it would write a line of their own into our log (and a bidi override
@@ -431,9 +485,11 @@ def _same_topic(declared: str, topic: str) -> bool:
 
 
 def add_routes(app: web.Application) -> None:
-    """Mount the callback routes; the handlers find the WebSub object under WEBSUB."""
-    app.router.add_get("/websub/{source_id}", _verify)
-    app.router.add_post("/websub/{source_id}", _push)
+    """Mount the callback routes; the handlers find the WebSub object under WEBSUB. The
+    route without a token serves only subscriptions an earlier watcher asked for."""
+    for path in ("/websub/{source_id}/{token}", "/websub/{source_id}"):
+        app.router.add_get(path, _verify)
+        app.router.add_post(path, _push)
 
 
 WEBSUB = web.AppKey("websub", WebSub)
