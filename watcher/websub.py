@@ -52,8 +52,8 @@ asked for, a topic not ours, a subscription never requested. So a third party ca
 neither activate a subscription nor turn push off, and a re-confirmation (which
 whoever learns the callback could forge) brings our renewal forward but never puts
 it off (else a forged one could hold our renewal back until the hub's lease has
-ended). No verification
-puts renewal later than the lease we asked for (lease_s) would. Pushes are
+ended). No verification puts renewal later than the lease we asked for (lease_s)
+would. Pushes are
 accepted while active (or renewing), on the callback with the token, signed with
 the subscription's secret, for its topic.
 """
