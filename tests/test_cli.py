@@ -95,3 +95,79 @@ def test_demo_runs_offline_end_to_end() -> None:
     assert f"done: {len(alerts)} alerts, {len(alerts)} emails and {len(alerts)} webhooks" in out
     assert "unchanged" in out  # the second poll is conditional
     assert "Traceback" not in proc.stderr
+
+
+def _store_config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[store]\nurl = "{url}"\n[rules]\npaths = ["{RULES / "ree.yaml"}"]\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("mysql://u:hunter2@db/x", "'mysql' is not a supported store"),
+        ("garbage", "not a database URL"),
+        ("postgresql+psycopg2://u:hunter2@db/x", "postgresql+asyncpg"),
+    ],
+)
+def test_a_store_url_watcher_cannot_use_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, said: str
+) -> None:
+    config = _store_config(tmp_path, url)
+    for command in (["check-config"], ["sources", "list"], ["deliveries", "list"]):
+        assert main([*command, "-c", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "store.url" in err and said in err, err
+        assert "hunter2" not in err and "Traceback" not in err
+
+
+def test_a_store_that_cannot_be_opened_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory that is not there, or a PostgreSQL nobody listens for: one line that
+    names the store (its password hidden) and why, exit 2, no traceback."""
+    missing = _store_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/w.db")
+    assert main(["sources", "list", "-c", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: store sqlite+aiosqlite:///{tmp_path}/no/such/dir/w.db: ")
+    assert "cannot open: FileNotFoundError: no directory " in err, err
+    down = _store_config(tmp_path, "postgresql://u:hunter2@127.0.0.1:1/db")
+    assert main(["deliveries", "list", "-c", str(down)]) == 2
+    err = capsys.readouterr().err
+    assert "error: store postgresql+asyncpg://u:***@127.0.0.1:1/db: cannot open: " in err, err
+    assert "hunter2" not in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_postgresql_url_without_a_driver_gets_watchers(tmp_path: Path) -> None:
+    from watcher.config import load_config
+
+    config = load_config(_store_config(tmp_path, "postgresql://u@db:5432/x"))
+    assert config.store.url == "postgresql+asyncpg://u@db:5432/x"
+    config = load_config(_store_config(tmp_path, "sqlite:///w.db"))
+    assert config.store.url == "sqlite+aiosqlite:///w.db"
+
+
+@pytest.mark.parametrize("where", ["taken", "unknown-host"])
+def test_run_where_the_api_cannot_listen_is_one_line_and_starts_nothing(
+    tmp_path: Path, where: str
+) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        host = "127.0.0.1" if where == "taken" else "no-such-host.invalid"
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[store]\nurl = "sqlite+aiosqlite:///{tmp_path}/w.db"\n'
+            f'[api]\nhost = "{host}"\nport = {port}\n'
+            f'[rules]\npaths = ["{RULES / "ree.yaml"}"]\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "watcher.cli", "run", "-c", str(config)],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: api: cannot listen on {host}:{port}: "), done.stderr
+    assert "Traceback" not in done.stderr and "watcher running" not in done.stderr
+    assert not (tmp_path / "w.db").exists()  # the store was not even opened

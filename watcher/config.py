@@ -56,6 +56,50 @@ class _Strict(BaseModel):
 class StoreConfig(_Strict):
     url: str = "sqlite+aiosqlite:///watcher.db"
 
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        return store_url(value)
+
+
+# the async driver each supported database is reached with
+_STORE_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+
+def store_url(value: str) -> str:
+    """A store URL watcher can open: SQLite or PostgreSQL with its async driver, which is
+    filled in when the URL names none (`postgresql://…` is `postgresql+asyncpg://…`).
+
+    Said wrong here, with the key, rather than as a driver's traceback at start-up. The
+    URL is not quoted back: it may hold a password.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL (e.g. sqlite+aiosqlite:///watcher.db, "
+            "postgresql+asyncpg://user@host/db)"
+        ) from None
+    backend = "postgresql" if url.get_backend_name() == "postgres" else url.get_backend_name()
+    driver = _STORE_DRIVERS.get(backend)
+    if driver is None:
+        raise ValueError(
+            f"'{backend}' is not a supported store: SQLite (sqlite+aiosqlite:///FILE) "
+            "or PostgreSQL (postgresql+asyncpg://USER@HOST/DB)"
+        )
+    given = url.get_driver_name() if "+" in url.drivername else None
+    if given not in (None, driver):
+        raise ValueError(
+            f"watcher reaches {backend} with its async driver: {backend}+{driver}://…, "
+            f"not {backend}+{given}"
+        )
+    if given is None:
+        return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+    return value
+
 
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"

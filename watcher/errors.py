@@ -140,4 +140,8 @@ class DeliveryError(WatcherError):
 
 
 class StoreError(WatcherError):
-    """The database's schema cannot be brought up to date without a manual step."""
+    """The store cannot be opened, or its schema brought up to date without a manual step."""
+
+
+class ListenError(WatcherError):
+    """The API cannot listen where the config says (a port taken, a host unknown)."""

@@ -13,6 +13,7 @@ import hmac
 import html
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from watcher import constants
 from watcher.config import Config, SourceConfig
 from watcher.digest import Digester
+from watcher.errors import ListenError
 from watcher.fetch import fetch_session, limits_from_config
 from watcher.group import (
     Dispatcher,
@@ -627,12 +629,26 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
 
 
 def run(config: Config, matcher: Matcher) -> None:
+    # bound before anything starts: a port already taken is one clear line, not a
+    # traceback after the store was opened and the first polls went out
+    socks = listening_sockets(config.api.host, config.api.port)
     app = create_app(config, matcher)
-    web.run_app(
-        app,
-        host=config.api.host,
-        port=config.api.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+    web.run_app(app, sock=socks, print=None, access_log=None, shutdown_timeout=10)
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on every address `host` names ("localhost": ::1 and 127.0.0.1,
+    as aiohttp's own sites would), at `port`; ListenError saying why not."""
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, _, _, _, address in dict.fromkeys(infos):
+            socks.append(socket.create_server(address, family=family))
+    except OSError as exc:  # socket.gaierror too: a host that does not resolve
+        for sock in socks:
+            sock.close()
+        raise ListenError(
+            f"api: cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(set [api] host and port, or WATCHER_API__HOST / WATCHER_API__PORT)"
+        ) from None
+    return socks

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
@@ -48,7 +50,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from watcher.asyncdb import AsyncConnection, AsyncEngine, create_async_engine
@@ -57,6 +59,7 @@ from watcher.constants import (
     SQLITE_LOOP_CACHE_KIB,
     SQLITE_TRANSACTIONS_IN_FLIGHT,
 )
+from watcher.errors import StoreError
 from watcher.migrate import upgrade
 from watcher.models import Alert, Clock, Delivery, DeliveryState, Item
 
@@ -569,6 +572,35 @@ class Tx:
         )
 
 
+def _check_sqlite_file(url: str) -> None:
+    """OSError, saying why, when a SQLite store's file cannot be opened for writing (its
+    directory missing, or not ours to write: a Docker volume): told before the driver
+    tries, whose failed connection leaves its thread calling back into a closed loop."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return
+    path = Path(parsed.database)
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionError(f"{path}: not readable and writable by this user")
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no directory {folder} for the database file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder}: cannot create the database file there")
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong opening a store, in one line: the driver's own words, without the
+    SQL or the link to SQLAlchemy's docs its errors append."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(cause).split("\n")[0].strip() or type(cause).__name__
+    return f"{type(cause).__name__}: {text}" if type(cause).__name__ not in text else text
+
+
 def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -696,6 +728,19 @@ class Store:
         return self.engine.dialect.name
 
     async def open(self) -> None:
+        """Connect and bring the schema up to date; StoreError, naming the database (its
+        password hidden) and why, when it cannot be opened."""
+        try:
+            _check_sqlite_file(self.url)
+            await self._open()
+        except StoreError:
+            raise
+        except (OSError, ImportError, SQLAlchemyError, TimeoutError) as exc:
+            await self.close()
+            where = make_url(self.url).render_as_string(hide_password=True)
+            raise StoreError(f"store {where}: cannot open: {_why(exc)}") from exc
+
+    async def _open(self) -> None:
         kwargs: dict[str, Any] = {}
         if _is_sqlite(self.url):
             kwargs["connect_args"] = {"timeout": 30}
