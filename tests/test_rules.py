@@ -61,6 +61,34 @@ def test_invalid_yaml_names_the_line() -> None:
     assert err.startswith(f"{DATA / 'bad_yaml.yaml'}:4: invalid YAML")
 
 
+def test_a_key_given_twice_is_an_error_not_a_silently_lost_rule(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys: a second `rules:` block would drop the first
+    block's rules, a second `query:` replace the first, with no error anywhere."""
+    good = (DATA / "good.yaml").read_text()
+    two_blocks = tmp_path / "two_blocks.yaml"
+    two_blocks.write_text(good + good.replace("gallium-curb", "other-curb"))
+    rules, errors = load_rules([two_blocks])
+    assert rules == []
+    assert [str(e) for e in errors] == [
+        f"{two_blocks}:11: invalid YAML: found the key 'rules' twice (first on line 1); "
+        "YAML would keep only the last"
+    ]
+    two_queries = tmp_path / "two_queries.yaml"
+    two_queries.write_text(good.replace("    tags:", "    query: gallium\n    tags:"))
+    _, errors = load_rules([two_queries])
+    assert [str(e) for e in errors] == [
+        f"{two_queries}:7: invalid YAML: found the key 'query' twice (first on line 6); "
+        "YAML would keep only the last"
+    ]
+    merged = tmp_path / "merged.yaml"  # a merge key's override is no duplicate
+    merged.write_text(
+        "rules:\n  - &base\n    id: a\n    title: A\n    event_type: export_restriction\n"
+        "    severity: high\n    query: gallium\n  - <<: *base\n    id: b\n"
+    )
+    rules, errors = load_rules([merged])
+    assert errors == [] and [r.rule.id for r in rules] == ["a", "b"]
+
+
 def test_duplicate_ids_across_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text((DATA / "good.yaml").read_text())
     (tmp_path / "b.yaml").write_text((DATA / "good.yaml").read_text())

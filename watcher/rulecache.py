@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Bump when the compiled form (query AST, Rule model) changes shape.
-COMPILER_VERSION = "1"
+COMPILER_VERSION = "2"  # 2: a key given twice in a mapping is an error (it compiled before)
 
 
 class RuleCache:

@@ -268,9 +268,34 @@ def _load_shared_lists(paths: Sequence[Path]) -> tuple[SharedLists, list[RuleErr
     return SharedLists(lists, origin, digest.digest() if paths else b""), errors
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping. Plain YAML keeps the
+    last, silently: a second `rules:` block would drop every rule of the first, a second
+    `query:` replace the first, and no error would say a rule was gone."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *base": overriding what a merge brings is its point
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key '{key}' twice (first on line {first}); YAML would keep "
+                    "only the last",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str | int | float | bool):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_document(name: str, text: str) -> tuple[dict[str, Any], yaml.MappingNode] | RuleError:
     """The file's top-level mapping, as data and as the YAML node (for line numbers)."""
-    loader = yaml.SafeLoader(text)
+    loader = _UniqueKeyLoader(text)
     try:
         root = loader.get_single_node()
         data: Any = loader.construct_document(root) if root is not None else None
