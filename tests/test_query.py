@@ -188,6 +188,11 @@ def test_fields(query: str, parts: dict[str, str], expected: bool) -> None:
         ("case:US*", "'case:' needs a word or phrase without '*': 'US*'", 6),
         ('case:"--"', "'case:' needs a word or phrase without '*'", 7),
         ("case: US", "expected a value right after 'case:'", 6),
+        # nested past what the parser, compiler and matcher recurse on: an error, not a
+        # RecursionError; 50 levels are fine (see the test below)
+        ("(" * 51 + "a" + ")" * 51, "nested too deeply (more than 50 parentheses or NOTs)", 51),
+        ("(" * 300 + "a" + ")" * 300, "nested too deeply", 51),
+        ("NOT " * 51 + "a", "nested too deeply", 201),
     ],
 )
 def test_syntax_errors_name_the_column(query: str, message: str, column: int) -> None:
@@ -195,6 +200,11 @@ def test_syntax_errors_name_the_column(query: str, message: str, column: int) ->
         parse_query(query)
     assert message in err.value.message
     assert err.value.column == column
+
+
+def test_fifty_levels_of_nesting_parse_and_match() -> None:
+    assert m("(" * 50 + "gallium" + ")" * 50, "gallium export ban")
+    assert m("NOT " * 50 + "gallium", "gallium export ban")  # an even number of NOTs
 
 
 def test_named_lists_expand_in_place() -> None:

@@ -631,12 +631,26 @@ def _show(raw: str) -> str:
     return raw if bare else f'"{raw}"'
 
 
+_MAX_DEPTH = 50  # levels of parentheses and NOT; the shipped rules use 4 at most
+
+
 class _Parser:
     def __init__(self, query: str, lists: Mapping[str, Node]) -> None:
         self.lists = lists
         self.toks = _lex(query)
         self.i = 0
         self.scope = ""  # the enclosing title:/text: scope, if any
+        self.depth = 0  # parentheses and NOTs open around the token being read
+
+    def _deeper(self, column: int) -> None:
+        """One more level of nesting: the parser, the compiler and the matcher recurse on
+        it, and a query nested hundreds deep would end in Python's RecursionError, a
+        traceback instead of an error that names the rule."""
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise QuerySyntaxError(
+                f"nested too deeply (more than {_MAX_DEPTH} parentheses or NOTs)", column=column
+            )
 
     @property
     def tok(self) -> _Tok:
@@ -672,8 +686,11 @@ class _Parser:
 
     def unary(self) -> Node:
         if self.tok.kind == "NOT":
+            self._deeper(self.tok.column)
             self.i += 1
-            return Not(self.unary())
+            node = Not(self.unary())
+            self.depth -= 1
+            return node
         return self.near()
 
     def near(self) -> Node:
@@ -701,6 +718,7 @@ class _Parser:
     def atom(self) -> Node:
         tok = self.tok
         if tok.kind == "(":
+            self._deeper(tok.column)
             self.i += 1
             if self.tok.kind == ")":
                 raise QuerySyntaxError("empty parentheses", column=self.tok.column)
@@ -710,6 +728,7 @@ class _Parser:
                     f"expected ')' after '{self._prev_text()}'", column=self.tok.column
                 )
             self.i += 1
+            self.depth -= 1
             return node
         if tok.kind in ("word", "phrase"):
             self.i += 1
