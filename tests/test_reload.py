@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import FakeClock
@@ -67,6 +68,30 @@ async def test_reload_swaps_rules_and_keeps_the_last_good_ones(
     rendered = metrics.render().decode()
     assert 'watcher_rule_reloads_total{outcome="ok"} 2.0' in rendered
     assert 'watcher_rule_reloads_total{outcome="error"} 1.0' in rendered
+
+
+async def test_a_reload_that_fails_unexpectedly_is_reported_like_a_rule_error(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug the rule loader hits on some input (as a query nested too deep once did):
+    /healthz says so, instead of keeping the previous errors (or none)."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    write_rules(rules_dir / "a.yaml", ("gallium-curb", "gallium"))
+    rules = RuleSet([rules_dir], load_matcher([rules_dir]), clock=clock, metrics=Metrics())
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("watcher.reload.load_rules", broken)
+    write_rules(rules_dir / "b.yaml", ("germanium-curb", "germanium"))
+    assert await rules.check() is False
+    status = rules.status()
+    assert status["status"] == "error" and status["active"] == 1
+    assert status["errors"] == [
+        "unexpected error loading the rules: RecursionError: maximum recursion depth exceeded"
+    ]
+    assert sample(rules, "gallium and germanium") == ["gallium-curb"]
 
 
 async def test_a_changed_shared_list_file_reloads_the_rules(

@@ -76,9 +76,16 @@ class RuleSet:
         if current == self._fingerprint:
             return False
         self._fingerprint = current
-        rules, errors = await asyncio.to_thread(load_rules, self.paths, cache=self.cache)
-        if errors:
-            self.errors = [str(e) for e in errors]
+        try:
+            rules, found = await asyncio.to_thread(load_rules, self.paths, cache=self.cache)
+            errors = [str(e) for e in found]
+            matcher = None if errors else await asyncio.to_thread(Matcher, rules)
+        except Exception as exc:  # a bug on some input: said where the rule errors are
+            logger.exception("rules: loading the changed files failed unexpectedly")
+            errors = [f"unexpected error loading the rules: {type(exc).__name__}: {exc}"]
+            matcher = None
+        if matcher is None:
+            self.errors = errors
             self.failed_at = self.clock().isoformat()
             for err in errors:
                 logger.error("rules not reloaded, the last good rules stay active: %s", err)
@@ -86,7 +93,6 @@ class RuleSet:
                 self.metrics.rule_reloads.labels("error").inc()
                 self.metrics.rules_broken.set(1)
             return False
-        matcher = await asyncio.to_thread(Matcher, rules)
         self.matcher = matcher
         self.errors = []
         self.failed_at = None
