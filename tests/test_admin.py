@@ -63,6 +63,15 @@ async def test_deliveries_list_and_retry(tmp_path: Path, clock: FakeClock) -> No
     assert (code, out.strip()) == (0, "1 dead delivery queued again")
     code, out, _ = await run_cli("deliveries", "list", "-c", str(cfg), "--state", "dead")
     assert out.splitlines()[-1] == "0 deliveries"
+    # named ids that are not dead, or not there: said, and exit 2 (not "0 queued", 0)
+    code, out, err = await run_cli(
+        "deliveries", "retry", "-c", str(cfg), str(first.delivery.id), "99999"
+    )
+    assert code == 2 and out.strip() == "0 dead deliveries queued again"
+    assert err.splitlines() == [
+        f"error: delivery {first.delivery.id}: not dead (pending): nothing to retry",
+        "error: delivery 99999: no such delivery",
+    ]
 
 
 async def test_send_test(tmp_path: Path, webhook_server: WebhookServer) -> None:

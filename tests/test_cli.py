@@ -171,3 +171,41 @@ def test_run_where_the_api_cannot_listen_is_one_line_and_starts_nothing(
     assert done.stderr.startswith(f"error: api: cannot listen on {host}:{port}: "), done.stderr
     assert "Traceback" not in done.stderr and "watcher running" not in done.stderr
     assert not (tmp_path / "w.db").exists()  # the store was not even opened
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
+    """`watcher rules test ... | head -1`: the reader goes away while there is more to
+    write (far more than a pipe's buffer here)."""
+    feed = tmp_path / "feed.rss"
+    feed.write_bytes(rss(*((f"g{i}", f"Gallium item {i}", "text") for i in range(5000))))
+    done = subprocess.run(
+        f"{sys.executable} -m watcher.cli rules test --rules {RULES / 'ree.yaml'} "
+        f"--input {feed} | head -1",
+        shell=True, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert done.stdout.startswith('{"id": "g0"')
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_check_config_with_rule_errors_does_not_say_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "bad.yaml"
+    rules.write_text("rules:\n  - id: [oops\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[rules]\npaths = ["{rules}"]\n')
+    assert main(["check-config", "-c", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{config}: 1 rule error(s) (the config itself is valid: ")
+    assert ": ok:" not in out
+
+
+def test_rules_test_on_a_file_that_is_no_feed_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.txt"
+    junk.write_text("just some words\n")
+    assert main(["rules", "test", "--rules", str(RULES / "ree.yaml"), "--input", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {junk}: not a feed or JSON Lines file: unrecognised "), err
+    assert "source 'junk'" not in err

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import aiohttp
+from sqlalchemy import select
 
 from watcher.config import Config
 from watcher.errors import DeliveryError, WatcherError
 from watcher.models import DeliveryState, utc_now
 from watcher.notify import build_notifiers
 from watcher.notify.sample import sample_delivery
-from watcher.store import Store
+from watcher.store import Store, deliveries
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -59,11 +60,27 @@ async def deliveries_list(
     return table(headers, out) + f"\n{len(out)} deliver{'y' if len(out) == 1 else 'ies'}"
 
 
-async def deliveries_retry(config: Config, ids: Sequence[int] | None) -> int:
+async def deliveries_retry(config: Config, ids: Sequence[int] | None) -> tuple[int, list[str]]:
+    """Queue dead deliveries again: (how many, what was wrong with named ids that were
+    not queued: no such delivery, or one that is not dead)."""
     store = Store(config.store.url, clock=utc_now)
     await store.open()
     try:
-        return await store.retry_dead(ids)
+        states: dict[int, str] = {}
+        if ids:
+            query = select(deliveries.c.id, deliveries.c.state).where(
+                deliveries.c.id.in_(list(ids))
+            )
+            async with store.engine.connect() as conn:
+                states = {int(i): str(state) for i, state in await conn.execute(query)}
+        problems = [
+            f"delivery {i}: no such delivery"
+            if i not in states
+            else f"delivery {i}: not dead ({states[i]}): nothing to retry"
+            for i in dict.fromkeys(ids or ())
+            if states.get(i) != DeliveryState.DEAD.value
+        ]
+        return await store.retry_dead(ids), problems
     finally:
         await store.close()
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,12 +61,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     _, errors = load_rules(config.rules.paths)
     for err in errors:
         print(f"error: {err}", file=sys.stderr)
-    print(
-        f"{args.config}: ok: {len(config.sources)} source(s), {len(config.receivers)} "
-        f"receiver(s), {len(config.subscriptions)} subscription(s)"
-        + ("" if not errors else f"; {len(errors)} rule error(s)")
+    counts = (
+        f"{len(config.sources)} source(s), {len(config.receivers)} receiver(s), "
+        f"{len(config.subscriptions)} subscription(s)"
     )
-    return 1 if errors else 0
+    if errors:
+        print(f"{args.config}: {len(errors)} rule error(s) (the config itself is valid: {counts})")
+        return 1
+    print(f"{args.config}: ok: {counts}")
+    return 0
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -116,9 +120,11 @@ def cmd_deliveries_retry(args: argparse.Namespace) -> int:
         print("error: name delivery ids, or --all-dead", file=sys.stderr)
         return 2
     config = load_config(args.config)
-    n = asyncio.run(deliveries_retry(config, None if args.all_dead else args.ids))
+    n, problems = asyncio.run(deliveries_retry(config, None if args.all_dead else args.ids))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
     print(f"{n} dead deliver{'y' if n == 1 else 'ies'} queued again")
-    return 0
+    return 2 if problems else 0
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
@@ -311,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`watcher sources catalogue | head -1`): no traceback, and
+        # none at exit either when Python flushes stdout into the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a command killed by SIGPIPE exits
 
 
 def _entry() -> None:  # pragma: no cover

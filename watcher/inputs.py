@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from watcher.errors import WatcherError
+from watcher.errors import ParseError, WatcherError
 from watcher.federal_register import join_documents
 from watcher.models import Item
 from watcher.parse import canonical_url, make_item, parse_feed
@@ -63,5 +63,8 @@ def read_items(path: Path) -> list[tuple[str, Item]]:
         joined = [item for _, item in out]
         join_documents(joined)
         return [(ident, item) for (ident, _), item in zip(out, joined, strict=True)]
-    items = parse_feed(data, source_id=path.stem or "input")
+    try:
+        items = parse_feed(data, source_id=path.stem or "input")
+    except ParseError as exc:  # the file the user named, not a source they never configured
+        raise InputError(f"{path}: not a feed or JSON Lines file: {exc.detail}") from None
     return [(i.guid or i.url or i.dedup_key, i) for i in items]
