@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -131,3 +135,61 @@ async def test_service_reports_a_broken_rule_file_in_healthz(
         async with http.get(server.make_url("/metrics")) as resp:
             body = await resp.text()
         assert "watcher_rules_broken 1.0" in body
+
+
+async def test_run_starts_with_the_good_rules_when_a_rule_file_is_broken(tmp_path: Path) -> None:
+    """A service restarted after a bad edit (a reboot, a container restart) must not stay
+    down: the broken file is reported (log, /healthz), every good rule is in force, and
+    fixing the file reloads it. With no rule loading at all it does not start."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    write_rules(rules_dir / "good.yaml", ("gallium-curb", "gallium"))
+    (rules_dir / "bad.yaml").write_text("rules:\n  - id: bad-rule\n    title: x\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite+aiosqlite:///{tmp_path}/w.db"\n[api]\nport = {port}\n'
+        f'[rules]\npaths = ["{rules_dir}"]\nreload_interval_s = 1\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "watcher.cli", "run", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as http:
+            health = await _healthz(http, port, lambda h: True)
+            assert health["rules"] == 1 and health["rule_files"]["status"] == "error"
+            assert "rule 'bad-rule'" in "\n".join(health["rule_files"]["errors"])
+            write_rules(rules_dir / "bad.yaml", ("germanium-curb", "germanium"))  # fixed
+            health = await _healthz(http, port, lambda h: h["rules"] == 2)
+            assert health["rule_files"]["status"] == "ok"
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=15)
+    assert proc.returncode == 0, err.decode()
+    assert "rule 'bad-rule'" in err.decode() and "the other rules are in force" in err.decode()
+
+    (rules_dir / "good.yaml").write_text("rules: [")  # now nothing loads at all
+    (rules_dir / "bad.yaml").write_text("rules: [")
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "watcher.cli", "run", "-c", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(done.communicate(), timeout=60)
+    assert done.returncode == 2 and "no rule loads: not starting" in err.decode()
+
+
+async def _healthz(http: aiohttp.ClientSession, port: int, ready: Any) -> Any:
+    """/healthz once the service answers and `ready(health)` holds (within 30 s)."""
+    for _ in range(300):
+        try:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                health = await resp.json()
+            if ready(health):
+                return health
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the service did not become ready")

@@ -51,8 +51,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     limit_arenas()  # one C heap for the service's threads (see watcher.memtrim)
     config = load_config(args.config)
     cache = RuleCache(config.rules.cache_dir) if config.rules.cache_dir else None
-    matcher = _load_matcher_or_report(config.rules.paths, cache)
-    run(config, matcher)
+    rules, errors = load_rules(config.rules.paths, cache=cache)
+    if errors and not rules:  # nothing would ever alert: a wrong path, most likely
+        for err in errors:
+            print(f"error: {err}", file=sys.stderr)
+        print("error: no rule loads: not starting", file=sys.stderr)
+        return 2
+    # A broken rule file does not keep the rest from running: its good rules, and every
+    # other file's, are in force; the errors are logged and in /healthz until it is fixed
+    # (then the reload takes it), as when a file breaks while the service runs.
+    for err in errors:
+        logger.error("rules: %s (the other rules are in force)", err)
+    run(config, Matcher(rules), [str(e) for e in errors])
     return 0
 
 

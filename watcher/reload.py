@@ -48,18 +48,22 @@ class RuleSet:
         clock: Clock,
         metrics: Metrics | None = None,
         cache: RuleCache | None = None,
+        errors: Sequence[str] = (),
     ) -> None:
+        """`errors`: what the files in force failed with at start-up (their good rules
+        are `matcher`'s): reported as a failed reload is, until the files change."""
         self.paths = list(paths)
         self.cache = cache
         self.matcher = matcher
         self.clock = clock
         self.metrics = metrics
-        self.errors: list[str] = []
-        self.failed_at: str | None = None
+        self.errors: list[str] = list(errors)
         self.loaded_at = clock().isoformat()
+        self.failed_at: str | None = self.loaded_at if self.errors else None
         self._fingerprint = fingerprint(self.paths)
         if metrics is not None:
             metrics.rules_loaded.set(len(matcher))
+            metrics.rules_broken.set(1 if self.errors else 0)
 
     def __call__(self) -> Matcher:
         return self.matcher

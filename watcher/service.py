@@ -14,7 +14,7 @@ import html
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -608,14 +608,21 @@ async def unsubscribe(request: web.Request) -> web.Response:
     return web.Response(text="You are unsubscribed.")
 
 
-def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> web.Application:
+def create_app(
+    config: Config, matcher: Matcher, *, clock: Clock = utc_now, rule_errors: Sequence[str] = ()
+) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
     app[CLOCK] = clock
     app[METRICS] = Metrics()
     cache = RuleCache(config.rules.cache_dir) if config.rules.cache_dir else None
     app[MATCHER] = RuleSet(
-        config.rules.paths, matcher, clock=clock, metrics=app[METRICS], cache=cache
+        config.rules.paths,
+        matcher,
+        clock=clock,
+        metrics=app[METRICS],
+        cache=cache,
+        errors=rule_errors,
     )
     app.cleanup_ctx.extend(
         [_store_ctx, _session_ctx, _fetch_session_ctx, _workers_ctx, _scheduler_ctx]
@@ -628,11 +635,11 @@ def create_app(config: Config, matcher: Matcher, *, clock: Clock = utc_now) -> w
     return app
 
 
-def run(config: Config, matcher: Matcher) -> None:
+def run(config: Config, matcher: Matcher, rule_errors: Sequence[str] = ()) -> None:
     # bound before anything starts: a port already taken is one clear line, not a
     # traceback after the store was opened and the first polls went out
     socks = listening_sockets(config.api.host, config.api.port)
-    app = create_app(config, matcher)
+    app = create_app(config, matcher, rule_errors=rule_errors)
     web.run_app(app, sock=socks, print=None, access_log=None, shutdown_timeout=10)
 
 
