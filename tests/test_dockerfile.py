@@ -40,3 +40,23 @@ def test_everything_copied_exists() -> None:
             *sources, _dest = rest.split()
             for src in sources:
                 assert (REPO / src).exists(), f"Dockerfile copies missing {src}"
+
+
+def test_a_mounted_config_keeps_its_own_store() -> None:
+    """The image sets no store URL in its environment (which would win over a mounted
+    config's PostgreSQL URL, silently); its own config points the store at /data."""
+    envs = " ".join(rest for op, rest in instructions() if op == "ENV")
+    assert "WATCHER_STORE__URL" not in envs
+    [edit] = [rest for op, rest in instructions() if op == "RUN" and "config.toml" in rest]
+    match = re.search(r"sed -i 's#(.+?)#(.+?)#' config\.toml", edit)
+    assert match is not None
+    example = (REPO / "config.example.toml").read_text()
+    # a sed basic regex: "+" and "." are as in the text, "^" and "$" anchor the line
+    literal = "^" + re.escape(match[1].removeprefix("^").removesuffix("$")) + "$"
+    edited = re.sub(literal, match[2], example, flags=re.MULTILINE)
+    import tomllib
+
+    from watcher.config import Config
+
+    config = Config.model_validate(tomllib.loads(edited))
+    assert config.store.url == "sqlite+aiosqlite:////data/watcher.db"
