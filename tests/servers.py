@@ -155,3 +155,81 @@ def raw_response(status_line: bytes, headers: bytes = b"", body: bytes = b"") ->
         b"HTTP/1.1 " + status_line + b"\r\n" + headers
         + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
     )  # fmt: skip
+
+
+class RawSMTPServer:
+    """An SMTP server that misbehaves on request, for what aiosmtpd will not do: answer
+    each command `delay_s` late (a tarpit), or let its idle connections go the way
+    Postfix does (`expire_idle`: "421 ... timeout exceeded", then close). Records each
+    message whose DATA it took, with its recipients, and each connection it accepted."""
+
+    def __init__(self, *, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.messages: list[tuple[list[str], bytes]] = []
+        self.connections = 0
+        self.port = 0
+        self._open: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def _reply(self, writer: asyncio.StreamWriter, line: bytes) -> None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        writer.write(line + b"\r\n")
+        await writer.drain()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._open.add(writer)
+        try:
+            await self._session(reader, writer)
+        except ConnectionError:
+            pass
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._reply(writer, b"220 raw ESMTP")
+        rcpts: list[str] = []
+        while line := await reader.readline():
+            cmd = line.strip().upper()
+            if cmd.startswith((b"EHLO", b"HELO")):
+                await self._reply(writer, b"250 raw")
+            elif cmd.startswith(b"MAIL"):
+                rcpts = []
+                await self._reply(writer, b"250 OK")
+            elif cmd.startswith(b"RCPT"):
+                rcpts.append(line.split(b":", 1)[1].strip().strip(b"<>").decode())
+                await self._reply(writer, b"250 OK")
+            elif cmd == b"DATA":
+                await self._reply(writer, b"354 go ahead")
+                body = b""
+                while (data := await reader.readline()) not in (b".\r\n", b""):
+                    body += data
+                self.messages.append((rcpts, body))
+                await self._reply(writer, b"250 OK queued")
+            elif cmd == b"QUIT":
+                await self._reply(writer, b"221 bye")
+                return
+            else:  # RSET, NOOP
+                await self._reply(writer, b"250 OK")
+
+    async def expire_idle(self, reply: bytes | None = b"421 4.4.2 Error: timeout exceeded") -> None:
+        """Close every open connection, after `reply` (None: without a word)."""
+        for writer in list(self._open):
+            if reply is not None:
+                writer.write(reply + b"\r\n")
+            writer.close()
+            await writer.wait_closed()
+
+    async def __aenter__(self) -> RawSMTPServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._open):
+            writer.close()
+        await self._server.wait_closed()

@@ -24,14 +24,18 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.conftest import FakeClock
-from tests.delivery import add_alerts, sample_claimed
+from tests.delivery import add_alerts, config, sample_claimed, worker
 from tests.golden import check_golden
+from tests.servers import RawSMTPServer
 from watcher.config import Config, EmailReceiverConfig
+from watcher.constants import SMTP_IDLE_MAX_S
 from watcher.demo import free_port
 from watcher.errors import DeliveryError, DeliveryReason
+from watcher.models import DeliveryState
 from watcher.notify.email import EmailNotifier, build_message, unsubscribe_url
 from watcher.rules import Matcher
 from watcher.service import STORE, UNSUBSCRIBE_KEY, WORKER, create_app
+from watcher.store import Store
 
 
 class Sink:
@@ -39,10 +43,13 @@ class Sink:
 
     def __init__(self) -> None:
         self.messages: list[tuple[int, EmailMessage, Any]] = []
+        self.refuse: dict[str, str] = {}  # address -> the reply its RCPT gets
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("nobody@"):
             return "550 5.1.1 no such user"
+        if address in self.refuse:
+            return self.refuse[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -160,10 +167,101 @@ async def test_permanent_and_transient_smtp_failures(
     with pytest.raises(DeliveryError) as err:
         await notifier.send(sample_claimed("mail"))
     assert err.value.reason is DeliveryReason.SMTP_PERMANENT and not err.value.retryable
+    await notifier.close()  # a refused recipient leaves the connection usable: kept
     down = EmailNotifier(receiver(free_port()), clock=clock)
     with pytest.raises(DeliveryError) as err:
         await down.send(sample_claimed("mail"))
     assert err.value.retryable and "SMTP server 127.0.0.1" in str(err.value)
+
+
+ALICE, BOB, CAROL = "alice@example.org", "bob@example.org", "carol@example.org"
+
+
+@pytest.mark.parametrize("reply", ["550 5.1.1 no such user", "450 4.2.1 mailbox busy"])
+async def test_a_refused_recipient_stops_no_other_and_a_retry_goes_to_it_alone(
+    reply: str,
+    sink: tuple[Sink, int],
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+) -> None:
+    handler, port = sink
+    handler.refuse[BOB] = reply
+    cfg = config(store.url, [{"type": "email", "id": "mail", "host": "127.0.0.1", "port": port,
+                              "to": [ALICE, BOB, CAROL], "from": "w@example.org"}])  # fmt: skip
+    w = worker(cfg, store, session, clock)
+    await add_alerts(store, 1, ["mail"])
+    await w.drain()
+    assert sorted(m["To"] for _, m, _ in handler.messages) == [ALICE, CAROL]
+    [row] = await store.list_deliveries()
+    assert f"refused 1 of 3 recipient(s): {BOB}: {reply}" in row.delivery.last_error
+    assert row.delivery.delivered_to == [ALICE, CAROL]
+    permanent = reply.startswith("5")
+    want = DeliveryState.DEAD if permanent else DeliveryState.PENDING
+    assert row.delivery.state == want
+    handler.refuse.clear()  # bob's mailbox is fixed, or free again
+    if permanent:
+        assert await store.retry_dead() == 1
+    clock.advance(200)
+    await w.drain()
+    for n in w.notifiers.values():
+        await n.close()
+    assert sorted(m["To"] for _, m, _ in handler.messages) == [ALICE, BOB, CAROL]
+    [row] = await store.list_deliveries()
+    assert row.delivery.state == DeliveryState.SENT
+
+
+@pytest.mark.parametrize("goodbye", [b"421 4.4.2 Error: timeout exceeded", None])
+async def test_a_connection_the_server_let_go_is_replaced_by_a_new_one(
+    goodbye: bytes | None, clock: FakeClock
+) -> None:
+    async with RawSMTPServer() as server:
+        notifier = EmailNotifier(receiver(server.port, concurrency=2), clock=clock)
+        await asyncio.gather(
+            *(notifier.send(sample_claimed("mail", id=i, story_key=f"s{i}")) for i in range(2))
+        )
+        assert server.connections == 2  # both kept for reuse
+        await server.expire_idle(goodbye)  # as Postfix does after smtpd_timeout
+        # not a failure, nor a retry on the other connection the server let go
+        await notifier.send(sample_claimed("mail", id=3, story_key="s3"))
+        await notifier.close()
+    assert len(server.messages) == 3 and server.connections == 3
+
+
+async def test_a_connection_idle_too_long_is_not_reused(
+    sink: tuple[Sink, int], clock: FakeClock
+) -> None:
+    handler, port = sink
+    notifier = EmailNotifier(receiver(port), clock=clock)
+    await notifier.send(sample_claimed("mail"))
+    clock.advance(SMTP_IDLE_MAX_S + 1)  # the server may have timed it out meanwhile
+    await notifier.send(sample_claimed("mail", id=43, story_key="s43"))
+    await notifier.close()
+    first, second = (session_id for session_id, _, _ in handler.messages)
+    assert first != second
+
+
+async def test_a_send_that_would_outlive_its_lease_is_cut_and_retried(
+    store: Store, clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    # a tarpit: each reply comes well within timeout_s, but the send (six replies) takes
+    # longer than the lease, past which the row would be claimed and sent again
+    async with RawSMTPServer(delay_s=0.2) as server:
+        cfg = config(
+            store.url,
+            [{"type": "email", "id": "mail", "host": "127.0.0.1", "port": server.port,
+              "to": [ALICE], "from": "w@example.org", "timeout_s": 0.4}],
+            lease_s=1.0,
+        )  # fmt: skip
+        w = worker(cfg, store, session, clock)
+        await add_alerts(store, 1, ["mail"])
+        await w.drain()
+        for n in w.notifiers.values():
+            await n.close()
+    [row] = await store.list_deliveries()
+    assert row.delivery.state == DeliveryState.PENDING and row.delivery.attempts == 1
+    assert "timeout" in row.delivery.last_error and "before its lease" in row.delivery.last_error
+    assert server.messages == []
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,11 @@ import aiohttp
 from tests.conftest import FakeClock
 from tests.delivery import add_alerts, config, worker
 from tests.servers import WebhookServer
+from watcher.config import OutboxConfig
+from watcher.metrics import Metrics
 from watcher.models import DeliveryState
-from watcher.store import Store
+from watcher.outbox import OutboxWorker
+from watcher.store import ClaimedDelivery, Store
 
 
 def hook(webhook_server: WebhookServer, rid: str = "hook", **extra: object) -> dict[str, object]:
@@ -193,3 +196,33 @@ async def test_a_slow_receiver_does_not_hold_up_the_others(
         await fast.stop()
     slow_states = [d.delivery.state for d in await store.list_deliveries(receiver="slow")]
     assert slow_states.count(DeliveryState.SENT) == 1  # the one in flight was finished and recorded
+
+
+class NeverAnswers:
+    """A notifier whose send never returns (a receiver with no timeout of its own)."""
+
+    receiver_id = "stuck"
+
+    async def send(self, claimed: ClaimedDelivery) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+async def test_a_send_is_cut_before_its_lease_ends_and_retried(
+    store: Store, clock: FakeClock
+) -> None:
+    # past its lease the row would be claimed again and sent beside the first send
+    w = OutboxWorker(
+        store=store,
+        notifiers={"stuck": NeverAnswers()},
+        config=OutboxConfig(lease_s=0.2),
+        metrics=Metrics(),
+        clock=clock,
+    )
+    await add_alerts(store, 1, ["stuck"])
+    await w.drain()
+    [d] = await store.list_deliveries()
+    assert d.delivery.state == DeliveryState.PENDING and d.delivery.attempts == 1
+    assert "timeout: the send did not end within" in d.delivery.last_error

@@ -66,6 +66,15 @@ GROUP_MAX_ALERTS_SHOWN = 20  # a Slack message lists at most this many alerts of
 # notifiers
 WEBHOOK_TIMEOUT_S = 15.0
 SMTP_TIMEOUT_S = 30.0
+# An idle SMTP connection is reused for at most this long: servers close idle ones
+# (Postfix after 300 s, others after 60 s), and a send on a closed one fails.
+SMTP_IDLE_MAX_S = 30.0
+# A send must end before its row's lease does, or the outbox claims the row again and
+# sends it beside the first send. The outbox cuts a send once it has used this share of
+# the time left on the lease when it started; an email notifier stops a little earlier,
+# so that it can still say which recipients have the message.
+SEND_LEASE_SHARE = 0.9
+SEND_LEASE_SHARE_EMAIL = 0.8
 
 # source health notices (watcher/health.py): a process that claimed a notice has this long
 # (at least; more for a receiver with a longer timeout) to send it before another may

@@ -130,12 +130,16 @@ class DeliveryError(WatcherError):
         receiver: str,
         retryable: bool,
         retry_after_s: float | None = None,
+        delivered: tuple[str, ...] = (),
     ) -> None:
+        """`delivered`: an email's recipients that have the message (on this attempt or an
+        earlier one) although others failed; the outbox keeps them, and a retry skips them."""
         self.reason = reason
         self.detail = detail
         self.receiver = receiver
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.delivered = delivered
         super().__init__(f"receiver '{receiver}': {reason.value}: {detail}")
 
 

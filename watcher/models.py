@@ -130,3 +130,7 @@ class Delivery(BaseModel):
     kind: str | None = Field(
         default=None, description='None: one alert; "group" or "digest": see its batch'
     )
+    delivered_to: list[str] = Field(
+        default_factory=list,
+        description="email: the recipients an earlier attempt delivered to (a retry skips them)",
+    )

@@ -177,6 +177,9 @@ deliveries = Table(
     # it (plain deliveries; the alerts of a group or digest keep theirs on `notices`).
     # After the send, a story grown since gets its update (watcher/group.py).
     Column("carried_sources", Integer),
+    # Email: the recipients (a JSON list) that accepted the message on an attempt that
+    # failed for others; a retry sends only to the rest, so nobody gets it twice. NULL: none.
+    Column("delivered_to", Text),
     # One delivery per (alert, receiver) holds through the idempotency key (`wd_<alert>_
     # <receiver>`, unique); an alert may also be in a digest or an update for that receiver.
     Index("ix_deliveries_alert", "alert_id", "receiver"),
@@ -398,6 +401,7 @@ class Outcome:
     reason: str | None = None
     error: str = ""
     retry_at: datetime | None = None
+    delivered_to: tuple[str, ...] = ()  # email: recipients that have it (DeliveryError.delivered)
 
 
 @dataclass(frozen=True)
@@ -1229,6 +1233,8 @@ def _record(
             values["state"] = DeliveryState.DEAD.value
         else:
             continue
+        if o.delivered_to:
+            values["delivered_to"] = json.dumps(list(o.delivered_to))
         conn.execute(update(d).where(d.c.id == o.delivery_id).values(**values))
 
 
@@ -1269,6 +1275,7 @@ def _delivery_query() -> Any:
             d.c.created_at.label("d_created_at"),
             d.c.sent_at,
             d.c.kind,
+            d.c.delivered_to,
         )
         .join(d, d.c.alert_id == alerts.c.id)
     )
@@ -1311,6 +1318,7 @@ def _claimed(m: Any, lease_until: datetime | None = None) -> ClaimedDelivery:
         created_at=m["d_created_at"],
         sent_at=m["sent_at"],
         kind=m["kind"],
+        delivered_to=json.loads(m["delivered_to"] or "[]"),
     )
     return ClaimedDelivery(delivery, _alert(m), lease_until=lease_until)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
@@ -79,6 +80,14 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
         return text
     cut = text[:limit].rsplit(" ", 1)[0]
     return cut + " …"
+
+
+def send_budget_s(lease_until: datetime | None, now: datetime, share: float) -> float | None:
+    """How long a send may take: `share` of the time left on its row's lease (past the
+    lease, the row could be claimed and sent again); None when it holds no lease."""
+    if lease_until is None:
+        return None
+    return max(0.0, (lease_until - now).total_seconds() * share)
 
 
 def render(template: str, **context: Any) -> str:

@@ -27,13 +27,15 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 
 from watcher.config import EmailReceiverConfig
+from watcher.constants import SEND_LEASE_SHARE_EMAIL, SMTP_IDLE_MAX_S
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.models import Alert, Clock
-from watcher.notify.base import excerpt, render
+from watcher.notify.base import excerpt, render, send_budget_s
 from watcher.store import Batch, BatchMember, ClaimedDelivery
 from watcher.text import one_line
 
 MESSAGE_ID_DOMAIN = "watcher.invalid"
+SMTP_SERVICE_CLOSING = 421  # any reply may be this: the server is closing the connection
 
 Suppressed = Callable[[str], Awaitable[set[str]]]
 """receiver id -> addresses that unsubscribed."""
@@ -257,30 +259,61 @@ class EmailNotifier:
         self.base_url = base_url
         self.unsubscribe_key = unsubscribe_key
         self.suppressed = suppressed
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[tuple[aiosmtplib.SMTP, datetime]] = []  # with when it was last used
         self._lock = asyncio.Lock()
 
     async def send(self, claimed: ClaimedDelivery) -> None:
+        """Send each recipient its copy; one refused recipient does not stop the others.
+
+        A recipient that accepted the message on an earlier attempt is skipped; when some
+        fail, the DeliveryError names them and carries those that have the message
+        (`delivered`), so a retry goes to the others only. Everything ends before the
+        row's lease does (SEND_LEASE_SHARE_EMAIL), or the row could be sent again beside
+        this send."""
+        had = claimed.delivery.delivered_to
+        pending = await self._pending(had)
+        sent: list[str] = []
+        refused: list[tuple[str, aiosmtplib.SMTPResponseException]] = []
+        budget_s = send_budget_s(claimed.lease_until, self.clock(), SEND_LEASE_SHARE_EMAIL)
+        deadline = asyncio.timeout(budget_s)
+        try:
+            async with deadline:
+                for addr in pending:
+                    try:
+                        await self._send_one(addr, self._message(claimed, addr))
+                    except _RECIPIENT_ERRORS as exc:
+                        reply = _response(exc)
+                        if reply.code == SMTP_SERVICE_CLOSING:
+                            raise reply from None  # the server, not this recipient
+                        refused.append((addr, reply))
+                    else:
+                        sent.append(addr)
+        except (aiosmtplib.SMTPException, OSError) as exc:  # TimeoutError is an OSError
+            cut = isinstance(exc, TimeoutError) and deadline.expired()
+            failure = _LeaseDeadline(budget_s or 0.0) if cut else exc
+            raise self._error(failure, delivered=(*had, *sent)) from None
+        if refused:
+            raise self._refused(refused, len(pending), delivered=(*had, *sent))
+
+    async def _pending(self, had: list[str]) -> list[str]:
+        """The recipients still to send to: not unsubscribed, not sent to on an earlier try."""
+        skip = await self.suppressed(self.receiver_id) | {a.lower() for a in had}
+        return [addr for addr in self.config.to if addr.lower() not in skip]
+
+    def _message(self, claimed: ClaimedDelivery, addr: str) -> bytes:
         c = self.config
-        skip = await self.suppressed(self.receiver_id)
-        recipients = [addr for addr in c.to if addr.lower() not in skip]
-        for addr in recipients:
-            unsubscribe = ""
-            if self.base_url and self.unsubscribe_key:
-                unsubscribe = unsubscribe_url(self.base_url, self.unsubscribe_key, c.id, addr)
-            msg = build_message(
-                claimed, sender=c.sender, to=addr, clock=self.clock, unsubscribe=unsubscribe
-            )
-            await self._send_one(addr, msg)
+        unsubscribe = ""
+        if self.base_url and self.unsubscribe_key:
+            unsubscribe = unsubscribe_url(self.base_url, self.unsubscribe_key, c.id, addr)
+        return build_message(
+            claimed, sender=c.sender, to=addr, clock=self.clock, unsubscribe=unsubscribe
+        )
 
     async def close(self) -> None:
         async with self._lock:
             idle, self._idle = self._idle, []
-        for smtp in idle:
-            try:
-                await smtp.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                smtp.close()
+        for smtp, _ in idle:
+            await _quit(smtp)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         c = self.config
@@ -297,44 +330,98 @@ class EmailNotifier:
         await smtp.connect()
         return smtp
 
-    async def _send_one(self, to: str, msg: bytes) -> None:
-        for attempt in (1, 2):
-            async with self._lock:
-                smtp = self._idle.pop() if self._idle else None
-            reused = smtp is not None
-            try:
-                if smtp is None:
-                    smtp = await self._connect()
-                await smtp.sendmail(self.config.sender, [to], msg)
-            except aiosmtplib.SMTPServerDisconnected:
-                if smtp is not None:
-                    smtp.close()
-                if reused and attempt == 1:
-                    continue  # the server closed an idle connection: once more, on a new one
-                raise self._error(aiosmtplib.SMTPServerDisconnected("disconnected")) from None
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                if smtp is not None:
-                    smtp.close()
-                raise self._error(exc) from None
-            async with self._lock:
-                if len(self._idle) < self.config.concurrency:
-                    self._idle.append(smtp)
-                    smtp = None
-            if smtp is not None:
-                smtp.close()
-            return
+    async def _pooled(self) -> aiosmtplib.SMTP | None:
+        """An idle connection to reuse, or None. One idle for longer than SMTP_IDLE_MAX_S
+        is quit instead: the server has likely timed it out (Postfix after 300 s, some
+        after 60 s), and a send on it would fail."""
+        stale: list[aiosmtplib.SMTP] = []
+        now = self.clock()
+        found: aiosmtplib.SMTP | None = None
+        async with self._lock:
+            while self._idle and found is None:
+                smtp, since = self._idle.pop()
+                if smtp.is_connected and (now - since).total_seconds() <= SMTP_IDLE_MAX_S:
+                    found = smtp
+                else:
+                    stale.append(smtp)
+        for old in stale:
+            await _quit(old)
+        return found
 
-    def _error(self, exc: BaseException) -> DeliveryError:
+    async def _send_one(self, to: str, msg: bytes) -> None:
+        """Send one copy on an idle connection, or a new one; the connection is kept for
+        the next send unless it failed."""
+        smtp = await self._pooled()
+        try:
+            if smtp is not None:
+                try:
+                    await smtp.sendmail(self.config.sender, [to], msg)
+                except aiosmtplib.SMTPException as exc:
+                    if not _stale(exc):
+                        raise
+                    # the server had let the idle connection go before this message: once
+                    # more on a new connection (another idle one may be as old)
+                    smtp.close()
+                    smtp = None
+                else:
+                    await self._keep(smtp)
+                    return
+            smtp = await self._connect()
+            await smtp.sendmail(self.config.sender, [to], msg)
+        except _RECIPIENT_ERRORS as exc:
+            if smtp is not None and _code(exc) != SMTP_SERVICE_CLOSING:
+                await self._keep(smtp)  # sendmail reset the envelope (RSET): still usable
+            elif smtp is not None:
+                smtp.close()
+            raise
+        except BaseException:
+            if smtp is not None:
+                smtp.close()  # it may be mid-command (cancelled, timed out): never reused
+            raise
+        await self._keep(smtp)
+
+    async def _keep(self, smtp: aiosmtplib.SMTP) -> None:
+        """Keep a connection for the next send, up to `concurrency` of them; quit the rest."""
+        async with self._lock:
+            if len(self._idle) < self.config.concurrency and smtp.is_connected:
+                self._idle.append((smtp, self.clock()))
+                return
+        await _quit(smtp)
+
+    def _refused(
+        self,
+        refused: list[tuple[str, aiosmtplib.SMTPResponseException]],
+        tried: int,
+        *,
+        delivered: tuple[str, ...],
+    ) -> DeliveryError:
+        """Some recipients refused their copy: retry (those only) unless every refusal is
+        permanent. The error names each address: an address is no secret, and the
+        operator needs it to act."""
+        c = self.config
+        permanent = all(exc.code >= 500 for _, exc in refused)
+        each = "; ".join(f"{a}: {exc.code} {one_line(exc.message)[:100]}" for a, exc in refused)
+        return DeliveryError(
+            DeliveryReason.SMTP_PERMANENT if permanent else DeliveryReason.SMTP_TRANSIENT,
+            f"SMTP server {c.host}:{c.port} refused {len(refused)} of {tried} recipient(s): "
+            + each,
+            receiver=self.receiver_id,
+            retryable=not permanent,
+            delivered=delivered,
+        )
+
+    def _error(self, exc: BaseException, *, delivered: tuple[str, ...] = ()) -> DeliveryError:
+        """The connection or the server failed: every recipient not yet sent to is retried
+        (or none, on a permanent reply)."""
         c = self.config
         where = f"SMTP server {c.host}:{c.port}"
-        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-            codes = sorted({r.code for r in exc.recipients})
-            permanent = all(code >= 500 for code in codes)
+        if isinstance(exc, _LeaseDeadline):
             return DeliveryError(
-                DeliveryReason.SMTP_PERMANENT if permanent else DeliveryReason.SMTP_TRANSIENT,
-                f"{where}: recipients refused ({', '.join(map(str, codes))})",
+                DeliveryReason.TIMEOUT,
+                f"{where}: the send did not end within {exc.budget_s:.3g}s, before its lease",
                 receiver=self.receiver_id,
-                retryable=not permanent,
+                retryable=True,
+                delivered=delivered,
             )
         if isinstance(exc, aiosmtplib.SMTPResponseException):
             permanent = exc.code >= 500
@@ -343,6 +430,7 @@ class EmailNotifier:
                 f"{where}: {exc.code} {exc.message[:200]}",
                 receiver=self.receiver_id,
                 retryable=not permanent,
+                delivered=delivered,
             )
         if isinstance(exc, aiosmtplib.SMTPTimeoutError):
             return DeliveryError(
@@ -350,10 +438,55 @@ class EmailNotifier:
                 f"{where} did not answer within {c.timeout_s:g}s",
                 receiver=self.receiver_id,
                 retryable=True,
+                delivered=delivered,
             )
         return DeliveryError(
             DeliveryReason.CONNECT,
             f"{where}: {type(exc).__name__}",
             receiver=self.receiver_id,
             retryable=True,
+            delivered=delivered,
         )
+
+
+class _LeaseDeadline(Exception):
+    """The send ran out of the time its row's lease leaves it."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+
+
+# Failures of one recipient's copy (RCPT, MAIL FROM or DATA refused); the others still
+# get theirs. A 421 among them is not: the server is closing the connection.
+_RECIPIENT_ERRORS = (
+    aiosmtplib.SMTPRecipientsRefused,
+    aiosmtplib.SMTPSenderRefused,
+    aiosmtplib.SMTPDataError,
+)
+
+
+def _response(exc: BaseException) -> aiosmtplib.SMTPResponseException:
+    """The refusal as one reply (RCPT refusals come as a list, of one here)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        return exc.recipients[0]
+    assert isinstance(exc, aiosmtplib.SMTPResponseException)
+    return exc
+
+
+def _code(exc: BaseException) -> int | None:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        return exc.recipients[0].code
+    return exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else None
+
+
+def _stale(exc: BaseException) -> bool:
+    """Did a reused connection fail because the server had let it go (a disconnect, or
+    421 "timeout exceeded" queued for the next command) before taking the message?"""
+    return isinstance(exc, aiosmtplib.SMTPServerDisconnected) or _code(exc) == SMTP_SERVICE_CLOSING
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        await smtp.quit()
+    except (aiosmtplib.SMTPException, OSError):
+        smtp.close()
