@@ -129,6 +129,12 @@ def test_cross_references_are_checked() -> None:
     assert "subscriptions[0].receivers: unknown receiver 'nobody'" in text
 
 
+def test_a_receiver_timeout_must_fit_in_half_the_outbox_lease() -> None:
+    text = problems("timeout_past_lease.toml")
+    assert "receivers[1].timeout_s (30) must be less than half of outbox.lease_s (60)" in text
+    assert "receivers[0]" not in text
+
+
 def test_bad_values_are_each_named() -> None:
     text = problems("bad_values.toml")
     assert "api.port:" in text

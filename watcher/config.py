@@ -475,6 +475,22 @@ class Config(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Config:
+        """Each receiver's timeout_s is under half the outbox lease: a send starts with at
+        least half its lease left (the outbox gives back rows with less), and a send that
+        outlives its lease is cut short (or, were it not, sent twice)."""
+        lease_s = self.outbox.lease_s
+        problems = [
+            f"receivers[{i}].timeout_s ({r.timeout_s:g}) must be less than half of "
+            f"outbox.lease_s ({lease_s:g}), or a send may outlive its lease"
+            for i, r in enumerate(self.receivers)
+            if r.timeout_s >= lease_s / 2
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def receiver(self, receiver_id: str) -> AnyReceiverConfig | None:
         return next((r for r in self.receivers if r.id == receiver_id), None)
 
