@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import replace
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import FakeClock
@@ -179,3 +181,57 @@ async def test_slack_links_carry_no_spoofed_label_and_survive_any_url(
             # every <...> is one whole link: its "|" the one between URL and label
             assert text.count("<") == text.count(">")
             assert all(part.count("|") == 1 for part in re.findall(r"<([^>]*)>", text))
+
+
+def _hook(url: str, **extra: Any) -> WebhookReceiverConfig:
+    return WebhookReceiverConfig.model_validate({"type": "webhook", "id": "hook", "url": url,
+                                                 **extra})  # fmt: skip
+
+
+async def test_a_receiver_answering_without_end_is_not_read_into_memory(
+    session: aiohttp.ClientSession,
+) -> None:
+    hung_up = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        try:
+            while True:  # until the client hangs up
+                await resp.write(b"x" * 65536)
+                await asyncio.sleep(0.001)
+        except ConnectionError:
+            hung_up.set()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", endless)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        # read whole, the body would take every byte of memory, or time the send out
+        await WebhookNotifier(_hook(url, timeout_s=5), session=session, clock=FakeClock()).send(
+            sample_claimed()
+        )
+        await asyncio.wait_for(hung_up.wait(), 10)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_redirect_is_not_followed_and_says_where_without_the_secret(
+    session: aiohttp.ClientSession, webhook_server: WebhookServer
+) -> None:
+    notifier = WebhookNotifier(_hook(webhook_server.url), session=session, clock=FakeClock())
+    for status in (301, 307, 308):
+        location = "https://10.0.0.7:8443/services/T0P-SECRET?token=abc"
+        webhook_server.responses = [(status, {"Location": location})]
+        with pytest.raises(DeliveryError) as err:
+            await notifier.send(sample_claimed())
+        assert err.value.reason is DeliveryReason.CLIENT_ERROR and not err.value.retryable
+        assert f"HTTP {status}: redirect to https://10.0.0.7 not followed" in str(err.value)
+        assert "T0P-SECRET" not in str(err.value) and "abc" not in str(err.value)
+    assert len(webhook_server.received) == 3  # each once, never to the new address

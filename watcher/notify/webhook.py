@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from standardwebhooks.webhooks import Webhook
@@ -19,6 +20,8 @@ from watcher.notify.batch import batch_payload
 from watcher.store import ClaimedDelivery
 
 PAYLOAD_VERSION = "1"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RESPONSE_MAX_BYTES = 64 * 1024  # of a receiver's answer, read and dropped; the rest unread
 
 
 def payload(claimed: ClaimedDelivery) -> dict[str, Any]:
@@ -60,11 +63,24 @@ def _sign(signer: Webhook, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def classify_status(
-    receiver: str, status: int, retry_after: str | None, clock: Clock, date: str | None = None
+    receiver: str,
+    status: int,
+    retry_after: str | None,
+    clock: Clock,
+    date: str | None = None,
+    location: str | None = None,
 ) -> None:
-    """2xx ok; 429 and 5xx retry (honouring Retry-After); other statuses are permanent."""
+    """2xx ok; 429 and 5xx retry (honouring Retry-After); other statuses are permanent,
+    redirects too: following one would send the alert to an address nobody configured."""
     if 200 <= status < 300:
         return
+    if status in REDIRECT_STATUSES:
+        raise DeliveryError(
+            DeliveryReason.CLIENT_ERROR,
+            f"HTTP {status}: redirect to {_origin(location)} not followed",
+            receiver=receiver,
+            retryable=False,
+        )
     if status == 429 or status >= 500:
         raise DeliveryError(
             DeliveryReason.RATE_LIMITED if status == 429 else DeliveryReason.SERVER_ERROR,
@@ -76,6 +92,26 @@ def classify_status(
     raise DeliveryError(
         DeliveryReason.CLIENT_ERROR, f"HTTP {status}", receiver=receiver, retryable=False
     )
+
+
+def _origin(location: str | None) -> str:
+    """Where a redirect points, its scheme and host only: the rest of a URL may be a
+    secret (a Slack webhook's path, a query token)."""
+    try:
+        parts = urlsplit(location or "")
+        host = parts.hostname
+        return f"{parts.scheme}://{host}" if parts.scheme and host else "a relative location"
+    except ValueError:
+        return "an invalid location"
+
+
+async def _discard_body(resp: aiohttp.ClientResponse) -> None:
+    """Read at most RESPONSE_MAX_BYTES of the body, and keep none of it: a small body
+    read to its end leaves the connection reusable; a larger one is not read further
+    (the connection is closed instead), so no receiver can make us hold its answer."""
+    left = RESPONSE_MAX_BYTES
+    while left > 0 and (chunk := await resp.content.read(min(left, 16 * 1024))):
+        left -= len(chunk)
 
 
 async def post_json(
@@ -100,13 +136,14 @@ async def post_json(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
         ) as resp:
-            await resp.read()
+            await _discard_body(resp)
             classify_status(
                 receiver,
                 resp.status,
                 resp.headers.get("Retry-After"),
                 clock,
                 resp.headers.get("Date"),
+                resp.headers.get("Location"),
             )
     except DeliveryError:
         raise
