@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -63,14 +65,52 @@ async def test_signed_webhook_verifies_with_the_reference_library(
         Webhook(SECRET).verify(body.replace(b"rare", b"RARE"), headers)
 
 
-def test_a_bad_signing_secret_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WATCHER_TEST_HOOK_SECRET", "not base64 !!")
-    with pytest.raises(ValueError, match="must be base64") as err:
+@pytest.mark.parametrize("secret", ["whsec_not base64 !!", "whsec_", ""])
+def test_a_bad_signing_secret_is_a_config_error(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHER_TEST_HOOK_SECRET", secret)
+    with pytest.raises(ValueError, match="must be 'whsec_' followed by base64") as err:
         WebhookReceiverConfig.model_validate(
             {"type": "webhook", "id": "h", "url": "http://127.0.0.1/h",
              "secret_env": "WATCHER_TEST_HOOK_SECRET"}
         )  # fmt: skip
-    assert "not base64 !!" not in str(err.value)
+    assert "not base64" not in str(err.value)
+
+
+def _readme_verify() -> Any:
+    """README's verify(), run as a receiver would copy it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def verify(" in b]
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    return scope["verify"]
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        SECRET,
+        "correcthorsebatterystaple",  # not base64
+        "supersecretvalue",  # base64 too, but a plain string: its own bytes are the key
+        "hunter22",
+    ],
+)
+async def test_readme_verify_accepts_what_any_accepted_secret_signs(
+    secret: str,
+    session: aiohttp.ClientSession,
+    webhook_server: WebhookServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WATCHER_TEST_HOOK_SECRET", secret)
+    cfg = _hook(webhook_server.url, secret_env="WATCHER_TEST_HOOK_SECRET")
+    await WebhookNotifier(cfg, session=session, clock=FakeClock()).send(sample_claimed())
+    [(headers, body)] = webhook_server.received
+    verify = _readme_verify()
+    assert verify(secret, headers, body)
+    assert not verify(secret, headers, body.replace(b"rare", b"RARE"))
+    assert not verify("whsec_" + base64.b64encode(b"another key").decode(), headers, body)
+    assert not verify("another key", headers, body)
 
 
 def test_slack_blocks_golden() -> None:

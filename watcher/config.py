@@ -13,7 +13,7 @@ names the environment variable that holds its password or signing secret
 
 from __future__ import annotations
 
-import binascii
+import base64
 import json
 import os
 import tomllib
@@ -40,7 +40,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
-from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from watcher import constants
 from watcher.errors import ConfigError
@@ -280,23 +279,44 @@ class WebhookReceiverConfig(_ReceiverBase):
     secret_env: str | None = None
     timeout_s: float = Field(default=constants.WEBHOOK_TIMEOUT_S, gt=0)
     _secret: SecretStr | None = PrivateAttr(default=None)
+    _key: bytes | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _load_secret(self) -> WebhookReceiverConfig:
         self._secret = _secret_from_env(self.secret_env, "the webhook signing secret")
         if self._secret is not None:
             try:
-                Webhook(self._secret.get_secret_value())
-            except (ValueError, binascii.Error, EmptyWebhookSecretError):
+                self._key = webhook_signing_key(self._secret.get_secret_value())
+            except ValueError:
                 raise ValueError(
-                    f"the signing secret in {self.secret_env} must be base64, optionally "
-                    "prefixed 'whsec_' (Standard Webhooks)"
+                    f"the signing secret in {self.secret_env} must be 'whsec_' followed by "
+                    "base64, or any other non-empty string (Standard Webhooks)"
                 ) from None
         return self
 
     @property
     def secret(self) -> SecretStr | None:
         return self._secret
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The HMAC key of the secret (webhook_signing_key), None when it has none."""
+        return self._key
+
+
+def webhook_signing_key(secret: str) -> bytes:
+    """The HMAC key a webhook secret stands for, read as README's verify() reads it: a
+    `whsec_<base64>` secret is its base64-decoded bytes, any other string its UTF-8
+    bytes. (The standardwebhooks library would base64-decode a plain string whenever it
+    decodes, and then no receiver using the string itself as the key could verify.)
+    Raises ValueError for a `whsec_` secret that is not base64, or an empty key."""
+    if secret.startswith("whsec_"):
+        key = base64.b64decode(secret.removeprefix("whsec_"))  # binascii.Error: a ValueError
+    else:
+        key = secret.encode()
+    if not key:
+        raise ValueError("an empty signing key")
+    return key
 
 
 class SlackReceiverConfig(_ReceiverBase):

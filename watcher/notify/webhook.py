@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from standardwebhooks.webhooks import Webhook
 
-from watcher.config import WebhookReceiverConfig
+from watcher.config import WebhookReceiverConfig, webhook_signing_key
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.fetch import parse_retry_after
 from watcher.models import Clock
@@ -54,7 +54,7 @@ def payload(claimed: ClaimedDelivery) -> dict[str, Any]:
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """The Standard Webhooks `webhook-signature` value ('v1,' + base64 HMAC-SHA256)."""
-    return _sign(Webhook(secret), msg_id, timestamp, body)
+    return _sign(Webhook(webhook_signing_key(secret)), msg_id, timestamp, body)
 
 
 def _sign(signer: Webhook, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -168,7 +168,9 @@ class WebhookNotifier:
         self.clock = clock
         # worked out once, not per delivery
         self._url = str(config.url)
-        self._signer = Webhook(config.secret.get_secret_value()) if config.secret else None
+        # from the key bytes: given a string, the library would base64-decode a plain one
+        key = config.signing_key
+        self._signer = Webhook(key) if key is not None else None
 
     async def send(self, claimed: ClaimedDelivery) -> None:
         await self.post(payload(claimed), claimed.delivery.idempotency_key)
