@@ -25,6 +25,7 @@ from tests.servers import WebhookServer
 from watcher.config import SlackReceiverConfig, WebhookReceiverConfig
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.notify.slack import SlackNotifier, blocks, escape
+from watcher.notify.slack import message as slack_message
 from watcher.notify.webhook import WebhookNotifier, payload
 from watcher.store import Batch, BatchMember
 
@@ -275,3 +276,19 @@ async def test_a_redirect_is_not_followed_and_says_where_without_the_secret(
         assert f"HTTP {status}: redirect to https://10.0.0.7 not followed" in str(err.value)
         assert "T0P-SECRET" not in str(err.value) and "abc" not in str(err.value)
     assert len(webhook_server.received) == 3  # each once, never to the new address
+
+
+@pytest.mark.parametrize("pairs", [150, 490])  # escaped, the link fits; or would not
+def test_a_link_full_of_ampersands_is_never_cut(pairs: int) -> None:
+    url = "https://news.example/a?" + "x=1&" * pairs  # within base.link's 2,000 characters
+    claimed = sample_claimed("slack", url=url, title="Gallium export ban", text="word " * 2000)
+    single = blocks(claimed.alert)
+    group = slack_message(replace(claimed, batch=Batch("group", (BatchMember(claimed.alert),) * 2)))
+    for section in (single["blocks"][1], group["blocks"][2]):
+        text = section["text"]["text"]
+        assert len(text) <= 3000
+        assert text.count("<") == text.count(">")  # no link is cut open
+        linked = f"<{url.replace('&', '&amp;')}|Gallium export ban>"
+        assert (linked if 4 * pairs + len(url) <= 2000 else "Gallium export ban") in text
+    assert "word word" in single["blocks"][1]["text"]["text"]  # and the excerpt is there
+    assert "reuters-world" in group["blocks"][2]["text"]["text"]  # and the sources

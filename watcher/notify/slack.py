@@ -18,7 +18,7 @@ import aiohttp
 from watcher import constants
 from watcher.config import SlackReceiverConfig
 from watcher.models import Alert, Clock
-from watcher.notify.base import excerpt, link
+from watcher.notify.base import LINK_MAX_CHARS, excerpt, link
 from watcher.notify.email import period_text
 from watcher.notify.webhook import post_json
 from watcher.store import ClaimedDelivery
@@ -61,11 +61,12 @@ def _escaped(text: str, limit: int) -> str:
 def _linked(url: str, label: str) -> str:
     """`<url|label>` for an item's link, or the label alone when it has none.
 
-    base.link leaves no "|", "<", ">" or space in the URL and keeps it within 2,000
-    characters, so the link is never cut by a section's limit; its "&" is escaped, as
-    everywhere in mrkdwn."""
-    url = link(url)
-    return f"<{escape(url)}|{label}>" if url else label
+    base.link leaves no "|", "<", ">" or space in the URL; its "&" is escaped, as
+    everywhere in mrkdwn, and the escaped URL is held to LINK_MAX_CHARS (each "&"
+    becomes "&amp;": a link within base.link's cap could grow past a section's 3,000),
+    so the link always fits whole and the section's text is cut around it, never in it."""
+    url = escape(link(url))
+    return f"<{url}|{label}>" if url and len(url) <= LINK_MAX_CHARS else label
 
 
 def blocks(alert: Alert) -> dict[str, Any]:
@@ -101,9 +102,8 @@ def blocks(alert: Alert) -> dict[str, Any]:
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": truncate(
-                    f"{headline}\n{_escaped(body, SECTION_MAX_CHARS - 600)}", SECTION_MAX_CHARS
-                ),
+                # the excerpt gets what the headline leaves: the headline is never cut
+                "text": f"{headline}\n{_escaped(body, SECTION_MAX_CHARS - len(headline) - 1)}",
             },
         },
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
@@ -182,15 +182,14 @@ def list_blocks(
         lines = [
             f"{mark} *{_escaped(alert.rule_title, 200)}* · {alert.severity.value}",
             headline,
-            f"{_escaped(', '.join(sources), 600)}",
         ]
         if alert.id in updates:
             lines.insert(0, f"*Update: now reported by {len(sources)} sources*")
+        # the sources get what the lines above leave: the link is never cut
+        room = SECTION_MAX_CHARS - len("\n".join(lines)) - 1
+        lines.append(_escaped(", ".join(sources), min(600, room)))
         out.append({"type": "divider"})
-        out.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": truncate(
-                "\n".join(lines), SECTION_MAX_CHARS)}}
-        )  # fmt: skip
+        out.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}})
     if n > len(shown):
         out.append(_context_block(f"…and {n - len(shown)} more"))
     return {"text": _escaped(title, SECTION_MAX_CHARS), "blocks": out}
