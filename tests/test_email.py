@@ -12,6 +12,7 @@ import email.policy
 import re
 import ssl
 from collections.abc import Iterator
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from watcher.models import DeliveryState
 from watcher.notify.email import EmailNotifier, build_message, unsubscribe_url
 from watcher.rules import Matcher
 from watcher.service import STORE, UNSUBSCRIBE_KEY, WORKER, create_app
-from watcher.store import Store
+from watcher.store import Batch, BatchMember, Store
 
 
 class Sink:
@@ -115,6 +116,29 @@ def test_non_ascii_subject_round_trips(clock: FakeClock) -> None:
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
     body = msg.get_body(("plain",))
     assert body is not None and title in body.get_content()
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "中国加强稀土出口管制" * 15,
+        "Ausfuhrkontrolle für Gallium und Germanium — " * 4,
+        "🪨⛏️🇨🇳" * 40,
+        "=?utf-8?b?RmFrZQ==?= " * 8,  # ASCII, but it would read as encoded words
+    ],
+)
+def test_a_long_subject_is_folded_and_round_trips(title: str, clock: FakeClock) -> None:
+    for update in (False, True):
+        claimed = sample_claimed("mail", title=title)
+        if update:
+            claimed = replace(claimed, batch=Batch("group", (BatchMember(claimed.alert, True),)))
+        raw = build_message(claimed, sender="w@example.org", to="a@example.org", clock=clock)
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        assert all(len(line) <= 998 for line in head.split(b"\r\n"))  # RFC 5322
+        assert all(len(w) <= 75 for w in re.findall(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=", head))
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        want = f"[HIGH] Rare-earth export curb: {title[:150].strip()}"
+        assert msg["Subject"] == ("Re: " if update else "") + want
 
 
 def test_html_part_escapes_feed_text(clock: FakeClock) -> None:

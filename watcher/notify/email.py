@@ -70,14 +70,17 @@ def _context(alert: Alert) -> dict[str, Any]:
     }
 
 
-def _header(value: str) -> str:
+def _header(name: str, value: str) -> str:
     """A header value: one line with no control (text.one_line), RFC 2047-encoded when it
     is not ASCII or holds "=?", which a mail client would decode as an encoded word (a
-    feed's title "=?utf-8?b?...?=" would show as any text, line breaks included)."""
+    feed's title "=?utf-8?b?...?=" would show as any text, line breaks included). Encoded,
+    it is folded: encoded words of at most 75 characters (RFC 2047; email.header makes
+    them one longer than its maxlinelen), one to a line, which a reader joins back into
+    the same text."""
     value = one_line(value)
     if value.isascii() and "=?" not in value:
         return value
-    return Header(value, "utf-8", maxlinelen=10_000).encode()
+    return Header(value, "utf-8", maxlinelen=75, header_name=name).encode(linesep="\r\n")
 
 
 def _address(value: str) -> str:
@@ -103,9 +106,9 @@ def build_message(
     One alert (or an update to one) reads as an alert; a group or a digest
     lists its alerts. Written directly rather than through the email package's
     generator, which costs as much as the SMTP send itself (measured in
-    bench/deliver.py); every header here is ours and ASCII (RFC 2047 for the
-    subject), so no folding logic is needed. Tests parse the result back with
-    the email package.
+    bench/deliver.py); every header here is ours and ASCII, short but the
+    subject, which email.header encodes (RFC 2047) and folds. Tests parse the
+    result back with the email package.
     """
     key = claimed.delivery.idempotency_key
     batch = claimed.batch
@@ -141,7 +144,7 @@ def _alert_message(
             in_reply_to = _message_id(update.reply_to)
             references = f"{thread} {in_reply_to}"
     headers = [
-        ("Subject", _header(subject)),
+        ("Subject", _header("Subject", subject)),
         ("From", _address(sender)),
         ("To", _address(to)),
         ("Date", format_datetime(clock())),
@@ -201,7 +204,7 @@ def _list_message(
     replies = [_message_id(m.reply_to) for m in batch.members if m.update and m.reply_to]
     threads = list(dict.fromkeys([*replies, *(story_thread_id(a) for a in alerts)]))
     headers = [
-        ("Subject", _header(subject)),
+        ("Subject", _header("Subject", subject)),
         ("From", _address(sender)),
         ("To", _address(to)),
         ("Date", format_datetime(clock())),
