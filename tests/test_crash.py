@@ -70,7 +70,7 @@ async def test_kill_9_mid_delivery_loses_nothing(tmp_path: Path) -> None:
         "[outbox]\nlease_s = 2\nsweep_interval_s = 0.2\n"
         f'[[receivers]]\ntype = "webhook"\nid = "hook"\n'
         f'url = "http://127.0.0.1:{receiver.port}/hook"\n'
-        'concurrency = 10\n[[subscriptions]]\nreceivers = ["hook"]\n'
+        'timeout_s = 0.9\nconcurrency = 10\n[[subscriptions]]\nreceivers = ["hook"]\n'
     )
     store = Store(db, clock=utc_now)
     await store.open()
