@@ -85,5 +85,12 @@ async def test_send_test(tmp_path: Path, webhook_server: WebhookServer) -> None:
 
     code, _, err = await run_cli("send-test", "mail", "-c", str(cfg))  # nothing listens there
     assert code == 2 and "receiver 'mail': connect: SMTP server 127.0.0.1" in err
+    port = free_port()  # a webhook nobody listens for: where, and why, never the path
+    (tmp_path / "down").mkdir()
+    down = write_config(tmp_path / "down", f"http://127.0.0.1:{port}/hook?token=s3cret", 1)
+    code, _, err = await run_cli("send-test", "hook", "-c", str(down))
+    assert code == 2, err
+    assert f"receiver 'hook': connect: cannot connect to 127.0.0.1:{port}: " in err, err
+    assert "s3cret" not in err
     code, _, err = await run_cli("send-test", "pager", "-c", str(cfg))
     assert code == 2 and "unknown receiver 'pager' (receivers: hook, mail)" in err

@@ -152,6 +152,15 @@ async def post_json(
             DeliveryReason.TIMEOUT, f"no answer within {timeout_s:g}s", receiver=receiver,
             retryable=True,
         ) from None  # fmt: skip
+    except aiohttp.ClientConnectorError as exc:
+        # where and why (the host and port, never the path or query: they may be secrets)
+        why = exc.os_error.strerror or type(exc.os_error).__name__
+        raise DeliveryError(
+            DeliveryReason.CONNECT,
+            f"cannot connect to {exc.host}:{exc.port}: {why}",
+            receiver=receiver,
+            retryable=True,
+        ) from None
     except aiohttp.ClientError as exc:
         raise DeliveryError(
             DeliveryReason.CONNECT, type(exc).__name__, receiver=receiver, retryable=True
