@@ -94,6 +94,11 @@ def test_canonical_url_keeps_only_http() -> None:
         ("https://gov.example\\@evil.example/", ""),
         ("https://gov example/x", ""),
         ("https://user@/x", ""),
+        # a port and no host before it: no link
+        ("http://:80/", ""),
+        ("https://:443/x", ""),
+        ("https://u:p@:8080/", ""),
+        ("HTTP://:/", ""),
     ],
 )
 def test_canonical_url_gives_the_host_the_link_goes_to(url: str, canonical: str) -> None:
@@ -141,8 +146,9 @@ def _canonical_url_reference(url: str, base: str = "") -> str:
     if any(c in parts.netloc for c in '\\<>^|"\x7f') or min(parts.netloc) <= " ":
         return ""
     host = parts.netloc.rpartition("@")[2]
-    if not host:
-        return ""
+    bracketed = host.startswith("[")
+    if not (host[1:].partition("]")[0] if bracketed else host.partition(":")[0]):
+        return ""  # no host before the port
     query = [
         (k, v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
@@ -157,7 +163,7 @@ URL_PARTS = [
     "[::1]", "/x", "/./y", "/../z", ";p", ";", "?", "?a=1", "&b=2", "&utm_x=3", "#f", " ", "\t",
     "%20", "é", "@", "..", "x y", "[", "]", "#", "?utm_a=1", "?fbclid=2&x=", "\n", "\x00",
     "Http://", "hTTpS://", "a]b", "?x#y?z", "é.example", "https://a.example/p?q=1#f",
-    "u:p@", "\\", "|", "\x7f",
+    "u:p@", "\\", "|", "\x7f", ":80", ":",
 ]  # fmt: skip
 BASES = ["", "https://base.example/dir/feed.xml", "http://base.example", "feed://x", "https:/x"]
 

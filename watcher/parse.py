@@ -39,9 +39,10 @@ _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cm
 
 # An absolute http(s) URL as urlsplit splits it (netloc, path, query; the fragment dropped)
 # when it holds nothing urlsplit removes or checks: no tab, CR or LF, no IPv6 brackets; and
-# a netloc that is a host as it is (no userinfo, nothing _BAD_HOST finds).
+# a netloc that is a host as it is (no userinfo, nothing _BAD_HOST finds, not a bare port).
+_NETLOC_CHAR = r"[^/?#\[\]\x00-\x20\x7f@\\<>^|\"]"
 _HTTP_URL = re.compile(
-    r"(?i:https?)://([^/?#\[\]\x00-\x20\x7f@\\<>^|\"]+)(/[^?#\t\r\n]*)?(?:\?([^#\t\r\n]*))?(?:#.*)?",
+    rf"(?i:https?)://((?!:){_NETLOC_CHAR}+)(/[^?#\t\r\n]*)?(?:\?([^#\t\r\n]*))?(?:#.*)?",
     re.S,
 )
 # What no host holds (the WHATWG URL standard's forbidden host code points that urlsplit
@@ -101,7 +102,7 @@ def canonical_url(url: str, base: str = "") -> str:
         return ""
     # a user and password dropped: "https://gov.example@x.example/" goes to x.example
     host = parts.netloc.rpartition("@")[2]
-    if not host:
+    if not parts.hostname:  # none, or only a port: "http://:80/", "https://u:p@:8080/"
         return ""
     # most links have no query: no parse_qsl/urlencode round trip then
     query = _clean_query(parts.query) if parts.query else ""
