@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from watcher.text import (
     collapse_whitespace,
     fast_unescape,
     fold_utf8,
+    html_to_text,
     normalize,
 )
 
@@ -28,6 +30,8 @@ TOKENS = [
     "&am", "p;", ";", "&#", "12", "x41;", "&not", "in;", "\u3000", "\xa0", "\t", "\r\n", "  ",
     '<iframe src="https://v.example/e">', "</iframe>", "<IFRAME/>", "</iframe x=1>", "</iframe/>",
     '<iframe src="v"></iframe>', "<script/>", "<noembed>", "</noembed>",
+    # whitespace to Python's \s and not to HTML: no end to a tag name, no attribute separator
+    '<a\xa0b="', '">', "<p\xa0x>", "<br\u3000>", '<p\u2003y="', "<b\x0bc>", "<p\x0c>", "<p\rx>",
 ]  # fmt: skip
 
 
@@ -38,6 +42,26 @@ def test_fast_path_equals_htmlparser(tokens: list[str]) -> None:
     fast = _simple_html_to_text(html)
     if fast is not None:
         assert fast == _slow_html_to_text(html), html
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        # HTML ends a tag name and parts attributes only at tab, LF, FF, CR and space:
+        # here the first tag is `a\xa0b="`, and the script after it runs
+        ('<a\xa0b="><script>">SECRET<a\xa0c="</script>">', '">'),
+        ('<p\u3000x="><style>">SECRET<p\u3000y="</style>">', '">'),
+        ('<a\u2003b="><script>">SECRET<a\u2003c="</script>">', '">'),
+        ('<a\x0bb="><script>">SECRET<a\x0bc="</script>">', '">'),
+        ("a<p\xa0x>b", "ab"),  # a `p\xa0x` element, no paragraph
+        ("a<br\u3000>b", "ab"),
+        ("a<p\x0cx>b", "a\nb"),  # form feed is HTML whitespace
+    ],
+)
+def test_a_tag_name_ends_only_at_html_whitespace(html: str, text: str) -> None:
+    fast = _simple_html_to_text(html)
+    assert fast is None or fast == text
+    assert html_to_text(html) == text
 
 
 @settings(max_examples=600, deadline=None)

@@ -124,10 +124,14 @@ def collapse_whitespace(text: str) -> str:
 # The fast path of html_to_text: markup made only of plain tags (quoted attributes
 # allowed), none whose content is skipped or parsed specially. Anything else goes
 # to the HTMLParser below; a test holds both to the same text on the corpora.
-_TAG = re.compile(
-    r"<(/?)([A-Za-z][A-Za-z0-9]*)"
-    r"((?:\s+[^\s\"'<>/=]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+))?)*)\s*(/?)>"
-)
+#
+# HTML's whitespace, where Python's \s is Unicode's: a tag name ends, and attributes are
+# apart, only at tab, LF, FF, CR (read as LF) and space. `<a\xa0b="><script>">` is one
+# `a\xa0b="` tag, then a script; read with \s, the script would be an attribute value.
+_WS = r"[\t\n\f\r ]"
+_VALUE = r"(?:\"[^\"]*\"|'[^']*'|[^\t\n\f\r \"'=<>`]+)"
+_ATTRS = rf"(?:{_WS}+[^\t\n\f\r \"'<>/=]+(?:{_WS}*={_WS}*{_VALUE})?)*"
+_TAG = re.compile(rf"<(/?)([A-Za-z][A-Za-z0-9]*)({_ATTRS}){_WS}*(/?)>")
 _SPECIAL = frozenset(
     {*_SKIP_TAGS, "title", "textarea", "xmp", "plaintext", "noembed", "noframes", "listing"}
 )
@@ -137,10 +141,7 @@ _BLOCK_BREAK = dict.fromkeys(_BLOCK_TAGS, "\n")
 
 
 # _TAG with the tag name its only group: split() then yields text, name, text, ..., text
-_TAG_NAME = re.compile(
-    r"</?([A-Za-z][A-Za-z0-9]*)"
-    r"(?:\s+[^\s\"'<>/=]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'=<>`]+))?)*\s*/?>"
-)
+_TAG_NAME = re.compile(rf"</?([A-Za-z][A-Za-z0-9]*){_ATTRS}{_WS}*/?>")
 
 
 def _split_tags(html: str) -> tuple[list[str], list[str]]:
