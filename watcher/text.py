@@ -7,93 +7,21 @@ import unicodedata
 from collections.abc import Iterable
 from functools import cache
 from html import unescape
-from html.parser import HTMLParser
-from itertools import repeat
+from itertools import compress, repeat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from selectolax.lexbor import LexborNode
 
 _SKIP_TAGS = frozenset(
     {"script", "style", "noscript", "template", "iframe", "object", "svg", "noembed", "noframes"}
 )
-# HTML elements that "/>" does not close (the HTML standard ignores it on them): `<script/>`
-# starts a script like `<script>`. `<svg/>` is foreign content, closed by it.
-_SKIP_HTML_TAGS = _SKIP_TAGS - {"svg"}
 _BLOCK_TAGS = frozenset(
     {
         "p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr",
         "table", "blockquote", "section", "article", "header", "footer", "pre", "hr",
     }
 )  # fmt: skip
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip_depth += 1
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP_HTML_TAGS:
-            self.handle_starttag(tag, attrs)
-            if tag in self.CDATA_CONTENT_ELEMENTS:  # script, style: raw text to their end tag
-                self.set_cdata_mode(tag)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip_depth = max(0, self._skip_depth - 1)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip_depth:
-            self.parts.append(data)
-
-    def close(self) -> None:
-        """The end of the text. What is left unparsed starts with markup never closed,
-        which Python's parser would give as text; the HTML standard reads it as a comment
-        to the end (`<!--`), a bogus comment to the next ">" (`<!`, `<?`, `</` and no
-        letter) or a tag cut off by the end of the text (dropped)."""
-        rest = self.rawdata
-        while len(rest) > 1 and rest[0] == "<":
-            cut_tag = rest[1].isalpha() or (rest[1] == "/" and rest[2:3].isalpha())
-            if cut_tag or rest.startswith("<!--"):
-                rest = ""
-            elif rest[1] in "!?/":
-                rest = rest[_bogus_comment_end(rest, 2) :]
-                self.rawdata = rest
-                self.goahead(False)  # what follows the bogus comment
-                rest = self.rawdata
-            else:
-                break
-        self.rawdata = rest
-        super().close()
-
-    def parse_marked_section(self, i: int, report: bool = True) -> int:
-        """`<![CDATA[...]]>` or `<![if ...]>`, as Python's parser reads them. Anything else
-        after `<![`, and a section never closed, the HTML standard reads as a bogus
-        comment up to the next ">" (or the end): Python 3.11's parser raises
-        AssertionError on the first ("expected name token", "unknown status keyword"),
-        which must not fail the parse of a feed, and dumps the second as text at
-        close(). (The extractor is always given the whole text at once, so a section
-        unclosed now stays unclosed.)"""
-        try:
-            end = super().parse_marked_section(i, report)
-        except AssertionError:
-            end = -1
-        return end if end >= 0 else _bogus_comment_end(self.rawdata, i + 3)
-
-
-def _bogus_comment_end(text: str, start: int) -> int:
-    """Where a bogus comment whose content starts at `start` ends: after the next ">",
-    else at the end of the text (the HTML standard's rule)."""
-    close = text.find(">", start)
-    return len(text) if close < 0 else close + 1
 
 
 _SPACE_RUN = re.compile("  +")  # a literal prefix: scanned for much faster than a class
@@ -123,7 +51,8 @@ def collapse_whitespace(text: str) -> str:
 
 # The fast path of html_to_text: markup made only of plain tags (quoted attributes
 # allowed), none whose content is skipped or parsed specially. Anything else goes
-# to the HTMLParser below; a test holds both to the same text on the corpora.
+# to the slow path (the standard's tree, _slow_html_to_text); tests hold both to the same
+# text on the corpora and on generated markup.
 #
 # HTML's whitespace, where Python's \s is Unicode's: a tag name ends, and attributes are
 # apart, only at tab, LF, FF, CR (read as LF) and space. `<a\xa0b="><script>">` is one
@@ -140,37 +69,165 @@ _SPECIAL = frozenset(
 _BLOCK_BREAK = dict.fromkeys(_BLOCK_TAGS, "\n")
 
 
-# _TAG with the tag name its only group: split() then yields text, name, text, ..., text
-_TAG_NAME = re.compile(rf"</?([A-Za-z][A-Za-z0-9]*){_ATTRS}{_WS}*/?>")
+# _TAG with only its slash and tag name as groups: split() then yields text, slash, name,
+# text, ..., text
+_TAG_NAME = re.compile(rf"<(/?)([A-Za-z][A-Za-z0-9]*){_ATTRS}{_WS}*/?>")
 
 
 def _split_tags(html: str) -> tuple[list[str], list[str]]:
-    """html split by _TAG_NAME (text, name, text, ..., text), and its tag names lower-cased."""
+    """html split by _TAG_NAME (text, slash, name, text, ..., text), and its tag names
+    lower-cased."""
     parts = _TAG_NAME.split(html)
-    return parts, list(map(str.lower, parts[1::2]))
+    return parts, list(map(str.lower, parts[2::3]))
 
 
 def _simple_html_to_text(html: str) -> str | None:
+    """html_to_text's fast path: the text of markup made only of plain tags, or None."""
+    if "\x00" in html or "\r" in html:
+        # NUL: dropped in text, U+FFFD elsewhere; CR: html_to_text made it LF already
+        return None
     parts, names = _split_tags(html)
     if not _SPECIAL.isdisjoint(names):
         return _html_with_iframes_to_text(html)
     # every "<" opens a tag the regex read, unless an attribute value holds one
-    if html.count("<") != len(names) and any("<" in text for text in parts[0::2]):
+    if html.count("<") != len(names) and any("<" in text for text in parts[0::3]):
         return None
     return _plain_markup_text(html, parts, names)
 
 
 def _plain_markup_text(html: str, parts: list[str], names: list[str]) -> str | None:
     """The text of markup _TAG_NAME split into parts (its tag names lower-cased in names)
-    and found plain: block tags a newline, other tags nothing, references unescaped."""
+    and found plain: a newline where a block element starts or ends, references
+    unescaped; None if _tree_breaks cannot tell where."""
     if "&" not in html:
-        parts[1::2] = map(_BLOCK_BREAK.get, names, repeat(""))
+        breaks = _tree_breaks(parts[1::3], names, "")
+        if breaks is None:
+            return None
+        parts[1::3] = breaks
+        parts[2::3] = repeat("", len(names))
         return collapse_whitespace("".join(parts))
-    if "\x00" in html:
+    # One unescape over the whole text, with NUL between the pieces a tag separates: no
+    # entity name holds a NUL (and the input has none), so each piece reads as it would
+    # unescaped on its own.
+    breaks = _tree_breaks(parts[1::3], names, "\x00")
+    if breaks is None:
         return None
-    # as in _html_with_iframes_to_text: NUL between the pieces a tag separates
-    parts[1::2] = map(_BLOCK_BREAK.get, names, repeat("\x00"))
+    parts[1::3] = breaks
+    parts[2::3] = repeat("", len(names))
     return collapse_whitespace(fast_unescape("".join(parts)).replace("\x00", ""))
+
+
+# The block structure the HTML standard's tree builder gives plain markup (_tree_breaks).
+# Elements no block, whose start tag closes an open <p> as a block's does, and whose end
+# tag closes the <p> and <li> open in them: a line break where the markup shows none.
+_P_CLOSERS = frozenset(
+    {"address", "aside", "center", "details", "dialog", "dir", "dl", "dd", "dt", "fieldset",
+     "figcaption", "figure", "hgroup", "main", "menu", "nav", "search", "summary"}
+)  # fmt: skip
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+# Table parts: outside a table, the tree builder ignores them.
+_TABLE_PARTS = frozenset(
+    {"caption", "col", "colgroup", "frame", "tbody", "td", "tfoot", "th", "thead", "tr"}
+)
+# What _tree_breaks leaves to the tree builder: tables (whose misplaced content moves
+# before them), forms, select (whose rules the standard changed in 2025), MathML, and
+# the elements that bound where an end tag looks for its element (button, applet,
+# marquee), ruby (whose tags close an open <p>).
+_TREE_UNFOLLOWED = frozenset(
+    {"table", "form", "select", "math", "button", "applet", "marquee", "ruby"}
+)
+# Every tag _tree_breaks looks at: the others are inline (or void, or ignored) and
+# start or end no block.
+_TREE_TAGS = _BLOCK_TAGS | _P_CLOSERS | _TABLE_PARTS | _TREE_UNFOLLOWED
+# The start tags that only close an open <p> (then open their element)
+_OPENERS = (_BLOCK_TAGS | _P_CLOSERS) - _TABLE_PARTS - _HEADINGS - {"br", "hr", "li", "dd", "dt"}
+# Plain markup whose only block tags are these: each tag of a block element a newline.
+_P_AND_BR = frozenset({"p", "br"})
+
+
+def _tree_breaks(slashes: list[str], names: list[str], none: str) -> list[str] | None:
+    """For each tag ("/" in slashes for an end tag), "\n" where a block element starts
+    or ends in the tree the HTML standard builds (a <div> its fragment's context), else
+    none: an end tag with no element to close is ignored there, a <p> is closed by the
+    elements after it, a table part outside a table is ignored. None for markup with a
+    tag of _TREE_UNFOLLOWED, or where the elements open cannot be told (a heading
+    started in an open one may or may not close it).
+
+    Follows the standard's "in body" rules for the elements it keeps a stack of: the
+    block and _P_CLOSERS ones, all "special", so that inline elements (which it does not
+    track) close none of them and are no bound to the search for one."""
+    breaks = list(map(_BLOCK_BREAK.get, names, repeat(none)))
+    if _P_AND_BR.issuperset(_TREE_TAGS.intersection(names)):
+        return breaks  # every <p>, </p>, <br> and </br> starts or ends a block
+    if not _TREE_UNFOLLOWED.isdisjoint(names):
+        return None
+    stack: list[str] = []  # the block and _P_CLOSERS elements open, innermost last
+    for i in compress(range(len(names)), map(_TREE_TAGS.__contains__, names)):
+        name = names[i]
+        if slashes[i]:
+            if stack and stack[-1] == name:  # most end tags: the element open last
+                stack.pop()  # (a block's end: "\n" already; another's: none)
+            elif name in _TABLE_PARTS:
+                breaks[i] = none
+            elif name != "br":  # </br> is <br>
+                breaks[i] = "\n" if _end_tag_breaks(stack, name) else none
+        elif name in _OPENERS:  # most start tags: each closes an open <p>
+            if stack and stack[-1] == "p":
+                stack.pop()
+                breaks[i] = "\n"
+            stack.append(name)
+        elif name in _TABLE_PARTS:
+            breaks[i] = none
+        elif name in _HEADINGS:
+            if stack and stack[-1] == "p":
+                stack.pop()
+            if stack and stack[-1] in _HEADINGS:
+                return None  # a heading closes the one open only if no inline element is in it
+            stack.append(name)
+        elif name != "br" and _start_tag_breaks(stack, name):
+            breaks[i] = "\n"
+    return breaks
+
+
+def _start_tag_breaks(stack: list[str], name: str) -> bool:
+    """Whether the start tag of an <hr>, <li>, <dd> or <dt> (_tree_breaks) starts or ends
+    a block element, the stack closed to what it closes."""
+    popped: list[str] = []
+    if name == "li" or name == "dd" or name == "dt":
+        # close the item open, unless another special element is open in it
+        items = ("li",) if name == "li" else ("dd", "dt")
+        for j in range(len(stack) - 1, -1, -1):
+            if stack[j] in items:
+                popped = stack[j:]
+                del stack[j:]
+                break
+            if stack[j] not in ("address", "div", "p"):
+                break
+    if stack and stack[-1] == "p":  # each of these closes an open <p>
+        popped.append(stack.pop())
+    if name != "hr":  # void
+        stack.append(name)
+    return name in _BLOCK_TAGS or not _BLOCK_TAGS.isdisjoint(popped)
+
+
+def _end_tag_breaks(stack: list[str], name: str) -> bool:
+    """Whether an end tag ends a block element (_tree_breaks), the stack closed to what
+    it closes."""
+    if name == "p":
+        if stack and stack[-1] == "p":
+            stack.pop()
+        return True  # with no <p> open, an empty one
+    if name == "hr":
+        return False  # a void element: no end tag
+    targets = _HEADINGS if name in _HEADINGS else (name,)
+    for j in range(len(stack) - 1, -1, -1):
+        if stack[j] in targets:
+            popped = stack[j:]
+            del stack[j:]
+            return not _BLOCK_TAGS.isdisjoint(popped)
+        if name == "li" and stack[j] in ("ul", "ol"):
+            break  # an <li> open outside the list: not this list's item
+    return False  # nothing open to close: ignored
 
 
 def html_to_text_and_tags(html: str) -> tuple[str, list[str] | None]:
@@ -178,8 +235,10 @@ def html_to_text_and_tags(html: str) -> tuple[str, list[str] | None]:
     opens one (as _TAG_NAME reads tags), none of them special; else None."""
     if "<" not in html:
         return html_to_text(html), []
+    if "\r" in html:
+        html = _CR.sub("\n", html)
     parts, names = _split_tags(html)
-    if html.count("<") == len(names) and _SPECIAL.isdisjoint(names):
+    if html.count("<") == len(names) and _SPECIAL.isdisjoint(names) and "\x00" not in html:
         text = _plain_markup_text(html, parts, names)
         if text is not None:
             return text, names
@@ -198,17 +257,15 @@ def _html_with_iframes_to_text(html: str) -> str | None:
     # every "<" opens a tag the regex read, unless an attribute value holds one
     if html.count("<") != len(names) and any("<" in text for text in texts):
         return None
+    none = "\x00" if "&" in html else ""  # as in _plain_markup_text
+    breaks = _tree_breaks(parts[1::5], names, none)
+    if breaks is None:
+        return None
     out = [""] * (len(texts) + len(names))
     out[0::2] = texts
-    if "&" not in html:
-        out[1::2] = map(_BLOCK_BREAK.get, names, repeat(""))
+    out[1::2] = breaks
+    if not none:
         return collapse_whitespace("".join(out))
-    if "\x00" in html:
-        return None
-    # One unescape over the whole text, with NUL between the pieces a tag separates: no
-    # entity name holds a NUL (and the input has none), so each piece reads as it would
-    # unescaped on its own.
-    out[1::2] = map(_BLOCK_BREAK.get, names, repeat("\x00"))
     return collapse_whitespace(fast_unescape("".join(out)).replace("\x00", ""))
 
 
@@ -217,7 +274,9 @@ _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)"
 
 
 class _CharRefs(dict[str, str]):
-    """A reference (without its "&") -> what html.unescape makes of it, filled on demand.
+    """A reference (without its "&") -> what the HTML standard makes of it in text, filled
+    on demand: what html.unescape does, but a control or noncharacter html.unescape drops
+    (`&#1;`, `&#xFFFE;`) the standard keeps.
 
     Each match of _CHARREF is replaced on its own, by the rule its text alone decides,
     so unescaping it alone gives the same replacement.
@@ -225,6 +284,9 @@ class _CharRefs(dict[str, str]):
 
     def __missing__(self, ref: str) -> str:
         value = unescape("&" + ref)
+        if not value:  # only a numeric reference html.unescape drops: the standard keeps it
+            number = ref[1:].rstrip(";")
+            value = chr(int(number[1:], 16) if number[:1] in "xX" else int(number))
         if len(self) < 4096:  # a hostile feed's made-up references cannot grow it past this
             self[ref] = value
         return value
@@ -234,7 +296,9 @@ _CHAR_REFS = _CharRefs()
 
 
 def fast_unescape(text: str) -> str:
-    """`html.unescape`, with its per-reference Python callback replaced by a dict lookup."""
+    """The character references in HTML text decoded as the HTML standard does: like
+    `html.unescape`, but keeping the controls and noncharacters it drops; its
+    per-reference Python callback replaced by a dict lookup."""
     if "&" not in text:
         return text
     parts = _CHARREF.split(text)  # text, reference, text, reference, ..., text
@@ -261,8 +325,13 @@ def _only_empty_iframes(parts: list[str], names: list[str]) -> bool:
 
 
 def html_to_text(html: str) -> str:
-    """Plain text of untrusted HTML: no tags, no script or style content, entities decoded."""
-    if "<" not in html and "&" not in html:
+    """Plain text of untrusted HTML: no tags, no script or style content, entities decoded.
+
+    The text of the tree the HTML standard builds, as _slow_html_to_text reads it; most
+    markup is plain enough for a regex to give the same text much faster."""
+    if "\r" in html:
+        html = _CR.sub("\n", html)  # the standard's preprocessing: CRLF and CR are LF
+    if "<" not in html and "&" not in html and "\x00" not in html:
         return collapse_whitespace(html)
     fast = _simple_html_to_text(html)
     if fast is not None:
@@ -270,11 +339,52 @@ def html_to_text(html: str) -> str:
     return _slow_html_to_text(html)
 
 
+_CR = re.compile("\r\n?")
+
+
 def _slow_html_to_text(html: str) -> str:
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    return collapse_whitespace("".join(parser.parts))
+    """The text of the tree the HTML standard builds of html, as the content of a <div>
+    (an item's HTML is a fragment of a page): its text nodes in order, none inside a
+    _SKIP_TAGS element, a newline at the start and at the end of each _BLOCK_TAGS one.
+
+    Lexbor (selectolax) tokenizes and builds the tree by the standard, so scripts,
+    styles and comments end where a browser ends them, whatever this Python's
+    html.parser does. Imported here: the fast path reads nearly all feed text, and a
+    process that never needs this one does not load it."""
+    from selectolax.lexbor import LexborHTMLParser
+
+    try:
+        data = html.encode()
+    except UnicodeEncodeError:  # a lone surrogate: as a decoder would have read its bytes
+        data = _SURROGATE.sub("\ufffd", html).encode()
+    parts: list[str] = []
+    node = LexborHTMLParser(data, is_fragment=True).root  # the first top-level node
+    open_elements: list[tuple[LexborNode, bool]] = []  # each with: a block element?
+    while True:
+        if node is None:
+            if not open_elements:
+                break
+            node, block = open_elements.pop()
+            if block:
+                parts.append("\n")
+        elif node.is_text_node:
+            parts.append(node.text_content or "")
+        elif node.is_element_node and (tag := node.tag) not in _SKIP_TAGS:
+            block = tag in _BLOCK_TAGS
+            if block:
+                parts.append("\n")
+            child = node.first_child
+            if child is not None:
+                open_elements.append((node, block))
+                node = child
+                continue
+            if block:
+                parts.append("\n")
+        node = node.next
+    return collapse_whitespace("".join(parts))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _is_diacritic(ch: str) -> bool:
