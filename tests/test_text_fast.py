@@ -38,6 +38,7 @@ TOKENS = [
     "<div>", "<li>", "</li>", "<ul>", "</ul>", "</ol>", "<h1>", "</h3>", "<aside>", "</aside>",
     "<figure>", "</figure>", "<dl>", "<dd>", "</dt>", "<hr>", "</hr>", "</br>", "<tr>", "</td>",
     "<span>", "</span>", "<blockquote>", "</section>", "<nav>", "</pre>", "\r", "\x00", "&#1;",
+    "<全", "<3", "x<",  # a "<" that opens no markup is text
 ]  # fmt: skip
 
 
@@ -277,3 +278,21 @@ def test_is_cjk_is_any_character_in_the_cjk_ranges() -> None:
         assert is_cjk(ch) == by_hand(ch), hex(code)
     for term in ("", "gallium", "稀土", "rare 稀土 earth", "ﾚｱｱｰｽ", "희토류", "café", "豈"):
         assert is_cjk(term) == by_hand(term), term
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("来源<br/>印发<全国交易目录指引>的通知", "来源\n印发<全国交易目录指引>的通知"),
+        ("a <3 <p>b", "a <3\nb"),
+        ("a<<p>b", "a<\nb"),
+    ],
+)  # fmt: skip
+def test_a_less_than_sign_that_opens_no_markup_is_text_on_the_fast_path(
+    html: str, text: str
+) -> None:
+    """A "<" before anything but a letter, "/", "!" or "?" is text to the standard: the
+    fast path reads it (a feed of the real-feeds corpus has one), and a process whose
+    feeds are all plain never loads the slow path's parser."""
+    assert _simple_html_to_text(html) == text
+    assert _slow_html_to_text(html) == text

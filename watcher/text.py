@@ -67,6 +67,9 @@ _SPECIAL = frozenset(
 
 
 _BLOCK_BREAK = dict.fromkeys(_BLOCK_TAGS, "\n")
+# A "<" that opens markup: a tag, end tag, comment or bogus comment. Any other "<" (before
+# a space, a digit, "<", a CJK character or the end) is text, as the standard reads it.
+_OPENS_MARKUP = re.compile("<[A-Za-z/!?]")
 
 
 # _TAG with only its slash and tag name as groups: split() then yields text, slash, name,
@@ -89,8 +92,8 @@ def _simple_html_to_text(html: str) -> str | None:
     parts, names = _split_tags(html)
     if not _SPECIAL.isdisjoint(names):
         return _html_with_iframes_to_text(html)
-    # every "<" opens a tag the regex read, unless an attribute value holds one
-    if html.count("<") != len(names) and any("<" in text for text in parts[0::3]):
+    # every "<" opens a tag the regex read or nothing, unless an attribute value holds one
+    if html.count("<") != len(names) and any(map(_OPENS_MARKUP.search, parts[0::3])):
         return None
     return _plain_markup_text(html, parts, names)
 
@@ -254,8 +257,8 @@ def _html_with_iframes_to_text(html: str) -> str | None:
     names = list(map(str.lower, parts[2::5]))
     if not _SPECIAL.isdisjoint(names) and not _only_empty_iframes(parts, names):
         return None
-    # every "<" opens a tag the regex read, unless an attribute value holds one
-    if html.count("<") != len(names) and any("<" in text for text in texts):
+    # every "<" opens a tag the regex read or nothing, unless an attribute value holds one
+    if html.count("<") != len(names) and any(map(_OPENS_MARKUP.search, texts)):
         return None
     none = "\x00" if "&" in html else ""  # as in _plain_markup_text
     breaks = _tree_breaks(parts[1::5], names, none)
