@@ -189,6 +189,50 @@ async def test_later_copies_join_the_story_and_raise_no_second_alert(
 
 
 @needs_seeds
+@pytest.mark.parametrize(
+    "polls",
+    [[["002", "004", "001", "000", "003"]], [["002", "004"], ["001", "003"]]],
+    ids=["one-poll", "two-polls"],
+)
+async def test_an_item_that_bridges_stories_in_its_own_poll_raises_no_second_alert(
+    store: Store, clock: FakeClock, polls: list[list[str]]
+) -> None:
+    """002 and 004 make one story, 001 another; 003, in the same poll as 001, bridges
+    them. 001's alerts go under the story that stayed, where each rule has one alert:
+    under the key of the story 003 absorbed they were alerts of their own, sent twice."""
+    import aiohttp
+
+    from watcher.config import SubscriptionConfig
+    from watcher.fetch import Fetcher, FetchLimits
+    from watcher.metrics import Metrics
+    from watcher.pipeline import Pipeline
+    from watcher.route import Router
+
+    seeds = {stem[:3]: item for stem, item in _seed_items()}
+    async with aiohttp.ClientSession() as session:
+        pipeline = Pipeline(
+            store=store,
+            fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
+            matcher=_matcher,
+            router=Router([SubscriptionConfig(receivers=["hook"])]),
+            metrics=Metrics(),
+            clock=clock,
+        )
+        raised: list[str] = []
+        for poll in polls:
+            out = await pipeline.ingest("feed", [seeds[k] for k in poll], record_source=False)
+            raised += [a.hit.rule_id for a in out.alerts]
+            clock.advance(600)
+    alerts = await store.list_alerts()
+    assert sorted(raised) == sorted(a.rule_id for a in alerts)
+    assert len(set(raised)) == len(raised), raised  # one alert (and delivery) per rule
+    assert len({a.story_key for a in alerts}) == 1
+    async with store.engine.connect() as conn:
+        info = await story_info(conn, alerts[0].story_key)
+    assert info is not None and len(info.item_ids) == sum(map(len, polls))
+
+
+@needs_seeds
 def test_boilerplate_lines_do_not_count() -> None:
     from watcher.cluster import clean_text, features
 
