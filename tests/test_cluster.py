@@ -262,10 +262,82 @@ async def test_unrelated_items_with_the_same_boilerplate_stay_apart(store: Store
     assert len(set(keys)) == 3
 
 
+ENTITY_LIST_RULES = (
+    (
+        "Additions to the Entity List",
+        "In this final rule, the Bureau of Industry and Security (BIS) amends the Export"
+        " Administration Regulations (EAR) by adding 23 entities under 26 entries to the Entity"
+        " List. These entities have been determined by the U.S. Government to be acting contrary"
+        " to the national security or foreign policy interests of the United States. These"
+        " entities will be listed on the Entity List under the destinations of China, India,"
+        " Iran, Singapore, Turkey, and the United Arab Emirates (UAE).",
+    ),
+    (
+        "Additions to the Entity List",
+        "In this rule, the Bureau of Industry and Security (BIS) amends the Export"
+        " Administration Regulations (EAR) by adding 12 entities to the Entity List. These 12"
+        " entities are located in China and Taiwan. These entities have been determined by the"
+        " U.S. Government to be acting contrary to the national security or foreign policy"
+        " interests of the United States.",
+    ),
+)
+
+
+async def test_two_entity_list_rules_sharing_only_boilerplate_stay_apart(store: Store) -> None:
+    """Agencies, their lists and regulations, and countries are in every such rule: one
+    name each ("Entity List" is not "entity" and "list"), and none of them a specific."""
+    t = datetime(2026, 3, 2, 14, tzinfo=UTC)
+    a, b = (
+        _item("bis", f"el-{n}", title, text, t + timedelta(days=5 * n))
+        for n, (title, text) in enumerate(ENTITY_LIST_RULES)
+    )
+    keys = await assign_all(store, [a, b], StoryIndex())
+    assert keys[0] != keys[1]
+    counts = cluster.features(a).counts
+    assert "o:entity_list" in counts and "e:entity" not in counts and "e:list" not in counts
+    assert "o:bureau_industry" in counts and "o:china" in counts
+    assert (
+        cluster.shared_specifics(
+            cluster.weigh(counts, {}, 0), cluster.weigh(cluster.features(b).counts, {}, 0)
+        )
+        == 0
+    )
+
+
+async def test_different_federal_register_documents_never_merge(store: Store) -> None:
+    """Two documents with the same title and text ("New Postal Products", filed each day)
+    are two documents: their numbers differ. A copy of one (its Public Inspection filing, a
+    feed entry linking it) still joins it; the veto does not keep out a news item."""
+    from watcher.federal_register import join_documents
+
+    t = datetime(2026, 3, 2, 14, tzinfo=UTC)
+    title = "New Postal Products"
+    text = (
+        "The Commission is noticing a recent Postal Service filing for the Commission's"
+        " consideration concerning a negotiated service agreement, Priority Mail Express"
+        " Contract 1,143, Docket No. MC2025-1234. Comments are due August 5, 2025; the"
+        " Public Representative is Katalin K. Clendenin."
+    )
+    items = [
+        make_item(source_id="fr", guid=f"g{n}", url=f"https://www.federalregister.gov/d/{num}",
+                  title=title, text=text, published=t + timedelta(hours=n))
+        for n, num in enumerate(("2026-04101", "2026-04455", "2026-04101"))
+    ]  # fmt: skip
+    join_documents(items)
+    news = _item("wire", "news", title, text + " Reuters reported.", t + timedelta(hours=3))
+    keys = await assign_all(store, items, StoryIndex())
+    assert keys[0] != keys[1]
+    assert keys[2] == keys[0]
+    assert cluster.vetoed(cluster.features(items[0]), cluster.features(items[1]))
+    assert not cluster.vetoed(cluster.features(items[0]), cluster.features(items[2]))
+    assert not cluster.vetoed(cluster.features(items[0]), cluster.features(news))
+
+
 @needs_seeds
 async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock: FakeClock) -> None:
-    """Seed 001 (a heavy rewrite) arriving third starts its own story; 003 matches both
-    stories and folds the younger into the older: items, sources and alerts move."""
+    """Seeds 001 and 003 (heavy rewrites) share too few names to merge with each other, so
+    each starts a story; 000 matches both and folds the younger into the older: items,
+    sources and alerts move, and the later seeds join the one story."""
     import aiohttp
 
     from watcher.fetch import Fetcher, FetchLimits
@@ -274,7 +346,7 @@ async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock:
     from watcher.route import Router
 
     by_name = {ident[:3]: item for ident, item in _seed_items()}
-    order = ["002", "004", "001", "000", "003"]
+    order = ["001", "003", "000", "002", "004"]
     async with aiohttp.ClientSession() as session:
         pipeline = Pipeline(
             store=store,
@@ -288,8 +360,12 @@ async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock:
         for k, name in enumerate(order):
             item = by_name[name]._replace(published=datetime(2026, 2, 4, 10 + k, tzinfo=UTC))
             outcomes.append(await pipeline.ingest(item.source_id, [item], record_source=False))
-    [bridge] = outcomes[-1].stories_grown
-    assert len(bridge.merged) == 1 and (bridge.item_count, bridge.source_count) == (5, 5)
+    assert all(o.stories_grown == [] for o in outcomes[:2])  # two new stories
+    [bridge] = outcomes[2].stories_grown
+    assert len(bridge.merged) == 1 and (bridge.item_count, bridge.source_count) == (3, 3)
+    [last] = outcomes[-1].stories_grown
+    assert last.story_key == bridge.story_key
+    assert (last.item_count, last.source_count) == (5, 5)
     alerts = await store.list_alerts()
     async with store.engine.connect() as conn:
         infos = [await story_info(conn, a.story_key) for a in alerts]

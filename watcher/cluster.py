@@ -31,12 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from watcher import constants
+from watcher.federal_register import document_identity
 from watcher.models import Item
 from watcher.text import normalize
 
-# Key prefixes: e: entity, n: number or amount, d: date, t: term, h: headline term.
+# Key prefixes: e: entity, o: ordinary name (a country, an agency), n: number or amount,
+# d: date, t: term, h: headline term. Only e, n and d are specifics (see shared_specifics).
 _KEY_MAX_CHARS = 120  # the store's key columns hold 160
-_BOOST = {"e": 2.0, "n": 2.0, "d": 2.0, "t": 1.0, "h": 1.0}
+_BOOST = {"e": 2.0, "o": 2.0, "n": 2.0, "d": 2.0, "t": 1.0, "h": 1.0}
 
 _STOPWORDS = frozenset(
     """
@@ -93,6 +95,35 @@ _COUNTRIES = {
     "ukrainian": "ua", "kyiv": "ua", "turkey": "tr", "turkish": "tr",
 }  # fmt: skip
 
+# Names nearly every item of this domain carries: the agencies, their lists, regulations
+# and publications, the wires. Weighed like names, but not specifics: two Entity List
+# rules by the Bureau of Industry and Security share these and nothing else.
+# (Keys as `_name_key` writes them: words of the name, stopwords out, joined by "_".)
+_ORDINARY_NAMES = frozenset(
+    """
+    entity_list unverified_list military_end_user_list federal_register bis ear ofac mofcom
+    ustr miit ndrc gacc bureau_industry bureau_industry_security security industry bureau
+    commerce commerce_department department_commerce ministry_commerce commerce_ministry
+    department ministry government administration agency office commission council
+    export_administration_regulation export_administration_regulations export_administration
+    regulation regulations rule final_rule interim_final_rule notice federal treasury
+    treasury_department department_treasury state_department department_state
+    office_foreign_assets_control foreign_assets_control customs general_administration_customs
+    state_council congress senate parliament cabinet ministry_foreign_affairs
+    foreign_ministry ministry_industry_information_technology national_security
+    reuters bloomberg xinhua afp associated_press
+    """.split()  # noqa: SIM905
+)
+# Words a name can start with that are no part of it: "US Commerce Department", "Chinese
+# Ministry of Commerce", "President Donald Trump" are the department, ministry and person.
+_NAME_PREFIXES = frozenset(
+    """
+    president vice secretary minister prime premier chancellor chairman chair ceo spokesman
+    spokeswoman spokesperson sen senator rep gov governor gen general deputy acting former
+    foreign trade
+    """.split()  # noqa: SIM905
+)
+
 # Headline polarity: the event a story is about, as far as the headline says.
 _EASING = re.compile(
     r"\b(eas(e|es|ed|ing)|lift(s|ed|ing)?|relax(es|ed|ing)?|loosen(s|ed|ing)?|"
@@ -144,6 +175,7 @@ _DATE = re.compile(
     + _MONTH_NAMES + r")\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b)",
     re.IGNORECASE,
 )  # fmt: skip
+_DOCUMENT = "fr:"  # a Federal Register document's number, among the headline amounts
 _SENTENCE_START = re.compile(r"(^|[.!?:\"“”]\s+|\n)$")
 
 
@@ -154,7 +186,9 @@ class Features:
     counts: Mapping[str, int]
     polarity: str  # "easing", "restriction" or ""
     countries: frozenset[str]
-    amounts: frozenset[str] = frozenset()  # numbers in the headline, years left out
+    # numbers in the headline, years left out; and "fr:<number>" for an item that is a
+    # Federal Register document (stored with the amounts, so a member's cues keep it)
+    amounts: frozenset[str] = frozenset()
 
 
 def clean_text(text: str) -> str:
@@ -254,11 +288,11 @@ def features(item: Item) -> Features:
                 start == 0 or _SENTENCE_START.search(part[max(0, start - 3) : start])
             ):
                 continue  # a sentence-initial capital counts only inside a longer name
-            names.update(words)
-        for word, n in names.items():
-            key = _entity_key(word)
+            key = _name_key(tuple(words))
             if key:
-                counts[key] += weight * n
+                names[key] += 1
+        for key, n in names.items():
+            counts[key] += weight * n
         for m in _AMOUNT.finditer(part):
             key = _amount_key(m.group(1), m.group(2))
             if key:
@@ -275,8 +309,13 @@ def features(item: Item) -> Features:
         counts={k: c for k, c in counts.items() if len(k) <= _KEY_MAX_CHARS},
         polarity=_polarity(head),
         countries=_countries(head),
-        amounts=_headline_amounts(head),
+        amounts=_headline_amounts(head) | _document(item),
     )
+
+
+def _document(item: Item) -> frozenset[str]:
+    number = document_identity(item)
+    return frozenset((_DOCUMENT + number,)) if number else frozenset()
 
 
 @functools.lru_cache(maxsize=constants.CLUSTER_WORD_CACHE_ENTRIES)
@@ -287,6 +326,24 @@ def _entity_key(word: str) -> str | None:
     if len(w) > 1 and w not in _STOPWORDS and not w.isdigit():
         return "e:" + w
     return None
+
+
+def _name_key(words: tuple[str, ...]) -> str | None:
+    """One key for a whole name ("e:bureau_industry_security"), or None.
+
+    A name of several words is one name, not one per word: "Entity List" shares nothing
+    with "List of Chemicals". Leading countries and titles are left out ("Chinese Ministry
+    of Commerce" is the ministry); countries and `_ORDINARY_NAMES` are "o:" keys.
+    """
+    parts = [k[2:] for k in map(_entity_key, words) if k]
+    while len(parts) > 1 and (parts[0] in _COUNTRIES or parts[0] in _NAME_PREFIXES):
+        parts.pop(0)
+    if not parts:
+        return None
+    name = "_".join(parts)
+    if name in _ORDINARY_NAMES or " ".join(parts) in _COUNTRIES:
+        return "o:" + name
+    return "e:" + name
 
 
 @functools.lru_cache(maxsize=constants.CLUSTER_WORD_CACHE_ENTRIES)
@@ -341,13 +398,20 @@ def shared_specifics(a: Mapping[str, float], b: Mapping[str, float]) -> int:
 def vetoed(a: Features, b: Features) -> bool:
     """True when the headlines say these are different events, however alike the texts.
 
-    Different polarity (a curb and its easing), disjoint headline amounts, or
-    bilateral headlines with different partners.
+    Different Federal Register documents (numbers are never reused), different polarity
+    (a curb and its easing), disjoint headline amounts, or bilateral headlines with
+    different partners.
     """
     if a.polarity and b.polarity and a.polarity != b.polarity:
         return True
-    if a.amounts and b.amounts and not a.amounts & b.amounts:
-        return True  # "adds 140 entities" is not "adds 80 entities"
+    if a.amounts and b.amounts:
+        docs_a = {x for x in a.amounts if x.startswith(_DOCUMENT)}
+        docs_b = {x for x in b.amounts if x.startswith(_DOCUMENT)}
+        if docs_a and docs_b and not docs_a & docs_b:
+            return True  # two documents, however alike their boilerplate
+        amounts_a, amounts_b = a.amounts - docs_a, b.amounts - docs_b
+        if amounts_a and amounts_b and not amounts_a & amounts_b:
+            return True  # "adds 140 entities" is not "adds 80 entities"
     # A bilateral deal with a different partner: "US and Japan" is not "US and Australia".
     return (
         len(a.countries) >= 2

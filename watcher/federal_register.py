@@ -129,6 +129,15 @@ def has_document_identity(item: Item) -> bool:
     links the document's page): one story with every other item of that number, however
     far apart in time, since a document number is never given to another document.
     """
+    return document_identity(item) is not None
+
+
+def document_identity(item: Item) -> str | None:
+    """The document number whose story key is the item's content hash, else None.
+
+    Two items with different numbers are different documents, however alike their
+    boilerplate: clustering never puts them in one story.
+    """
     for ident in (item.guid, item.url):
         if ident.startswith("fr-doc:"):
             number: str | None = ident.removeprefix("fr-doc:")
@@ -137,8 +146,8 @@ def has_document_identity(item: Item) -> bool:
         else:
             continue
         if number and item.content_hash == story_hash(number):
-            return True
-    return False
+            return normal_number(number)
+    return None
 
 
 # The years an API date is believed in: a document "published" in year 1 is a broken
