@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy import delete, func, select
 
@@ -14,9 +15,14 @@ from bench.cluster_quality import HELDOUT, labelled_items, pair_scores
 from tests.conftest import SHARED, FakeClock
 from watcher import cluster, constants
 from watcher.cli import main
+from watcher.config import SubscriptionConfig
+from watcher.fetch import Fetcher, FetchLimits
+from watcher.metrics import Metrics
 from watcher.models import Item
 from watcher.parse import make_item
+from watcher.pipeline import Pipeline
 from watcher.replay import replay
+from watcher.route import Router
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
 from watcher.story_store import StoryIndex, story_info, story_keys
@@ -149,28 +155,25 @@ def test_replay_command_prints_json_lines(
     assert sorted(records[0]["items"]) == sorted(json.loads(line)["id"] for line in lines)
 
 
+def _seed_pipeline(store: Store, clock: FakeClock, session: aiohttp.ClientSession) -> Pipeline:
+    """A pipeline with the shipped rules, every alert routed to one receiver."""
+    return Pipeline(
+        store=store,
+        fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
+        matcher=_matcher,
+        router=Router([SubscriptionConfig(receivers=["hook"])]),
+        metrics=Metrics(),
+        clock=clock,
+    )
+
+
 @needs_seeds
 async def test_later_copies_join_the_story_and_raise_no_second_alert(
     store: Store, clock: FakeClock
 ) -> None:
-    import aiohttp
-
-    from watcher.config import SubscriptionConfig
-    from watcher.fetch import Fetcher, FetchLimits
-    from watcher.metrics import Metrics
-    from watcher.pipeline import Pipeline
-    from watcher.route import Router
-
     seeds = _seed_items()
     async with aiohttp.ClientSession() as session:
-        pipeline = Pipeline(
-            store=store,
-            fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
-            matcher=_matcher,
-            router=Router([SubscriptionConfig(receivers=["hook"])]),
-            metrics=Metrics(),
-            clock=clock,
-        )
+        pipeline = _seed_pipeline(store, clock, session)
         first = await pipeline.ingest("site0", [seeds[0][1]], record_source=False)
         assert first.alerts and first.deliveries == len(first.alerts)
         for n, (_, item) in enumerate(seeds[1:], 2):
@@ -200,24 +203,9 @@ async def test_an_item_that_bridges_stories_in_its_own_poll_raises_no_second_ale
     """002 and 004 make one story, 001 another; 003, in the same poll as 001, bridges
     them. 001's alerts go under the story that stayed, where each rule has one alert:
     under the key of the story 003 absorbed they were alerts of their own, sent twice."""
-    import aiohttp
-
-    from watcher.config import SubscriptionConfig
-    from watcher.fetch import Fetcher, FetchLimits
-    from watcher.metrics import Metrics
-    from watcher.pipeline import Pipeline
-    from watcher.route import Router
-
     seeds = {stem[:3]: item for stem, item in _seed_items()}
     async with aiohttp.ClientSession() as session:
-        pipeline = Pipeline(
-            store=store,
-            fetcher=Fetcher(session=session, limits=FetchLimits(), clock=clock),
-            matcher=_matcher,
-            router=Router([SubscriptionConfig(receivers=["hook"])]),
-            metrics=Metrics(),
-            clock=clock,
-        )
+        pipeline = _seed_pipeline(store, clock, session)
         raised: list[str] = []
         for poll in polls:
             out = await pipeline.ingest("feed", [seeds[k] for k in poll], record_source=False)
@@ -338,13 +326,6 @@ async def test_an_item_that_bridges_two_stories_merges_them(store: Store, clock:
     """Seeds 001 and 003 (heavy rewrites) share too few names to merge with each other, so
     each starts a story; 000 matches both and folds the younger into the older: items,
     sources and alerts move, and the later seeds join the one story."""
-    import aiohttp
-
-    from watcher.fetch import Fetcher, FetchLimits
-    from watcher.metrics import Metrics
-    from watcher.pipeline import Pipeline
-    from watcher.route import Router
-
     by_name = {ident[:3]: item for ident, item in _seed_items()}
     order = ["001", "003", "000", "002", "004"]
     async with aiohttp.ClientSession() as session:
