@@ -238,33 +238,6 @@ def documents_rss(number: str, title: str) -> bytes:
     ).encode()
 
 
-async def test_a_filing_then_its_document_in_documents_rss_alert_once(
-    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
-) -> None:
-    title = "Export Controls on Rare Earth Magnets and Related Items"
-    feed_server.routes["/pi.json"] = Route(
-        body=json.dumps({"results": [pi_doc("2026-02222", title)]}).encode(),
-        content_type="application/json",
-    )
-    feed_server.routes["/bis.rss"] = Route(body=documents_rss("2026-02222", title))
-    config, pipeline = await loopback_pipeline(
-        store, session, clock,
-        [{"id": "fr-public-inspection", "url": feed_server.url("/pi.json")},
-         {"id": "fr-bis", "url": feed_server.url("/bis.rss")}],
-        matcher=ree_rules(),
-    )  # fmt: skip
-    pi, rss = config.sources
-    filed = await pipeline.poll(pi)
-    assert [a.hit.rule_id for a in filed.alerts] == ["ree-export-curb"]
-    clock.advance(86_400)  # published a business day later, in the agency's documents.rss
-    published = await pipeline.poll(rss)
-    assert published.new_items == 1 and published.alerts == []
-    [grown] = published.stories_grown
-    assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
-    [alert] = await store.list_alerts()
-    assert alert.id == filed.alerts[0].alert_id
-
-
 @pytest.mark.parametrize(
     "spelling", ["C1-2026-02222", "c1-2026-02222", " C1-2026-02222\u00a0", "FR Doc. C1-2026-02222"]
 )
@@ -299,22 +272,33 @@ def json_feed(number: str, title: str) -> bytes:
     return json.dumps(feed).encode()
 
 
-async def test_a_filing_then_its_document_in_a_json_feed_alert_once(
-    store: Store, clock: FakeClock, session: aiohttp.ClientSession, feed_server: FeedServer
+@pytest.mark.parametrize("published_in", ["documents.rss", "json-feed"])
+async def test_a_filing_then_its_document_in_a_feed_alert_once(
+    store: Store,
+    clock: FakeClock,
+    session: aiohttp.ClientSession,
+    feed_server: FeedServer,
+    published_in: str,
 ) -> None:
+    """Published a business day after its filing, in the agency's documents.rss or in a
+    JSON Feed that links the document's page: it joins the filing's story, no alert."""
     title = "Export Controls on Rare Earth Magnets and Related Items"
     feed_server.routes["/pi.json"] = Route(
         body=json.dumps({"results": [pi_doc("2026-02222", title)]}).encode(),
         content_type="application/json",
     )
-    feed_server.routes["/bis.json"] = Route(
-        body=json_feed("2026-02222", "Revisions to the EAR: rare earth magnet export controls"),
-        content_type="application/feed+json",
+    feed_server.routes["/bis"] = (
+        Route(body=documents_rss("2026-02222", title))
+        if published_in == "documents.rss"
+        else Route(
+            body=json_feed("2026-02222", "Revisions to the EAR: rare earth magnet export controls"),
+            content_type="application/feed+json",
+        )
     )
     config, pipeline = await loopback_pipeline(
         store, session, clock,
         [{"id": "fr-public-inspection", "url": feed_server.url("/pi.json")},
-         {"id": "fr-bis-feed", "url": feed_server.url("/bis.json")}],
+         {"id": "fr-bis", "url": feed_server.url("/bis")}],
         matcher=ree_rules(),
     )  # fmt: skip
     pi, feed = config.sources
@@ -325,6 +309,8 @@ async def test_a_filing_then_its_document_in_a_json_feed_alert_once(
     assert published.new_items == 1 and published.alerts == []
     [grown] = published.stories_grown
     assert (grown.item_count, grown.source_count, grown.new_story) == (2, 2, False)
+    [alert] = await store.list_alerts()
+    assert alert.id == filed.alerts[0].alert_id
 
 
 def test_json_lines_entries_linking_a_document_take_its_identity(tmp_path: Path) -> None:
