@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import aiohttp
-from sqlalchemy import select
 
 from watcher.config import Config
 from watcher.errors import DeliveryError, WatcherError
 from watcher.models import DeliveryState, utc_now
 from watcher.notify import build_notifiers
 from watcher.notify.sample import sample_delivery
-from watcher.store import Store, deliveries
+from watcher.store import Store
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -66,13 +65,7 @@ async def deliveries_retry(config: Config, ids: Sequence[int] | None) -> tuple[i
     store = Store(config.store.url, clock=utc_now)
     await store.open()
     try:
-        states: dict[int, str] = {}
-        if ids:
-            query = select(deliveries.c.id, deliveries.c.state).where(
-                deliveries.c.id.in_(list(ids))
-            )
-            async with store.engine.connect() as conn:
-                states = {int(i): str(state) for i, state in await conn.execute(query)}
+        states = await store.delivery_states(ids) if ids else {}
         problems = [
             f"delivery {i}: no such delivery"
             if i not in states

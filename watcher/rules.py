@@ -279,7 +279,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # "<<: *base": overriding what a merge brings is its point
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str | int | float | bool) and key in seen:
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unhashable key: the base constructor says what is wrong
+            if key in seen:
                 first = seen[key].start_mark.line + 1
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping",
@@ -288,8 +290,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     "only the last",
                     key_node.start_mark,
                 )
-            if isinstance(key, str | int | float | bool):
-                seen[key] = key_node
+            seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 
 

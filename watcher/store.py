@@ -1097,6 +1097,14 @@ class Store:
         state = "retry" if retry_at is not None else "dead"
         await self.record_outcomes([Outcome(delivery_id, state, reason, error, retry_at)])
 
+    async def delivery_states(self, delivery_ids: Sequence[int]) -> dict[int, str]:
+        """The state of each of these deliveries that exists, by id."""
+        query = select(deliveries.c.id, deliveries.c.state).where(
+            deliveries.c.id.in_(list(delivery_ids))
+        )
+        async with self.engine.connect() as conn:
+            return {int(i): str(state) for i, state in await conn.execute(query)}
+
     async def retry_dead(self, delivery_ids: Sequence[int] | None = None) -> int:
         """Make dead deliveries pending again (all of them when ids is None)."""
         now = self.clock()
