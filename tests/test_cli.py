@@ -146,6 +146,9 @@ def test_a_postgresql_url_without_a_driver_gets_watchers(tmp_path: Path) -> None
     assert config.store.url == "postgresql+asyncpg://u@db:5432/x"
     config = load_config(_store_config(tmp_path, "sqlite:///w.db"))
     assert config.store.url == "sqlite+aiosqlite:///w.db"
+    # SQLAlchemy knows "postgres" only without a driver: spelled as it knows it
+    config = load_config(_store_config(tmp_path, "postgres+asyncpg://u@db/x"))
+    assert config.store.url == "postgresql+asyncpg://u@db/x"
 
 
 @pytest.mark.parametrize("where", ["taken", "unknown-host"])

@@ -32,7 +32,7 @@ def test_good_config_loads_with_secrets_from_the_environment() -> None:
     [email, hook] = config.receivers
     assert email.type == "email" and email.password is not None
     assert email.password.get_secret_value() == "s3cret-pw"
-    assert hook.type == "webhook" and hook.secret is not None
+    assert hook.type == "webhook" and hook.signing_key is not None
     assert "s3cret-pw" not in repr(config) and "s3cret-pw" not in str(config.model_dump())
     # relative rule paths are relative to the config file
     assert [p.resolve() for p in config.rules.paths] == [(DATA.parent / "rules").resolve()]

@@ -95,9 +95,8 @@ def store_url(value: str) -> str:
             f"watcher reaches {backend} with its async driver: {backend}+{driver}://…, "
             f"not {backend}+{given}"
         )
-    if given is None:
-        return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
-    return value
+    # the driver filled in, and "postgres" spelled as SQLAlchemy knows it
+    return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
 
 
 class ApiConfig(_Strict):
@@ -278,25 +277,20 @@ class WebhookReceiverConfig(_ReceiverBase):
     url: AnyHttpUrl
     secret_env: str | None = None
     timeout_s: float = Field(default=constants.WEBHOOK_TIMEOUT_S, gt=0)
-    _secret: SecretStr | None = PrivateAttr(default=None)
     _key: bytes | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _load_secret(self) -> WebhookReceiverConfig:
-        self._secret = _secret_from_env(self.secret_env, "the webhook signing secret")
-        if self._secret is not None:
+        secret = _secret_from_env(self.secret_env, "the webhook signing secret")
+        if secret is not None:
             try:
-                self._key = webhook_signing_key(self._secret.get_secret_value())
+                self._key = webhook_signing_key(secret.get_secret_value())
             except ValueError:
                 raise ValueError(
                     f"the signing secret in {self.secret_env} must be 'whsec_' followed by "
                     "base64, or any other non-empty string (Standard Webhooks)"
                 ) from None
         return self
-
-    @property
-    def secret(self) -> SecretStr | None:
-        return self._secret
 
     @property
     def signing_key(self) -> bytes | None:

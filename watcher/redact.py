@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit
 
 HIDDEN = "…"
 # a URL inside free text: a scheme, "://", and everything up to whitespace
@@ -42,6 +43,17 @@ def redact_url(url: str) -> str:
     if hash_:
         rest += "#" + HIDDEN
     return rest
+
+
+def origin(url: str | None) -> str:
+    """A URL's scheme and host alone, for text about where something pointed when even
+    its path may be a secret (a Slack webhook's, a redirect's to one)."""
+    try:
+        parts = urlsplit(url or "")
+        host = parts.hostname
+        return f"{parts.scheme}://{host}" if parts.scheme and host else "a relative location"
+    except ValueError:
+        return "an invalid location"
 
 
 def _without_userinfo(after: str) -> str:

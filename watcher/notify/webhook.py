@@ -6,7 +6,6 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from standardwebhooks.webhooks import Webhook
@@ -17,6 +16,7 @@ from watcher.fetch import parse_retry_after
 from watcher.models import Clock
 from watcher.notify.base import excerpt
 from watcher.notify.batch import batch_payload
+from watcher.redact import origin
 from watcher.store import ClaimedDelivery
 
 PAYLOAD_VERSION = "1"
@@ -62,22 +62,16 @@ def _sign(signer: Webhook, msg_id: str, timestamp: int, body: bytes) -> str:
     return signer.sign(msg_id=msg_id, timestamp=when, data=body.decode())
 
 
-def classify_status(
-    receiver: str,
-    status: int,
-    retry_after: str | None,
-    clock: Clock,
-    date: str | None = None,
-    location: str | None = None,
-) -> None:
-    """2xx ok; 429 and 5xx retry (honouring Retry-After); other statuses are permanent,
-    redirects too: following one would send the alert to an address nobody configured."""
+def classify_status(receiver: str, status: int, headers: Mapping[str, str], clock: Clock) -> None:
+    """2xx ok; 429 and 5xx retry (honouring Retry-After, a date counted from the answer's
+    Date); other statuses are permanent, redirects too: following one would send the
+    alert to an address nobody configured."""
     if 200 <= status < 300:
         return
     if status in REDIRECT_STATUSES:
         raise DeliveryError(
             DeliveryReason.CLIENT_ERROR,
-            f"HTTP {status}: redirect to {_origin(location)} not followed",
+            f"HTTP {status}: redirect to {origin(headers.get('Location'))} not followed",
             receiver=receiver,
             retryable=False,
         )
@@ -87,22 +81,13 @@ def classify_status(
             f"HTTP {status}",
             receiver=receiver,
             retryable=True,
-            retry_after_s=parse_retry_after(retry_after, clock(), date),
+            retry_after_s=parse_retry_after(
+                headers.get("Retry-After"), clock(), headers.get("Date")
+            ),
         )
     raise DeliveryError(
         DeliveryReason.CLIENT_ERROR, f"HTTP {status}", receiver=receiver, retryable=False
     )
-
-
-def _origin(location: str | None) -> str:
-    """Where a redirect points, its scheme and host only: the rest of a URL may be a
-    secret (a Slack webhook's path, a query token)."""
-    try:
-        parts = urlsplit(location or "")
-        host = parts.hostname
-        return f"{parts.scheme}://{host}" if parts.scheme and host else "a relative location"
-    except ValueError:
-        return "an invalid location"
 
 
 async def _discard_body(resp: aiohttp.ClientResponse) -> None:
@@ -137,14 +122,7 @@ async def post_json(
             allow_redirects=False,
         ) as resp:
             await _discard_body(resp)
-            classify_status(
-                receiver,
-                resp.status,
-                resp.headers.get("Retry-After"),
-                clock,
-                resp.headers.get("Date"),
-                resp.headers.get("Location"),
-            )
+            classify_status(receiver, resp.status, resp.headers, clock)
     except DeliveryError:
         raise
     except TimeoutError:
