@@ -11,7 +11,6 @@ point either keeps the whole poll or none of it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -275,7 +274,7 @@ class Pipeline:
         async with self.store.transaction() as tx:
             new = await tx.insert_new_items(items)
             # Cluster: each new item joins a story; alerts are per (rule, story).
-            story_of = _as_finally_merged(await self.stories.assign(tx.conn, new, tx.now))
+            story_of = await self.stories.assign(tx.conn, new, tx.now)
             pending: list[tuple[NewAlert, Hit, Item]] = []
             for item_id, item in new:
                 for hit in matcher.match(item):
@@ -352,41 +351,6 @@ class Pipeline:
             alerts_updated=updates.alert_ids,
             stories_grown=[a for a in story_of.values() if not a.new_story],
         )
-
-
-def _as_finally_merged(story_of: dict[int, StoryAssignment]) -> dict[int, StoryAssignment]:
-    """Each item's assignment as the batch left it. An item assigned to a story that a
-    later item of the same batch merged into another (it bridged the two) is in that
-    other story now: its alerts go under the story that stayed, where one per (rule,
-    story) holds, not under the key of one that no longer exists (a second alert)."""
-    into: dict[str, StoryAssignment] = {}  # an absorbed story's key -> where it went
-    for assignment in story_of.values():  # in the batch's order
-        for key in assignment.merged:
-            into[key] = assignment
-    if not into:
-        return story_of
-    final: dict[int, StoryAssignment] = {}
-    for item_id, assignment in story_of.items():
-        kept, seen = assignment, {assignment.story_key}
-        while kept.story_key in into and into[kept.story_key] is not kept:
-            kept = into[kept.story_key]
-            if kept.story_key in seen:
-                break  # no merge goes back (a guard, not a case)
-            seen.add(kept.story_key)
-        latest = _latest_of(story_of, kept.story_key)
-        final[item_id] = dataclasses.replace(
-            assignment,
-            story_id=latest.story_id,
-            story_key=latest.story_key,
-            item_count=latest.item_count,
-            source_count=latest.source_count,
-        )
-    return final
-
-
-def _latest_of(story_of: dict[int, StoryAssignment], key: str) -> StoryAssignment:
-    """The batch's last assignment to the story `key`: its counts are the story's."""
-    return [a for a in story_of.values() if a.story_key == key][-1]
 
 
 def hit_facets(hit: Hit) -> dict[str, list[str]]:

@@ -53,7 +53,7 @@ import weakref
 from bisect import bisect_left, bisect_right, insort
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from operator import itemgetter, neg
@@ -623,6 +623,8 @@ class StoryIndex:
                 out[item_id] = await self._assign_one(
                     conn, run, item_id, item, feat, vector, at, df, identity=identity
                 )
+            if run.merges:
+                out = _as_merged(out, memory)
             await self._write(conn, run, docs)
             memory.shrink(self.memory_items)
         except BaseException:
@@ -1102,6 +1104,24 @@ class StoryIndex:
                 await conn.execute(
                     update(alerts).where(alerts.c.id == alert.id).values(story_key=target.key)
                 )
+
+
+def _as_merged(out: dict[int, StoryAssignment], memory: _Memory) -> dict[int, StoryAssignment]:
+    """Each item's assignment as the batch left it: an item whose story a later item of
+    the batch merged into another (it bridged the two) is in that other story now, and
+    its alerts go there, where one per (rule, story) holds, not under the key of a story
+    that no longer exists (a second alert)."""
+    final: dict[int, StoryAssignment] = {}
+    for item_id, assigned in out.items():
+        story = memory.stories[memory.members[item_id].story_id]
+        final[item_id] = replace(
+            assigned,
+            story_id=story.id,
+            story_key=story.key,
+            item_count=len(story.members),
+            source_count=len(story.sources),
+        )
+    return final
 
 
 @dataclass
