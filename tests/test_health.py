@@ -314,9 +314,7 @@ async def test_a_gone_source_recovers_only_once_its_new_url_answered(
     assert recovered.state == "recovered" and recovered.detail == "was broken; healthy again"
     assert [b["state"] for b in webhook_server.json_bodies()] == ["broken", "recovered"]
     # the reason is said once (the stored error text names the source and reason already)
-    assert broken.detail == "deactivated: gone: HTTP 410: the feed is gone; the source is " + (
-        "deactivated"
-    )
+    assert broken.detail == "deactivated: gone: HTTP 410: the feed is gone"
 
 
 async def test_quiet_then_broken_then_fixed_but_still_quiet_says_what_changed(

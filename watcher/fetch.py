@@ -630,7 +630,7 @@ class Fetcher:
             if status == 410:
                 raise FetchError(
                     FetchReason.GONE,
-                    "HTTP 410: the feed is gone; the source is deactivated",
+                    "HTTP 410: the feed is gone",  # what follows is the pipeline's to say
                     source_id=source_id,
                     status=410,
                 )

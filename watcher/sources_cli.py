@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from watcher.config import Config, SourceConfig, load_config
-from watcher.errors import FetchError, FetchReason, ParseError
+from watcher.errors import FetchError, ParseError
 from watcher.fetch import Fetcher, fetch_session, limits_from_config
 from watcher.health import diagnose, error_text, is_broken, quiet_since
 from watcher.models import Clock, utc_now
@@ -135,10 +135,6 @@ async def sources_check(
                 result = await fetcher.fetch(source.id, str(source.url))
                 parsed = await parse_fetched(source, result)
             except (FetchError, ParseError) as exc:
-                if isinstance(exc, FetchError) and exc.reason is FetchReason.GONE:
-                    # the fetch's own words say what a poll does; a check stores nothing
-                    return [f"{source.id}: FAILED: HTTP 410: the feed is gone (a poll "
-                            "would deactivate the source)"]  # fmt: skip
                 return [f"{source.id}: FAILED: {exc}"]
             ms = (time.perf_counter() - start) * 1000
             out = [
