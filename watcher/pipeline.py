@@ -84,13 +84,10 @@ def _new_validators(
     """The (ETag, Last-Modified) to keep after a poll that brought nothing new, when they
     differ from the stored ones; else None. The body of the last poll again, answered 200,
     brings its own validators (a server that has started sending an ETag, or rotates it):
-    kept, the next poll can be answered 304. A 304 may update them (RFC 9110 13.1.1);
-    one without them keeps the stored ones."""
+    kept, the next poll can be answered 304. A 304 may update them (RFC 9110 13.1.1):
+    the fetcher gives a 304 the validators it sent where the 304 sends none."""
     stored = (state.etag, state.last_modified) if state else (None, None)
-    if result.not_modified:
-        given = (result.etag or stored[0], result.last_modified or stored[1])
-    else:
-        given = (result.etag, result.last_modified)
+    given = (result.etag, result.last_modified)
     return None if given == stored else given
 
 

@@ -239,15 +239,21 @@ _POLL_STATES = select(
     sources.c.active,
     sources.c.ttl_s,
 ).where(sources.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _kept_first(now: Any) -> Any:
+    """first_success_at's value in an update of a successful poll (`now` a SQL value):
+    the first one kept."""
+    return func.coalesce(sources.c.first_success_at, now)
+
+
 _POLLED_UNCHANGED = (
     update(sources)
     .where(sources.c.id.in_(bindparam("ids", expanding=True)))
     .values(
         last_polled_at=bindparam("now", type_=UTCDateTime),
         last_success_at=bindparam("now", type_=UTCDateTime),
-        first_success_at=func.coalesce(
-            sources.c.first_success_at, bindparam("now", type_=UTCDateTime)
-        ),
+        first_success_at=_kept_first(bindparam("now", type_=UTCDateTime)),
         last_error=None,
         last_error_reason=None,
         error_count=0,
@@ -284,11 +290,6 @@ def _padded(ids: list[str]) -> list[str]:
     if not ids:
         return ids
     return ids + ids[-1:] * ((1 << (len(ids) - 1).bit_length()) - len(ids))
-
-
-def _kept_first(now: datetime) -> Any:
-    """first_success_at's value in an update of a successful poll: the first one kept."""
-    return func.coalesce(sources.c.first_success_at, literal(now, type_=UTCDateTime))
 
 
 class UnchangedPoll(NamedTuple):
@@ -556,7 +557,7 @@ class Tx:
                 body_hash=body_hash,
                 last_polled_at=self.now,
                 last_success_at=self.now,
-                first_success_at=_kept_first(self.now),
+                first_success_at=_kept_first(literal(self.now, type_=UTCDateTime)),
                 last_error=None,
                 last_error_reason=None,
                 error_count=0,
@@ -580,12 +581,10 @@ def _check_sqlite_file(url: str) -> None:
     """OSError, saying why, when a SQLite store's file cannot be opened for writing (its
     directory missing, or not ours to write: a Docker volume): told before the driver
     tries, whose failed connection leaves its thread calling back into a closed loop."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+    database = make_url(url).database
+    if not _SQLiteOnLoop.usable(url) or database is None or database.startswith("file:"):
         return
-    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
-        return
-    path = Path(parsed.database)
+    path = Path(database)
     if path.exists():
         if not os.access(path, os.R_OK | os.W_OK):
             raise PermissionError(f"{path}: not readable and writable by this user")
@@ -825,24 +824,6 @@ class Store:
         async with self.engine.connect() as conn:
             return {r.id: row_type._make(r) for r in await conn.execute(query)}
 
-    async def record_poll_unchanged(self, source_id: str, *, next_poll_at: datetime | None) -> None:
-        """A 304 or a byte-identical body: the source is healthy, nothing new."""
-        now = self.clock()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(sources)
-                .where(sources.c.id == source_id)
-                .values(
-                    last_polled_at=now,
-                    last_success_at=now,
-                    first_success_at=_kept_first(now),
-                    last_error=None,
-                    last_error_reason=None,
-                    error_count=0,
-                    next_poll_at=next_poll_at,
-                )
-            )
-
     async def record_poll_error(
         self, source_id: str, *, reason: str, error: str, next_poll_at: datetime | None
     ) -> int:
@@ -970,7 +951,8 @@ class Store:
         return [by_id.get(i) for i in source_ids]
 
     async def record_polls_unchanged(self, polls: Sequence[UnchangedPoll]) -> list[None]:
-        """Many `record_poll_unchanged` in one transaction: (source id, seconds to its next
+        """Polls that brought nothing new (a 304, or the last body again), in one transaction:
+        the source is healthy, its errors reset; (source id, seconds to its next
         poll, and the validators to keep from now on when the answer changed them).
 
         Sources due again after the same delay, their validators unchanged (most), share
