@@ -66,19 +66,7 @@ def test_fast_path_equals_the_slow_path(tokens: list[str]) -> None:
     ],
 )
 def test_a_tag_name_ends_only_at_html_whitespace(html: str, text: str) -> None:
-    fast = _simple_html_to_text(html)
-    assert fast is None or fast == text
     assert html_to_text(html) == text
-
-
-@settings(max_examples=600, deadline=None)
-@given(st.lists(st.sampled_from(TOKENS), max_size=30))
-def test_tag_name_splits_where_tag_does(tokens: list[str]) -> None:
-    from watcher.text import _TAG, _TAG_NAME
-
-    html = "".join(tokens)
-    parts = _TAG.split(html)
-    assert _TAG_NAME.split(html) == [p for i, p in enumerate(parts) if i % 5 in (0, 1, 2)]
 
 
 def test_fast_path_equals_the_slow_path_on_the_corpora() -> None:

@@ -31,7 +31,7 @@ from watcher.fastparse import fast_parse
 from watcher.federal_register import is_federal_register, items_from_api, join_documents
 from watcher.memtrim import after_parse
 from watcher.models import Item
-from watcher.text import fold_utf8, html_to_text
+from watcher.text import SURROGATE, fold_utf8, html_to_text
 
 P = ParamSpec("P")
 _TRACKING_PARAMS = frozenset({"fbclid", "gclid", "mc_cid", "mc_eid", "ocid", "cmpid"})
@@ -634,7 +634,6 @@ def _ttl_s(value: object) -> float | None:
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a surrogate in JSON's \u escape
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _parse_json_feed(
@@ -646,7 +645,7 @@ def _parse_json_feed(
         text = body.decode(json.detect_encoding(body))
         doc = json.loads(text)
         if _SURROGATE_ESCAPE.search(text):  # "\ud800": a lone one becomes U+FFFD
-            doc = json.loads(_SURROGATE.sub("\ufffd", json.dumps(doc, ensure_ascii=False)))
+            doc = json.loads(SURROGATE.sub("\ufffd", json.dumps(doc, ensure_ascii=False)))
     except (ValueError, RecursionError):
         raise ParseError("invalid JSON", source_id=source_id) from None
     if is_federal_register(doc):

@@ -60,7 +60,6 @@ def collapse_whitespace(text: str) -> str:
 _WS = r"[\t\n\f\r ]"
 _VALUE = r"(?:\"[^\"]*\"|'[^']*'|[^\t\n\f\r \"'=<>`]+)"
 _ATTRS = rf"(?:{_WS}+[^\t\n\f\r \"'<>/=]+(?:{_WS}*={_WS}*{_VALUE})?)*"
-_TAG = re.compile(rf"<(/?)([A-Za-z][A-Za-z0-9]*)({_ATTRS}){_WS}*(/?)>")
 _SPECIAL = frozenset(
     {*_SKIP_TAGS, "title", "textarea", "xmp", "plaintext", "noembed", "noframes", "listing"}
 )
@@ -72,8 +71,7 @@ _BLOCK_BREAK = dict.fromkeys(_BLOCK_TAGS, "\n")
 _OPENS_MARKUP = re.compile("<[A-Za-z/!?]")
 
 
-# _TAG with only its slash and tag name as groups: split() then yields text, slash, name,
-# text, ..., text
+# A plain tag, its slash and name the groups: split() yields text, slash, name, text, ...
 _TAG_NAME = re.compile(rf"<(/?)([A-Za-z][A-Za-z0-9]*){_ATTRS}{_WS}*/?>")
 
 
@@ -90,8 +88,8 @@ def _simple_html_to_text(html: str) -> str | None:
         # NUL: dropped in text, U+FFFD elsewhere; CR: html_to_text made it LF already
         return None
     parts, names = _split_tags(html)
-    if not _SPECIAL.isdisjoint(names):
-        return _html_with_iframes_to_text(html)
+    if not _SPECIAL.isdisjoint(names) and not _only_empty_iframes(parts, names):
+        return None
     # every "<" opens a tag the regex read or nothing, unless an attribute value holds one
     if html.count("<") != len(names) and any(map(_OPENS_MARKUP.search, parts[0::3])):
         return None
@@ -102,22 +100,17 @@ def _plain_markup_text(html: str, parts: list[str], names: list[str]) -> str | N
     """The text of markup _TAG_NAME split into parts (its tag names lower-cased in names)
     and found plain: a newline where a block element starts or ends, references
     unescaped; None if _tree_breaks cannot tell where."""
-    if "&" not in html:
-        breaks = _tree_breaks(parts[1::3], names, "")
-        if breaks is None:
-            return None
-        parts[1::3] = breaks
-        parts[2::3] = repeat("", len(names))
-        return collapse_whitespace("".join(parts))
-    # One unescape over the whole text, with NUL between the pieces a tag separates: no
-    # entity name holds a NUL (and the input has none), so each piece reads as it would
-    # unescaped on its own.
-    breaks = _tree_breaks(parts[1::3], names, "\x00")
+    # With references, one unescape over the whole text, NUL between the pieces a tag
+    # separates: no entity name holds a NUL (and the input has none), so each piece reads
+    # as it would unescaped on its own.
+    none = "\x00" if "&" in html else ""
+    breaks = _tree_breaks(parts[1::3], names, none)
     if breaks is None:
         return None
     parts[1::3] = breaks
     parts[2::3] = repeat("", len(names))
-    return collapse_whitespace(fast_unescape("".join(parts)).replace("\x00", ""))
+    text = "".join(parts)
+    return collapse_whitespace(fast_unescape(text).replace("\x00", "") if none else text)
 
 
 # The block structure the HTML standard's tree builder gives plain markup (_tree_breaks).
@@ -243,33 +236,10 @@ def html_to_text_and_tags(html: str) -> tuple[str, list[str] | None]:
     parts, names = _split_tags(html)
     if html.count("<") == len(names) and _SPECIAL.isdisjoint(names) and "\x00" not in html:
         text = _plain_markup_text(html, parts, names)
-        if text is not None:
-            return text, names
+        # None: a tree _tree_breaks cannot follow, which html_to_text's fast path would
+        # find again (the same split, the same walk): the slow path at once
+        return (text, names) if text is not None else (_slow_html_to_text(html), None)
     return html_to_text(html), None
-
-
-def _html_with_iframes_to_text(html: str) -> str | None:
-    """_simple_html_to_text for markup with special tags: its text if they are only
-    empty iframes, else None."""
-    parts = _TAG.split(html)
-    # split() yields: text, slash, name, attrs, selfclose, text, ...
-    texts = parts[0::5]
-    names = list(map(str.lower, parts[2::5]))
-    if not _SPECIAL.isdisjoint(names) and not _only_empty_iframes(parts, names):
-        return None
-    # every "<" opens a tag the regex read or nothing, unless an attribute value holds one
-    if html.count("<") != len(names) and any(map(_OPENS_MARKUP.search, texts)):
-        return None
-    none = "\x00" if "&" in html else ""  # as in _plain_markup_text
-    breaks = _tree_breaks(parts[1::5], names, none)
-    if breaks is None:
-        return None
-    out = [""] * (len(texts) + len(names))
-    out[0::2] = texts
-    out[1::2] = breaks
-    if not none:
-        return collapse_whitespace("".join(out))
-    return collapse_whitespace(fast_unescape("".join(out)).replace("\x00", ""))
 
 
 # html.unescape's own pattern (CPython's html._charref): one character reference each.
@@ -319,10 +289,10 @@ def _only_empty_iframes(parts: list[str], names: list[str]) -> bool:
     for i, name in enumerate(names):
         if open_at >= 0:
             # the next tag must be its end tag, with no text between
-            if name != "iframe" or not parts[5 * i + 1] or parts[5 * i]:
+            if name != "iframe" or not parts[3 * i + 1] or parts[3 * i]:
                 return False
             open_at = -1
-        elif name == "iframe" and not parts[5 * i + 1]:
+        elif name == "iframe" and not parts[3 * i + 1]:
             open_at = i  # a start tag (<iframe/> too: "/>" closes no HTML element)
     return open_at < 0
 
@@ -359,7 +329,7 @@ def _slow_html_to_text(html: str) -> str:
     try:
         data = html.encode()
     except UnicodeEncodeError:  # a lone surrogate: as a decoder would have read its bytes
-        data = _SURROGATE.sub("\ufffd", html).encode()
+        data = SURROGATE.sub("\ufffd", html).encode()
     parts: list[str] = []
     node = LexborHTMLParser(data, is_fragment=True).root  # the first top-level node
     open_elements: list[tuple[LexborNode, bool]] = []  # each with: a block element?
@@ -387,7 +357,7 @@ def _slow_html_to_text(html: str) -> str:
     return collapse_whitespace("".join(parts))
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate (JSON and aiohttp make them)
 
 
 def _is_diacritic(ch: str) -> bool:
