@@ -85,12 +85,22 @@ def parse_retry_after(value: str | None, now: datetime, date: str | None = None)
     if _DIGITS.fullmatch(value):
         seconds = float(value)
     else:
-        when = _http_date(value)
-        if when is None:
+        until = _seconds_until(value, date, now)
+        if until is None:
             return None
-        base = (_http_date(date) if date else None) or now
-        seconds = max(0.0, (when - base).total_seconds())
+        seconds = until
     return min(seconds, constants.FETCH_RETRY_AFTER_MAX_S)
+
+
+def _seconds_until(value: str, date: str | None, now: datetime) -> float | None:
+    """Seconds until the HTTP date `value`, counted from the answer's own Date when it
+    has one (a server clock an hour off does not matter), else from now; None for no
+    date."""
+    when = _http_date(value)
+    if when is None:
+        return None
+    base = (_http_date(date) if date else None) or now
+    return max(0.0, (when - base).total_seconds())
 
 
 def _http_date(value: str) -> datetime | None:
@@ -142,13 +152,7 @@ def _freshness_lifetime(
                 return None
         if any(d in ("no-cache", "no-store") for d in directives):
             return None
-    if expires:
-        when = _http_date(expires)
-        if when is None:
-            return None
-        base = (_http_date(date) if date else None) or now
-        return max(0.0, (when - base).total_seconds())
-    return None
+    return _seconds_until(expires, date, now) if expires else None
 
 
 def _validator(value: str | None) -> str | None:
