@@ -293,6 +293,19 @@ def test_fast_path_gives_up_or_reads_as_feedparser(
 
 
 # Of those, the ones the fast path reads itself, by feedparser's rule: it must not give up
+def test_content_outside_an_entry_is_left_to_feedparser() -> None:
+    """feedparser's "has content" flag, set by a content element outside an entry (here
+    in the channel's <image>, which no other check refuses), is carried into the next
+    entry: the tag census counts content elements and holds them to those in entries."""
+    content_ns = b' xmlns:content="http://purl.org/rss/1.0/modules/content/"'
+    read = {"source_id": "s", "content_type": "", "base_url": "", "language": "", "tags": ()}
+    plain = _rss(b"", channel=b"<image><title>i</title></image>", root=content_ns)
+    assert fast_parse(plain, **read) is not None  # the same feed without it is read
+    inside = _rss(b"", channel=b"<image><content:encoded>x</content:encoded></image>",
+                  root=content_ns)  # fmt: skip
+    assert fast_parse(inside, **read) is None
+
+
 READ_BY_FEEDPARSERS_RULE = [
     "unknown-ns-permalink", "empty-language-xml-lang", "xml-lang-on-rdf", "windows-1252",
 ]  # fmt: skip
