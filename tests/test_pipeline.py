@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from watcher.errors import FetchReason
 from watcher.metrics import Metrics
 from watcher.notify import build_notifiers
 from watcher.outbox import OutboxWorker
+from watcher.parse import parse_document
 from watcher.pipeline import Pipeline, build_pipeline
 from watcher.rules import Matcher, load_rules
 from watcher.store import Store
@@ -303,44 +305,43 @@ async def test_deliveries_carry_the_storys_sources_and_facets(
         await h.store.close()
 
 
-def _dated(first: str, last: str) -> tuple[tuple[str, str, str], ...]:
-    return (("first", "Gallium output falls", first), ("last", "Lithium prices rise", last))
+# The first and last instants a datetime holds, as a feed may give them
+_FIRST = datetime(1, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_DATED = (("first", "Gallium output falls", _FIRST), ("last", "Lithium prices rise", _LAST))
 
 
-_ATOM_ENDS_OF_TIME = (
-    '<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>'
-    + "".join(
-        f"<entry><id>urn:{i}</id><title>{t}</title><updated>{d}</updated></entry>"
-        for i, t, d in _dated("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z")
-    )
-    + "</feed>"
-).encode()
-_RSS_ENDS_OF_TIME = (
-    '<rss version="2.0"><channel><title>t</title><link>https://example.org/</link>'
-    + "".join(
-        f"<item><guid>{i}</guid><title>{t}</title><pubDate>{d}</pubDate></item>"
-        for i, t, d in _dated("Mon, 01 Jan 0001 00:00:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT")
-    )
-    + "</channel></rss>"
-).encode()
-_JSON_FEED_ENDS_OF_TIME = json.dumps(
-    {
-        "version": "https://jsonfeed.org/version/1.1",
-        "title": "t",
-        "items": [
-            {"id": i, "title": t, "date_published": d}
-            for i, t, d in _dated("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z")
-        ],
-    }
-).encode()
+def _w3c(d: datetime) -> str:
+    return f"{d.year:04d}-{d:%m-%dT%H:%M:%S}Z"  # %Y gives "1" for year 1
+
+
+def _ends_of_time(kind: str) -> bytes:
+    """A feed of the two _DATED items, in RSS, Atom or JSON Feed."""
+    if kind == "json":
+        items = [{"id": i, "title": t, "date_published": _w3c(d)} for i, t, d in _DATED]
+        feed = {"version": "https://jsonfeed.org/version/1.1", "title": "t", "items": items}
+        return json.dumps(feed).encode()
+    if kind == "atom":
+        head, tail = '<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>', "</feed>"
+        entry = "<entry><id>urn:{}</id><title>{}</title><updated>{}</updated></entry>"
+        dates = [_w3c(d) for _, _, d in _DATED]
+    else:
+        head = '<rss version="2.0"><channel><title>t</title><link>https://example.org/</link>'
+        tail, entry = (
+            "</channel></rss>",
+            "<item><guid>{}</guid><title>{}</title><pubDate>{}</pubDate></item>",
+        )
+        dates = [f"{d:%a, %d %b} {d.year:04d} {d:%H:%M:%S} GMT" for _, _, d in _DATED]
+    body = "".join(entry.format(i, t, d) for (i, t, _), d in zip(_DATED, dates, strict=True))
+    return (head + body + tail).encode()
 
 
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [
-        (_RSS_ENDS_OF_TIME, "application/rss+xml"),
-        (_ATOM_ENDS_OF_TIME, "application/atom+xml"),
-        (_JSON_FEED_ENDS_OF_TIME, "application/feed+json"),
+        (_ends_of_time("rss"), "application/rss+xml"),
+        (_ends_of_time("atom"), "application/atom+xml"),
+        (_ends_of_time("json"), "application/feed+json"),
     ],
 )
 async def test_feed_items_dated_in_year_1_or_9999_are_stored(
@@ -353,6 +354,8 @@ async def test_feed_items_dated_in_year_1_or_9999_are_stored(
 ) -> None:
     """The feed parsers keep such dates (as feedparser reads them); the story store
     must take them without failing the poll."""
+    parsed = parse_document(body, source_id="f", content_type=content_type)
+    assert [i.published for i in parsed.items] == [_FIRST, _LAST]  # the dates reach the store
     feed_server.routes["/f"] = Route(body=body, content_type=content_type)
     config, pipeline = await loopback_pipeline(
         store, session, clock, [{"id": "f", "url": feed_server.url("/f")}]
