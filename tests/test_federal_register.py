@@ -15,9 +15,9 @@ from tests.servers import FeedServer, Route
 from tests.test_corpus import CORPUS
 from watcher.fastparse import fast_parse
 from watcher.federal_register import (
+    document_identity,
     document_number,
     documents_url,
-    has_document_identity,
     is_federal_register,
     story_hash,
 )
@@ -470,8 +470,8 @@ async def test_a_publication_after_a_restart_joins_a_filing_older_than_the_windo
 def test_only_a_document_itself_has_its_identity() -> None:
     [api] = parse_feed(json.dumps(published_doc("2026-02222", "A rule")).encode(), source_id="f")
     [entry] = parse_feed(documents_rss("2026-02222", "A rule"), source_id="fr-bis")
-    assert has_document_identity(api) and has_document_identity(entry)
+    assert document_identity(api) is not None and document_identity(entry) is not None
     # a guid that only looks like one: its content hash is its text's, a window's worth
     lookalike = make_item(source_id="s", guid="fr-doc:2026-02222", title="A rule")
-    assert not has_document_identity(lookalike)
-    assert not has_document_identity(make_item(source_id="s", url="https://example.org/a"))
+    assert document_identity(lookalike) is None
+    assert document_identity(make_item(source_id="s", url="https://example.org/a")) is None

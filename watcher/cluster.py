@@ -313,6 +313,12 @@ def features(item: Item) -> Features:
     )
 
 
+def is_document(f: Features) -> bool:
+    """Whether the item is a Federal Register document (see federal_register.document_identity):
+    its story is the document's whenever its items come."""
+    return any(x.startswith(_DOCUMENT) for x in f.amounts)
+
+
 def _document(item: Item) -> frozenset[str]:
     number = document_identity(item)
     return frozenset((_DOCUMENT + number,)) if number else frozenset()

@@ -122,21 +122,13 @@ def join_documents(items: list[Item]) -> None:
                 break
 
 
-def has_document_identity(item: Item) -> bool:
-    """Whether the item's content hash is a document's story key, not a digest of its text.
-
-    Such an item is the document itself (read by the API adapter, or a feed entry that
-    links the document's page): one story with every other item of that number, however
-    far apart in time, since a document number is never given to another document.
-    """
-    return document_identity(item) is not None
-
-
 def document_identity(item: Item) -> str | None:
     """The document number whose story key is the item's content hash, else None.
 
-    Two items with different numbers are different documents, however alike their
-    boilerplate: clustering never puts them in one story.
+    Such an item is the document itself (read by the API adapter, or a feed entry that
+    links the document's page): one story with every other item of that number, however
+    far apart in time, and never with an item of another number, however alike their
+    boilerplate (a number is never given to another document).
     """
     for ident in (item.guid, item.url):
         if ident.startswith("fr-doc:"):

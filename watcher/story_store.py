@@ -82,8 +82,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from watcher import constants
 from watcher.asyncdb import AsyncConnection
-from watcher.cluster import Features, features, similarity, vetoed, weigh
-from watcher.federal_register import has_document_identity
+from watcher.cluster import Features, features, is_document, similarity, vetoed, weigh
 from watcher.models import Item
 from watcher.store import UTCDateTime, _Id, _insert, alerts, items, metadata
 
@@ -575,13 +574,8 @@ class StoryIndex:
         window_s: float = constants.CLUSTER_WINDOW_S,
         threshold: float = constants.CLUSTER_THRESHOLD,
         memory_items: int = constants.CLUSTER_MEMORY_ITEMS,
-        is_identity: Callable[[Item], bool] = has_document_identity,
     ) -> None:
         self.memory_items = memory_items
-        # Whether an item's content hash names what it is (a document number), not what it
-        # says: items with such a hash are one story whenever they come, not only within
-        # the window (a Public Inspection filing on Friday, its publication on Monday).
-        self.is_identity = is_identity
         self.window = timedelta(seconds=window_s)
         self.window_s = float(window_s)
         self.threshold = threshold
@@ -605,7 +599,10 @@ class StoryIndex:
         df, docs, previous = await self._count_documents(conn, feats, token)
         memory = self._memories.setdefault(conn.sync_engine, _Memory())
         earliest = min(at.timestamp() for at in ats) - self.window_s
-        identities = [self.is_identity(item) for _, item in batch]
+        # an item whose content hash names what it is (a document number), not what it
+        # says, is one story with its others whenever they come, not only within the
+        # window (a Public Inspection filing on Friday, its publication on Monday)
+        identities = list(map(is_document, feats))
         try:
             await self._catch_up(conn, memory, previous, docs - len(batch), earliest, now)
             named = [item.content_hash for (_, item), i in zip(batch, identities, strict=True) if i]
