@@ -34,7 +34,7 @@ from watcher.constants import OUTBOX_READY_PER_SLOT, SEND_LEASE_SHARE
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.metrics import Metrics
 from watcher.models import Clock
-from watcher.notify.base import Notifier, send_budget_s
+from watcher.notify.base import Notifier, within_lease
 from watcher.store import ClaimedDelivery, Outcome, Store
 
 logger = logging.getLogger(__name__)
@@ -354,7 +354,9 @@ class OutboxWorker:
             if not receiver.breaker.allow(self.clock()):
                 return DeliveryOutcome(claimed, "deferred")
             try:
-                await self._send_within_lease(notifier, claimed)
+                # cut short before the row's lease ends (a retryable TIMEOUT)
+                async with within_lease(claimed, self.clock(), SEND_LEASE_SHARE):
+                    await notifier.send(claimed)
             except DeliveryError as exc:
                 pause = exc.retry_after_s if exc.reason is DeliveryReason.RATE_LIMITED else None
                 if exc.retryable:
@@ -374,25 +376,6 @@ class OutboxWorker:
                 return self._failed(claimed, err)
         receiver.breaker.success()
         return DeliveryOutcome(claimed, "sent")
-
-    async def _send_within_lease(self, notifier: Notifier, claimed: ClaimedDelivery) -> None:
-        """Send, cut short before the row's lease ends: past it the row could be claimed
-        again and sent a second time beside this send. A send cut short is a retryable
-        failure (TIMEOUT), never a success."""
-        budget_s = send_budget_s(claimed.lease_until, self.clock(), SEND_LEASE_SHARE)
-        deadline = asyncio.timeout(budget_s)
-        try:
-            async with deadline:
-                await notifier.send(claimed)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            raise DeliveryError(
-                DeliveryReason.TIMEOUT,
-                f"the send did not end within {budget_s or 0.0:.3g}s, before its lease",
-                receiver=claimed.delivery.receiver,
-                retryable=True,
-            ) from None
 
     def _failed(self, claimed: ClaimedDelivery, exc: DeliveryError) -> DeliveryOutcome:
         attempts = claimed.delivery.attempts

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import re
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
+from watcher.errors import DeliveryError, DeliveryReason
 from watcher.store import ClaimedDelivery
 from watcher.text import one_line
 
@@ -88,6 +92,37 @@ def send_budget_s(lease_until: datetime | None, now: datetime, share: float) -> 
     if lease_until is None:
         return None
     return max(0.0, (lease_until - now).total_seconds() * share)
+
+
+@contextlib.asynccontextmanager
+async def within_lease(
+    claimed: ClaimedDelivery,
+    now: datetime,
+    share: float,
+    *,
+    where: str = "",
+    delivered: Callable[[], Iterable[str]] = lambda: (),
+) -> AsyncIterator[None]:
+    """Run the body, cut short once it has used `share` of the time left on the row's lease
+    (send_budget_s): past the lease the row could be claimed again and sent a second time
+    beside this send. A send cut short is a retryable failure (TIMEOUT), never a success;
+    `delivered()`, asked when it is cut, names the recipients that already have it, and
+    `where` starts the error's text."""
+    budget_s = send_budget_s(claimed.lease_until, now, share)
+    deadline = asyncio.timeout(budget_s)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise DeliveryError(
+            DeliveryReason.TIMEOUT,
+            f"{where}the send did not end within {budget_s or 0.0:.3g}s, before its lease",
+            receiver=claimed.delivery.receiver,
+            retryable=True,
+            delivered=tuple(delivered()),
+        ) from None
 
 
 def render(template: str, **context: Any) -> str:

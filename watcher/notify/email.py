@@ -30,7 +30,7 @@ from watcher.config import EmailReceiverConfig
 from watcher.constants import SEND_LEASE_SHARE_EMAIL, SMTP_IDLE_MAX_S
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.models import Alert, Clock
-from watcher.notify.base import excerpt, render, send_budget_s
+from watcher.notify.base import excerpt, render, within_lease
 from watcher.store import Batch, BatchMember, ClaimedDelivery
 from watcher.text import one_line
 
@@ -277,10 +277,15 @@ class EmailNotifier:
         pending = await self._pending(had)
         sent: list[str] = []
         refused: list[tuple[str, aiosmtplib.SMTPResponseException]] = []
-        budget_s = send_budget_s(claimed.lease_until, self.clock(), SEND_LEASE_SHARE_EMAIL)
-        deadline = asyncio.timeout(budget_s)
-        try:
-            async with deadline:
+        c = self.config
+        async with within_lease(
+            claimed,
+            self.clock(),
+            SEND_LEASE_SHARE_EMAIL,
+            where=f"SMTP server {c.host}:{c.port}: ",
+            delivered=lambda: (*had, *sent),
+        ):
+            try:
                 for addr in pending:
                     try:
                         await self._send_one(addr, self._message(claimed, addr))
@@ -291,10 +296,8 @@ class EmailNotifier:
                         refused.append((addr, reply))
                     else:
                         sent.append(addr)
-        except (aiosmtplib.SMTPException, OSError) as exc:  # TimeoutError is an OSError
-            cut = isinstance(exc, TimeoutError) and deadline.expired()
-            failure = _LeaseDeadline(budget_s or 0.0) if cut else exc
-            raise self._error(failure, delivered=(*had, *sent)) from None
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                raise self._error(exc, delivered=(*had, *sent)) from None
         if refused:
             raise self._refused(refused, len(pending), delivered=(*had, *sent))
 
@@ -418,14 +421,6 @@ class EmailNotifier:
         (or none, on a permanent reply)."""
         c = self.config
         where = f"SMTP server {c.host}:{c.port}"
-        if isinstance(exc, _LeaseDeadline):
-            return DeliveryError(
-                DeliveryReason.TIMEOUT,
-                f"{where}: the send did not end within {exc.budget_s:.3g}s, before its lease",
-                receiver=self.receiver_id,
-                retryable=True,
-                delivered=delivered,
-            )
         if isinstance(exc, aiosmtplib.SMTPResponseException):
             permanent = exc.code >= 500
             return DeliveryError(
@@ -450,13 +445,6 @@ class EmailNotifier:
             retryable=True,
             delivered=delivered,
         )
-
-
-class _LeaseDeadline(Exception):
-    """The send ran out of the time its row's lease leaves it."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
 
 
 # Failures of one recipient's copy (RCPT, MAIL FROM or DATA refused); the others still
