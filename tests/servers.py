@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+
+async def _run(app: web.Application) -> web.AppRunner:
+    """`app` served on 127.0.0.1, on a port of its own (runner.addresses)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[int]:
+    """Serve `app` on 127.0.0.1 for the `async with`; yields its port."""
+    runner = await _run(app)
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 @dataclass
@@ -60,10 +79,7 @@ class FeedServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        self._runner = await _run(app)
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
@@ -103,10 +119,7 @@ class WebhookServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        self._runner = await _run(app)
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
@@ -114,31 +127,29 @@ class WebhookServer:
             await self._runner.cleanup()
 
 
-class RawServer:
-    """Answers every connection with bytes that `respond(request_bytes)` returns.
+class _TCPServer:
+    """A server on 127.0.0.1 that hands each connection to `_serve`, then closes it; on
+    leaving its `async with` it closes the connections still open."""
 
-    For what aiohttp's server will not send: malformed status lines, raw header
-    bytes (obs-text), odd digits. One request per connection, then it closes.
-    """
-
-    def __init__(self, respond: Callable[[bytes], bytes]) -> None:
-        self.respond = respond
-        self.requests: list[bytes] = []
+    def __init__(self) -> None:
         self.port = 0
+        self._open: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        self.requests.append(request)
-        writer.write(self.respond(request))
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
+        self._open.add(writer)
+        try:
+            await self._serve(reader, writer)
+        except ConnectionError:
+            pass
+        finally:
+            self._open.discard(writer)
+            writer.close()
 
-    async def __aenter__(self) -> RawServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -146,7 +157,33 @@ class RawServer:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        for writer in list(self._open):
+            writer.close()
         await self._server.wait_closed()
+
+
+class RawServer(_TCPServer):
+    """Answers every connection with bytes that `respond(request_bytes)` returns.
+
+    For what aiohttp's server will not send: malformed status lines, raw header
+    bytes (obs-text), odd digits. One request per connection, then it closes.
+    """
+
+    def __init__(self, respond: Callable[[bytes], bytes]) -> None:
+        super().__init__()
+        self.respond = respond
+        self.requests: list[bytes] = []
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(request)
+        writer.write(self.respond(request))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
 
 
 def raw_response(status_line: bytes, headers: bytes = b"", body: bytes = b"") -> bytes:
@@ -157,19 +194,17 @@ def raw_response(status_line: bytes, headers: bytes = b"", body: bytes = b"") ->
     )  # fmt: skip
 
 
-class RawSMTPServer:
+class RawSMTPServer(_TCPServer):
     """An SMTP server that misbehaves on request, for what aiosmtpd will not do: answer
     each command `delay_s` late (a tarpit), or let its idle connections go the way
     Postfix does (`expire_idle`: "421 ... timeout exceeded", then close). Records each
     message whose DATA it took, with its recipients, and each connection it accepted."""
 
     def __init__(self, *, delay_s: float = 0.0) -> None:
+        super().__init__()
         self.delay_s = delay_s
         self.messages: list[tuple[list[str], bytes]] = []
         self.connections = 0
-        self.port = 0
-        self._open: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
 
     async def _reply(self, writer: asyncio.StreamWriter, line: bytes) -> None:
         if self.delay_s:
@@ -177,18 +212,8 @@ class RawSMTPServer:
         writer.write(line + b"\r\n")
         await writer.drain()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._open.add(writer)
-        try:
-            await self._session(reader, writer)
-        except ConnectionError:
-            pass
-        finally:
-            self._open.discard(writer)
-            writer.close()
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._reply(writer, b"220 raw ESMTP")
         rcpts: list[str] = []
         while line := await reader.readline():
@@ -221,15 +246,3 @@ class RawSMTPServer:
                 writer.write(reply + b"\r\n")
             writer.close()
             await writer.wait_closed()
-
-    async def __aenter__(self) -> RawSMTPServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._open):
-            writer.close()
-        await self._server.wait_closed()
