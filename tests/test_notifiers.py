@@ -21,7 +21,7 @@ from standardwebhooks.webhooks import Webhook
 from tests.conftest import FakeClock
 from tests.delivery import sample_claimed
 from tests.golden import check_golden
-from tests.servers import WebhookServer
+from tests.servers import WebhookServer, serve
 from watcher.config import SlackReceiverConfig, WebhookReceiverConfig
 from watcher.errors import DeliveryError, DeliveryReason
 from watcher.notify.slack import SlackNotifier, blocks, escape
@@ -248,19 +248,13 @@ async def test_a_receiver_answering_without_end_is_not_read_into_memory(
 
     app = web.Application()
     app.router.add_post("/hook", endless)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    async with serve(app) as port:
+        url = f"http://127.0.0.1:{port}/hook"
         # read whole, the body would take every byte of memory, or time the send out
         await WebhookNotifier(_hook(url, timeout_s=5), session=session, clock=FakeClock()).send(
             sample_claimed()
         )
         await asyncio.wait_for(hung_up.wait(), 10)
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_redirect_is_not_followed_and_says_where_without_the_secret(
