@@ -197,14 +197,16 @@ def raw_response(status_line: bytes, headers: bytes = b"", body: bytes = b"") ->
 class RawSMTPServer(_TCPServer):
     """An SMTP server that misbehaves on request, for what aiosmtpd will not do: answer
     each command `delay_s` late (a tarpit), or let its idle connections go the way
-    Postfix does (`expire_idle`: "421 ... timeout exceeded", then close). Records each
-    message whose DATA it took, with its recipients, and each connection it accepted."""
+    Postfix does (`expire_idle`: "421 ... timeout exceeded" as the answer to the next
+    command, then close). Records each message whose DATA it took, with its recipients,
+    and each connection it accepted."""
 
     def __init__(self, *, delay_s: float = 0.0) -> None:
         super().__init__()
         self.delay_s = delay_s
         self.messages: list[tuple[list[str], bytes]] = []
         self.connections = 0
+        self._goodbye: dict[asyncio.StreamWriter, bytes] = {}  # expired: the last reply
 
     async def _reply(self, writer: asyncio.StreamWriter, line: bytes) -> None:
         if self.delay_s:
@@ -217,6 +219,9 @@ class RawSMTPServer(_TCPServer):
         await self._reply(writer, b"220 raw ESMTP")
         rcpts: list[str] = []
         while line := await reader.readline():
+            if (goodbye := self._goodbye.pop(writer, None)) is not None:
+                await self._reply(writer, goodbye)
+                return
             cmd = line.strip().upper()
             if cmd.startswith((b"EHLO", b"HELO")):
                 await self._reply(writer, b"250 raw")
@@ -240,9 +245,12 @@ class RawSMTPServer(_TCPServer):
                 await self._reply(writer, b"250 OK")
 
     async def expire_idle(self, reply: bytes | None = b"421 4.4.2 Error: timeout exceeded") -> None:
-        """Close every open connection, after `reply` (None: without a word)."""
+        """Let every open connection go: answer its next command with `reply`, then close
+        it (a client sees the 421 only once it sends again); None: close it now, without
+        a word."""
         for writer in list(self._open):
             if reply is not None:
-                writer.write(reply + b"\r\n")
-            writer.close()
-            await writer.wait_closed()
+                self._goodbye[writer] = reply
+            else:
+                writer.close()
+                await writer.wait_closed()
