@@ -217,6 +217,8 @@ async def test_a_refused_recipient_stops_no_other_and_a_retry_goes_to_it_alone(
     await add_alerts(store, 1, ["mail"])
     await w.drain()
     assert sorted(m["To"] for _, m, _ in handler.messages) == [ALICE, CAROL]
+    # bob's refusal left the connection usable: carol's copy went on alice's session
+    assert len({session_id for session_id, _, _ in handler.messages}) == 1
     [row] = await store.list_deliveries()
     assert f"refused 1 of 3 recipient(s): {BOB}: {reply}" in row.delivery.last_error
     assert row.delivery.delivered_to == [ALICE, CAROL]
