@@ -270,14 +270,18 @@ async def test_a_connection_idle_too_long_is_not_reused(
 async def test_a_send_that_would_outlive_its_lease_is_cut_and_retried(
     store: Store, clock: FakeClock, session: aiohttp.ClientSession
 ) -> None:
-    # a tarpit: each reply comes well within timeout_s, but the send (six replies) takes
-    # longer than the lease, past which the row would be claimed and sent again
-    async with RawSMTPServer(delay_s=0.2) as server:
+    # a tarpit: each reply comes 0.4 s late, well within timeout_s, but the send takes
+    # longer than the lease, past which the row would be claimed and sent again. Alice's
+    # copy (six replies: greeting, EHLO, MAIL, RCPT, DATA, end of data) is done at 2.4 s,
+    # bob's (four more on the same connection) would be at 4 s. The email notifier cuts
+    # the send at 3.2 s (SEND_LEASE_SHARE_EMAIL of the 4 s lease), before the outbox does
+    # (SEND_LEASE_SHARE, 3.6 s), so it can say that alice has her copy; the outbox cannot
+    async with RawSMTPServer(delay_s=0.4) as server:
         cfg = config(
             store.url,
             [{"type": "email", "id": "mail", "host": "127.0.0.1", "port": server.port,
-              "to": [ALICE], "from": "w@example.org", "timeout_s": 0.4}],
-            lease_s=1.0,
+              "to": [ALICE, BOB], "from": "w@example.org", "timeout_s": 1.5}],
+            lease_s=4.0,
         )  # fmt: skip
         w = worker(cfg, store, session, clock)
         await add_alerts(store, 1, ["mail"])
@@ -287,7 +291,9 @@ async def test_a_send_that_would_outlive_its_lease_is_cut_and_retried(
     [row] = await store.list_deliveries()
     assert row.delivery.state == DeliveryState.PENDING and row.delivery.attempts == 1
     assert "timeout" in row.delivery.last_error and "before its lease" in row.delivery.last_error
-    assert server.messages == []
+    assert "SMTP server" in row.delivery.last_error  # cut by the notifier, not the outbox
+    assert row.delivery.delivered_to == [ALICE]  # a retry goes to bob alone
+    assert [rcpts for rcpts, _ in server.messages] == [[ALICE]]
 
 
 @pytest.fixture(scope="module")
