@@ -35,7 +35,6 @@ from watcher.store import Batch, BatchMember, ClaimedDelivery
 from watcher.text import one_line
 
 MESSAGE_ID_DOMAIN = "watcher.invalid"
-SMTP_SERVICE_CLOSING = 421  # any reply may be this: the server is closing the connection
 
 Suppressed = Callable[[str], Awaitable[set[str]]]
 """receiver id -> addresses that unsubscribed."""
@@ -290,10 +289,9 @@ class EmailNotifier:
                     try:
                         await self._send_one(addr, self._message(claimed, addr))
                     except _RECIPIENT_ERRORS as exc:
-                        reply = _response(exc)
-                        if reply.code == SMTP_SERVICE_CLOSING:
-                            raise reply from None  # the server, not this recipient
-                        refused.append((addr, reply))
+                        if _closing(exc):
+                            raise  # the server, not this recipient
+                        refused.append((addr, exc))
                     else:
                         sent.append(addr)
             except (aiosmtplib.SMTPException, OSError) as exc:
@@ -351,34 +349,32 @@ class EmailNotifier:
         return None
 
     async def _send_one(self, to: str, msg: bytes) -> None:
-        """Send one copy on an idle connection, or a new one; the connection is kept for
-        the next send unless it failed."""
+        """Send one copy on an idle connection, or a new one."""
         smtp = await self._pooled()
+        if smtp is not None:
+            try:
+                await self._send_on(smtp, to, msg)
+                return
+            except aiosmtplib.SMTPException as exc:
+                if not _stale(exc):
+                    raise
+            # the server had let the idle connection go before this message: once more on
+            # a new connection (another idle one may be as old)
+        await self._send_on(await self._connect(), to, msg)
+
+    async def _send_on(self, smtp: aiosmtplib.SMTP, to: str, msg: bytes) -> None:
+        """Send one copy on `smtp`, kept for the next send unless it failed; a refused
+        recipient is raised as its own reply (SMTPRecipientRefused)."""
         try:
-            if smtp is not None:
-                try:
-                    await smtp.sendmail(self.config.sender, [to], msg)
-                except aiosmtplib.SMTPException as exc:
-                    if not _stale(exc):
-                        raise
-                    # the server had let the idle connection go before this message: once
-                    # more on a new connection (another idle one may be as old)
-                    smtp.close()
-                    smtp = None
-                else:
-                    await self._keep(smtp)
-                    return
-            smtp = await self._connect()
-            await smtp.sendmail(self.config.sender, [to], msg)
+            await _sendmail(smtp, self.config.sender, to, msg)
         except _RECIPIENT_ERRORS as exc:
-            if smtp is not None and _code(exc) != SMTP_SERVICE_CLOSING:
-                await self._keep(smtp)  # sendmail reset the envelope (RSET): still usable
-            elif smtp is not None:
+            if _closing(exc):
                 smtp.close()
+            else:
+                await self._keep(smtp)  # sendmail reset the envelope (RSET): still usable
             raise
         except BaseException:
-            if smtp is not None:
-                smtp.close()  # it may be mid-command (cancelled, timed out): never reused
+            smtp.close()  # it may be mid-command (cancelled, timed out): never reused
             raise
         await self._keep(smtp)
 
@@ -446,30 +442,34 @@ class EmailNotifier:
 # Failures of one recipient's copy (RCPT, MAIL FROM or DATA refused); the others still
 # get theirs. A 421 among them is not: the server is closing the connection.
 _RECIPIENT_ERRORS = (
-    aiosmtplib.SMTPRecipientsRefused,
+    aiosmtplib.SMTPRecipientRefused,
     aiosmtplib.SMTPSenderRefused,
     aiosmtplib.SMTPDataError,
 )
 
 
-def _response(exc: BaseException) -> aiosmtplib.SMTPResponseException:
-    """The refusal as one reply (RCPT refusals come as a list, of one here)."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-        return exc.recipients[0]
-    assert isinstance(exc, aiosmtplib.SMTPResponseException)
-    return exc
+async def _sendmail(smtp: aiosmtplib.SMTP, sender: str, to: str, msg: bytes) -> None:
+    """smtp.sendmail to one recipient; its refusal is raised as the one reply it is (not
+    as SMTPRecipientsRefused, a list of one)."""
+    try:
+        await smtp.sendmail(sender, [to], msg)
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        [refusal] = exc.recipients
+        raise refusal from None
 
 
-def _code(exc: BaseException) -> int | None:
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-        return exc.recipients[0].code
-    return exc.code if isinstance(exc, aiosmtplib.SMTPResponseException) else None
+def _closing(exc: BaseException) -> bool:
+    """Is this reply 421: the server is closing the connection (any reply may be)?"""
+    return (
+        isinstance(exc, aiosmtplib.SMTPResponseException)
+        and exc.code == aiosmtplib.SMTPStatus.domain_unavailable
+    )
 
 
 def _stale(exc: BaseException) -> bool:
     """Did a reused connection fail because the server had let it go (a disconnect, or
     421 "timeout exceeded" queued for the next command) before taking the message?"""
-    return isinstance(exc, aiosmtplib.SMTPServerDisconnected) or _code(exc) == SMTP_SERVICE_CLOSING
+    return isinstance(exc, aiosmtplib.SMTPServerDisconnected) or _closing(exc)
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:
